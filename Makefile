@@ -1,0 +1,29 @@
+# The two commands of the README. Each creates .venv if it is missing, installs the
+# package with its dev extra (only when setup.cfg/pyproject.toml changed), then runs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+DEMO_DIR ?= demo_output
+PYTEST_ARGS ?=
+
+.PHONY: install test demo benchmarks clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64" wheel
+
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/deepbof-demo --output_dir=$(DEMO_DIR)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info .pytest_cache

@@ -1,0 +1,290 @@
+"""Typed configurations with the defaults of ../shared/SPEC.md.
+
+Every stage of the data flow reads one of these dataclasses; the trainer composes them
+into :class:`TrainConfig` and writes the operative configuration next to its outputs
+(``model_dir/config.json``). Defaults are the authors' code values unless a comment
+says otherwise. Each class validates itself in ``__post_init__`` so that a bad value
+fails when the config is built, not hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Mapping, Tuple, Type, TypeVar
+
+T = TypeVar("T")
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig:
+  """Audio front end of SPEC §1–2b (one clip → log-mel + novelty).
+
+  Args:
+    sample_rate: rate every clip is resampled to (Hz).
+    n_fft: STFT window and FFT size (samples); the signal is padded by n_fft/2 zeros
+      on both sides.
+    hop_length: STFT hop (samples).
+    symmetric_window: MATLAB's ``hann(1024)`` as used by the authors' code is the
+      *symmetric* Hann window (True, default). False uses the periodic Hann window
+      (a documented deviation some libraries make).
+    floor_ratio: after the magnitude, ``S += floor_ratio * max(S)`` over the clip.
+    agc: apply the time–frequency automatic gain control (SPEC §2).
+    agc_t_scale: AGC attack/decay time constant in seconds.
+    agc_f_scale: AGC frequency scale; gives max(10, 20/f_scale) bands of width
+      f_scale*nbands/10.
+    agc_epsilon: added to the envelope before dividing (``S / (E + eps)``).
+    n_mels: bands of the Slaney mel filterbank of the main representation.
+    log_gain: C in the compression ``log10(1 + C·mel)``.
+    novelty_n_mels: bands of the mel filterbank of the onset detection function.
+    novelty_log_gain: C of the novelty path's ``log10(1 + C·mel)``.
+  """
+
+  sample_rate: int = 22050
+  n_fft: int = 1024
+  hop_length: int = 512
+  symmetric_window: bool = True
+  floor_ratio: float = 1e-4
+  agc: bool = True
+  agc_t_scale: float = 0.5
+  agc_f_scale: float = 2.0
+  agc_epsilon: float = 0.01
+  n_mels: int = 128
+  log_gain: float = 10.0
+  novelty_n_mels: int = 40
+  novelty_log_gain: float = 100.0
+
+  def __post_init__(self):
+    _check(self.sample_rate > 0, f"sample_rate must be > 0, got {self.sample_rate}")
+    _check(self.n_fft > 0 and self.n_fft % 2 == 0,
+           f"n_fft must be a positive even number, got {self.n_fft}")
+    _check(0 < self.hop_length <= self.n_fft,
+           f"hop_length must be in (0, n_fft], got {self.hop_length}")
+    _check(self.floor_ratio >= 0, f"floor_ratio must be >= 0, got {self.floor_ratio}")
+    _check(self.agc_t_scale > 0, f"agc_t_scale must be > 0, got {self.agc_t_scale}")
+    _check(self.agc_f_scale > 0, f"agc_f_scale must be > 0, got {self.agc_f_scale}")
+    _check(self.n_mels > 0 and self.novelty_n_mels > 0, "mel band counts must be > 0")
+
+  @property
+  def agc_n_bands(self) -> int:
+    """SPEC §2: nbands = max(10, 20/f_scale)."""
+    return int(max(10, round(20.0 / self.agc_f_scale)))
+
+  @property
+  def agc_width(self) -> float:
+    """SPEC §2: mwidth = f_scale*nbands/10 (2.0 for the default f_scale)."""
+    return self.agc_f_scale * self.agc_n_bands / 10.0
+
+  @property
+  def frame_rate(self) -> float:
+    return self.sample_rate / self.hop_length
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Feature-learning block sampling of SPEC §3.
+
+  Args:
+    scheme: "onset" (the code's onset_sync_max: the block at the novelty maximum of
+      each segment) or "random" (a uniformly random block in each segment).
+    block_frames: frames per spectral block (8 → 1024-dim blocks).
+    segment_frames: non-overlapping segment length for sampling (43 ≈ 1 s).
+    num_blocks: global budget over the training split; a seeded subsample keeps this many.
+    blocks_per_clip: blocks drawn per clip before the global subsample; 0 means one per
+      segment. Larger than the number of segments repeats the passes (SPEC §3).
+    seed: seed of the random scheme and of the global subsample.
+  """
+
+  scheme: str = "onset"
+  block_frames: int = 8
+  segment_frames: int = 43
+  num_blocks: int = 200_000
+  blocks_per_clip: int = 0
+  seed: int = 0
+
+  def __post_init__(self):
+    _check(self.scheme in ("onset", "random"),
+           f"sampling scheme must be 'onset' or 'random', got {self.scheme!r}")
+    _check(self.block_frames > 0, f"block_frames must be > 0, got {self.block_frames}")
+    _check(self.segment_frames >= 1, f"segment_frames must be >= 1, got {self.segment_frames}")
+    _check(self.num_blocks > 0, f"num_blocks must be > 0, got {self.num_blocks}")
+    _check(self.blocks_per_clip >= 0, "blocks_per_clip must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class PCAConfig:
+  """PCA whitening of spectral blocks (SPEC §3)."""
+
+  retained_variance: float = 0.9
+  epsilon: float = 0.01
+
+  def __post_init__(self):
+    _check(0 < self.retained_variance <= 1,
+           f"retained_variance must be in (0, 1], got {self.retained_variance}")
+    _check(self.epsilon >= 0, f"epsilon must be >= 0, got {self.epsilon}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseRBMConfig:
+  """Gaussian–binary sparse RBM trained by CD-1 (SPEC §3, the code's schedule)."""
+
+  num_hidden: int = 1024
+  batch_size: int = 100
+  epochs: int = 300
+  learning_rate: float = 0.007
+  learning_rate_decay: float = 0.99
+  min_learning_rate: float = 0.003
+  initial_momentum: float = 0.5
+  final_momentum: float = 0.9
+  # Momentum switches after epoch epochs*momentum_switch_fraction (maxEpoch/5).
+  momentum_switch_fraction: float = 0.2
+  weight_cost: float = 0.001
+  sparsity_target: float = 0.02
+  sparsity_decay: float = 0.99
+  sparsity_gain: float = 3.0
+  init_stddev: float = 0.01
+  seed: int = 0
+
+  def __post_init__(self):
+    _check(self.num_hidden > 0, "num_hidden must be > 0")
+    _check(self.batch_size > 0, "batch_size must be > 0")
+    _check(self.epochs >= 0, "epochs must be >= 0")
+    _check(0 < self.sparsity_target < 1, "sparsity_target must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolingConfig:
+  """Bag-of-features pooling (SPEC §4): max over pool_frames, then the mean."""
+
+  pool_frames: int = 43
+
+  def __post_init__(self):
+    _check(self.pool_frames >= 1, f"pool_frames must be >= 1, got {self.pool_frames}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalFeatureConfig:
+  """Everything of the unsupervised local-feature stage."""
+
+  pca: PCAConfig = dataclasses.field(default_factory=PCAConfig)
+  rbm: SparseRBMConfig = dataclasses.field(default_factory=SparseRBMConfig)
+  pooling: PoolingConfig = dataclasses.field(default_factory=PoolingConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  """Greedy layer-wise RBM pretraining of the song-level DNN (SPEC §5).
+
+  Layer 1 is binary-visible/ReLU-hidden, layers 2–3 ReLU/ReLU. The learning rates
+  anneal ×learning_rate_decay per epoch down to their floors.
+  """
+
+  epochs: int = 200
+  batch_size: int = 100
+  # "WC Inc": 0.001 at the bottom, non-decreasing upward (the paper's recommendation).
+  weight_costs: Tuple[float, ...] = (0.001, 0.01, 0.1)
+  binary_relu_learning_rate: float = 0.03
+  binary_relu_min_learning_rate: float = 0.01
+  relu_relu_learning_rate: float = 0.003
+  relu_relu_min_learning_rate: float = 0.001
+  learning_rate_decay: float = 0.99
+  initial_momentum: float = 0.5
+  final_momentum: float = 0.9
+  momentum_switch_fraction: float = 0.2
+  init_stddev: float = 0.01
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DNNConfig:
+  """Song-level DNN (SPEC §5)."""
+
+  num_hidden_layers: int = 3
+  hidden_units: int = 512
+  dropout: float = 0.5
+  input_dropout: float = 0.0
+  init: str = "pretrained"  # "pretrained" (from the RBMs) or "random"
+  standardize_inputs: bool = True
+
+  def __post_init__(self):
+    _check(self.num_hidden_layers >= 1, "num_hidden_layers must be >= 1")
+    _check(self.init in ("pretrained", "random"),
+           f"init must be 'pretrained' or 'random', got {self.init!r}")
+    _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+  """Supervised fine-tuning (SPEC §5): AdaDelta, cross-entropy, best validation epoch."""
+
+  epochs: int = 100
+  batch_size: int = 128
+  learning_rate: float = 1.0  # AdaDelta's classic unit step (Keras defaults to 0.001)
+  adadelta_rho: float = 0.99
+  adadelta_epsilon: float = 1e-8
+  early_stopping_patience: int = 0  # 0 disables early stopping
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The operative configuration of one `deepbof-train` run."""
+
+  local: LocalFeatureConfig = dataclasses.field(default_factory=LocalFeatureConfig)
+  pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+  dnn: DNNConfig = dataclasses.field(default_factory=DNNConfig)
+  finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+  seed: int = 0
+
+
+def to_dict(config: Any) -> Dict[str, Any]:
+  """A JSON-serialisable dict of a (nested) config dataclass."""
+  return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(cls: Type[T], values: Mapping[str, Any]) -> T:
+  """Builds ``cls`` from a (nested, possibly partial) dict; unknown keys are errors."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = set(values) - set(fields)
+  if unknown:
+    raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}; "
+                     f"known: {sorted(fields)}")
+  defaults = cls()
+  kwargs = {}
+  for name, value in values.items():
+    default = getattr(defaults, name)
+    if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+      kwargs[name] = from_dict(type(default), value)
+    elif isinstance(default, tuple) and isinstance(value, (list, tuple)):
+      kwargs[name] = tuple(value)
+    else:
+      kwargs[name] = value
+  return cls(**kwargs)
+
+
+def override(config: T, dotted: Mapping[str, Any]) -> T:
+  """Returns ``config`` with ``{"local.rbm.epochs": 10, ...}`` overrides applied."""
+  nested: Dict[str, Any] = {}
+  for key, value in dotted.items():
+    parts = key.split(".")
+    node = nested
+    for part in parts[:-1]:
+      node = node.setdefault(part, {})
+    node[parts[-1]] = value
+  merged = _merge(to_dict(config), nested)
+  return from_dict(type(config), merged)
+
+
+def _merge(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
+  out = dict(base)
+  for key, value in update.items():
+    if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+      out[key] = _merge(out[key], value)
+    else:
+      out[key] = value
+  return out

@@ -1,0 +1,1 @@
+"""Datasets: the TFRecord schema and readers, dataset manifests, the demo corpus."""

@@ -1,0 +1,59 @@
+"""``tf.data`` readers of the clip and block TFRecords (the schema of ``schema.py``)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import tensorflow as tf
+
+from deepbof_tf.data import schema
+
+
+def _files(pattern: str) -> List[str]:
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise FileNotFoundError(f"no TFRecord files match {pattern}")
+  return files
+
+
+def clip_files(data_dir: str, split: str) -> List[str]:
+  return _files(schema.clip_pattern(data_dir, split))
+
+
+def block_files(data_dir: str, split: str = "train") -> List[str]:
+  return _files(schema.block_pattern(data_dir, split))
+
+
+def clip_dataset(data_dir: str, split: str, *, n_tags: Optional[int] = None,
+                 n_mels: Optional[int] = None, shuffle: bool = False, seed: int = 0,
+                 num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+  """Clips of one split as dicts: clip_id, path, n_frames, n_mels,
+  log_mel [n_frames, n_mels], novelty [n_frames], labels [n_tags].
+
+  ``n_tags``/``n_mels`` default to the dataset's ``metadata.json``. File order is
+  deterministic (sorted shards, no interleaving) unless ``shuffle``.
+  """
+  if n_tags is None or n_mels is None:
+    metadata = schema.read_metadata(data_dir)
+    n_tags = len(metadata["tags"]) if n_tags is None else n_tags
+    n_mels = int(metadata.get("n_mels", 128)) if n_mels is None else n_mels
+  files = clip_files(data_dir, split)
+  ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION)
+  if shuffle:
+    ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+  return ds.map(lambda s: schema.parse_clip(s, n_tags, n_mels),
+                num_parallel_calls=num_parallel_calls, deterministic=True)
+
+
+def block_dataset(data_dir: str, *, block_frames: Optional[int] = None,
+                  n_mels: Optional[int] = None, split: str = "train",
+                  num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+  """Feature-learning blocks as dicts: block [block_frames*n_mels], clip_id, frame."""
+  if block_frames is None or n_mels is None:
+    metadata = schema.read_metadata(data_dir)
+    block_frames = int(metadata["block_frames"]) if block_frames is None else block_frames
+    n_mels = int(metadata.get("n_mels", 128)) if n_mels is None else n_mels
+  files = block_files(data_dir, split)
+  ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION)
+  return ds.map(lambda s: schema.parse_block(s, block_frames, n_mels),
+                num_parallel_calls=num_parallel_calls, deterministic=True)

@@ -1,0 +1,1 @@
+"""Serializable Keras layers of the Deep Bag-of-Features model."""
