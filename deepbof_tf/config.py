@@ -94,9 +94,14 @@ class SamplingConfig:
       each segment) or "random" (a uniformly random block in each segment).
     block_frames: frames per spectral block (8 → 1024-dim blocks).
     segment_frames: non-overlapping segment length for sampling (43 ≈ 1 s).
-    num_blocks: global budget over the training split; a seeded subsample keeps this many.
-    blocks_per_clip: blocks drawn per clip before the global subsample; 0 means one per
-      segment. Larger than the number of segments repeats the passes (SPEC §3).
+    num_blocks: global budget over the training split; a seeded subsample keeps this
+      many (all of them if there are fewer candidates).
+    blocks_per_clip: candidate blocks drawn per clip before the global subsample.
+      0 (default) follows the authors' get_samples.m: every clip gets the same number
+      of passes over its segments, ceil(num_blocks / segments of the whole training
+      split), so the candidates cover the budget with the fewest repeats. k > 0 takes
+      exactly k candidates from each clip (ceil(k / segments) passes, then a seeded
+      subset of k), which caps the share of long clips.
     seed: seed of the random scheme and of the global subsample.
   """
 
@@ -180,13 +185,32 @@ class LocalFeatureConfig:
 class PretrainConfig:
   """Greedy layer-wise RBM pretraining of the song-level DNN (SPEC §5).
 
-  Layer 1 is binary-visible/ReLU-hidden, layers 2–3 ReLU/ReLU. The learning rates
+  Layer 1 is binary-visible/ReLU-hidden, layers 2–3 ReLU/ReLU, trained by CD-1 with
+  noisy-ReLU hidden samples on the standardized bag-of-features. The learning rates
   anneal ×learning_rate_decay per epoch down to their floors.
+
+  Args:
+    epochs: CD-1 epochs per layer (200).
+    batch_size: minibatch size (100).
+    weight_costs: L2 weight cost per layer, bottom first; "WC Inc" (0.001, 0.01, 0.1)
+      is the paper's recommendation (0.001 at the bottom, non-decreasing upward).
+      Needs at least ``dnn.num_hidden_layers`` entries.
+    binary_relu_learning_rate: initial learning rate of the binary–ReLU layer 1.
+    binary_relu_min_learning_rate: its floor.
+    relu_relu_learning_rate: initial learning rate of the ReLU–ReLU layers 2–3.
+    relu_relu_min_learning_rate: their floor.
+    learning_rate_decay: ×decay per epoch (0.99).
+    initial_momentum: momentum before the switch (0.5).
+    final_momentum: momentum after the switch (0.9).
+    momentum_switch_fraction: switch after epochs·fraction epochs (maxEpoch/5).
+    init_stddev: W ~ init_stddev·N(0, 1); biases start at 0.
+    shuffle: reshuffle the examples every epoch (seeded). The authors' code keeps a
+      fixed order and drops the same trailing examples each epoch; False does that.
+    seed: seed of the weight init, the noise draws and the shuffles.
   """
 
   epochs: int = 200
   batch_size: int = 100
-  # "WC Inc": 0.001 at the bottom, non-decreasing upward (the paper's recommendation).
   weight_costs: Tuple[float, ...] = (0.001, 0.01, 0.1)
   binary_relu_learning_rate: float = 0.03
   binary_relu_min_learning_rate: float = 0.01
@@ -197,49 +221,124 @@ class PretrainConfig:
   final_momentum: float = 0.9
   momentum_switch_fraction: float = 0.2
   init_stddev: float = 0.01
+  shuffle: bool = True
   seed: int = 0
+
+  def __post_init__(self):
+    _check(self.epochs >= 0, f"pretrain.epochs must be >= 0, got {self.epochs}")
+    _check(self.batch_size >= 1, f"pretrain.batch_size must be >= 1, got {self.batch_size}")
+    _check(len(self.weight_costs) >= 1 and all(w >= 0 for w in self.weight_costs),
+           f"pretrain.weight_costs must be non-empty and >= 0, got {self.weight_costs}")
+    _check(min(self.binary_relu_learning_rate, self.relu_relu_learning_rate) > 0,
+           "pretrain learning rates must be > 0")
+    _check(0 < self.learning_rate_decay <= 1,
+           f"pretrain.learning_rate_decay must be in (0, 1], got {self.learning_rate_decay}")
+    _check(self.init_stddev > 0, "pretrain.init_stddev must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class DNNConfig:
-  """Song-level DNN (SPEC §5)."""
+  """Song-level DNN (SPEC §5).
+
+  Args:
+    num_hidden_layers: 1–3 hidden layers (the paper's ablation); more are allowed.
+    hidden_units: ReLU units per hidden layer (512).
+    dropout: dropout rate after every hidden layer (0.5).
+    input_dropout: dropout on the (standardized) input; the paper says "hidden and
+      input layers", the authors' code drops hidden units only (default 0).
+    init: "pretrained" (weights and hidden biases of the RBMs) or "random" (Keras'
+      Glorot-uniform weights and zero biases, seeded).
+    standardize_inputs: standardize the bag-of-features with the training split's
+      mean/std inside the model (SPEC §5 "input normalization").
+    head: "dnn" (this network) or "logreg" (per-tag logistic regression on the
+      standardized bag-of-features, SPEC §5 "measured here"; no pretraining).
+  """
 
   num_hidden_layers: int = 3
   hidden_units: int = 512
   dropout: float = 0.5
   input_dropout: float = 0.0
-  init: str = "pretrained"  # "pretrained" (from the RBMs) or "random"
+  init: str = "pretrained"
   standardize_inputs: bool = True
+  head: str = "dnn"
 
   def __post_init__(self):
     _check(self.num_hidden_layers >= 1, "num_hidden_layers must be >= 1")
+    _check(self.hidden_units >= 1, "hidden_units must be >= 1")
     _check(self.init in ("pretrained", "random"),
            f"init must be 'pretrained' or 'random', got {self.init!r}")
+    _check(self.head in ("dnn", "logreg"),
+           f"head must be 'dnn' or 'logreg', got {self.head!r}")
     _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
+    _check(0 <= self.input_dropout < 1, "input_dropout must be in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-  """Supervised fine-tuning (SPEC §5): AdaDelta, cross-entropy, best validation epoch."""
+  """Supervised fine-tuning (SPEC §5): AdaDelta, cross-entropy, best validation epoch.
+
+  Args:
+    epochs: maximum epochs (the code's 100; SPEC "measured here": ~250–300 on a
+      ~1,400-clip training set, so raise it for small corpora).
+    batch_size: minibatch size (128).
+    learning_rate: AdaDelta step multiplier (1.0, AdaDelta's own formulation; Keras'
+      default is 0.001).
+    adadelta_rho: decay of AdaDelta's running averages (0.99 in the code).
+    adadelta_epsilon: AdaDelta's epsilon (1e-8 in the code).
+    early_stopping_patience: stop after this many epochs without a better
+      validation AUC-tag; 0 disables early stopping.
+    mixed_precision: float16 compute with float32 variables (GPU only; ignored on CPU).
+    tensorboard: write TensorBoard logs to model_dir/finetune/tensorboard.
+    logreg_c_values: inverse L2 strengths tried by the logistic-regression head; the
+      one with the best validation AUC-tag is kept.
+    seed: seed of the random init, dropout and the per-epoch shuffles.
+  """
 
   epochs: int = 100
   batch_size: int = 128
-  learning_rate: float = 1.0  # AdaDelta's classic unit step (Keras defaults to 0.001)
+  learning_rate: float = 1.0
   adadelta_rho: float = 0.99
   adadelta_epsilon: float = 1e-8
-  early_stopping_patience: int = 0  # 0 disables early stopping
+  early_stopping_patience: int = 0
+  mixed_precision: bool = False
+  tensorboard: bool = True
+  logreg_c_values: Tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
   seed: int = 0
+
+  def __post_init__(self):
+    _check(self.epochs >= 1, f"finetune.epochs must be >= 1, got {self.epochs}")
+    _check(self.batch_size >= 1, f"finetune.batch_size must be >= 1, got {self.batch_size}")
+    _check(self.learning_rate > 0, "finetune.learning_rate must be > 0")
+    _check(0 < self.adadelta_rho < 1, "finetune.adadelta_rho must be in (0, 1)")
+    _check(self.early_stopping_patience >= 0,
+           "finetune.early_stopping_patience must be >= 0 (0 disables it)")
+    _check(len(self.logreg_c_values) >= 1 and all(c > 0 for c in self.logreg_c_values),
+           f"finetune.logreg_c_values must be non-empty and > 0, got {self.logreg_c_values}")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """The operative configuration of one `deepbof-train` run."""
+  """The operative configuration of one `deepbof-train` run.
+
+  Args:
+    local: the local-feature stage (PCA whitening, sparse RBM, pooling).
+    pretrain: RBM pretraining of the DNN.
+    dnn: the song-level network.
+    finetune: supervised fine-tuning.
+    seed: the run's seed; ``deepbof-train --seed`` sets it and every stage's seed.
+  """
 
   local: LocalFeatureConfig = dataclasses.field(default_factory=LocalFeatureConfig)
   pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
   dnn: DNNConfig = dataclasses.field(default_factory=DNNConfig)
   finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
   seed: int = 0
+
+  def __post_init__(self):
+    _check(self.dnn.head != "dnn" or self.dnn.init != "pretrained" or
+           len(self.pretrain.weight_costs) >= self.dnn.num_hidden_layers,
+           f"pretrain.weight_costs has {len(self.pretrain.weight_costs)} entries for "
+           f"{self.dnn.num_hidden_layers} hidden layers; give one per layer")
 
 
 def to_dict(config: Any) -> Dict[str, Any]:
