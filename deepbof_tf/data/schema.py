@@ -74,13 +74,7 @@ def make_clip_example(clip_id: str, path: str, log_mel: np.ndarray,
                       novelty: np.ndarray, labels: np.ndarray):
   """A clip ``tf.train.Example``; ``log_mel`` is [n_frames, n_mels]."""
   import tensorflow as tf
-  log_mel = np.asarray(log_mel, dtype=np.float32)
-  novelty = np.asarray(novelty, dtype=np.float32).ravel()
-  if log_mel.ndim != 2:
-    raise ValueError(f"{path}: log_mel must be [frames, mels], got shape {log_mel.shape}")
-  if novelty.shape[0] != log_mel.shape[0]:
-    raise ValueError(f"{path}: novelty has {novelty.shape[0]} frames, log_mel "
-                     f"{log_mel.shape[0]}")
+  log_mel, novelty = _check_clip_arrays(path, log_mel, novelty)
   return tf.train.Example(features=tf.train.Features(feature={
       CLIP_ID: _bytes([_as_bytes(clip_id)]),
       PATH: _bytes([_as_bytes(path)]),
@@ -103,6 +97,109 @@ def make_block_example(clip_id: str, frame: int, block: np.ndarray):
       CLIP_ID: _bytes([_as_bytes(clip_id)]),
       FRAME: _ints([frame]),
   }))
+
+
+# --- Fast serialization -----------------------------------------------------------------
+# The Beam job writes ~170k floats per 30-s clip. Filling a ``tf.train.FloatList`` from
+# a NumPy array converts every float to a Python object; writing the protobuf wire
+# format directly (a packed float field is the raw little-endian float32 bytes) is
+# ~50x faster and yields the same message (tests parse both and compare).
+
+
+def _varint(value: int) -> bytes:
+  value &= (1 << 64) - 1  # negative int64 → two's complement, as protobuf does
+  out = bytearray()
+  while True:
+    byte = value & 0x7F
+    value >>= 7
+    if value:
+      out.append(byte | 0x80)
+    else:
+      out.append(byte)
+      return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+  return _varint((field << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _feature_bytes(values: Sequence[bytes]) -> bytes:
+  # Feature.bytes_list (field 1) ← BytesList.value (field 1, repeated bytes).
+  return _length_delimited(1, b"".join(_length_delimited(1, v) for v in values))
+
+
+def _feature_floats(values: np.ndarray) -> bytes:
+  # Feature.float_list (field 2) ← FloatList.value (field 1, packed float).
+  raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
+  return _length_delimited(2, _length_delimited(1, raw) if raw else b"")
+
+
+def _feature_ints(values: Sequence[int]) -> bytes:
+  # Feature.int64_list (field 3) ← Int64List.value (field 1, packed int64 varints).
+  raw = b"".join(_varint(int(v)) for v in values)
+  return _length_delimited(3, _length_delimited(1, raw) if raw else b"")
+
+
+def _example_bytes(features: Mapping[str, bytes]) -> bytes:
+  # Example.features (field 1) ← Features.feature (field 1, map<string, Feature>):
+  # each map entry is a message {key = 1, value = 2}.
+  entries = b"".join(
+      _length_delimited(1, _length_delimited(1, key.encode("utf-8")) +
+                        _length_delimited(2, feature))
+      for key, feature in sorted(features.items()))
+  return _length_delimited(1, entries)
+
+
+def _check_clip_arrays(path: Any, log_mel: np.ndarray, novelty: np.ndarray):
+  log_mel = np.asarray(log_mel, dtype=np.float32)
+  novelty = np.asarray(novelty, dtype=np.float32).ravel()
+  if log_mel.ndim != 2:
+    raise ValueError(f"{path}: log_mel must be [frames, mels], got shape {log_mel.shape}")
+  if novelty.shape[0] != log_mel.shape[0]:
+    raise ValueError(f"{path}: novelty has {novelty.shape[0]} frames, log_mel "
+                     f"{log_mel.shape[0]}")
+  return log_mel, novelty
+
+
+def serialize_clip_example(clip_id: str, path: str, log_mel: np.ndarray,
+                           novelty: np.ndarray, labels: np.ndarray) -> bytes:
+  """The serialized clip ``tf.train.Example`` of :func:`make_clip_example`, fast.
+
+  Args:
+    clip_id: the clip's id.
+    path: the audio path as written in the manifest.
+    log_mel: ``[n_frames, n_mels]`` compressed log-mel spectrogram.
+    novelty: ``[n_frames]`` onset detection function.
+    labels: multi-hot over the tag vocabulary.
+  """
+  log_mel, novelty = _check_clip_arrays(path, log_mel, novelty)
+  return _example_bytes({
+      CLIP_ID: _feature_bytes([_as_bytes(clip_id)]),
+      PATH: _feature_bytes([_as_bytes(path)]),
+      N_FRAMES: _feature_ints([log_mel.shape[0]]),
+      N_MELS: _feature_ints([log_mel.shape[1]]),
+      LOG_MEL: _feature_floats(log_mel),
+      NOVELTY: _feature_floats(novelty),
+      LABELS: _feature_floats(np.asarray(labels, dtype=np.float32).ravel()),
+  })
+
+
+def serialize_block_example(clip_id: str, frame: int, block: np.ndarray) -> bytes:
+  """The serialized block ``tf.train.Example`` of :func:`make_block_example`, fast.
+
+  Args:
+    clip_id: id of the clip the block comes from.
+    frame: the block's first frame.
+    block: ``[block_frames, n_mels]``.
+  """
+  block = np.asarray(block, dtype=np.float32)
+  if block.ndim != 2:
+    raise ValueError(f"{clip_id}: block must be [frames, mels], got shape {block.shape}")
+  return _example_bytes({
+      BLOCK: _feature_floats(block),
+      CLIP_ID: _feature_bytes([_as_bytes(clip_id)]),
+      FRAME: _feature_ints([frame]),
+  })
 
 
 def clip_feature_spec(n_tags: int) -> Dict[str, Any]:

@@ -1,0 +1,869 @@
+"""The preprocessing pipeline: manifest → log-mel + novelty per clip → TFRecords.
+
+Library module of ``deepbof-preprocess`` (the absl entry point is ``preprocess.py``).
+Data flow (DESIGN.md):
+
+1. The launcher reads the manifest (``deepbof_tf.data.manifests``) and creates a
+   PCollection of small clip records (id, paths, split, labels).
+2. :class:`ComputeFeaturesDoFn` reads, decodes and resamples each file, computes the
+   SPEC §1 front end and validates the result. A failing input becomes one error
+   record ``{path, stage, error}`` on a tagged output; the pipeline goes on.
+3. Clips are serialized (``schema.serialize_clip_example``) and written by
+   :class:`WriteBundleShardsDoFn`, one gzip TFRecord file per bundle and split, so the
+   payloads stream through each worker and no step holds the dataset in memory.
+   :class:`FinalizeShardsDoFn` names the files ``clips/{split}-SSSSS-of-NNNNN``.
+4. Block sampling (SPEC §3) needs two global numbers: the passes per clip (from the
+   segments of the whole training split) and the budget threshold (the
+   ``num_blocks``-th smallest candidate key; see ``deepbof_tf.sampling``). Both are
+   computed from per-clip segment counts only. The block payloads are then sampled by
+   :class:`SampleBlocksDoFn` from the *written* train shards, so they too stream, and
+   the blocks are cut from exactly the stored ``log_mel``.
+5. Error records go to ``errors/errors-*.jsonl``; a ``_summary.json`` with the counts
+   computed from the outputs lets the launcher write ``metadata.json`` and reconcile
+   them with the Beam counters.
+
+Everything is written under a temporary sibling of ``output_dir`` that :func:`run`
+publishes by rename once the pipeline has succeeded and ``metadata.json`` is written;
+an existing non-empty ``output_dir`` is refused unless ``overwrite``.
+
+DoFns import TensorFlow and the front end in ``setup()``, take every setting as a
+constructor argument (never absl FLAGS) and reach files only through ``tf.io.gfile``,
+so they run unchanged on the DirectRunner (also ``multi_processing``) and on Dataflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import time
+import uuid
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.transforms.window import GlobalWindows
+
+from deepbof_tf import __version__
+from deepbof_tf import sampling
+from deepbof_tf.config import FrontendConfig, SamplingConfig, to_dict
+from deepbof_tf.data import manifests
+from deepbof_tf.data import schema
+
+METRICS_NAMESPACE = "deepbof"
+ERROR_TAG = "errors"
+SUMMARY_FILE = "_summary.json"
+ERRORS_PREFIX = "errors"
+ERRORS_SUFFIX = ".jsonl"
+STAGES = ("read", "decode", "features", "validate")
+_TMP_FILES_DIR = "_incomplete"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+  """Everything one preprocessing run depends on (the flags of ``deepbof-preprocess``).
+
+  Args:
+    manifest: path or URL of the manifest.
+    audio_root: directory (or URL prefix) that relative manifest paths are joined to.
+    output_dir: the dataset directory to create.
+    manifest_format: "csv" or "mtt" (MagnaTagATune ``annotations_final.csv``).
+    top_n_tags: keep the N most frequent tags (0 keeps all).
+    drop_untagged: drop clips that have none of the kept tags.
+    skip_bad_rows: skip (and count) malformed manifest rows instead of failing.
+    channel_mode: how multi-channel audio becomes mono: "first" (the authors' code)
+      or "mean".
+    num_shards: TFRecord files per split; 0 (default) writes one file per Beam bundle,
+      which streams; > 0 regroups the records by a hash of the clip id (a shuffle).
+    overwrite: replace an existing non-empty ``output_dir``.
+    frontend: the audio front end (SPEC §1–2b).
+    sampling: block sampling (SPEC §3).
+    intra_op_threads: TensorFlow threads per worker process; 1 by default because
+      Beam parallelises over worker processes (one per core).
+  """
+
+  manifest: str
+  audio_root: str
+  output_dir: str
+  manifest_format: str = "csv"
+  top_n_tags: int = 50
+  drop_untagged: bool = False
+  skip_bad_rows: bool = False
+  channel_mode: str = "first"
+  num_shards: int = 0
+  overwrite: bool = False
+  frontend: FrontendConfig = dataclasses.field(default_factory=FrontendConfig)
+  sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+  intra_op_threads: int = 1
+
+  def __post_init__(self):
+    if self.manifest_format not in ("csv", "mtt"):
+      raise ValueError(f"manifest_format must be 'csv' or 'mtt', got {self.manifest_format!r}")
+    if self.channel_mode not in ("first", "mean"):
+      raise ValueError(f"channel_mode must be 'first' or 'mean', got {self.channel_mode!r}")
+    if self.num_shards < 0:
+      raise ValueError(f"num_shards must be >= 0, got {self.num_shards}")
+    if self.top_n_tags < 0:
+      raise ValueError(f"top_n_tags must be >= 0, got {self.top_n_tags}")
+    if not self.output_dir:
+      raise ValueError("output_dir must not be empty")
+
+
+# --------------------------------------------------------------------------------------
+# Paths and file helpers (tf.io.gfile: local paths and gs:// alike).
+# --------------------------------------------------------------------------------------
+
+
+def _is_url(path: str) -> bool:
+  return "://" in path
+
+
+def _join(base: str, *parts: str) -> str:
+  return posixpath.join(base, *parts) if _is_url(base) else os.path.join(base, *parts)
+
+
+def resolve_audio_path(audio_root: str, path: str) -> str:
+  """The file to read for a manifest ``path``: absolute paths and URLs are kept."""
+  if _is_url(path) or os.path.isabs(path) or not audio_root:
+    return path
+  return _join(audio_root, path)
+
+
+def _gfile():
+  import tensorflow as tf  # deferred: heavy
+  return tf.io.gfile
+
+
+def _counter(name: str):
+  return Metrics.counter(METRICS_NAMESPACE, name)
+
+
+# --------------------------------------------------------------------------------------
+# Clip records.
+# --------------------------------------------------------------------------------------
+
+
+def clip_records(manifest: manifests.Manifest, audio_root: str) -> List[Dict[str, Any]]:
+  """The pipeline's input elements: plain dicts, cheap to pickle and encode.
+
+  Args:
+    manifest: the parsed manifest.
+    audio_root: prefix of relative manifest paths.
+  """
+  return [{"clip_id": e.clip_id, "path": e.path,
+           "audio_path": resolve_audio_path(audio_root, e.path),
+           "split": e.split, "labels": manifest.labels(e)}
+          for e in manifest.entries]
+
+
+def _error_record(record: Mapping[str, Any], stage: str, error: Any) -> Dict[str, Any]:
+  message = str(error) or type(error).__name__
+  if isinstance(error, BaseException) and not isinstance(error, ValueError):
+    message = f"{type(error).__name__}: {message}"
+  return {"path": record["path"], "stage": stage, "error": message,
+          "clip_id": record["clip_id"], "split": record["split"],
+          "audio_path": record["audio_path"]}
+
+
+class ComputeFeaturesDoFn(beam.DoFn):
+  """Reads, decodes and resamples one clip, computes its front end and validates it.
+
+  Main output: the record extended by ``log_mel`` ``[frames, n_mels]`` and ``novelty``
+  ``[frames]`` (float32 NumPy). Tagged output ``errors``: one record per failed input,
+  with the stage that failed: "read" (missing/unreadable file), "decode" (not
+  decodable audio, 0 samples), "features" (the front end raised), "validate" (fewer
+  frames than one block, non-finite values, frame count not ``frame_count(n)``).
+
+  Args:
+    frontend: the front-end configuration.
+    channel_mode: "first" or "mean".
+    block_frames: a clip needs at least this many frames.
+    intra_op_threads: TensorFlow intra-/inter-op threads of the worker process.
+  """
+
+  def __init__(self, frontend: FrontendConfig, channel_mode: str = "first",
+               block_frames: int = 8, intra_op_threads: int = 1):
+    self._frontend_config = frontend
+    self._channel_mode = channel_mode
+    self._block_frames = block_frames
+    self._intra_op_threads = intra_op_threads
+    self._read = _counter("clips_read")
+    self._failed = _counter("clips_failed")
+    self._failed_by_stage = {stage: _counter(f"failed_{stage}") for stage in STAGES}
+    self._features_ok = _counter("clips_featurized")
+
+  def setup(self):
+    import tensorflow as tf
+    if self._intra_op_threads > 0:
+      try:
+        tf.config.threading.set_intra_op_parallelism_threads(self._intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(self._intra_op_threads)
+      except RuntimeError:
+        pass  # the context of this process is already initialised: keep its settings
+    from deepbof_tf import audio, frontend
+    self._tf = tf
+    self._audio = audio
+    self._frame_count = frontend.frame_count
+    # compute_features runs one cached tf.function with a [None] signature: one trace
+    # per worker for every clip length.
+    self._compute_features = frontend.compute_features
+
+  def _fail(self, record, stage, error):
+    self._failed.inc()
+    self._failed_by_stage[stage].inc()
+    logging.warning("%s: %s failed: %s", record["audio_path"], stage, error)
+    return beam.pvalue.TaggedOutput(ERROR_TAG, _error_record(record, stage, error))
+
+  def process(self, record: Dict[str, Any]) -> Iterator[Any]:
+    self._read.inc()
+    path = record["audio_path"]
+    gfile = self._tf.io.gfile
+    try:
+      if not gfile.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+      with gfile.GFile(path, "rb") as f:
+        data = f.read()
+    except Exception as e:  # pylint: disable=broad-except
+      yield self._fail(record, "read", e)
+      return
+    try:
+      waveform = self._audio.load_audio_from_bytes(
+          data, path, sample_rate=self._frontend_config.sample_rate,
+          channel_mode=self._channel_mode)
+      waveform = np.asarray(waveform, dtype=np.float32).ravel()
+      if waveform.size == 0:
+        raise ValueError(f"{path}: 0 samples after decoding (empty or corrupt file)")
+    except Exception as e:  # pylint: disable=broad-except
+      yield self._fail(record, "decode", e)
+      return
+    try:
+      log_mel, novelty = self._compute_features(waveform, self._frontend_config)
+      log_mel = log_mel.numpy()
+      novelty = novelty.numpy()
+    except Exception as e:  # pylint: disable=broad-except
+      yield self._fail(record, "features", e)
+      return
+    try:
+      n_frames = log_mel.shape[0]
+      expected = int(self._frame_count(waveform.size, self._frontend_config))
+      if n_frames != expected or novelty.shape != (n_frames,):
+        raise ValueError(f"{path}: front end returned {n_frames} frames (novelty "
+                         f"{novelty.shape}), expected frame_count = {expected}")
+      if n_frames < self._block_frames:
+        raise ValueError(
+            f"{path}: {n_frames} frames ({waveform.size} samples at "
+            f"{self._frontend_config.sample_rate} Hz) is shorter than one "
+            f"{self._block_frames}-frame block")
+      if not (np.isfinite(log_mel).all() and np.isfinite(novelty).all()):
+        raise ValueError(f"{path}: non-finite (NaN/Inf) values in log_mel or novelty")
+    except Exception as e:  # pylint: disable=broad-except
+      yield self._fail(record, "validate", e)
+      return
+    self._features_ok.inc()
+    yield dict(record, log_mel=log_mel, novelty=novelty)
+
+
+def serialize_clip(record: Mapping[str, Any]) -> Tuple[str, str, bytes]:
+  """``(split, clip_id, serialized clip example)`` of a featurized record."""
+  return (record["split"], record["clip_id"],
+          schema.serialize_clip_example(record["clip_id"], record["path"],
+                                        record["log_mel"], record["novelty"],
+                                        record["labels"]))
+
+
+def clip_stats(record: Mapping[str, Any], block_frames: int,
+               segment_frames: int) -> Dict[str, Any]:
+  """The small per-clip numbers the global sampling decisions need."""
+  n_frames = int(record["log_mel"].shape[0])
+  return {"clip_id": record["clip_id"], "split": record["split"], "n_frames": n_frames,
+          "n_segments": sampling.num_segments(n_frames, block_frames, segment_frames)}
+
+
+# --------------------------------------------------------------------------------------
+# Sharded writing: temporary files per bundle, then final names.
+# --------------------------------------------------------------------------------------
+
+
+class _RecordFile:
+  """One open output file: gzip TFRecord or JSON lines."""
+
+  def __init__(self, path: str, file_format: str):
+    import tensorflow as tf
+    self.path = path
+    self.count = 0
+    self.first_id: Optional[str] = None
+    self._format = file_format
+    if file_format == "tfrecord":
+      self._writer = tf.io.TFRecordWriter(
+          path, options=tf.io.TFRecordOptions(compression_type=schema.COMPRESSION))
+    else:
+      self._writer = tf.io.gfile.GFile(path, "w")
+
+  def write(self, key: str, payload: Any) -> None:
+    if self._format == "tfrecord":
+      self._writer.write(payload)
+    else:
+      self._writer.write(json.dumps(payload, sort_keys=True) + "\n")
+    self.count += 1
+    if self.first_id is None or key < self.first_id:
+      self.first_id = key
+
+  def close(self) -> Dict[str, Any]:
+    self._writer.close()
+    return {"path": self.path, "count": self.count, "first_id": self.first_id or ""}
+
+
+def _temp_file_name(tmp_files_dir: str, kind: str, split: str, suffix: str) -> str:
+  return _join(tmp_files_dir, f"{kind}-{split}-{uuid.uuid4().hex}{suffix}")
+
+
+class WriteBundleShardsDoFn(beam.DoFn):
+  """Writes ``(split, key, payload)`` elements to one temporary file per bundle and split.
+
+  Emits ``{kind, split, path, count, first_id}`` per file when the bundle finishes.
+  Files of a failed (retried) bundle attempt are never emitted, so
+  :class:`FinalizeShardsDoFn` only publishes committed data (the same protocol as
+  Beam's file sinks, with TensorFlow's C++ TFRecord writer).
+
+  Args:
+    tmp_files_dir: directory of the temporary files.
+    kind: "clips", "blocks" or "errors" (also the counter ``{kind}_written``).
+    file_format: "tfrecord" (gzip) or "jsonl".
+  """
+
+  def __init__(self, tmp_files_dir: str, kind: str, file_format: str = "tfrecord"):
+    self._tmp_files_dir = tmp_files_dir
+    self._kind = kind
+    self._format = file_format
+    self._suffix = schema.TFRECORD_SUFFIX if file_format == "tfrecord" else ERRORS_SUFFIX
+    self._written = _counter(f"{kind}_written")
+    self._files: Dict[str, _RecordFile] = {}
+
+  def setup(self):
+    _gfile().makedirs(self._tmp_files_dir)
+
+  def start_bundle(self):
+    self._files = {}
+
+  def process(self, element: Tuple[str, str, Any]) -> None:
+    split, key, payload = element
+    out = self._files.get(split)
+    if out is None:
+      out = self._files[split] = _RecordFile(
+          _temp_file_name(self._tmp_files_dir, self._kind, split, self._suffix),
+          self._format)
+    out.write(key, payload)
+    self._written.inc()
+
+  def finish_bundle(self):
+    for split, out in sorted(self._files.items()):
+      info = dict(out.close(), kind=self._kind, split=split)
+      yield GlobalWindows.windowed_value(info)
+    self._files = {}
+
+
+class WriteGroupShardDoFn(beam.DoFn):
+  """Writes one ``((split, shard), [(key, payload), …])`` group to one temporary file.
+
+  The fixed-``num_shards`` path: after a GroupByKey each group is one output shard.
+
+  Args:
+    tmp_files_dir: directory of the temporary files.
+    kind: "clips" or "blocks".
+  """
+
+  def __init__(self, tmp_files_dir: str, kind: str):
+    self._tmp_files_dir = tmp_files_dir
+    self._kind = kind
+    self._written = _counter(f"{kind}_written")
+
+  def setup(self):
+    _gfile().makedirs(self._tmp_files_dir)
+
+  def process(self, element) -> Iterator[Dict[str, Any]]:
+    (split, _), items = element
+    out = _RecordFile(_temp_file_name(self._tmp_files_dir, self._kind, split,
+                                      schema.TFRECORD_SUFFIX), "tfrecord")
+    for key, payload in items:
+      out.write(key, payload)
+      self._written.inc()
+    yield dict(out.close(), kind=self._kind, split=split)
+
+
+def _shard_of(key: str, num_shards: int) -> int:
+  return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % num_shards
+
+
+def _empty_file(path: str, file_format: str) -> None:
+  _RecordFile(path, file_format).close()
+
+
+class FinalizeShardsDoFn(beam.DoFn):
+  """Renames the committed temporary files to ``{dir}/{split}-SSSSS-of-NNNNN{suffix}``.
+
+  Runs once (on a single element), with every file description as a side input.
+  Files are numbered in the order of their smallest key, so names do not depend on
+  the order bundles finished. A split without data gets one empty file, so readers
+  always find a (possibly empty) shard.
+
+  Args:
+    out_dir: the final directory (``clips``, ``blocks`` or ``errors`` of the dataset).
+    splits: the splits that must exist.
+    file_format: "tfrecord" or "jsonl".
+    prefix: file name prefix; None uses the split name.
+  """
+
+  def __init__(self, out_dir: str, splits: Sequence[str], file_format: str = "tfrecord",
+               prefix: Optional[str] = None):
+    self._out_dir = out_dir
+    self._splits = tuple(splits)
+    self._format = file_format
+    self._prefix = prefix
+    self._suffix = schema.TFRECORD_SUFFIX if file_format == "tfrecord" else ERRORS_SUFFIX
+
+  def process(self, unused_element, infos: Sequence[Mapping[str, Any]]):
+    gfile = _gfile()
+    gfile.makedirs(self._out_dir)
+    by_split: Dict[str, List[Mapping[str, Any]]] = {s: [] for s in self._splits}
+    for info in infos:
+      by_split.setdefault(info["split"], []).append(info)
+    for split, files in sorted(by_split.items()):
+      files = sorted(files, key=lambda i: (i["first_id"], i["path"]))
+      total = max(1, len(files))
+      name = self._prefix or split
+      for index in range(total):
+        final = _join(self._out_dir, f"{name}-{index:05d}-of-{total:05d}{self._suffix}")
+        if files:
+          gfile.rename(files[index]["path"], final, overwrite=True)
+          count = files[index]["count"]
+        else:
+          _empty_file(final, self._format)
+          count = 0
+        yield {"split": split, "path": final, "count": count}
+
+
+# --------------------------------------------------------------------------------------
+# Block sampling (SPEC §3) from the written train shards.
+# --------------------------------------------------------------------------------------
+
+
+class SampleBlocksDoFn(beam.DoFn):
+  """Reads one written train clip shard and emits its sampled blocks.
+
+  Args:
+    sampling_config: the sampling configuration.
+    n_tags: length of the clips' ``labels`` (needed to parse them).
+    n_mels: mel bands of ``log_mel``.
+  """
+
+  def __init__(self, sampling_config: SamplingConfig, n_tags: int, n_mels: int):
+    self._config = sampling_config
+    self._n_tags = n_tags
+    self._n_mels = n_mels
+    self._blocks = _counter("blocks_sampled")
+    self._clips = _counter("clips_sampled")
+
+  def setup(self):
+    import tensorflow as tf
+    self._tf = tf
+    n_tags, n_mels = self._n_tags, self._n_mels
+    self._parse = tf.function(
+        lambda s: schema.parse_clip(s, n_tags, n_mels),
+        input_signature=[tf.TensorSpec([], tf.string)])
+
+  def process(self, shard: Mapping[str, Any], num_passes: int,
+              max_key: Optional[bytes]) -> Iterator[Tuple[str, str, bytes]]:
+    tf = self._tf
+    dataset = tf.data.TFRecordDataset(shard["path"], compression_type=schema.COMPRESSION)
+    for serialized in dataset:
+      parsed = self._parse(serialized)
+      clip_id = parsed[schema.CLIP_ID].numpy().decode("utf-8")
+      blocks = sampling.sample_clip_blocks(
+          clip_id, parsed[schema.LOG_MEL].numpy(), parsed[schema.NOVELTY].numpy(),
+          self._config, num_passes, max_key=max_key)
+      self._clips.inc()
+      for key, frame, block in blocks:
+        self._blocks.inc()
+        yield ("train", key.hex(), schema.serialize_block_example(clip_id, frame, block))
+
+
+def _threshold_of(smallest: Sequence[bytes], num_blocks: int) -> Optional[bytes]:
+  # Fewer candidates than the budget: keep them all.
+  return smallest[-1] if len(smallest) >= num_blocks else None
+
+
+def _candidate_keys(stats: Mapping[str, Any], config: SamplingConfig,
+                    num_passes: int) -> List[bytes]:
+  return [key for key, _, _ in sampling.clip_candidates(
+      stats["clip_id"], stats["n_segments"], config, num_passes)]
+
+
+# --------------------------------------------------------------------------------------
+# The pipeline.
+# --------------------------------------------------------------------------------------
+
+
+class _WriteSummaryDoFn(beam.DoFn):
+  """Writes the counts computed from the outputs to ``_summary.json``."""
+
+  def __init__(self, path: str):
+    self._path = path
+
+  def process(self, unused_element, clip_files, block_files, error_files, num_passes,
+              total_segments, num_candidates, threshold, featurized_by_split):
+    summary = {
+        "clip_files": sorted(clip_files, key=lambda f: f["path"]),
+        "block_files": sorted(block_files, key=lambda f: f["path"]),
+        "error_files": sorted(error_files, key=lambda f: f["path"]),
+        "num_passes": num_passes,
+        "total_segments": total_segments,
+        "num_candidates": num_candidates,
+        "budget_threshold": threshold.hex() if threshold is not None else None,
+        "featurized_by_split": dict(featurized_by_split),
+    }
+    schema.write_json(self._path, summary)
+    yield summary
+
+
+def _write_sharded(pcoll, label: str, tmp_files_dir: str, out_dir: str, kind: str,
+                   splits: Sequence[str], num_shards: int, file_format: str = "tfrecord",
+                   prefix: Optional[str] = None):
+  """``(split, key, payload)`` → finalized files; returns the final file descriptions."""
+  if num_shards > 0:
+    files = (pcoll
+             | f"{label}Key" >> beam.Map(
+                 lambda e, n: ((e[0], _shard_of(e[1], n)), (e[1], e[2])), num_shards)
+             | f"{label}Group" >> beam.GroupByKey()
+             | f"{label}Write" >> beam.ParDo(WriteGroupShardDoFn(tmp_files_dir, kind)))
+  else:
+    files = pcoll | f"{label}Write" >> beam.ParDo(
+        WriteBundleShardsDoFn(tmp_files_dir, kind, file_format))
+  return (pcoll.pipeline
+          | f"{label}Once" >> beam.Create([None])
+          | f"{label}Finalize" >> beam.ParDo(
+              FinalizeShardsDoFn(out_dir, splits, file_format, prefix),
+              beam.pvalue.AsList(files)))
+
+
+def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]],
+                   config: PreprocessConfig, n_tags: int, work_dir: str):
+  """Adds the preprocessing steps to ``pipeline``; every output goes under ``work_dir``.
+
+  Args:
+    pipeline: the Beam pipeline.
+    records: the clip records (:func:`clip_records`).
+    config: the run's configuration.
+    n_tags: size of the tag vocabulary (length of ``labels``).
+    work_dir: the (temporary) dataset directory to write.
+
+  Returns:
+    The PCollection of the ``_summary.json`` payload (one element).
+  """
+  scfg = config.sampling
+  tmp_files_dir = _join(work_dir, _TMP_FILES_DIR)
+  results = (pipeline
+             | "ClipRecords" >> beam.Create(list(records))
+             | "ComputeFeatures" >> beam.ParDo(ComputeFeaturesDoFn(
+                 config.frontend, config.channel_mode, scfg.block_frames,
+                 config.intra_op_threads)).with_outputs(ERROR_TAG, main="clips"))
+  clips, errors = results.clips, results[ERROR_TAG]
+
+  clip_files = _write_sharded(
+      clips | "SerializeClips" >> beam.Map(serialize_clip), "Clips", tmp_files_dir,
+      _join(work_dir, schema.CLIPS_DIR), "clips", schema.SPLITS, config.num_shards)
+  error_files = _write_sharded(
+      errors | "KeyErrors" >> beam.Map(lambda e: ("errors", e["path"], e)), "Errors",
+      tmp_files_dir, _join(work_dir, schema.ERRORS_DIR), "errors", ["errors"], 0,
+      file_format="jsonl", prefix=ERRORS_PREFIX)
+
+  stats = clips | "ClipStats" >> beam.Map(clip_stats, scfg.block_frames,
+                                          scfg.segment_frames)
+  featurized_by_split = (stats
+                         | "SplitOf" >> beam.Map(lambda s: s["split"])
+                         | "CountSplits" >> beam.combiners.Count.PerElement())
+  train_stats = stats | "TrainOnly" >> beam.Filter(lambda s: s["split"] == "train")
+  total_segments = (train_stats
+                    | "Segments" >> beam.Map(lambda s: s["n_segments"])
+                    | "TotalSegments" >> beam.CombineGlobally(sum))
+  num_passes = total_segments | "Passes" >> beam.Map(
+      lambda total, n: sampling.auto_num_passes(n, total), scfg.num_blocks)
+  keys = train_stats | "CandidateKeys" >> beam.FlatMap(
+      _candidate_keys, scfg, beam.pvalue.AsSingleton(num_passes))
+  num_candidates = keys | "CountCandidates" >> beam.combiners.Count.Globally()
+  threshold = (keys
+               | "SmallestKeys" >> beam.combiners.Top.Smallest(scfg.num_blocks)
+               | "Threshold" >> beam.Map(_threshold_of, scfg.num_blocks))
+
+  train_shards = (clip_files
+                  | "TrainShards" >> beam.Filter(
+                      lambda f: f["split"] == "train" and f["count"] > 0)
+                  | "SpreadShards" >> beam.Reshuffle())
+  blocks = train_shards | "SampleBlocks" >> beam.ParDo(
+      SampleBlocksDoFn(scfg, n_tags, config.frontend.n_mels),
+      beam.pvalue.AsSingleton(num_passes), beam.pvalue.AsSingleton(threshold))
+  block_files = _write_sharded(blocks, "Blocks", tmp_files_dir,
+                               _join(work_dir, schema.BLOCKS_DIR), "blocks", ["train"],
+                               config.num_shards)
+
+  return (pipeline
+          | "SummaryOnce" >> beam.Create([None])
+          | "Summary" >> beam.ParDo(
+              _WriteSummaryDoFn(_join(work_dir, SUMMARY_FILE)),
+              beam.pvalue.AsList(clip_files), beam.pvalue.AsList(block_files),
+              beam.pvalue.AsList(error_files), beam.pvalue.AsSingleton(num_passes),
+              beam.pvalue.AsSingleton(total_segments),
+              beam.pvalue.AsSingleton(num_candidates), beam.pvalue.AsSingleton(threshold),
+              beam.pvalue.AsList(featurized_by_split)))
+
+
+# --------------------------------------------------------------------------------------
+# Launcher: output directory protocol, counters, metadata.json.
+# --------------------------------------------------------------------------------------
+
+
+def _is_nonempty_dir(path: str) -> bool:
+  gfile = _gfile()
+  return gfile.exists(path) and (not gfile.isdir(path) or bool(gfile.listdir(path)))
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+  """Refuses an existing non-empty ``output_dir`` unless ``overwrite``."""
+  if _is_nonempty_dir(output_dir) and not overwrite:
+    raise FileExistsError(
+        f"{output_dir}: output directory exists and is not empty; choose another "
+        "--output_dir or pass --overwrite to replace it")
+
+
+def _copy_tree(src: str, dst: str, last: str) -> None:
+  """Copies ``src`` to ``dst`` file by file; the top-level file ``last`` goes last."""
+  gfile = _gfile()
+  final_copy = None
+  for root, _, files in gfile.walk(src):
+    rel = root[len(src):].strip("/")
+    target_root = _join(dst, rel) if rel else dst
+    gfile.makedirs(target_root)
+    for name in files:
+      pair = (_join(root, name), _join(target_root, name))
+      if not rel and name == last:
+        final_copy = pair
+      else:
+        gfile.copy(*pair, overwrite=True)
+  if final_copy is not None:
+    gfile.copy(*final_copy, overwrite=True)
+
+
+def publish(work_dir: str, output_dir: str, overwrite: bool) -> None:
+  """Moves the finished ``work_dir`` to ``output_dir``.
+
+  Local file systems: one directory rename (an existing ``output_dir`` is first moved
+  aside and deleted after the swap). Object stores (gs://…), where directories cannot
+  be renamed atomically: files are copied with ``metadata.json`` last, so a dataset
+  without ``metadata.json`` is never complete (``read_metadata`` refuses it).
+
+  Args:
+    work_dir: the finished temporary dataset directory.
+    output_dir: its final name.
+    overwrite: replace an existing non-empty ``output_dir``.
+  """
+  gfile = _gfile()
+  check_output_dir(output_dir, overwrite)
+  if not _is_url(output_dir):
+    old = None
+    if os.path.exists(output_dir):
+      if os.path.isdir(output_dir) and not os.listdir(output_dir):
+        os.rmdir(output_dir)
+      else:
+        old = f"{output_dir}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(output_dir, old)
+    os.rename(work_dir, output_dir)
+    if old is not None:
+      gfile.rmtree(old) if os.path.isdir(old) else os.remove(old)
+    return
+  if gfile.exists(output_dir):
+    gfile.rmtree(output_dir)
+  _copy_tree(work_dir, output_dir, last=schema.METADATA_FILE)
+  gfile.rmtree(work_dir)
+
+
+def _query_counters(result) -> Optional[Dict[str, int]]:
+  """Committed (else attempted) Beam counters summed over steps; None if unsupported."""
+  try:
+    counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  out: Dict[str, int] = {}
+  for counter in counters.get("counters", []):
+    value = counter.committed if counter.committed is not None else counter.attempted
+    out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
+  return out or None
+
+
+def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
+              num_inputs: int, counters: Optional[Mapping[str, int]]) -> Dict[str, Any]:
+  """Counts from the outputs checked against the Beam counters.
+
+  Args:
+    summary: the pipeline's ``_summary.json``.
+    errors: the error records.
+    num_inputs: clips in the manifest (the pipeline's input).
+    counters: the Beam counters, or None when the runner does not report them.
+
+  Returns:
+    ``clips_read``, ``clips_written``, ``clips_failed``, ``blocks_written``, the
+    source of each (``counters_source``) and whether they reconcile.
+  """
+  written = sum(f["count"] for f in summary["clip_files"])
+  from_outputs = {"clips_read": num_inputs, "clips_written": written,
+                  "clips_failed": len(errors),
+                  "blocks_written": sum(f["count"] for f in summary["block_files"])}
+  if counters:
+    used = {name: int(counters.get(name, 0)) for name in from_outputs}
+    source = "beam_metrics"
+  else:
+    used = dict(from_outputs)
+    source = "outputs (the runner reported no Beam counters)"
+  used["reconciled"] = (
+      used["clips_read"] == used["clips_written"] + used["clips_failed"])
+  used["matches_outputs"] = all(used[k] == from_outputs[k] for k in from_outputs)
+  used["counters_source"] = source
+  return used
+
+
+def _read_errors(work_dir: str) -> List[Dict[str, Any]]:
+  gfile = _gfile()
+  records = []
+  for path in sorted(gfile.glob(_join(work_dir, schema.ERRORS_DIR, f"*{ERRORS_SUFFIX}"))):
+    with gfile.GFile(path, "r") as f:
+      records.extend(json.loads(line) for line in f if line.strip())
+  return records
+
+
+def build_metadata(config: PreprocessConfig, manifest: manifests.Manifest,
+                   summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
+                   counts: Mapping[str, Any], elapsed_seconds: float) -> Dict[str, Any]:
+  """The dataset's ``metadata.json`` (DESIGN.md)."""
+  fe = config.frontend
+  split_counts = {split: 0 for split in schema.SPLITS}
+  for f in summary["clip_files"]:
+    split_counts[f["split"]] = split_counts.get(f["split"], 0) + f["count"]
+  failed_by_stage: Dict[str, int] = {}
+  for e in errors:
+    failed_by_stage[e["stage"]] = failed_by_stage.get(e["stage"], 0) + 1
+  return {
+      "format_version": 1,
+      "package_version": __version__,
+      "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "sample_rate": fe.sample_rate,
+      "n_fft": fe.n_fft,
+      "hop_length": fe.hop_length,
+      "n_mels": fe.n_mels,
+      "frontend": to_dict(fe),
+      "agc": {"enabled": fe.agc, "t_scale": fe.agc_t_scale, "f_scale": fe.agc_f_scale,
+              "epsilon": fe.agc_epsilon, "n_bands": fe.agc_n_bands,
+              "width": fe.agc_width},
+      "novelty": {"n_mels": fe.novelty_n_mels, "log_gain": fe.novelty_log_gain},
+      "block_frames": config.sampling.block_frames,
+      "sampling": dict(to_dict(config.sampling),
+                       num_passes=summary["num_passes"],
+                       train_segments=summary["total_segments"],
+                       num_candidates=summary["num_candidates"],
+                       budget_threshold=summary["budget_threshold"]),
+      "tags": list(manifest.tags),
+      "n_tags": len(manifest.tags),
+      "split_counts": split_counts,
+      "num_clips": sum(split_counts.values()),
+      "num_blocks": sum(f["count"] for f in summary["block_files"]),
+      "num_failed": len(errors),
+      "failed_by_stage": failed_by_stage,
+      "counters": dict(counts),
+      "manifest": config.manifest,
+      "manifest_format": config.manifest_format,
+      "manifest_rows_skipped": len(manifest.skipped),
+      "audio_root": config.audio_root,
+      "top_n_tags": config.top_n_tags,
+      "drop_untagged": config.drop_untagged,
+      "channel_mode": config.channel_mode,
+      "seed": config.sampling.seed,
+      "files": {"clips": [posixpath.join(schema.CLIPS_DIR, posixpath.basename(f["path"]))
+                          for f in summary["clip_files"]],
+                "blocks": [posixpath.join(schema.BLOCKS_DIR, posixpath.basename(f["path"]))
+                           for f in summary["block_files"]]},
+      "elapsed_seconds": round(elapsed_seconds, 3),
+  }
+
+
+def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
+        manifest: Optional[manifests.Manifest] = None) -> Dict[str, Any]:
+  """Runs the whole preprocessing job and returns the written ``metadata.json``.
+
+  Args:
+    config: the run's configuration.
+    beam_args: Beam pipeline options (``--runner``, ``--direct_num_workers``, …).
+    manifest: an already parsed manifest (default: read ``config.manifest``).
+  """
+  from apache_beam.options.pipeline_options import PipelineOptions
+  output_dir = config.output_dir.rstrip("/")
+  check_output_dir(output_dir, config.overwrite)
+  if manifest is None:
+    manifest = manifests.read_manifest(
+        config.manifest, config.manifest_format, top_n_tags=config.top_n_tags,
+        drop_untagged=config.drop_untagged, skip_bad_rows=config.skip_bad_rows)
+  records = clip_records(manifest, config.audio_root)
+  logging.info("%s: %d clips (%s), %d tags", config.manifest, len(records),
+               manifest.split_counts(), len(manifest.tags))
+  work_dir = f"{output_dir}.incomplete-{uuid.uuid4().hex[:8]}"
+  gfile = _gfile()
+  gfile.makedirs(work_dir)
+  start = time.time()
+  try:
+    pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
+    build_pipeline(pipeline, records, config, len(manifest.tags), work_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = _query_counters(result)
+    summary_path = _join(work_dir, SUMMARY_FILE)
+    with gfile.GFile(summary_path, "r") as f:
+      summary = json.load(f)
+    gfile.remove(summary_path)
+    if gfile.exists(_join(work_dir, _TMP_FILES_DIR)):
+      gfile.rmtree(_join(work_dir, _TMP_FILES_DIR))
+    errors = _read_errors(work_dir)
+    counts = reconcile(summary, errors, len(records), counters)
+    metadata = build_metadata(config, manifest, summary, errors, counts,
+                              time.time() - start)
+    # metadata.json last: it marks a complete dataset.
+    schema.write_json(_join(work_dir, schema.METADATA_FILE), metadata)
+    publish(work_dir, output_dir, config.overwrite)
+  except BaseException:
+    if gfile.exists(work_dir):
+      try:
+        gfile.rmtree(work_dir)
+      except Exception:  # pylint: disable=broad-except
+        logging.exception("could not remove %s", work_dir)
+    raise
+  return metadata
+
+
+def format_counts(metadata: Mapping[str, Any]) -> str:
+  """A short human-readable report of a finished run."""
+  c = metadata["counters"]
+  lines = [
+      f"clips read {c['clips_read']} = written {c['clips_written']} + failed "
+      f"{c['clips_failed']}: {'reconciled' if c['reconciled'] else 'NOT RECONCILED'} "
+      f"(source: {c['counters_source']}; match the outputs: {c['matches_outputs']})",
+      "clips per split: " + ", ".join(f"{k} {v}" for k, v in
+                                      metadata["split_counts"].items()),
+      f"blocks {metadata['num_blocks']} (budget {metadata['sampling']['num_blocks']}, "
+      f"candidates {metadata['sampling']['num_candidates']}, passes "
+      f"{metadata['sampling']['num_passes']})",
+      f"failed inputs {metadata['num_failed']}: {metadata['failed_by_stage']}",
+  ]
+  return "\n".join(lines)
