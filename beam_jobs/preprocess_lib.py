@@ -736,15 +736,6 @@ def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
   return used
 
 
-def _read_errors(work_dir: str) -> List[Dict[str, Any]]:
-  gfile = _gfile()
-  records = []
-  for path in sorted(gfile.glob(_join(work_dir, schema.ERRORS_DIR, f"*{ERRORS_SUFFIX}"))):
-    with gfile.GFile(path, "r") as f:
-      records.extend(json.loads(line) for line in f if line.strip())
-  return records
-
-
 def build_metadata(config: PreprocessConfig, manifest: manifests.Manifest,
                    summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
                    counts: Mapping[str, Any], elapsed_seconds: float) -> Dict[str, Any]:
@@ -810,6 +801,7 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
     manifest: an already parsed manifest (default: read ``config.manifest``).
   """
   from apache_beam.options.pipeline_options import PipelineOptions
+  from deepbof_tf.data import readers  # imports TensorFlow: only in the launcher
   output_dir = config.output_dir.rstrip("/")
   check_output_dir(output_dir, config.overwrite)
   if manifest is None:
@@ -835,7 +827,7 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
     gfile.remove(summary_path)
     if gfile.exists(_join(work_dir, _TMP_FILES_DIR)):
       gfile.rmtree(_join(work_dir, _TMP_FILES_DIR))
-    errors = _read_errors(work_dir)
+    errors = readers.read_errors(work_dir)
     counts = reconcile(summary, errors, len(records), counters)
     metadata = build_metadata(config, manifest, summary, errors, counts,
                               time.time() - start)

@@ -57,3 +57,13 @@ def block_dataset(data_dir: str, *, block_frames: Optional[int] = None,
   ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION)
   return ds.map(lambda s: schema.parse_block(s, block_frames, n_mels),
                 num_parallel_calls=num_parallel_calls, deterministic=True)
+
+
+def read_errors(data_dir: str):
+  """The error records of ``errors/*.jsonl``: dicts with at least path, stage, error."""
+  import json
+  records = []
+  for path in sorted(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/{schema.ERRORS_DIR}/*.jsonl")):
+    with tf.io.gfile.GFile(path, "r") as f:
+      records.extend(json.loads(line) for line in f if line.strip())
+  return records
