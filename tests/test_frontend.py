@@ -295,6 +295,16 @@ def test_periodic_window_option_matches_reference(signals):
   assert np.median(_relative_error(log_mel.numpy(), ref_log_mel)) <= 1e-4
 
 
+def test_without_agc_matches_reference(signals):
+  x = signals["chords"]
+  log_mel, novelty = frontend.compute_features(x, FrontendConfig(agc=False))
+  spec = ref_stft_magnitude(x)
+  spec = spec + 1e-4 * spec.max()
+  ref_log_mel = np.log10(1.0 + 10.0 * (ref_fft2melmx(1024, SR, 128) @ spec)).T
+  assert np.median(_relative_error(log_mel.numpy(), ref_log_mel)) <= 1e-4
+  assert np.corrcoef(novelty.numpy(), ref_features(x)[1])[0, 1] < 0.9999  # AGC matters
+
+
 def test_short_clips_and_single_sample():
   for n in [1, 2, 100, 511, 512, 513, 1500]:
     x = np.random.default_rng(n).normal(size=n).astype(np.float32)
@@ -419,3 +429,17 @@ def test_frontend_does_not_import_tensorflow_io():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        check=True)
   assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_batch_features_export_to_saved_model(tmp_path, signals):
+  module = tf.Module()
+  module.features = frontend._batch_fn(CONFIG)
+  export_dir = str(tmp_path / "frontend_model")
+  tf.saved_model.save(module, export_dir)
+  loaded = tf.saved_model.load(export_dir)
+  clip = signals["chords"][:SR]
+  log_mel, novelty, n_frames = loaded.features(clip[None, :], tf.constant([len(clip)]))
+  expected_log_mel, expected_novelty = frontend.compute_features(clip)
+  assert int(n_frames[0]) == frontend.frame_count(len(clip))
+  np.testing.assert_allclose(log_mel[0].numpy(), expected_log_mel.numpy(), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(novelty[0].numpy(), expected_novelty.numpy(), rtol=1e-6, atol=1e-7)
