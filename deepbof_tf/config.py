@@ -123,20 +123,53 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PCAConfig:
-  """PCA whitening of spectral blocks (SPEC §3)."""
+  """PCA whitening of spectral blocks (SPEC §3).
+
+  Args:
+    retained_variance: keep the leading principal components whose cumulative share
+      of the variance first exceeds this fraction (0.9).
+    epsilon: added to the eigenvalues before the inverse square root,
+      ``V = diag((d + ε)^-½)·Eᵀ`` (0.01).
+    batch_size: blocks per batch of the streaming mean/covariance pass.
+  """
 
   retained_variance: float = 0.9
   epsilon: float = 0.01
+  batch_size: int = 4096
 
   def __post_init__(self):
     _check(0 < self.retained_variance <= 1,
            f"retained_variance must be in (0, 1], got {self.retained_variance}")
     _check(self.epsilon >= 0, f"epsilon must be >= 0, got {self.epsilon}")
+    _check(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
 
 
 @dataclasses.dataclass(frozen=True)
 class SparseRBMConfig:
-  """Gaussian–binary sparse RBM trained by CD-1 (SPEC §3, the code's schedule)."""
+  """Gaussian–binary sparse RBM trained by CD-1 (SPEC §3, the code's schedule).
+
+  Args:
+    num_hidden: binary hidden units (1024).
+    batch_size: CD-1 minibatch (100); a last incomplete batch is dropped (code).
+    epochs: passes over the blocks (300).
+    learning_rate: learning rate of the first epoch (0.007; the paper's text says 0.03).
+    learning_rate_decay: ×decay after every epoch (0.99).
+    min_learning_rate: floor of the annealed learning rate (0.003).
+    initial_momentum: momentum of the first epochs (0.5).
+    final_momentum: momentum after the switch (0.9).
+    momentum_switch_fraction: the final momentum applies once the 1-based epoch exceeds
+      epochs·fraction (maxEpoch/5 in the code).
+    weight_cost: L2 weight cost µ on W only (0.001).
+    sparsity_target: target mean activation ρ of every hidden unit (0.02).
+    sparsity_decay: running mean ``q ← decay·q + (1 − decay)·mean_batch(p(h|v))`` (0.99).
+    sparsity_gain: the hidden-bias increment gets ``−gain·lr·(q − ρ)`` each step (3).
+    init_stddev: W ~ init_stddev·N(0, 1); biases start at 0 (0.01).
+    shuffle: permute the blocks once (seeded) before cutting the fixed minibatches.
+      The authors batch in file order; our block shards have no meaningful order, so
+      a seeded permutation keeps one clip's blocks from filling a batch. False keeps
+      the order of the block TFRecords.
+    seed: seed of the initial weights, the permutation and the CD-1 sampling.
+  """
 
   num_hidden: int = 1024
   batch_size: int = 100
@@ -146,13 +179,13 @@ class SparseRBMConfig:
   min_learning_rate: float = 0.003
   initial_momentum: float = 0.5
   final_momentum: float = 0.9
-  # Momentum switches after epoch epochs*momentum_switch_fraction (maxEpoch/5).
   momentum_switch_fraction: float = 0.2
   weight_cost: float = 0.001
   sparsity_target: float = 0.02
   sparsity_decay: float = 0.99
   sparsity_gain: float = 3.0
   init_stddev: float = 0.01
+  shuffle: bool = True
   seed: int = 0
 
   def __post_init__(self):
@@ -160,11 +193,21 @@ class SparseRBMConfig:
     _check(self.batch_size > 0, "batch_size must be > 0")
     _check(self.epochs >= 0, "epochs must be >= 0")
     _check(0 < self.sparsity_target < 1, "sparsity_target must be in (0, 1)")
+    _check(0 <= self.sparsity_decay < 1, "sparsity_decay must be in [0, 1)")
+    _check(self.learning_rate > 0 and self.min_learning_rate >= 0,
+           "learning rates must be positive")
+    _check(0 < self.learning_rate_decay <= 1, "learning_rate_decay must be in (0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
 class PoolingConfig:
-  """Bag-of-features pooling (SPEC §4): max over pool_frames, then the mean."""
+  """Bag-of-features pooling (SPEC §4): max over pool_frames, then the mean.
+
+  Args:
+    pool_frames: max-pooling window in block positions (43 ≈ 1 s; the paper's grid
+      is 11, 22, 43, 86, 172); windows start at the clip's first block and the last
+      one may be short.
+  """
 
   pool_frames: int = 43
 
@@ -174,11 +217,28 @@ class PoolingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LocalFeatureConfig:
-  """Everything of the unsupervised local-feature stage."""
+  """Everything of the unsupervised local-feature stage (learn-local-features, encode).
+
+  Args:
+    pca: PCA whitening.
+    rbm: the sparse RBM and its CD-1 schedule.
+    pooling: bag-of-features pooling of the encode stage.
+    encode_batch_size: clips per padded batch when encoding.
+    num_plot_filters: RBM filters (largest weight norm first) drawn in filters.png.
+    histogram_blocks: training blocks used for the hidden-activation histogram.
+  """
 
   pca: PCAConfig = dataclasses.field(default_factory=PCAConfig)
   rbm: SparseRBMConfig = dataclasses.field(default_factory=SparseRBMConfig)
   pooling: PoolingConfig = dataclasses.field(default_factory=PoolingConfig)
+  encode_batch_size: int = 8
+  num_plot_filters: int = 100
+  histogram_blocks: int = 10000
+
+  def __post_init__(self):
+    _check(self.encode_batch_size > 0, "encode_batch_size must be > 0")
+    _check(self.num_plot_filters >= 0, "num_plot_filters must be >= 0")
+    _check(self.histogram_blocks > 0, "histogram_blocks must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +266,12 @@ class PretrainConfig:
     init_stddev: W ~ init_stddev·N(0, 1); biases start at 0.
     shuffle: reshuffle the examples every epoch (seeded). The authors' code keeps a
       fixed order and drops the same trailing examples each epoch; False does that.
+    first_layer_visible: visible units of RBM 1: "binary" (the paper; sigmoid
+      reconstructions, right for inputs in [0, 1]), "gaussian" (linear reconstructions,
+      right for standardized inputs) or "auto": gaussian when
+      ``dnn.input_normalization`` is "standardize", binary otherwise. A binary-visible
+      RBM on standardized inputs diverges (its reconstructions cannot reach the
+      negative inputs, so the weights grow without bound), hence "auto".
     seed: seed of the weight init, the noise draws and the shuffles.
   """
 
@@ -222,6 +288,7 @@ class PretrainConfig:
   momentum_switch_fraction: float = 0.2
   init_stddev: float = 0.01
   shuffle: bool = True
+  first_layer_visible: str = "auto"
   seed: int = 0
 
   def __post_init__(self):
@@ -234,6 +301,9 @@ class PretrainConfig:
     _check(0 < self.learning_rate_decay <= 1,
            f"pretrain.learning_rate_decay must be in (0, 1], got {self.learning_rate_decay}")
     _check(self.init_stddev > 0, "pretrain.init_stddev must be > 0")
+    _check(self.first_layer_visible in ("auto", "binary", "gaussian"),
+           "pretrain.first_layer_visible must be 'auto', 'binary' or 'gaussian', got "
+           f"{self.first_layer_visible!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,8 +318,10 @@ class DNNConfig:
       input layers", the authors' code drops hidden units only (default 0).
     init: "pretrained" (weights and hidden biases of the RBMs) or "random" (Keras'
       Glorot-uniform weights and zero biases, seeded).
-    standardize_inputs: standardize the bag-of-features with the training split's
-      mean/std inside the model (SPEC §5 "input normalization").
+    input_normalization: feature-wise input scaling, the first layer of the model,
+      with statistics of the training split: "standardize" ((x − mean)/std, SPEC §5),
+      "max" (x / max, the authors' ``input_normalization`` option, keeps [0, 1]) or
+      "none" (the raw bag-of-features, in [0, 1], as the authors' final run).
     head: "dnn" (this network) or "logreg" (per-tag logistic regression on the
       standardized bag-of-features, SPEC §5 "measured here"; no pretraining).
   """
@@ -259,7 +331,7 @@ class DNNConfig:
   dropout: float = 0.5
   input_dropout: float = 0.0
   init: str = "pretrained"
-  standardize_inputs: bool = True
+  input_normalization: str = "standardize"
   head: str = "dnn"
 
   def __post_init__(self):
@@ -267,6 +339,9 @@ class DNNConfig:
     _check(self.hidden_units >= 1, "hidden_units must be >= 1")
     _check(self.init in ("pretrained", "random"),
            f"init must be 'pretrained' or 'random', got {self.init!r}")
+    _check(self.input_normalization in ("standardize", "max", "none"),
+           "input_normalization must be 'standardize', 'max' or 'none', got "
+           f"{self.input_normalization!r}")
     _check(self.head in ("dnn", "logreg"),
            f"head must be 'dnn' or 'logreg', got {self.head!r}")
     _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")

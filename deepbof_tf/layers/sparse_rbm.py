@@ -1,0 +1,429 @@
+"""The Gaussian–binary sparse RBM of SPEC §3: a Keras layer and its CD-1 trainer.
+
+``SparseRBM`` is the inference layer (``p(h=1|v) = σ(Wᵀv + c)``), serializable like
+any Keras layer. ``SparseRBMTrainer`` learns its weights with contrastive divergence
+(CD-1) exactly as the authors' ``train_rbm.m`` does for Gaussian visible units:
+
+  positive phase  p⁺ = σ(vW + c)                       (probabilities)
+                  h  = 1[p⁺ > u],  u ~ U(0, 1)          (sampled states)
+  negative phase  v⁻ = hWᵀ + b                          (Gaussian mean, no sampling)
+                  p⁻ = σ(v⁻W + c)                       (probabilities)
+  sparsity        q  ← 0.99·q + 0.01·mean_batch(p⁺)     (running mean, updated first)
+  increments      ΔW ← m·ΔW + lr·((vᵀp⁺ − v⁻ᵀp⁻)/B − µ·W)
+                  Δb ← m·Δb + lr·mean_batch(v − v⁻)
+                  Δc ← m·Δc − 3·lr·(q − ρ) + lr·mean_batch(p⁺ − p⁻)
+                  W += ΔW, b += Δb, c += Δc
+
+As in the authors' code the sparsity term enters the hidden-bias *increment*, so it
+is carried by the momentum too (SPEC's "add −3·lr·(q−ρ) to the hidden bias" read
+with the code's update order). Minibatches are fixed across epochs and a remainder
+smaller than a batch is dropped, as in the code. A whole epoch runs in one
+``tf.function`` (a ``tf.while_loop`` over the device-resident minibatches), with
+statistics and momentum buffers updated by ``assign``.
+
+Randomness is stateless: the uniform draws of step s of epoch e use the seed
+``(seed, e·num_batches + s)``, so a run resumed from a checkpoint draws exactly the
+numbers an uninterrupted run would, without storing generator state.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deepbof_tf.config import SparseRBMConfig
+from deepbof_tf.layers import schedule
+
+# Per-epoch quantities of the training log, in column order.
+HISTORY_FIELDS = ("epoch", "learning_rate", "momentum", "reconstruction_error",
+                  "mean_activation", "running_activation", "weight_norm", "seconds")
+
+
+def stable_seed(*parts: Any) -> int:
+  """A 63-bit seed from ``parts`` that is the same in every process (hashlib).
+
+  Args:
+    *parts: values whose ``str`` identifies the random stream.
+  """
+  digest = hashlib.sha256("/".join(str(p) for p in parts).encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "little") >> 1
+
+
+@keras.saving.register_keras_serializable(package="deepbof")
+class SparseRBM(keras.layers.Layer):
+  """Gaussian-visible, binary-hidden RBM; the forward pass is ``σ(vW + c)``.
+
+  Energy ``E(v, h) = vᵀv/2 − bᵀv − cᵀh − vᵀWh`` (unit-variance visible units).
+  The weights are trained by ``SparseRBMTrainer``; as a layer it encodes whitened
+  blocks [..., D] into hidden-unit probabilities [..., num_hidden].
+
+  Args:
+    num_hidden: number of binary hidden units (1024).
+    init_stddev: standard deviation of the initial weights (0.01).
+    seed: seed of the weight initializer (None: Keras' global seeding).
+    **kwargs: forwarded to ``keras.layers.Layer``.
+  """
+
+  def __init__(self, num_hidden: int = 1024, init_stddev: float = 0.01,
+               seed: Optional[int] = None, **kwargs):
+    super().__init__(**kwargs)
+    if num_hidden <= 0:
+      raise ValueError(f"num_hidden must be > 0, got {num_hidden}")
+    self.num_hidden = int(num_hidden)
+    self.init_stddev = float(init_stddev)
+    self.seed = seed
+
+  def build(self, input_shape):
+    num_visible = input_shape[-1]
+    if num_visible is None:
+      raise ValueError("SparseRBM: the last input dimension must be known")
+    self.kernel = self.add_weight(
+        name="kernel", shape=(int(num_visible), self.num_hidden),
+        initializer=keras.initializers.RandomNormal(stddev=self.init_stddev,
+                                                    seed=self.seed))
+    self.hidden_bias = self.add_weight(name="hidden_bias", shape=(self.num_hidden,),
+                                       initializer="zeros")
+    self.visible_bias = self.add_weight(name="visible_bias", shape=(int(num_visible),),
+                                        initializer="zeros")
+    super().build(input_shape)
+
+  def call(self, inputs):
+    inputs = tf.cast(inputs, self.compute_dtype)
+    return tf.sigmoid(tf.matmul(inputs, self.kernel) + self.hidden_bias)
+
+  def visible_mean(self, hidden):
+    """Mean of ``p(v|h) = N(b + Wh, 1)`` for [..., num_hidden] hidden vectors.
+
+    Args:
+      hidden: hidden states or probabilities.
+    """
+    hidden = tf.cast(hidden, self.compute_dtype)
+    return tf.matmul(hidden, self.kernel, transpose_b=True) + self.visible_bias
+
+  def set_weights_from(self, kernel: np.ndarray, hidden_bias: np.ndarray,
+                       visible_bias: np.ndarray) -> None:
+    """Builds (if needed) and sets the three parameters.
+
+    Args:
+      kernel: [D, num_hidden] weights W.
+      hidden_bias: [num_hidden] hidden bias c.
+      visible_bias: [D] visible bias b.
+    """
+    kernel = np.asarray(kernel, np.float32)
+    if kernel.shape[1] != self.num_hidden:
+      raise ValueError(f"SparseRBM: kernel has {kernel.shape[1]} hidden units, layer "
+                       f"has {self.num_hidden}")
+    if not self.built:
+      self.build((None, kernel.shape[0]))
+    self.kernel.assign(kernel)
+    self.hidden_bias.assign(np.asarray(hidden_bias, np.float32))
+    self.visible_bias.assign(np.asarray(visible_bias, np.float32))
+
+  def compute_output_shape(self, input_shape):
+    return tuple(input_shape[:-1]) + (self.num_hidden,)
+
+  def get_config(self) -> Dict[str, Any]:
+    config = super().get_config()
+    config.update(num_hidden=self.num_hidden, init_stddev=self.init_stddev,
+                  seed=self.seed)
+    return config
+
+
+class SparseRBMTrainer(tf.Module):
+  """CD-1 training of a ``SparseRBM`` with the authors' schedule (SPEC §3).
+
+  The trainer owns the parameters, the momentum increments, the running mean ``q`` of
+  the hidden probabilities, the epoch counter and the per-epoch history as
+  ``tf.Variable``s, so one ``tf.train.Checkpoint`` of the trainer captures the whole
+  training state. ``layer()`` returns the trained ``SparseRBM``.
+
+  Args:
+    num_visible: dimension D of the (whitened) input.
+    config: hyperparameters (``SparseRBMConfig``; SPEC §3 defaults).
+    seed: seed of the initial weights and of the CD-1 sampling; defaults to
+      ``config.seed``.
+    jit_compile: compile the epoch loop with XLA. Off by default: on CPU, TF's
+      oneDNN matmuls plus the fused momentum kernels were faster than XLA's.
+  """
+
+  def __init__(self, num_visible: int, config: SparseRBMConfig = SparseRBMConfig(),
+               seed: Optional[int] = None, jit_compile: bool = False):
+    super().__init__(name="sparse_rbm_trainer")
+    self.config = config
+    self.num_visible = int(num_visible)
+    self.seed = config.seed if seed is None else int(seed)
+    self._sample_seed = stable_seed("sparse_rbm", "cd1", self.seed)
+    d, h = self.num_visible, config.num_hidden
+    init_seed = [stable_seed("sparse_rbm", "init", self.seed) % (2**31), 0]
+    self.kernel = tf.Variable(
+        config.init_stddev * tf.random.stateless_normal([d, h], seed=init_seed),
+        name="kernel")
+    self.hidden_bias = tf.Variable(tf.zeros([h]), name="hidden_bias")
+    self.visible_bias = tf.Variable(tf.zeros([d]), name="visible_bias")
+    self.kernel_increment = tf.Variable(tf.zeros([d, h]), name="kernel_increment")
+    self.hidden_bias_increment = tf.Variable(tf.zeros([h]), name="hidden_bias_increment")
+    self.visible_bias_increment = tf.Variable(tf.zeros([d]),
+                                              name="visible_bias_increment")
+    # Running mean q of p(h|v); 0 at the start, as in the authors' code.
+    self.running_activation = tf.Variable(tf.zeros([h]), name="running_activation")
+    self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
+    self.history = tf.Variable(tf.zeros([max(config.epochs, 1), len(HISTORY_FIELDS)],
+                                        tf.float64), name="history")
+    self._epoch_fn = tf.function(self._train_epoch, jit_compile=jit_compile)
+
+  # -- one CD-1 step ---------------------------------------------------------------
+  def step(self, visible, uniform, learning_rate, momentum):
+    """One CD-1 update on a minibatch, with the sampling draws given.
+
+    Args:
+      visible: [B, D] whitened blocks.
+      uniform: [B, H] U(0, 1) draws; hidden state j of example i is 1 iff
+        p⁺[i, j] > uniform[i, j].
+      learning_rate: scalar learning rate of this epoch.
+      momentum: scalar momentum of this epoch.
+
+    Returns:
+      ``(reconstruction_error, mean_activation)`` of this batch: the mean over the
+      batch of ‖v − v⁻‖² and the mean of p⁺.
+    """
+    cfg = self.config
+    visible = tf.convert_to_tensor(visible, tf.float32)
+    learning_rate = tf.cast(learning_rate, tf.float32)
+    momentum = tf.cast(momentum, tf.float32)
+    batch = tf.cast(tf.shape(visible)[0], tf.float32)
+    kernel = self.kernel.read_value()
+    hidden_bias = self.hidden_bias.read_value()
+
+    # bias_add lets Grappler fuse matmul + bias (+ sigmoid) into one kernel.
+    positive = tf.sigmoid(tf.nn.bias_add(tf.matmul(visible, kernel), hidden_bias))
+    hidden_states = tf.cast(positive > uniform, tf.float32)
+    negative_visible = tf.nn.bias_add(
+        tf.matmul(hidden_states, kernel, transpose_b=True), self.visible_bias)
+    negative = tf.sigmoid(tf.nn.bias_add(tf.matmul(negative_visible, kernel),
+                                         hidden_bias))
+
+    # lr·(vᵀp⁺ − v⁻ᵀp⁻)/B as one [D, 2B]·[2B, H] product; the scalar is applied to
+    # the small [2B, D] operand instead of the [D, H] result.
+    visible_pair = tf.concat([visible, -negative_visible], axis=0)
+    correlation = tf.matmul(visible_pair * (learning_rate / batch),
+                            tf.concat([positive, negative], axis=0), transpose_a=True)
+    mean_positive = tf.reduce_mean(positive, axis=0)
+    running = (cfg.sparsity_decay * self.running_activation
+               + (1.0 - cfg.sparsity_decay) * mean_positive)
+    self.running_activation.assign(running)
+    sparsity_increment = -cfg.sparsity_gain * learning_rate * (running
+                                                               - cfg.sparsity_target)
+    kernel_step = correlation - (learning_rate * cfg.weight_cost) * kernel
+    visible_step = learning_rate * tf.reduce_mean(visible - negative_visible, axis=0)
+    hidden_step = sparsity_increment + learning_rate * tf.reduce_mean(
+        positive - negative, axis=0)
+    # Δ ← m·Δ + step; θ ← θ + Δ, each as one fused kernel (ApplyMomentum computes
+    # accum = accum·momentum + grad; var −= lr·accum, here with lr = −1).
+    minus_one = tf.constant(-1.0, tf.float32)
+    for variable, increment, step_value in (
+        (self.kernel, self.kernel_increment, kernel_step),
+        (self.visible_bias, self.visible_bias_increment, visible_step),
+        (self.hidden_bias, self.hidden_bias_increment, hidden_step)):
+      tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=increment.handle,
+                                       lr=minus_one, grad=step_value, momentum=momentum)
+
+    error = tf.reduce_mean(tf.reduce_sum(tf.square(visible - negative_visible), axis=1))
+    return error, tf.reduce_mean(positive)
+
+  # -- one epoch -------------------------------------------------------------------
+  def _train_epoch(self, batches, epoch, learning_rate, momentum):
+    num_batches = tf.shape(batches, out_type=tf.int64)[0]
+    batch_size = tf.shape(batches)[1]
+    epoch = tf.cast(epoch, tf.int64)
+    sample_seed = tf.constant(self._sample_seed, tf.int64)
+
+    def body(i, error_sum, activation_sum):
+      seed = tf.stack([sample_seed, epoch * num_batches + i])
+      uniform = tf.random.stateless_uniform([batch_size, self.config.num_hidden],
+                                            seed=seed, dtype=tf.float32)
+      error, activation = self.step(batches[i], uniform, learning_rate, momentum)
+      return i + 1, error_sum + error, activation_sum + activation
+
+    _, error_sum, activation_sum = tf.while_loop(
+        lambda i, *_: i < num_batches, body,
+        (tf.constant(0, tf.int64), tf.constant(0.0), tf.constant(0.0)))
+    n = tf.cast(num_batches, tf.float32)
+    return error_sum / n, activation_sum / n
+
+  def train_epoch(self, batches: tf.Tensor, epoch: int) -> Dict[str, float]:
+    """Runs 0-based ``epoch`` over [num_batches, B, D] minibatches; returns its metrics.
+
+    Args:
+      batches: device-resident minibatches (see ``make_batches``).
+      epoch: 0-based epoch index (selects learning rate, momentum and random draws).
+    """
+    cfg = self.config
+    learning_rate = schedule.learning_rate(epoch, cfg.learning_rate,
+                                           cfg.learning_rate_decay,
+                                           cfg.min_learning_rate)
+    momentum = schedule.momentum(epoch, cfg.epochs, cfg.initial_momentum,
+                                 cfg.final_momentum, cfg.momentum_switch_fraction)
+    start = time.perf_counter()
+    error, activation = self._epoch_fn(batches, tf.constant(epoch, tf.int64),
+                                       tf.constant(learning_rate, tf.float32),
+                                       tf.constant(momentum, tf.float32))
+    error, activation = float(error), float(activation)
+    seconds = time.perf_counter() - start
+    return dict(epoch=epoch, learning_rate=learning_rate, momentum=momentum,
+                reconstruction_error=error, mean_activation=activation,
+                running_activation=float(tf.reduce_mean(self.running_activation)),
+                weight_norm=self.weight_norm(), seconds=seconds)
+
+  def weight_norm(self) -> float:
+    """Sum over hidden units of the L2 norm of their weight vectors (the authors' log)."""
+    return float(tf.reduce_sum(tf.norm(self.kernel, axis=0)))
+
+  def make_batches(self, blocks: np.ndarray) -> tf.Tensor:
+    """Fixed [num_batches, B, D] minibatches of ``blocks`` (remainder dropped, as the code).
+
+    Args:
+      blocks: [N, D] whitened blocks, in the order they are to be batched.
+    """
+    blocks = np.asarray(blocks, np.float32)
+    if blocks.ndim != 2 or blocks.shape[1] != self.num_visible:
+      raise ValueError(f"SparseRBMTrainer: blocks must be [N, {self.num_visible}], "
+                       f"got {blocks.shape}")
+    batch_size = self.config.batch_size
+    num_batches = blocks.shape[0] // batch_size
+    if num_batches == 0:
+      raise ValueError(f"SparseRBMTrainer: {blocks.shape[0]} blocks are fewer than one "
+                       f"batch of {batch_size}")
+    dropped = blocks.shape[0] - num_batches * batch_size
+    if dropped:
+      logging.info("SparseRBM: dropping the last %d of %d blocks (incomplete batch)",
+                   dropped, blocks.shape[0])
+    return tf.constant(blocks[:num_batches * batch_size].reshape(
+        num_batches, batch_size, self.num_visible))
+
+  # -- the whole run ---------------------------------------------------------------
+  def fit(self, blocks: np.ndarray, checkpoint_dir: Optional[str] = None,
+          tensorboard_dir: Optional[str] = None, history_dir: Optional[str] = None,
+          on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]] = None
+          ) -> List[Dict[str, float]]:
+    """Trains for ``config.epochs`` epochs, resuming from ``checkpoint_dir`` if present.
+
+    After every epoch the full training state is checkpointed, the history is written
+    as ``training_log.csv``/``training_log.json`` and TensorBoard scalars are logged.
+    A run killed at any point restarts from its last finished epoch and ends with the
+    same weights as an uninterrupted run.
+
+    Args:
+      blocks: [N, D] whitened training blocks (fixed order; batched by ``make_batches``).
+      checkpoint_dir: directory of the epoch checkpoints (None: no checkpoints).
+      tensorboard_dir: TensorBoard directory (None: no events).
+      history_dir: directory of training_log.csv/.json (None: not written).
+      on_epoch_end: called as ``fn(epoch, metrics)`` after each epoch is checkpointed.
+
+    Returns:
+      The per-epoch metrics of the whole run (including epochs of earlier runs).
+    """
+    batches = self.make_batches(blocks)
+    manager = None
+    if checkpoint_dir:
+      checkpoint = tf.train.Checkpoint(trainer=self)
+      manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
+      if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("SparseRBM: resumed from %s (epoch %d)", manager.latest_checkpoint,
+                     int(self.epoch.numpy()))
+    writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
+    for epoch in range(int(self.epoch.numpy()), self.config.epochs):
+      metrics = self.train_epoch(batches, epoch)
+      self.history[epoch].assign([metrics[k] for k in HISTORY_FIELDS])
+      self.epoch.assign(epoch + 1)
+      if manager is not None:
+        manager.save(checkpoint_number=epoch + 1)
+      if history_dir:
+        write_history(self.history_rows(), history_dir)
+      if writer is not None:
+        with writer.as_default(step=epoch + 1):
+          for key in HISTORY_FIELDS[1:]:
+            tf.summary.scalar(f"sparse_rbm/{key}", metrics[key])
+        writer.flush()
+      logging.info(
+          "SparseRBM epoch %d/%d: lr %.5f momentum %.2f reconstruction_error %.4f "
+          "mean_activation %.4f (target %.3f) weight_norm %.2f (%.1f s)",
+          epoch + 1, self.config.epochs, metrics["learning_rate"], metrics["momentum"],
+          metrics["reconstruction_error"], metrics["mean_activation"],
+          self.config.sparsity_target, metrics["weight_norm"], metrics["seconds"])
+      if on_epoch_end is not None:
+        on_epoch_end(epoch, metrics)
+    if writer is not None:
+      writer.close()
+    return self.history_rows()
+
+  def history_rows(self) -> List[Dict[str, float]]:
+    """The metrics of the finished epochs as a list of dicts (HISTORY_FIELDS)."""
+    done = int(self.epoch.numpy())
+    rows = self.history.numpy()[:done]
+    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in zip(HISTORY_FIELDS, r)}
+            for r in rows]
+
+  def layer(self, name: str = "sparse_rbm") -> SparseRBM:
+    """A built ``SparseRBM`` holding the current weights.
+
+    Args:
+      name: name of the returned layer.
+    """
+    rbm = SparseRBM(num_hidden=self.config.num_hidden,
+                    init_stddev=self.config.init_stddev, name=name)
+    rbm.set_weights_from(self.kernel.numpy(), self.hidden_bias.numpy(),
+                         self.visible_bias.numpy())
+    return rbm
+
+
+def dewhitened_filters(pca, kernel, count: Optional[int] = None) -> np.ndarray:
+  """RBM filters mapped back to the block space, strongest (largest ‖W_j‖) first.
+
+  Column j of W lives in the whitened space; ``pca.inverse(·, add_mean=False)`` maps
+  it to a [block_frames·n_mels] spectral patch (as the paper's filter figure).
+
+  Args:
+    pca: the ``PCAWhitening`` the RBM was trained behind.
+    kernel: [k, H] RBM weights.
+    count: number of filters to return (None: all H).
+  """
+  kernel = np.asarray(kernel, np.float32)
+  order = np.argsort(-np.linalg.norm(kernel, axis=0), kind="stable")
+  if count is not None:
+    order = order[:count]
+  return np.asarray(pca.inverse(kernel[:, order].T, add_mean=False))
+
+
+def write_history(rows: List[Dict[str, float]], directory: str) -> None:
+  """Writes ``training_log.csv`` and ``training_log.json`` into ``directory``.
+
+  Args:
+    rows: per-epoch metrics (``SparseRBMTrainer.history_rows``).
+    directory: output directory (any ``tf.io.gfile`` path).
+  """
+  tf.io.gfile.makedirs(directory)
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(HISTORY_FIELDS))
+  writer.writeheader()
+  writer.writerows(rows)
+  _write_atomic(os.path.join(directory, "training_log.csv"), buffer.getvalue())
+  _write_atomic(os.path.join(directory, "training_log.json"),
+                json.dumps(rows, indent=1) + "\n")
+
+
+def _write_atomic(path: str, text: str) -> None:
+  temporary = path + ".tmp"
+  with tf.io.gfile.GFile(temporary, "w") as f:
+    f.write(text)
+  tf.io.gfile.rename(temporary, path, overwrite=True)

@@ -1,0 +1,216 @@
+"""SparseRBM and its CD-1 trainer against SPEC §3 written out in NumPy here."""
+
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deepbof_tf.config import SparseRBMConfig
+from deepbof_tf.layers import schedule
+from deepbof_tf.layers.sparse_rbm import SparseRBM, SparseRBMTrainer
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _numpy_cd1(state, v, u, lr, momentum, cfg):
+  """SPEC §3's CD-1 step for a Gaussian–binary RBM, in the authors' [H, D] layout.
+
+  state: dict of float64 arrays W [H, D], b [D], c [H], dW, db, dc, q.
+  """
+  s = {k: np.array(x, np.float64) for k, x in state.items()}
+  v = np.asarray(v, np.float64).T  # [D, B] columns are examples, as in the code
+  u = np.asarray(u, np.float64).T  # [H, B]
+  n = v.shape[1]
+  pos = _sigmoid(s["W"] @ v + s["c"][:, None])
+  h = (pos > u).astype(np.float64)
+  neg_v = s["W"].T @ h + s["b"][:, None]  # Gaussian mean, not sampled
+  neg = _sigmoid(s["W"] @ neg_v + s["c"][:, None])
+  s["q"] = cfg.sparsity_decay * s["q"] + (1 - cfg.sparsity_decay) * pos.mean(axis=1)
+  sparsity = -(s["q"] - cfg.sparsity_target) * cfg.sparsity_gain * lr
+  s["dW"] = momentum * s["dW"] + lr * ((pos @ v.T - neg @ neg_v.T) / n
+                                       - cfg.weight_cost * s["W"])
+  s["db"] = momentum * s["db"] + lr / n * (v.sum(1) - neg_v.sum(1))
+  s["dc"] = momentum * s["dc"] + sparsity + lr / n * (pos.sum(1) - neg.sum(1))
+  s["W"] += s["dW"]
+  s["b"] += s["db"]
+  s["c"] += s["dc"]
+  error = np.mean(np.sum((v - neg_v) ** 2, axis=0))
+  return s, error, pos.mean()
+
+
+def _set_state(trainer, state):
+  trainer.kernel.assign(state["W"].T.astype(np.float32))
+  trainer.visible_bias.assign(state["b"].astype(np.float32))
+  trainer.hidden_bias.assign(state["c"].astype(np.float32))
+  trainer.kernel_increment.assign(state["dW"].T.astype(np.float32))
+  trainer.visible_bias_increment.assign(state["db"].astype(np.float32))
+  trainer.hidden_bias_increment.assign(state["dc"].astype(np.float32))
+  trainer.running_activation.assign(state["q"].astype(np.float32))
+
+
+def _assert_state(trainer, state, atol=1e-5):
+  np.testing.assert_allclose(trainer.kernel.numpy(), state["W"].T, atol=atol, rtol=0)
+  np.testing.assert_allclose(trainer.visible_bias.numpy(), state["b"], atol=atol, rtol=0)
+  np.testing.assert_allclose(trainer.hidden_bias.numpy(), state["c"], atol=atol, rtol=0)
+  np.testing.assert_allclose(trainer.kernel_increment.numpy(), state["dW"].T, atol=atol,
+                             rtol=0)
+  np.testing.assert_allclose(trainer.visible_bias_increment.numpy(), state["db"],
+                             atol=atol, rtol=0)
+  np.testing.assert_allclose(trainer.hidden_bias_increment.numpy(), state["dc"],
+                             atol=atol, rtol=0)
+  np.testing.assert_allclose(trainer.running_activation.numpy(), state["q"], atol=atol,
+                             rtol=0)
+
+
+def _random_state(rng, d, h):
+  return {"W": 0.3 * rng.standard_normal((h, d)), "b": 0.1 * rng.standard_normal(d),
+          "c": 0.5 * rng.standard_normal(h), "dW": 0.01 * rng.standard_normal((h, d)),
+          "db": 0.01 * rng.standard_normal(d), "dc": 0.01 * rng.standard_normal(h),
+          "q": rng.uniform(0.0, 0.2, h)}
+
+
+def test_cd1_steps_match_numpy(rng):
+  d, h, b = 12, 24, 16
+  cfg = SparseRBMConfig(num_hidden=h, batch_size=b)
+  trainer = SparseRBMTrainer(d, cfg)
+  state = _random_state(rng, d, h)  # non-zero increments: momentum is exercised
+  _set_state(trainer, state)
+  for lr, momentum in ((0.007, 0.5), (0.005, 0.9)):
+    v = rng.standard_normal((b, d)).astype(np.float32)
+    u = rng.random((b, h)).astype(np.float32)
+    error, activation = trainer.step(v, u, lr, momentum)
+    state, ref_error, ref_activation = _numpy_cd1(state, v, u, lr, momentum, cfg)
+    _assert_state(trainer, state)
+    np.testing.assert_allclose(float(error), ref_error, rtol=1e-5)
+    np.testing.assert_allclose(float(activation), ref_activation, atol=1e-6)
+
+
+def test_epoch_is_the_sequence_of_steps_with_documented_draws(rng):
+  d, h, b, n_batches = 6, 10, 8, 3
+  cfg = SparseRBMConfig(num_hidden=h, batch_size=b, epochs=2)
+  trainer = SparseRBMTrainer(d, cfg, seed=7)
+  state = {"W": trainer.kernel.numpy().T.astype(np.float64), "b": np.zeros(d),
+           "c": np.zeros(h), "dW": np.zeros((h, d)), "db": np.zeros(d),
+           "dc": np.zeros(h), "q": np.zeros(h)}
+  blocks = rng.standard_normal((n_batches * b + 3, d)).astype(np.float32)  # 3 dropped
+  batches = trainer.make_batches(blocks)
+  assert tuple(batches.shape) == (n_batches, b, d)
+  for epoch in range(2):
+    lr = schedule.learning_rate(epoch, cfg.learning_rate, cfg.learning_rate_decay,
+                                cfg.min_learning_rate)
+    momentum = schedule.momentum(epoch, cfg.epochs, cfg.initial_momentum,
+                                 cfg.final_momentum, cfg.momentum_switch_fraction)
+    errors = []
+    for i in range(n_batches):
+      seed = tf.constant([trainer._sample_seed, epoch * n_batches + i], tf.int64)
+      u = tf.random.stateless_uniform([b, h], seed=seed).numpy()
+      state, error, _ = _numpy_cd1(state, blocks[i * b:(i + 1) * b], u, lr, momentum,
+                                   cfg)
+      errors.append(error)
+    metrics = trainer.train_epoch(batches, epoch)
+    assert metrics["learning_rate"] == pytest.approx(lr)
+    assert metrics["momentum"] == momentum
+    np.testing.assert_allclose(metrics["reconstruction_error"], np.mean(errors), rtol=1e-5)
+  _assert_state(trainer, state)
+
+
+def test_schedule_matches_the_authors_recurrence():
+  lr, rates = 0.007, []
+  for _ in range(300):
+    rates.append(lr)
+    lr = max(0.003, lr * 0.99)
+  np.testing.assert_allclose(schedule.learning_rates(300, 0.007, 0.99, 0.003), rates,
+                             rtol=1e-12)
+  momenta = schedule.momenta(300, 0.5, 0.9, 0.2)
+  # The code switches when its 1-based epoch exceeds maxEpoch/5 = 60.
+  assert momenta[59] == 0.5 and momenta[60] == 0.9
+  # 7 epochs: 7/5 = 1.4, so the 1-based epoch 2 (index 1) already uses 0.9.
+  assert schedule.momenta(7, switch_fraction=0.2) == [0.5] + [0.9] * 6
+
+
+def _sparse_sources(rng, n, d, sources=40):
+  basis = rng.standard_normal((sources, d))
+  codes = (rng.random((n, sources)) < 0.05) * rng.random((n, sources)) * 3
+  x = codes @ basis + 0.3 * rng.standard_normal((n, d))
+  return ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+
+
+def test_sparsity_control_reaches_target(rng):
+  cfg = SparseRBMConfig(num_hidden=64, epochs=20, seed=3)
+  x = _sparse_sources(rng, 20000, 16)
+  history = SparseRBMTrainer(16, cfg).fit(x)
+  first, last = history[0], history[-1]
+  assert first["mean_activation"] > 0.2  # starts near σ(0) = 0.5
+  assert abs(last["mean_activation"] - 0.02) <= 0.3 * 0.02
+  assert abs(last["running_activation"] - 0.02) <= 0.3 * 0.02
+  assert last["reconstruction_error"] < 0.7 * first["reconstruction_error"]
+  assert [r["epoch"] for r in history] == list(range(20))
+
+
+def test_resume_after_kill_gives_identical_weights(rng, tmp_path):
+  cfg = SparseRBMConfig(num_hidden=32, batch_size=50, epochs=5, seed=11)
+  x = _sparse_sources(rng, 1000, 10)
+  reference = SparseRBMTrainer(10, cfg)
+  reference_history = reference.fit(x)
+
+  class Killed(Exception):
+    pass
+
+  def kill_after_two(epoch, _):
+    if epoch == 1:
+      raise Killed()
+
+  directory = os.path.join(tmp_path, "ckpt")
+  with pytest.raises(Killed):
+    SparseRBMTrainer(10, cfg).fit(x, checkpoint_dir=directory, history_dir=directory,
+                                  on_epoch_end=kill_after_two)
+  resumed = SparseRBMTrainer(10, cfg)  # a new process would start like this
+  seen = []
+  history = resumed.fit(x, checkpoint_dir=directory, history_dir=directory,
+                        tensorboard_dir=os.path.join(tmp_path, "tb"),
+                        on_epoch_end=lambda e, m: seen.append(e))
+  assert seen == [2, 3, 4]
+  for name in ("kernel", "hidden_bias", "visible_bias", "kernel_increment",
+               "running_activation"):
+    np.testing.assert_array_equal(getattr(resumed, name).numpy(),
+                                  getattr(reference, name).numpy(), err_msg=name)
+  assert len(history) == 5
+  for ours, theirs in zip(history, reference_history):
+    assert ours["reconstruction_error"] == theirs["reconstruction_error"]
+  with open(os.path.join(directory, "training_log.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
+  assert tf.io.gfile.glob(os.path.join(tmp_path, "tb", "events.*"))
+
+
+def test_layer_forward_and_serialization(rng, tmp_path):
+  trainer = SparseRBMTrainer(7, SparseRBMConfig(num_hidden=5))
+  trainer.hidden_bias.assign(rng.standard_normal(5).astype(np.float32))
+  trainer.visible_bias.assign(rng.standard_normal(7).astype(np.float32))
+  layer = trainer.layer()
+  v = rng.standard_normal((4, 7)).astype(np.float32)
+  w, c = trainer.kernel.numpy(), trainer.hidden_bias.numpy()
+  np.testing.assert_allclose(layer(v).numpy(), _sigmoid(v @ w + c), atol=1e-6)
+  h = (rng.random((4, 5)) > 0.5).astype(np.float32)
+  np.testing.assert_allclose(layer.visible_mean(h).numpy(),
+                             h @ w.T + trainer.visible_bias.numpy(), atol=1e-6)
+  inputs = keras.Input((7,))
+  model = keras.Model(inputs, layer(inputs))
+  path = os.path.join(tmp_path, "rbm.keras")
+  model.save(path)
+  restored = keras.models.load_model(path)
+  np.testing.assert_array_equal(restored.predict(v, verbose=0), model.predict(v, verbose=0))
+  assert SparseRBM.from_config(layer.get_config()).num_hidden == 5
+
+
+def test_too_few_blocks_is_an_error():
+  trainer = SparseRBMTrainer(4, SparseRBMConfig(num_hidden=3, batch_size=100))
+  with pytest.raises(ValueError, match="fewer than one batch"):
+    trainer.make_batches(np.zeros((99, 4), np.float32))
+  with pytest.raises(ValueError, match=r"\[N, 4\]"):
+    trainer.make_batches(np.zeros((200, 5), np.float32))
