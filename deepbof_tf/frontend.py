@@ -473,18 +473,23 @@ def novelty_from_agc(agc_magnitude: TensorLike, previous_frame: Optional[TensorL
 # --------------------------------------------------------------------------------------
 
 
-def _features_batch(waveforms: tf.Tensor, num_samples: tf.Tensor,
+def _features_batch(waveforms: tf.Tensor, num_samples: Optional[tf.Tensor],
                     config: FrontendConfig) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """Graph body shared by the one-shot and the batched entry points."""
+  """Graph body shared by the one-shot (``num_samples=None``) and batched entry points."""
   total = tf.shape(waveforms)[1]
-  num_samples = tf.minimum(tf.cast(num_samples, tf.int32), total)
-  # Zero everything past each clip's end so the padded batch frames exactly like the
-  # clip alone (the authors' tail zero-fill).
-  sample_mask = tf.range(total)[None, :] < num_samples[:, None]
-  x = tf.where(sample_mask, waveforms, 0.0)
-  n_frames = frame_count(num_samples, config)
+  if num_samples is None:  # every row is a whole clip: no masks needed
+    x, frame_valid = waveforms, None
+    n_frames = tf.fill(tf.shape(waveforms)[:1], frame_count(total, config))
+  else:
+    num_samples = tf.minimum(tf.cast(num_samples, tf.int32), total)
+    # Zero everything past each clip's end so the padded batch frames exactly like the
+    # clip alone (the authors' tail zero-fill).
+    sample_mask = tf.range(total)[None, :] < num_samples[:, None]
+    x = tf.where(sample_mask, waveforms, 0.0)
+    n_frames = frame_count(num_samples, config)
   magnitude = stft_magnitude(x, config)  # [B, T, bins]
-  frame_valid = tf.range(tf.shape(magnitude)[1])[None, :] < n_frames[:, None]
+  if num_samples is not None:
+    frame_valid = tf.range(tf.shape(magnitude)[1])[None, :] < n_frames[:, None]
   # Frames past a clip's n_frames only see zeros, so the per-clip max is unaffected by
   # them; the AGC is causal, so they cannot leak into valid frames either.
   clip_max = tf.reduce_max(magnitude, axis=[1, 2], keepdims=True)
@@ -497,6 +502,8 @@ def _features_batch(waveforms: tf.Tensor, num_samples: tf.Tensor,
   log_mel = _log_compress(both[..., :config.n_mels], config.log_gain)
   novelty = _novelty_from_log_mel(
       _log_compress(both[..., config.n_mels:], config.novelty_log_gain), None)
+  if frame_valid is None:
+    return log_mel, novelty, n_frames
   frame_valid_f = tf.cast(frame_valid, tf.float32)
   return log_mel * frame_valid_f[:, :, None], novelty * frame_valid_f, n_frames
 
@@ -505,7 +512,7 @@ def _features_batch(waveforms: tf.Tensor, num_samples: tf.Tensor,
 def _one_shot_fn(config: FrontendConfig):
   @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
   def features(waveform):
-    log_mel, novelty, _ = _features_batch(waveform[None, :], tf.shape(waveform)[:1], config)
+    log_mel, novelty, _ = _features_batch(waveform[None, :], None, config)
     return log_mel[0], novelty[0]
   return features
 
