@@ -168,10 +168,15 @@ class PCAWhitening(keras.layers.Layer):
     else:
       self.output_dim = int(eigenvalues.shape[0])
       self.build((None, mean.shape[0]))
-    whitening = eigenvectors / np.sqrt(eigenvalues + self.epsilon)
-    self.mean.assign(mean.astype(np.float32))
-    self.eigenvalues.assign(eigenvalues.astype(np.float32))
-    self.eigenvectors.assign(eigenvectors.astype(np.float32))
+    # The stored float32 statistics determine the whitening matrix, so a layer rebuilt
+    # from saved weights whitens bit-identically to the one that was adapted.
+    mean, eigenvalues, eigenvectors = (a.astype(np.float32)
+                                       for a in (mean, eigenvalues, eigenvectors))
+    whitening = (eigenvectors.astype(np.float64)
+                 / np.sqrt(eigenvalues.astype(np.float64) + self.epsilon))
+    self.mean.assign(mean)
+    self.eigenvalues.assign(eigenvalues)
+    self.eigenvectors.assign(eigenvectors)
     self.whitening.assign(whitening.astype(np.float32))
 
   # -- adapt -----------------------------------------------------------------------
