@@ -245,8 +245,8 @@ class ComputeFeaturesDoFn(beam.DoFn):
       return
     try:
       log_mel, novelty = self._compute_features(waveform, self._frontend_config)
-      log_mel = log_mel.numpy()
-      novelty = novelty.numpy()
+      log_mel = np.asarray(log_mel, dtype=np.float32)
+      novelty = np.asarray(novelty, dtype=np.float32)
     except Exception as e:  # pylint: disable=broad-except
       yield self._fail(record, "features", e)
       return
@@ -593,7 +593,8 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
                     | "Segments" >> beam.Map(lambda s: s["n_segments"])
                     | "TotalSegments" >> beam.CombineGlobally(sum))
   num_passes = total_segments | "Passes" >> beam.Map(
-      lambda total, n: sampling.auto_num_passes(n, total), scfg.num_blocks)
+      lambda total, n, s: sampling.auto_num_passes(n, total, s), scfg.num_blocks,
+      scfg.segment_frames)
   keys = train_stats | "CandidateKeys" >> beam.FlatMap(
       _candidate_keys, scfg, beam.pvalue.AsSingleton(num_passes))
   num_candidates = keys | "CountCandidates" >> beam.combiners.Count.Globally()
@@ -813,9 +814,9 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
                manifest.split_counts(), len(manifest.tags))
   work_dir = f"{output_dir}.incomplete-{uuid.uuid4().hex[:8]}"
   gfile = _gfile()
-  gfile.makedirs(work_dir)
   start = time.time()
   try:
+    gfile.makedirs(work_dir)
     pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
     build_pipeline(pipeline, records, config, len(manifest.tags), work_dir)
     result = pipeline.run()

@@ -126,32 +126,40 @@ def extract_blocks(log_mel: np.ndarray, starts: Sequence[int],
   return log_mel[index]
 
 
-def candidate_key(seed: int, clip_id: str, pass_index: int, segment: int) -> int:
-  """The subsampling key of one candidate block: a 128-bit ``blake2b`` integer."""
-  digest = hashlib.blake2b(f"{seed}\x1f{clip_id}\x1f{pass_index}\x1f{segment}".encode(),
-                           digest_size=KEY_BYTES).digest()
-  return int.from_bytes(digest, "big")
+def candidate_key(seed: int, clip_id: str, pass_index: int, segment: int) -> bytes:
+  """The subsampling key of one candidate block: a 16-byte ``blake2b`` digest.
+
+  Keys are bytes (compared lexicographically) rather than 128-bit integers, which
+  Beam's integer coders cannot carry.
+  """
+  return hashlib.blake2b(f"{seed}\x1f{clip_id}\x1f{pass_index}\x1f{segment}".encode(),
+                         digest_size=KEY_BYTES).digest()
 
 
-def auto_num_passes(num_blocks: int, total_segments: int) -> int:
+def auto_num_passes(num_blocks: int, total_segments: int,
+                    segment_frames: int = 43) -> int:
   """Passes per clip when ``blocks_per_clip == 0`` (the authors' get_samples.m).
 
   get_samples.m repeats ``num_samples / num_total_segments`` times when the budget
   exceeds the segments, through MATLAB's ``1:repeat`` (i.e. floor, so a budget of 1.5×
   the segments is left unfilled); we round up so that the candidates always cover
-  the budget, then the global subsample trims the surplus.
+  the budget, then the global subsample trims the surplus. Passes are capped at
+  ``segment_frames``: by then the onset scheme has taken every start of every segment
+  and further passes would only repeat blocks (a training split that small yields
+  fewer blocks than the budget).
 
   Args:
     num_blocks: the global budget.
     total_segments: segments over all training clips.
+    segment_frames: block starts per segment (the cap).
   """
   if total_segments <= 0:
     return 0
-  return max(1, math.ceil(num_blocks / total_segments))
+  return min(segment_frames, max(1, math.ceil(num_blocks / total_segments)))
 
 
 def clip_candidates(clip_id: str, n_segments: int, config: SamplingConfig,
-                    num_passes: int) -> List[Tuple[int, int, int]]:
+                    num_passes: int) -> List[Tuple[bytes, int, int]]:
   """The candidate blocks of one clip as ``(key, pass, segment)``, sorted by key.
 
   Args:
@@ -164,13 +172,17 @@ def clip_candidates(clip_id: str, n_segments: int, config: SamplingConfig,
   if n_segments <= 0:
     return []
   per_clip = config.blocks_per_clip
-  passes = math.ceil(per_clip / n_segments) if per_clip > 0 else num_passes
+  if per_clip > 0:
+    # Capped like auto_num_passes: more passes than starts per segment only repeat.
+    passes = min(config.segment_frames, math.ceil(per_clip / n_segments))
+  else:
+    passes = num_passes
   out = sorted((candidate_key(config.seed, clip_id, p, s), p, s)
                for p in range(passes) for s in range(n_segments))
   return out[:per_clip] if per_clip > 0 else out
 
 
-def budget_threshold(keys: Sequence[int], num_blocks: int) -> Optional[int]:
+def budget_threshold(keys: Sequence[bytes], num_blocks: int) -> Optional[bytes]:
   """The largest key kept by the global budget, or None when all are kept."""
   if len(keys) <= num_blocks:
     return None
@@ -185,8 +197,8 @@ def clip_rng(seed: int, clip_id: str) -> np.random.Generator:
 
 def sample_clip_blocks(clip_id: str, log_mel: np.ndarray, novelty: np.ndarray,
                        config: SamplingConfig, num_passes: int,
-                       max_key: Optional[int] = None
-                       ) -> List[Tuple[int, int, np.ndarray]]:
+                       max_key: Optional[bytes] = None
+                       ) -> List[Tuple[bytes, int, np.ndarray]]:
   """The sampled blocks of one clip that survive the global budget.
 
   Args:

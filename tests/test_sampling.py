@@ -95,8 +95,7 @@ def test_extract_blocks_slices_frames(rng):
 
 
 def test_candidate_key_is_a_stable_hashlib_digest():
-  expected = int.from_bytes(hashlib.blake2b(b"7\x1fclip-1\x1f2\x1f5", digest_size=16)
-                            .digest(), "big")
+  expected = hashlib.blake2b(b"7\x1fclip-1\x1f2\x1f5", digest_size=16).digest()
   assert sampling.candidate_key(7, "clip-1", 2, 5) == expected
   assert sampling.candidate_key(8, "clip-1", 2, 5) != expected
 
@@ -106,6 +105,8 @@ def test_auto_num_passes_rounds_up():
   assert sampling.auto_num_passes(200_000, 150_000) == 2  # get_samples.m: 1 (floor)
   assert sampling.auto_num_passes(100, 100) == 1
   assert sampling.auto_num_passes(10, 0) == 0
+  # Capped at segment_frames: beyond that every start of every segment is taken.
+  assert sampling.auto_num_passes(200_000, 1, segment_frames=43) == 43
 
 
 def test_clip_candidates_auto_and_fixed_per_clip():
@@ -120,6 +121,9 @@ def test_clip_candidates_auto_and_fixed_per_clip():
   two_passes = sampling.clip_candidates("a", 5, config, num_passes=2)
   assert fixed == two_passes[:7]
   assert sampling.clip_candidates("a", 0, config, num_passes=2) == []
+  capped = sampling.clip_candidates("a", 2, SamplingConfig(blocks_per_clip=1000,
+                                                           segment_frames=43), 1)
+  assert len(capped) == 2 * 43
 
 
 def _clips(rng, n_clips=6):
