@@ -137,5 +137,158 @@ def load_bof_encoder(model_dir: str, pool_frames: _LfOptional[int] = None):
   return encoder
 
 
-
 # --- Song-level DNN (SPEC §5) ----------------------------------------------------------
+# The tagger maps the raw bag-of-features [B, 1024] to per-tag probabilities [B, n_tags];
+# the training split's standardization is its first layer, so exports need nothing else.
+# Imports of this section live here so the two sections stay independent.
+import json as _json  # noqa: E402
+import posixpath as _posixpath  # noqa: E402
+from typing import List as _List, Optional as _Optional, Sequence as _Sequence  # noqa: E402
+from typing import Tuple as _Tuple  # noqa: E402
+
+import numpy as _np  # noqa: E402
+
+TAGGER_FILE = "tagger.keras"
+TAGS_FILE = "tags.json"
+BAG_OF_FEATURES = "bag_of_features"
+PROBABILITIES = "probabilities"
+
+
+def hidden_layer_name(index: int) -> str:
+  """Name of the 0-based ``index``-th hidden Dense layer of the song-level DNN."""
+  return f"hidden_{index + 1}"
+
+
+def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
+                   mean: _Optional[_np.ndarray] = None, std: _Optional[_np.ndarray] = None,
+                   seed: int = 0):
+  """The song-level DNN of SPEC §5 as a Keras functional model.
+
+  ``bag_of_features`` → [Standardization unless input_normalization="none"] →
+  [Dropout(input_dropout)] →
+  num_hidden_layers × (Dense(hidden_units, ReLU) → Dropout(dropout)) →
+  Dense(num_tags, sigmoid) named ``probabilities``. Weights are Glorot-uniform and
+  biases zero (Keras defaults) with explicit seeds; ``initialize_from_rbms`` replaces
+  them with pretrained ones. Under a mixed-float16 policy the standardization and the
+  output layer stay float32.
+
+  Args:
+    num_tags: output units, one per tag.
+    config: a ``DNNConfig`` (defaults: 3 × 512, dropout 0.5, standardized inputs).
+    input_dim: bag-of-features dimension (1024).
+    mean: normalization offset (zeros if None); ignored with input_normalization "none".
+    std: normalization scale (ones if None).
+    seed: seed of the initialisers and dropout masks.
+  """
+  import keras
+  from deepbof_tf.config import DNNConfig
+  from deepbof_tf.layers.standardize import Standardization
+  config = config or DNNConfig()
+  if num_tags < 1:
+    raise ValueError(f"build_song_dnn needs at least one tag, got num_tags={num_tags}")
+  inputs = keras.Input(shape=(input_dim,), name=BAG_OF_FEATURES)
+  x = inputs
+  if config.input_normalization != "none":
+    x = Standardization(mean=mean, std=std, dtype="float32", name="standardization")(x)
+  if config.input_dropout > 0:
+    x = keras.layers.Dropout(config.input_dropout, seed=seed * 1000 + 999,
+                             name="input_dropout")(x)
+  for i in range(config.num_hidden_layers):
+    x = keras.layers.Dense(
+        config.hidden_units, activation="relu", name=hidden_layer_name(i),
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed * 1000 + 2 * i))(x)
+    x = keras.layers.Dropout(config.dropout, seed=seed * 1000 + 2 * i + 1,
+                             name=f"dropout_{i + 1}")(x)
+  outputs = keras.layers.Dense(
+      num_tags, activation="sigmoid", dtype="float32", name=PROBABILITIES,
+      kernel_initializer=keras.initializers.GlorotUniform(seed=seed * 1000 + 500))(x)
+  return keras.Model(inputs, outputs, name="song_dnn")
+
+
+def initialize_from_rbms(model, rbm_weights: _Sequence[_Tuple[_np.ndarray, _np.ndarray]]
+                         ) -> None:
+  """Copies pretrained RBM weights into the hidden layers of a song-level DNN.
+
+  Each hidden layer gets its RBM's kernel and **hidden** bias. The authors' code
+  copies the RBMs' visible biases instead (a bug: the hidden layer l then gets the
+  visible bias of RBM l+1 and the top hidden layer keeps zeros), which we do not
+  reproduce (SPEC §5). The output layer keeps its random initialisation.
+
+  Args:
+    model: a model from ``build_song_dnn``.
+    rbm_weights: one (kernel [in, units], hidden_bias [units]) pair per hidden layer,
+      bottom first.
+  """
+  for i, (kernel, hidden_bias) in enumerate(rbm_weights):
+    layer = model.get_layer(hidden_layer_name(i))
+    expected = tuple(layer.kernel.shape)
+    if tuple(_np.shape(kernel)) != expected or _np.shape(hidden_bias) != expected[1:]:
+      raise ValueError(f"RBM {i + 1} has kernel {_np.shape(kernel)} / hidden bias "
+                       f"{_np.shape(hidden_bias)}; {layer.name} needs {expected}")
+    layer.kernel.assign(_np.asarray(kernel, _np.float32))
+    layer.bias.assign(_np.asarray(hidden_bias, _np.float32))
+
+
+def build_logreg_tagger(kernel: _np.ndarray, bias: _np.ndarray,
+                        mean: _Optional[_np.ndarray] = None,
+                        std: _Optional[_np.ndarray] = None):
+  """Per-tag logistic regression on the (standardized) bag-of-features as a Keras model.
+
+  Same interface as the DNN (``bag_of_features`` → ``probabilities``), so evaluation,
+  export and serving treat both heads alike.
+
+  Args:
+    kernel: [input_dim, num_tags] coefficients (on standardized inputs if mean/std).
+    bias: [num_tags] intercepts.
+    mean: standardization mean, or None for no standardization layer.
+    std: standardization std (with mean).
+  """
+  import keras
+  from deepbof_tf.layers.standardize import Standardization
+  kernel = _np.asarray(kernel, _np.float32)
+  inputs = keras.Input(shape=(kernel.shape[0],), name=BAG_OF_FEATURES)
+  x = inputs
+  if mean is not None:
+    x = Standardization(mean=mean, std=std, dtype="float32", name="standardization")(x)
+  dense = keras.layers.Dense(kernel.shape[1], activation="sigmoid", dtype="float32",
+                             name=PROBABILITIES)
+  outputs = dense(x)
+  dense.kernel.assign(kernel)
+  dense.bias.assign(_np.asarray(bias, _np.float32))
+  return keras.Model(inputs, outputs, name="logreg_tagger")
+
+
+def save_tag_names(model_dir: str, tags: _Sequence[str]) -> None:
+  """Writes the ordered tag vocabulary to ``model_dir/tags.json``."""
+  import tensorflow as tf
+  with tf.io.gfile.GFile(_posixpath.join(model_dir, TAGS_FILE), "w") as f:
+    f.write(_json.dumps({"tags": list(tags)}, indent=2) + "\n")
+
+
+def load_tag_names(model_dir: str) -> _List[str]:
+  """The ordered tag names of a trained model directory (``model_dir/tags.json``)."""
+  import tensorflow as tf
+  path = _posixpath.join(model_dir, TAGS_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path}: no tag list; train the model first "
+                            "(deepbof-train --stages=finetune writes it)")
+  with tf.io.gfile.GFile(path, "r") as f:
+    return list(_json.load(f)["tags"])
+
+
+def load_tagger(model_dir: str):
+  """The trained tagger of ``model_dir``: ``bag_of_features [B, D]`` → ``probabilities [B, T]``.
+
+  The standardization is inside the model; tag names come from ``load_tag_names``.
+
+  Args:
+    model_dir: the ``--model_dir`` of ``deepbof-train``.
+  """
+  import keras
+  import tensorflow as tf
+  import deepbof_tf.layers.standardize  # noqa: F401  (registers the layer)
+  path = _posixpath.join(model_dir, TAGGER_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path}: no trained tagger; run deepbof-train "
+                            "--stages=finetune first")
+  return keras.models.load_model(path, compile=False)

@@ -1,0 +1,1 @@
+"""Training loops of the song-level model: RBM pretraining, fine-tuning, the logistic-regression head."""

@@ -1,0 +1,274 @@
+"""Supervised fine-tuning of the song-level DNN (SPEC §5), resumable after a kill.
+
+* AdaDelta (learning rate 1.0, ρ 0.99, ε 1e-8), minibatches of 128, binary
+  cross-entropy **summed over tags** and averaged over clips (the authors' objective;
+  Keras' built-in loss averages over tags too, a 1/n_tags rescaling).
+* ``ValidationAUC`` computes the validation AUC-tag after every epoch, keeps the best
+  epoch's weights, stops early after ``patience`` epochs without improvement (0 = never)
+  and puts the best weights back at the end (the authors keep the best epoch too).
+* ``EpochCheckpoint`` writes, after every epoch, everything a resumed run needs to
+  continue bit for bit: all model variables (including the dropout seed-generator
+  states), the optimizer's variables, the best-so-far weights and score, the
+  early-stopping counter, the history and the epoch.
+* The data order of epoch e is a stateless permutation of (seed, e), so a run resumed
+  at epoch k sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import posixpath
+from typing import Any, Dict, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from deepbof_tf import metrics
+from deepbof_tf.config import FinetuneConfig
+
+CHECKPOINT_FILE = "checkpoint.npz"
+HISTORY_FILE = "history.json"
+
+
+@keras.saving.register_keras_serializable(package="deepbof")
+def tag_cross_entropy(y_true, y_pred):
+  """Binary cross-entropy summed over tags (per clip); Keras then averages over clips."""
+  num_tags = ops.cast(ops.shape(y_true)[-1], y_pred.dtype)
+  return keras.losses.binary_crossentropy(y_true, y_pred) * num_tags
+
+
+def epoch_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+                  first_epoch: int, num_epochs: int) -> tf.data.Dataset:
+  """Minibatches of epochs ``first_epoch … num_epochs−1``, each a seeded permutation.
+
+  The order of epoch e depends only on (seed, e), never on how many epochs ran
+  before in this process, which is what makes resumption exact.
+
+  Args:
+    x: [examples, features] inputs.
+    y: [examples, tags] targets.
+    batch_size: minibatch size (the last batch of an epoch may be smaller).
+    seed: the fine-tuning seed.
+    first_epoch: 0-based first epoch to produce.
+    num_epochs: total epochs of the run.
+  """
+  x = tf.constant(np.asarray(x, np.float32))
+  y = tf.constant(np.asarray(y, np.float32))
+  n = int(x.shape[0])
+
+  def one_epoch(epoch):
+    keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+    order = tf.argsort(keys, stable=True)
+    return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+  epochs = tf.data.Dataset.range(first_epoch, num_epochs)
+  return epochs.flat_map(one_epoch).map(
+      lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
+
+
+class ValidationAUC(keras.callbacks.Callback):
+  """Validation AUC-tag every epoch; keeps the best weights; optional early stopping.
+
+  Adds ``val_auc_tag`` to the epoch logs (place it before TensorBoard/CSV loggers).
+
+  Args:
+    x_valid: validation inputs.
+    y_valid: validation targets (0/1).
+    patience: stop after this many epochs without a better AUC-tag (0: never).
+    batch_size: prediction batch size.
+  """
+
+  def __init__(self, x_valid: np.ndarray, y_valid: np.ndarray, patience: int = 0,
+               batch_size: int = 1024):
+    super().__init__()
+    self.x_valid = np.asarray(x_valid, np.float32)
+    self.y_valid = np.asarray(y_valid, np.float32)
+    self.patience = int(patience)
+    self.batch_size = batch_size
+    self.best_auc = -math.inf
+    self.best_epoch = -1
+    self.best_weights: Optional[List[np.ndarray]] = None
+    self.wait = 0
+    self.history: Dict[str, List[float]] = {}
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs if logs is not None else {}
+    scores = self.model.predict(self.x_valid, batch_size=self.batch_size, verbose=0)
+    auc = metrics.tagging_metrics(self.y_valid, scores, ks=())["auc_tag"]
+    logs["val_auc_tag"] = auc
+    for key, value in logs.items():
+      self.history.setdefault(key, []).append(float(value))
+    if auc > self.best_auc:  # NaN never wins
+      self.best_auc, self.best_epoch, self.wait = float(auc), int(epoch), 0
+      self.best_weights = [np.array(w) for w in self.model.get_weights()]
+    else:
+      self.wait += 1
+      if self.patience and self.wait >= self.patience:
+        logging.info("early stopping after epoch %d: no better validation AUC-tag for "
+                     "%d epochs (best %.4f at epoch %d)", epoch + 1, self.wait,
+                     self.best_auc, self.best_epoch + 1)
+        self.model.stop_training = True
+    logging.info("epoch %d: loss %.4f val AUC-tag %.4f (best %.4f at epoch %d)",
+                 epoch + 1, logs.get("loss", float("nan")), auc, self.best_auc,
+                 self.best_epoch + 1)
+
+  def restore_best(self) -> None:
+    if self.best_weights is not None:
+      self.model.set_weights(self.best_weights)
+
+  def state(self) -> Dict[str, Any]:
+    return {"best_auc": self.best_auc, "best_epoch": self.best_epoch, "wait": self.wait,
+            "history": self.history}
+
+  def load_state(self, state: Dict[str, Any], best_weights: List[np.ndarray]) -> None:
+    self.best_auc = float(state["best_auc"])
+    self.best_epoch = int(state["best_epoch"])
+    self.wait = int(state["wait"])
+    self.history = {k: list(v) for k, v in state["history"].items()}
+    self.best_weights = best_weights or None
+
+
+def _write_npz_atomically(path: str, arrays: Dict[str, np.ndarray]) -> None:
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  temp = path + ".tmp"
+  with tf.io.gfile.GFile(temp, "wb") as f:
+    f.write(buffer.getvalue())
+  tf.io.gfile.rename(temp, path, overwrite=True)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+  """Writes the full training state after every epoch (atomically: temp file + rename).
+
+  Args:
+    path: the checkpoint file (``.npz``).
+    validation: the ``ValidationAUC`` callback whose state is saved with the model.
+    fingerprint: a string identifying the configuration; a checkpoint with another
+      fingerprint is not resumed from.
+  """
+
+  def __init__(self, path: str, validation: ValidationAUC, fingerprint: str = ""):
+    super().__init__()
+    self.path = path
+    self.validation = validation
+    self.fingerprint = fingerprint
+
+  def on_epoch_end(self, epoch, logs=None):
+    arrays: Dict[str, np.ndarray] = {}
+    for i, v in enumerate(self.model.variables):
+      arrays[f"model_{i}"] = np.asarray(v.numpy())
+    for i, v in enumerate(self.model.optimizer.variables):
+      arrays[f"optimizer_{i}"] = np.asarray(v.numpy())
+    for i, w in enumerate(self.validation.best_weights or []):
+      arrays[f"best_{i}"] = w
+    meta = {"epoch": int(epoch), "fingerprint": self.fingerprint,
+            "num_model_variables": len(self.model.variables),
+            "num_optimizer_variables": len(self.model.optimizer.variables),
+            "num_best": len(self.validation.best_weights or []),
+            "stopped": bool(self.model.stop_training),
+            "validation": self.validation.state()}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    _write_npz_atomically(self.path, arrays)
+
+
+def _read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path, "rb") as f:
+    data = np.load(io.BytesIO(f.read()))
+    arrays = {key: data[key] for key in data.files}
+  meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+  return {"meta": meta, "arrays": arrays}
+
+
+def make_optimizer(config: FinetuneConfig) -> keras.optimizers.Optimizer:
+  """AdaDelta with the authors' ρ and ε (SPEC §5)."""
+  return keras.optimizers.Adadelta(learning_rate=config.learning_rate,
+                                   rho=config.adadelta_rho,
+                                   epsilon=config.adadelta_epsilon)
+
+
+def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
+             x_valid: np.ndarray, y_valid: np.ndarray, config: FinetuneConfig,
+             work_dir: str, fingerprint: str = "", resume: bool = True,
+             callbacks: Sequence[keras.callbacks.Callback] = (),
+             verbose: int = 0) -> Dict[str, Any]:
+  """Fine-tunes ``model`` in place and leaves the best validation epoch's weights in it.
+
+  Args:
+    model: the song-level DNN (built, uncompiled; inside the strategy scope if any).
+    x_train: [clips, features] training bag-of-features.
+    y_train: [clips, tags] training labels.
+    x_valid: validation bag-of-features (selects the best epoch).
+    y_valid: validation labels.
+    config: the fine-tuning config.
+    work_dir: directory of the checkpoint, history and TensorBoard logs.
+    fingerprint: identifies the configuration; a checkpoint with another one is ignored.
+    resume: continue from ``work_dir/checkpoint.npz`` when it matches.
+    callbacks: extra Keras callbacks, run after the checkpoint is written.
+    verbose: Keras fit verbosity.
+
+  Returns:
+    {"best_epoch" (0-based), "best_val_auc_tag", "epochs_run", "resumed_from" (epoch or
+    None), "history" (per-epoch loss and val_auc_tag over the whole run)}.
+  """
+  tf.io.gfile.makedirs(work_dir)
+  checkpoint_path = posixpath.join(work_dir, CHECKPOINT_FILE)
+  model.compile(optimizer=make_optimizer(config), loss=tag_cross_entropy,
+                jit_compile=False)
+  validation = ValidationAUC(x_valid, y_valid, patience=config.early_stopping_patience)
+
+  first_epoch, resumed_from, stopped = 0, None, False
+  state = _read_checkpoint(checkpoint_path) if resume else None
+  if state is not None and state["meta"].get("fingerprint") != fingerprint:
+    logging.warning("%s was written with another configuration; starting over",
+                    checkpoint_path)
+    state = None
+  if state is not None:
+    meta, arrays = state["meta"], state["arrays"]
+    if meta["num_model_variables"] != len(model.variables):
+      raise ValueError(f"{checkpoint_path}: {meta['num_model_variables']} model variables, "
+                       f"the model has {len(model.variables)}; delete it or use another "
+                       "model_dir")
+    model.optimizer.build(model.trainable_variables)
+    if meta["num_optimizer_variables"] != len(model.optimizer.variables):
+      raise ValueError(f"{checkpoint_path}: optimizer state does not match this model")
+    for i, v in enumerate(model.variables):
+      v.assign(arrays[f"model_{i}"])
+    for i, v in enumerate(model.optimizer.variables):
+      v.assign(arrays[f"optimizer_{i}"])
+    validation.load_state(meta["validation"],
+                          [arrays[f"best_{i}"] for i in range(meta["num_best"])])
+    first_epoch = meta["epoch"] + 1
+    resumed_from = meta["epoch"]
+    stopped = bool(meta.get("stopped"))
+    logging.info("resuming fine-tuning after epoch %d (best val AUC-tag %.4f)",
+                 first_epoch, validation.best_auc)
+
+  all_callbacks: List[keras.callbacks.Callback] = [
+      validation, EpochCheckpoint(checkpoint_path, validation, fingerprint)]
+  if config.tensorboard:
+    all_callbacks.append(keras.callbacks.TensorBoard(
+        log_dir=posixpath.join(work_dir, "tensorboard"), write_graph=False))
+  all_callbacks.extend(callbacks)
+
+  if first_epoch < config.epochs and not stopped:
+    steps = math.ceil(len(x_train) / config.batch_size)
+    dataset = epoch_dataset(x_train, y_train, config.batch_size, config.seed,
+                            first_epoch, config.epochs).prefetch(2)
+    model.fit(dataset, epochs=config.epochs, initial_epoch=first_epoch, shuffle=False,
+              steps_per_epoch=steps, callbacks=all_callbacks, verbose=verbose)
+  validation.restore_best()
+  history = validation.history
+  with tf.io.gfile.GFile(posixpath.join(work_dir, HISTORY_FILE), "w") as f:
+    f.write(json.dumps({"best_epoch": validation.best_epoch,
+                        "best_val_auc_tag": validation.best_auc,
+                        "history": history}, indent=2) + "\n")
+  return {"best_epoch": validation.best_epoch, "best_val_auc_tag": validation.best_auc,
+          "epochs_run": len(history.get("loss", [])), "resumed_from": resumed_from,
+          "history": history}

@@ -1,0 +1,99 @@
+"""Greedy layer-wise pretraining of the song-level DNN with ReLU RBMs (SPEC §5)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from deepbof_tf.config import PretrainConfig
+from deepbof_tf.layers.relu_rbm import ReLURBM, ReLURBMSchedule, ReLURBMTrainer
+
+
+def rbm_schedule(config: PretrainConfig, layer_index: int) -> ReLURBMSchedule:
+  """The hyperparameters of RBM ``layer_index`` (0-based) of the stack.
+
+  Layer 0 (binary- or Gaussian-visible, ReLU hidden) uses the larger learning rates,
+  the others are ReLU–ReLU (the authors' code forces 0.003 → 0.001 for ReLU–ReLU RBMs).
+
+  Args:
+    config: the pretraining config.
+    layer_index: 0-based position in the stack.
+  """
+  if layer_index >= len(config.weight_costs):
+    raise ValueError(f"pretrain.weight_costs has {len(config.weight_costs)} entries; "
+                     f"layer {layer_index + 1} needs one")
+  binary = layer_index == 0
+  return ReLURBMSchedule(
+      epochs=config.epochs,
+      batch_size=config.batch_size,
+      learning_rate=(config.binary_relu_learning_rate if binary
+                     else config.relu_relu_learning_rate),
+      min_learning_rate=(config.binary_relu_min_learning_rate if binary
+                         else config.relu_relu_min_learning_rate),
+      learning_rate_decay=config.learning_rate_decay,
+      initial_momentum=config.initial_momentum,
+      final_momentum=config.final_momentum,
+      momentum_switch_fraction=config.momentum_switch_fraction,
+      weight_cost=float(config.weight_costs[layer_index]),
+      shuffle=config.shuffle)
+
+
+def first_layer_visible(config: PretrainConfig, input_normalization: str) -> str:
+  """The visible type of RBM 1: ``config.first_layer_visible``, "auto" resolved.
+
+  "auto" is "gaussian" for standardized inputs and "binary" (the paper) for inputs in
+  [0, 1] ("max" or "none" normalization). The authors' binary-visible RBM feeds the
+  real-valued data straight into its positive statistics and reconstructs through a
+  sigmoid; on standardized data the reconstructions cannot follow the negative
+  inputs and the weights grow without bound, so it is only used on [0, 1] data.
+
+  Args:
+    config: the pretraining config.
+    input_normalization: ``DNNConfig.input_normalization``.
+  """
+  if config.first_layer_visible != "auto":
+    return config.first_layer_visible
+  return "gaussian" if input_normalization == "standardize" else "binary"
+
+
+def pretrain_layer(data: np.ndarray, layer_index: int, units: int,
+                   config: PretrainConfig, log_every: int = 10,
+                   first_visible: str = "binary") -> Tuple[ReLURBM, Dict[str, Any]]:
+  """Trains RBM ``layer_index`` of the stack on ``data`` (the input of that layer).
+
+  Args:
+    data: [examples, visible]: the standardized bag-of-features for layer 0, the
+      ReLU activations of the layer below otherwise.
+    layer_index: 0-based position; 0 has ``first_visible`` units, the others ReLU.
+    units: hidden units (512).
+    config: the pretraining config.
+    log_every: log every this many epochs (0: never).
+    first_visible: visible type of layer 0 (see ``first_layer_visible``).
+
+  Returns:
+    (the trained layer, {"reconstruction_error": [...per epoch]}).
+  """
+  seed = int(config.seed)
+  rbm = ReLURBM(units, visible=first_visible if layer_index == 0 else "relu",
+                init_stddev=config.init_stddev, seed=seed * 1000 + layer_index,
+                name=f"rbm_{layer_index + 1}")
+  trainer = ReLURBMTrainer(rbm, rbm_schedule(config, layer_index), seed=seed,
+                           layer_index=layer_index)
+  history = trainer.fit(data, log_every=log_every)
+  return rbm, history
+
+
+def up_pass(kernel: np.ndarray, hidden_bias: np.ndarray, data: np.ndarray,
+            batch_size: int = 4096) -> np.ndarray:
+  """``relu(data·W + c)``: the deterministic input of the next RBM (as the authors' code).
+
+  Args:
+    kernel: [visible, hidden].
+    hidden_bias: [hidden].
+    data: [examples, visible].
+    batch_size: rows per matmul (bounds memory).
+  """
+  out = [np.maximum(data[i:i + batch_size] @ kernel + hidden_bias, 0)
+         for i in range(0, data.shape[0], batch_size)]
+  return np.concatenate(out, axis=0).astype(np.float32)

@@ -1,0 +1,196 @@
+"""Song-level DNN: builder, RBM initialisation, standardization, loss, data order, logreg head."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from deepbof_tf import models
+from deepbof_tf.config import DNNConfig, PretrainConfig
+from deepbof_tf.layers.standardize import Standardization, standardization_statistics
+from deepbof_tf.training import finetuning, logreg, pretraining
+
+
+def _rbm_weights(rng, dims):
+  return [(rng.normal(size=(a, b)).astype(np.float32), rng.normal(size=b).astype(np.float32),
+           rng.normal(size=a).astype(np.float32)) for a, b in zip(dims[:-1], dims[1:])]
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_architecture(layers):
+  config = DNNConfig(num_hidden_layers=layers, hidden_units=16)
+  model = models.build_song_dnn(5, config, input_dim=12)
+  assert model.input_shape == (None, 12) and model.output_shape == (None, 5)
+  assert model.inputs[0].name == models.BAG_OF_FEATURES
+  dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+  assert [l.units for l in dense] == [16] * layers + [5]
+  assert all(l.activation.__name__ == "relu" for l in dense[:-1])
+  assert dense[-1].activation.__name__ == "sigmoid" and dense[-1].name == "probabilities"
+  dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
+  assert [d.rate for d in dropouts] == [0.5] * layers
+  assert isinstance(model.layers[1], Standardization)
+
+
+def test_initialize_copies_kernels_and_hidden_biases_not_visible_biases(rng):
+  model = models.build_song_dnn(4, DNNConfig(num_hidden_layers=3, hidden_units=6),
+                                input_dim=10)
+  output_before = model.get_layer("probabilities").kernel.numpy().copy()
+  rbms = _rbm_weights(rng, [10, 6, 6, 6])
+  models.initialize_from_rbms(model, [(k, c) for k, c, _ in rbms])
+  for i, (kernel, hidden_bias, visible_bias) in enumerate(rbms):
+    layer = model.get_layer(models.hidden_layer_name(i))
+    np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
+    np.testing.assert_array_equal(layer.bias.numpy(), hidden_bias)
+  # The published code's bug would put RBM 2's visible bias into hidden layer 1.
+  assert not np.allclose(model.get_layer("hidden_1").bias.numpy(), rbms[1][2])
+  np.testing.assert_array_equal(model.get_layer("probabilities").kernel.numpy(),
+                                output_before)
+
+
+def test_initialize_rejects_wrong_shapes(rng):
+  model = models.build_song_dnn(4, DNNConfig(num_hidden_layers=1, hidden_units=6),
+                                input_dim=10)
+  with pytest.raises(ValueError, match="hidden_1 needs"):
+    models.initialize_from_rbms(model, [(np.zeros((9, 6)), np.zeros(6))])
+
+
+def test_forward_pass_matches_numpy_with_standardization_inside(rng):
+  x_train = rng.random((50, 8)).astype(np.float32)
+  mean, std = standardization_statistics(x_train)
+  np.testing.assert_allclose(mean, x_train.mean(0), atol=1e-6)
+  np.testing.assert_allclose(std, x_train.std(0), atol=1e-6)
+  model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=5),
+                                input_dim=8, mean=mean, std=std)
+  x = rng.random((7, 8)).astype(np.float32)
+  h = (x - mean) / std
+  for name in ("hidden_1", "hidden_2"):
+    layer = model.get_layer(name)
+    h = np.maximum(h @ layer.kernel.numpy() + layer.bias.numpy(), 0)
+  out = model.get_layer("probabilities")
+  expected = 1 / (1 + np.exp(-(h @ out.kernel.numpy() + out.bias.numpy())))
+  np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_normalization_modes(rng):
+  data = rng.random((30, 4))
+  data[:, 2] = 0.25  # constant feature: scale falls back to 1
+  mean, std = standardization_statistics(data, "max")
+  np.testing.assert_allclose(mean, 0)
+  np.testing.assert_allclose(std[[0, 1, 3]], data.max(0)[[0, 1, 3]], rtol=1e-6)
+  mean, std = standardization_statistics(data, "standardize")
+  assert std[2] == 1.0 and mean[2] == pytest.approx(0.25)
+  mean, std = standardization_statistics(data, "none")
+  np.testing.assert_allclose(std, 1)
+  with pytest.raises(ValueError, match="normalization mode"):
+    standardization_statistics(data, "minmax")
+  model = models.build_song_dnn(2, DNNConfig(num_hidden_layers=1, hidden_units=3,
+                                             input_normalization="none"), input_dim=4)
+  assert not any(isinstance(l, Standardization) for l in model.layers)
+
+
+def test_tagger_save_and_load(tmp_path, rng):
+  x_train = rng.random((20, 6)).astype(np.float32)
+  mean, std = standardization_statistics(x_train)
+  model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=4),
+                                input_dim=6, mean=mean, std=std, seed=3)
+  model.save(str(tmp_path / models.TAGGER_FILE))
+  models.save_tag_names(str(tmp_path), ["rock", "piano", "vocal"])
+  loaded = models.load_tagger(str(tmp_path))
+  np.testing.assert_allclose(loaded.predict(x_train, verbose=0),
+                             model.predict(x_train, verbose=0), atol=1e-6)
+  assert models.load_tag_names(str(tmp_path)) == ["rock", "piano", "vocal"]
+  np.testing.assert_allclose(loaded.get_layer("standardization").mean.numpy(), mean)
+  with pytest.raises(FileNotFoundError, match="no trained tagger"):
+    models.load_tagger(str(tmp_path / "missing"))
+
+
+def test_random_init_is_seeded():
+  config = DNNConfig(num_hidden_layers=2, hidden_units=4)
+  a = models.build_song_dnn(3, config, input_dim=6, seed=1).get_weights()
+  b = models.build_song_dnn(3, config, input_dim=6, seed=1).get_weights()
+  c = models.build_song_dnn(3, config, input_dim=6, seed=2).get_weights()
+  for wa, wb in zip(a, b):
+    np.testing.assert_array_equal(wa, wb)
+  assert not np.allclose(a[2], c[2])
+
+
+def test_tag_cross_entropy_sums_over_tags(rng):
+  y = (rng.random((4, 5)) < 0.5).astype(np.float32)
+  p = rng.uniform(0.05, 0.95, size=(4, 5)).astype(np.float32)
+  expected = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(1)
+  np.testing.assert_allclose(np.asarray(finetuning.tag_cross_entropy(y, p)), expected,
+                             rtol=1e-5)
+
+
+def test_epoch_dataset_is_a_permutation_per_epoch_and_resumable():
+  x = np.arange(10, dtype=np.float32)[:, None]
+  y = np.zeros((10, 1), np.float32)
+  full = [b[0].numpy()[:, 0] for b in finetuning.epoch_dataset(x, y, 4, 7, 0, 3)]
+  assert len(full) == 9  # 3 epochs × ceil(10/4)
+  for e in range(3):
+    epoch = np.concatenate(full[3 * e:3 * e + 3])
+    assert sorted(epoch.tolist()) == list(range(10))
+  assert not np.array_equal(np.concatenate(full[:3]), np.concatenate(full[3:6]))
+  resumed = [b[0].numpy()[:, 0] for b in finetuning.epoch_dataset(x, y, 4, 7, 2, 3)]
+  for a, b in zip(resumed, full[6:]):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_first_layer_visible_resolution():
+  assert pretraining.first_layer_visible(PretrainConfig(), "standardize") == "gaussian"
+  assert pretraining.first_layer_visible(PretrainConfig(), "max") == "binary"
+  assert pretraining.first_layer_visible(PretrainConfig(), "none") == "binary"
+  explicit = PretrainConfig(first_layer_visible="binary")
+  assert pretraining.first_layer_visible(explicit, "standardize") == "binary"
+  schedule = pretraining.rbm_schedule(PretrainConfig(), 0)
+  assert (schedule.learning_rate, schedule.min_learning_rate, schedule.weight_cost) == (
+      0.03, 0.01, 0.001)
+  schedule = pretraining.rbm_schedule(PretrainConfig(), 2)
+  assert (schedule.learning_rate, schedule.min_learning_rate, schedule.weight_cost) == (
+      0.003, 0.001, 0.1)
+
+
+def test_logreg_head_matches_sklearn_per_tag(rng):
+  from sklearn.linear_model import LogisticRegression
+  x = rng.normal(size=(120, 5))
+  w = rng.normal(size=(5, 3))
+  y = ((x @ w + 0.3 * rng.normal(size=(120, 3))) > 0).astype(np.float32)
+  y[:, 2] = 0  # single-class tag: prior-only
+  fitted = logreg.fit_logreg_head(x[:80], y[:80], x[80:], y[80:], c_values=(0.1,))
+  for j in range(2):
+    reference = LogisticRegression(C=0.1, max_iter=500).fit(x[:80], y[:80, j])
+    np.testing.assert_allclose(fitted["kernel"][:, j], reference.coef_[0], atol=1e-3)
+    assert fitted["bias"][j] == pytest.approx(reference.intercept_[0], abs=1e-3)
+  np.testing.assert_array_equal(fitted["kernel"][:, 2], 0)
+  assert fitted["bias"][2] < -5
+  mean, std = np.zeros(5), np.ones(5)
+  tagger = models.build_logreg_tagger(fitted["kernel"], fitted["bias"], mean, std)
+  logits = x @ fitted["kernel"] + fitted["bias"]
+  np.testing.assert_allclose(tagger.predict(x.astype(np.float32), verbose=0),
+                             1 / (1 + np.exp(-logits)), atol=1e-5)
+
+
+def test_validation_callback_keeps_best_weights_and_stops_early(rng):
+  x = rng.normal(size=(40, 3)).astype(np.float32)
+  y = (x[:, :2] > 0).astype(np.float32)
+  model = models.build_song_dnn(2, DNNConfig(num_hidden_layers=1, hidden_units=4),
+                                input_dim=3)
+  model.compile(optimizer="sgd", loss="binary_crossentropy")
+  callback = finetuning.ValidationAUC(x, y, patience=2)
+  callback.set_model(model)
+  aucs = iter([0.6, 0.8, 0.7, 0.75])
+  original = finetuning.metrics.tagging_metrics
+  finetuning.metrics.tagging_metrics = lambda *a, **k: {"auc_tag": next(aucs)}
+  try:
+    snapshots = []
+    for epoch in range(4):
+      model.get_layer("hidden_1").bias.assign(np.full(4, float(epoch), np.float32))
+      snapshots.append(model.get_weights())
+      callback.on_epoch_end(epoch, {"loss": 1.0})
+  finally:
+    finetuning.metrics.tagging_metrics = original
+  assert callback.best_epoch == 1 and callback.best_auc == pytest.approx(0.8)
+  assert model.stop_training  # epochs 2 and 3 did not improve, patience 2
+  callback.restore_best()
+  np.testing.assert_array_equal(model.get_layer("hidden_1").bias.numpy(), np.full(4, 1.0))
+  assert callback.history["val_auc_tag"] == [0.6, 0.8, 0.7, 0.75]

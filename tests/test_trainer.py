@@ -1,0 +1,234 @@
+"""deepbof-train / deepbof-evaluate: config handling, end-to-end on synthetic features, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepbof_tf import config as config_lib
+from deepbof_tf import models
+from trainer import evaluate as evaluate_stage
+from trainer import finetune as finetune_stage
+from trainer import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TAGS = ["rock", "piano", "vocal", "beat", "quiet"]
+
+
+def _write_synthetic(root, n=(400, 100, 100), dim=32, seed=0):
+  """Bag-of-features in [0, 1] whose tags are linear functions of 4 latent factors."""
+  rng = np.random.default_rng(seed)
+  mixing = rng.normal(size=(4, dim))
+  tag_weights = rng.normal(size=(4, len(TAGS)))
+  data_dir, model_dir = root / "data", root / "model"
+  (model_dir / "bof").mkdir(parents=True)
+  data_dir.mkdir()
+  (data_dir / "metadata.json").write_text(json.dumps({"tags": TAGS}))
+  for split, count in zip(("train", "valid", "test"), n):
+    latent = rng.normal(size=(count, 4))
+    bof = 1 / (1 + np.exp(-(latent @ mixing + 0.1 * rng.normal(size=(count, dim)))))
+    labels = (latent @ tag_weights > 0.5).astype(np.float32)
+    np.savez(model_dir / "bof" / f"{split}.npz",
+             clip_id=np.array([f"{split}-{i}" for i in range(count)]),
+             bag_of_features=bof.astype(np.float32), labels=labels)
+  return str(data_dir), str(model_dir)
+
+
+def _small_config(**dotted):
+  values = {"dnn.hidden_units": 32, "pretrain.epochs": 10, "pretrain.batch_size": 50,
+            "finetune.epochs": 30, "finetune.batch_size": 32}
+  values.update(dotted)
+  return config_lib.override(config_lib.TrainConfig(), values)
+
+
+# --- configuration ----------------------------------------------------------------------
+
+def test_build_config_precedence(tmp_path):
+  path = tmp_path / "config.yaml"
+  path.write_text("finetune:\n  epochs: 250\n  batch_size: 64\ndnn:\n  num_hidden_layers: 2\n")
+  config = train.build_config(
+      str(path), ["finetune.batch_size=32", "pretrain.weight_costs=[0.001, 0.01]"],
+      {"dnn.num_hidden_layers": 1, "dnn.init": "random"}, seed=7)
+  assert config.finetune.epochs == 250                     # file
+  assert config.finetune.batch_size == 32                  # --set beats the file
+  assert config.dnn.num_hidden_layers == 1                 # flags beat --set and file
+  assert config.dnn.init == "random"
+  assert config.pretrain.weight_costs == (0.001, 0.01)
+  assert config.seed == config.finetune.seed == config.local.rbm.seed == 7
+  assert config.pretrain.seed == 7
+  json_path = tmp_path / "config.json"
+  json_path.write_text(json.dumps({"pretrain": {"epochs": 3}}))
+  assert train.build_config(str(json_path)).pretrain.epochs == 3
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("finetune.epochz=3", "unknown config key"),
+    ("finetune.epochs=ten", "expects an integer"),
+    ("finetune.mixed_precision=1", "expects true/false"),
+    ("finetune=3", "config section"),
+    ("finetune.epochs", "dotted.key=value"),
+    ("dnn.init=pretrianed", "init must be"),
+])
+def test_bad_overrides_are_rejected(assignment, message):
+  with pytest.raises(ValueError, match=message):
+    train.build_config(None, [assignment])
+
+
+def test_set_flag_values_are_typed():
+  config = train.build_config(None, ["finetune.learning_rate=2", "pretrain.shuffle=false",
+                                     "pretrain.weight_costs=0.01"],
+                              {"dnn.num_hidden_layers": 1})
+  assert config.finetune.learning_rate == 2.0 and isinstance(config.finetune.learning_rate,
+                                                             float)
+  assert config.pretrain.shuffle is False
+  assert config.pretrain.weight_costs == (0.01,)
+
+
+def test_too_few_weight_costs_for_the_layers():
+  with pytest.raises(ValueError, match="weight_costs has 1 entries for 3 hidden layers"):
+    train.build_config(None, ["pretrain.weight_costs=[0.001]"])
+
+
+def test_parse_stages():
+  assert train.parse_stages("all") == list(train.STAGES)
+  assert train.parse_stages("evaluate,pretrain") == ["pretrain", "evaluate"]
+  with pytest.raises(ValueError, match="unknown stage"):
+    train.parse_stages("pretrain,fine-tune")
+
+
+def test_operative_config_is_written_and_protected(tmp_path):
+  model_dir = str(tmp_path / "model")
+  config = _small_config()
+  path = train.write_operative_config(model_dir, config)
+  stored = json.loads(open(path).read())
+  assert config_lib.from_dict(config_lib.TrainConfig, stored) == config
+  train.write_operative_config(model_dir, config)  # same config: fine
+  changed = config_lib.override(config, {"finetune.epochs": 300})
+  with pytest.raises(ValueError, match=r"finetune.epochs: 30 -> 300.*--overwrite"):
+    train.write_operative_config(model_dir, changed)
+  train.write_operative_config(model_dir, changed, overwrite=True)
+  assert json.loads(open(path).read())["finetune"]["epochs"] == 300
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+def test_pretrain_finetune_evaluate_on_separable_features(tmp_path, capsys):
+  data_dir, model_dir = _write_synthetic(tmp_path)
+  config = _small_config(**{"dnn.num_hidden_layers": 2})
+  summaries = train.run_stages(data_dir, model_dir, config,
+                               ["pretrain", "finetune", "evaluate"])
+  assert len(summaries["pretrain"]["layers"]) == 2
+  assert summaries["finetune"]["init"] == "pretrained"
+  report = json.loads(open(os.path.join(model_dir, "metrics.json")).read())
+  dnn = report["methods"]["Deep-BoF DNN"]
+  assert dnn["auc_tag"] >= 0.95, dnn
+  assert report["methods"]["BoF + logistic regression"]["auc_tag"] >= 0.95
+  for name in ("metrics_test.json", "per_tag_test.csv", "per_tag_auc_test.png",
+               "tagger.keras", "tags.json", "pretrain/rbm_1.npz", "pretrain/rbm_2.npz",
+               "finetune/history.json", "finetune/checkpoint.npz", "logreg/tagger.keras"):
+    assert os.path.exists(os.path.join(model_dir, name)), name
+  rows = open(os.path.join(model_dir, "per_tag_test.csv")).read().splitlines()
+  assert rows[0].startswith("tag,positives,Deep-BoF DNN_roc_auc") and len(rows) == 6
+  assert open(os.path.join(model_dir, "per_tag_auc_test.png"), "rb").read(4) == b"\x89PNG"
+  table = capsys.readouterr().out
+  assert "AUC-T" in table and "Deep-BoF DNN" in table
+  # The DNN's first hidden layer starts from RBM 1 (weights + hidden bias), not random.
+  rbm = np.load(os.path.join(model_dir, "pretrain", "rbm_1.npz"))
+  assert rbm["kernel"].shape == (32, 32)
+  # Rerunning pretrain reuses the stored layers (same config, same inputs).
+  before = os.path.getmtime(os.path.join(model_dir, "pretrain", "rbm_1.npz"))
+  train.run_stages(data_dir, model_dir, config, ["pretrain"])
+  assert os.path.getmtime(os.path.join(model_dir, "pretrain", "rbm_1.npz")) == before
+  # The exported tagger maps raw bag-of-features to probabilities.
+  tagger = models.load_tagger(model_dir)
+  bof = np.load(os.path.join(model_dir, "bof", "test.npz"))["bag_of_features"]
+  scores = tagger.predict(bof, verbose=0)
+  assert scores.shape == (100, 5) and np.all((scores >= 0) & (scores <= 1))
+  assert models.load_tag_names(model_dir) == TAGS
+
+
+def test_logreg_head(tmp_path):
+  data_dir, model_dir = _write_synthetic(tmp_path, n=(200, 60, 60))
+  config = _small_config(**{"dnn.head": "logreg"})
+  summaries = train.run_stages(data_dir, model_dir, config, ["pretrain", "finetune",
+                                                             "evaluate"])
+  assert "skipped" in summaries["pretrain"]
+  assert summaries["finetune"]["head"] == "logreg"
+  assert summaries["evaluate"]["BoF + logistic regression"]["auc_tag"] >= 0.95
+  assert "Deep-BoF DNN" not in summaries["evaluate"]
+
+
+class _Killed(Exception):
+  pass
+
+
+class _KillAfterEpoch:
+  """A Keras callback that 'kills' the run after the checkpoint of ``epoch``."""
+
+  def __new__(cls, epoch):
+    import keras
+
+    class Kill(keras.callbacks.Callback):
+      def on_epoch_end(self, e, logs=None):
+        if e == epoch:
+          raise _Killed(f"killed after epoch {e}")
+    return Kill()
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+  config = _small_config(**{"dnn.num_hidden_layers": 1, "dnn.init": "random",
+                            "finetune.epochs": 6, "finetune.early_stopping_patience": 0})
+  data_a, model_a = _write_synthetic(tmp_path / "a", n=(120, 40, 40))
+  data_b, model_b = _write_synthetic(tmp_path / "b", n=(120, 40, 40))
+  finetune_stage.finetune(data_a, model_a, config)
+  with pytest.raises(_Killed):
+    finetune_stage.finetune(data_b, model_b, config, callbacks=[_KillAfterEpoch(2)])
+  assert not os.path.exists(os.path.join(model_b, models.TAGGER_FILE))
+  summary = finetune_stage.finetune(data_b, model_b, config)
+  assert summary["resumed_from"] == 2 and summary["epochs_run"] == 6
+  weights_a = models.load_tagger(model_a).get_weights()
+  weights_b = models.load_tagger(model_b).get_weights()
+  for wa, wb in zip(weights_a, weights_b):
+    np.testing.assert_array_equal(wa, wb)
+  history_a = json.loads(open(os.path.join(model_a, "finetune", "history.json")).read())
+  history_b = json.loads(open(os.path.join(model_b, "finetune", "history.json")).read())
+  assert history_a == history_b
+  # The last checkpoint (not only the best weights) is identical too.
+  state_a = np.load(os.path.join(model_a, "finetune", "checkpoint.npz"))
+  state_b = np.load(os.path.join(model_b, "finetune", "checkpoint.npz"))
+  for key in state_a.files:
+    if key != "meta":
+      np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
+  # A changed configuration does not resume from the old checkpoint.
+  other = config_lib.override(config, {"finetune.batch_size": 16})
+  assert finetune_stage.finetune(data_b, model_b, other)["resumed_from"] is None
+
+
+def test_command_line_entry_points(tmp_path):
+  data_dir, model_dir = _write_synthetic(tmp_path, n=(120, 40, 40))
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+  command = [sys.executable, "-m", "trainer.train", f"--data_dir={data_dir}",
+             f"--model_dir={model_dir}", "--stages=finetune", "--head=logreg",
+             "--set=finetune.logreg_c_values=[0.1]", "--seed=3"]
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  stored = json.loads(open(os.path.join(model_dir, "config.json")).read())
+  assert stored["dnn"]["head"] == "logreg" and stored["finetune"]["seed"] == 3
+  assert stored["finetune"]["logreg_c_values"] == [0.1]
+  # A different config on the same model_dir is refused without --overwrite.
+  refused = subprocess.run(command[:-1] + ["--seed=4"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert refused.returncode != 0 and "--overwrite" in refused.stderr
+  evaluated = subprocess.run(
+      [sys.executable, "-m", "trainer.evaluate", f"--data_dir={data_dir}",
+       f"--model_dir={model_dir}", "--split=valid"], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=300)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "AUC-T" in evaluated.stdout and "BoF + logistic regression" in evaluated.stdout
+  report = json.loads(open(os.path.join(model_dir, "metrics_valid.json")).read())
+  assert report["split"] == "valid" and report["num_clips"] == 40
+  assert not os.path.exists(os.path.join(model_dir, "metrics.json"))  # test split only

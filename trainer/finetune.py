@@ -1,0 +1,167 @@
+"""Stage ``finetune``: supervised training of the song-level tagger (SPEC §5).
+
+``head=dnn``: builds the DNN (standardization → hidden ReLU layers with dropout →
+sigmoid), initialises it from ``pretrain/rbm_*.npz`` (``init=pretrained``) or randomly,
+fine-tunes it with AdaDelta and keeps the best validation epoch. ``head=logreg``: fits
+per-tag logistic regression on the standardized bag-of-features. Both write
+``model_dir/tagger.keras`` and ``model_dir/tags.json``.
+
+Uses ``tf.distribute.MirroredStrategy`` when more than one GPU is visible, the default
+strategy otherwise. Fine-tuning writes a checkpoint every epoch and a rerun on the
+same model_dir continues from it (see ``deepbof_tf.training.finetuning``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import tempfile
+from typing import Any, Dict, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deepbof_tf import config as config_lib
+from deepbof_tf import models
+from deepbof_tf.data import schema
+from deepbof_tf.layers.standardize import standardization_statistics
+from deepbof_tf.training import finetuning
+from deepbof_tf.training import logreg
+from deepbof_tf.training import model_dir as layout
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+  """MirroredStrategy over all GPUs when there are several, else the default strategy."""
+  gpus = tf.config.list_logical_devices("GPU")
+  if len(gpus) > 1:
+    logging.info("finetune: MirroredStrategy over %d GPUs", len(gpus))
+    return tf.distribute.MirroredStrategy()
+  return tf.distribute.get_strategy()
+
+
+def save_keras_model(model: keras.Model, path: str) -> None:
+  """Saves a ``.keras`` file locally first, then copies it into place (local or GCS)."""
+  with tempfile.TemporaryDirectory() as temp_dir:
+    local = os.path.join(temp_dir, posixpath.basename(path))
+    model.save(local)
+    tf.io.gfile.makedirs(posixpath.dirname(path))
+    tf.io.gfile.copy(local, path, overwrite=True)
+
+
+def tag_names(data_dir: str, model_dir: str, num_tags: int) -> Sequence[str]:
+  """Tag names from the dataset's metadata.json, written to ``model_dir/tags.json``."""
+  tags = schema.tags_of(schema.read_metadata(data_dir))
+  if len(tags) != num_tags:
+    raise ValueError(f"{data_dir}/metadata.json lists {len(tags)} tags but the "
+                     f"bag-of-features labels have {num_tags} columns; re-run encode")
+  models.save_tag_names(model_dir, tags)
+  return tags
+
+
+def _fingerprint(config: config_lib.TrainConfig, *arrays: np.ndarray) -> str:
+  # Epochs and patience are left out on purpose: raising --finetune_epochs on a
+  # finished run continues it instead of starting over (the epoch order does not
+  # depend on the total). TensorBoard is cosmetic.
+  finetune = config_lib.to_dict(config.finetune)
+  for key in ("epochs", "early_stopping_patience", "tensorboard"):
+    finetune.pop(key)
+  payload = {"dnn": config_lib.to_dict(config.dnn), "finetune": finetune}
+  digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode())
+  for array in arrays:
+    digest.update(np.ascontiguousarray(array, np.float32).tobytes())
+  return digest.hexdigest()
+
+
+def _load_rbms(model_dir: str, num_layers: int):
+  weights = []
+  for i in range(num_layers):
+    path = layout.rbm_path(model_dir, i)
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(f"{path}: missing; run deepbof-train --stages=pretrain "
+                              "first, or use --init=random")
+    stored = layout.read_npz(path)
+    weights.append((stored["kernel"], stored["hidden_bias"]))
+  return weights
+
+
+def fit_logreg_tagger(config: config_lib.TrainConfig, x_train, y_train,
+                      x_valid, y_valid) -> Dict[str, Any]:
+  """Fits the logistic-regression head and returns {"model", "c", "val_auc_tag"}."""
+  # Logistic regression always sees standardized features (its L2 penalty assumes
+  # comparable scales), whatever the DNN's input normalization.
+  mean, std = standardization_statistics(x_train, "standardize")
+  fitted = logreg.fit_logreg_head((x_train - mean) / std, y_train, (x_valid - mean) / std,
+                                  y_valid, config.finetune.logreg_c_values)
+  model = models.build_logreg_tagger(fitted["kernel"], fitted["bias"], mean, std)
+  return {"model": model, "c": fitted["c"],
+          "val_auc_tag": {str(c): s for c, s in fitted["val_auc_tag"].items()}}
+
+
+def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
+             callbacks: Sequence[keras.callbacks.Callback] = (),
+             resume: bool = True) -> Dict[str, Any]:
+  """Trains the tagger and writes ``model_dir/tagger.keras``; returns a summary.
+
+  Args:
+    data_dir: the preprocessed dataset (its metadata.json names the tags).
+    model_dir: the model directory (reads ``bof/{train,valid}.npz``).
+    config: the operative configuration.
+    callbacks: extra Keras callbacks for the DNN's fit (tests, custom logging).
+    resume: continue from ``finetune/checkpoint.npz`` when it matches the config.
+  """
+  _, x_train, y_train = layout.load_bof(model_dir, "train")
+  _, x_valid, y_valid = layout.load_bof(model_dir, "valid")
+  tags = tag_names(data_dir, model_dir, y_train.shape[1])
+  tagger_path = posixpath.join(model_dir, models.TAGGER_FILE)
+
+  if config.dnn.head == "logreg":
+    fitted = fit_logreg_tagger(config, x_train, y_train, x_valid, y_valid)
+    save_keras_model(fitted["model"], tagger_path)
+    return {"head": "logreg", "c": fitted["c"], "val_auc_tag": fitted["val_auc_tag"],
+            "num_tags": len(tags)}
+
+  mean, std = layout.standardization(model_dir, x_train, config.dnn.input_normalization)
+  rbm_weights = (_load_rbms(model_dir, config.dnn.num_hidden_layers)
+                 if config.dnn.init == "pretrained" else None)
+
+  use_mixed = config.finetune.mixed_precision and bool(tf.config.list_logical_devices("GPU"))
+  if config.finetune.mixed_precision and not use_mixed:
+    logging.warning("finetune: mixed precision requested but no GPU is visible; "
+                    "training in float32")
+  previous_policy = keras.config.dtype_policy()
+  keras.utils.set_random_seed(config.finetune.seed)
+  try:
+    if use_mixed:
+      keras.mixed_precision.set_dtype_policy("mixed_float16")
+    strategy = distribution_strategy()
+    with strategy.scope():
+      model = models.build_song_dnn(len(tags), config.dnn, input_dim=x_train.shape[1],
+                                    mean=mean, std=std, seed=config.finetune.seed)
+      if rbm_weights is not None:
+        models.initialize_from_rbms(model, rbm_weights)
+      fingerprint_arrays = [x_train, y_train, x_valid, y_valid]
+      fingerprint_arrays += [w for pair in rbm_weights or [] for w in pair]
+      result = finetuning.finetune(
+          model, x_train, y_train, x_valid, y_valid, config.finetune,
+          work_dir=posixpath.join(model_dir, layout.FINETUNE_DIR),
+          fingerprint=_fingerprint(config, *fingerprint_arrays), resume=resume,
+          callbacks=callbacks)
+    best_weights = model.get_weights()
+  finally:
+    keras.mixed_precision.set_dtype_policy(previous_policy)
+  # A clean float32 copy outside any strategy scope is what gets exported.
+  tagger = models.build_song_dnn(len(tags), config.dnn, input_dim=x_train.shape[1],
+                                 mean=mean, std=std, seed=config.finetune.seed)
+  tagger.set_weights(best_weights)
+  save_keras_model(tagger, tagger_path)
+  logging.info("finetune: best validation AUC-tag %.4f at epoch %d/%d; wrote %s",
+               result["best_val_auc_tag"], result["best_epoch"] + 1,
+               result["epochs_run"], tagger_path)
+  return {"head": "dnn", "init": config.dnn.init, "best_epoch": result["best_epoch"],
+          "best_val_auc_tag": result["best_val_auc_tag"],
+          "epochs_run": result["epochs_run"], "resumed_from": result["resumed_from"],
+          "num_tags": len(tags)}
