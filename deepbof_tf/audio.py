@@ -155,8 +155,8 @@ def _parse_wav(data: bytes, path: str) -> _WavInfo:
     elif chunk_id == b"data":
       data_offset = body
       available = len(data) - body
-      if size in (0, 0xFFFFFFFF) and available > 0:
-        size = available  # streamed WAV whose writer never filled in the size
+      if size == 0xFFFFFFFF:
+        size = available  # streamed WAV: the writer could not fill in the size
       if size > available:
         raise AudioDecodeError(
             path, f"truncated WAV: header declares {size} bytes of samples, file has "

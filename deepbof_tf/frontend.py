@@ -200,7 +200,7 @@ def hann_window(config: FrontendConfig = _DEFAULT_CONFIG) -> np.ndarray:
 def _agc_matrices(config: FrontendConfig) -> Tuple[np.ndarray, np.ndarray]:
   """AGC band analysis ``[bins, bands]`` and the map back to bins ``[bands, bins]``."""
   analysis = mel_filterbank(config.agc_n_bands, config.agc_width, config)
-  # SPEC §2: E = diag(1/colsum(F_agc)) · F_aggᵀ · E_band, dividing by 1 where a bin is
+  # SPEC §2: E = diag(1/colsum(F_agc)) · F_agcᵀ · E_band, dividing by 1 where a bin is
   # covered by no band.
   coverage = analysis.sum(axis=1)
   coverage = np.where(coverage == 0.0, 1.0, coverage)
@@ -318,8 +318,8 @@ def apply_floor(magnitude: TensorLike, max_value: Optional[TensorLike] = None,
 def _attack_decay(bands: tf.Tensor, alpha_log: float) -> tf.Tensor:
   """``s_j = max(alpha · s_{j-1}, A_j)`` with ``s_{-1} = 0`` over axis -2 of ``[B, T, C]``.
 
-  Log-depth doubling: ``s⁰ = A``; ``sᵏ⁺¹_j = max(sᵏ_j, alpha^(2^k) · sᵏ_{j-2^k})``. After
-  the step with ``2^k >= T`` every frame holds ``max_{i<=j} alpha^(j-i) A_i``, which is
+  Log-depth doubling: ``s⁰ = A``; ``sᵏ⁺¹_j = max(sᵏ_j, alpha^(2^k) · sᵏ_{j-2^k})``.
+  After the step with ``2^k >= T`` every frame holds ``max_{i<=j} alpha^(j-i) A_i``, which is
   the recursion's value because ``A >= 0``. A ``tf.while_loop`` keeps ``T`` dynamic.
   """
   num_frames = tf.shape(bands)[1]

@@ -117,7 +117,8 @@ def test_load_audio_lossy_correlates_with_source(tmp_path, fmt, subtype, ext, ra
   assert _snr_db(y[core], expected[core]) > 15.0
 
 
-@pytest.mark.parametrize("ext,fmt,subtype", [("wav", "WAV", "PCM_16"), ("mp3", "MP3", "MPEG_LAYER_III")])
+@pytest.mark.parametrize("ext,fmt,subtype", [("wav", "WAV", "PCM_16"),
+                                             ("mp3", "MP3", "MPEG_LAYER_III")])
 def test_channel_modes(tmp_path, ext, fmt, subtype):
   rate = 22050
   source = _stereo(rate, seconds=1.0)
@@ -144,6 +145,36 @@ def test_odd_sized_wav_data_chunk(tmp_path, subtype, tolerance):
   samples, rate = audio.decode_audio(path)
   assert rate == 22050 and samples.shape == (2205, 1)
   np.testing.assert_allclose(samples[:, 0], source, atol=tolerance + 1e-7)
+
+
+@pytest.mark.parametrize("subtype,tolerance", [("PCM_16", 1.0 / 2 ** 15), ("PCM_24", 1.0 / 2 ** 23),
+                                               ("PCM_32", 1.0 / 2 ** 30), ("FLOAT", 0.0)])
+def test_wave_format_extensible(tmp_path, subtype, tolerance):
+  source = _stereo(16000, seconds=0.1)
+  path = _write(tmp_path, "x.wav", source, 16000, "WAVEX", subtype)
+  with open(path, "rb") as f:
+    assert f.read()[20:22] == b"\xfe\xff"  # really WAVE_FORMAT_EXTENSIBLE
+  samples, rate = audio.decode_audio(path)
+  assert rate == 16000
+  np.testing.assert_allclose(samples, source, atol=tolerance + 1e-7)
+
+
+def test_wav_with_extra_chunks_and_streamed_size(tmp_path):
+  import struct
+  source = _tones(8000, 0.1)
+  path = _write(tmp_path, "plain.wav", source, 8000, "WAV", "PCM_16")
+  with open(path, "rb") as f:
+    data = f.read()
+  data_at = data.find(b"data")
+  info = b"LIST" + struct.pack("<I", 5) + b"INFOx" + b"\x00"  # odd size + pad byte
+  with_list = data[:data_at] + info + data[data_at:] + b"junk" + struct.pack("<I", 2) + b"ab"
+  with_list = with_list[:4] + struct.pack("<I", len(with_list) - 8) + with_list[8:]
+  samples, _ = audio.decode_audio_bytes(with_list, "list.wav")
+  np.testing.assert_allclose(samples[:, 0], source, atol=1.0 / 2 ** 15)
+  streamed = bytearray(data)
+  streamed[data_at + 4:data_at + 8] = b"\xff\xff\xff\xff"
+  samples, _ = audio.decode_audio_bytes(bytes(streamed), "streamed.wav")
+  np.testing.assert_allclose(samples[:, 0], source, atol=1.0 / 2 ** 15)
 
 
 def test_resample_latency_removed_and_identity():
