@@ -132,3 +132,42 @@ def plot_training_curves(history: Sequence[Dict[str, float]], path: str,
     axis.set_title(key.replace("_", " "))
   figure.tight_layout()
   save_figure(figure, path)
+
+
+def plot_per_tag_auc(per_tag: Dict[str, Dict[str, float]], path: str,
+                     title: str = "Per-tag ROC-AUC",
+                     reference: Optional[Dict[str, Dict[str, float]]] = None,
+                     labels: Sequence[str] = ("model", "reference")) -> None:
+  """Bar chart of the per-tag ROC-AUC of ``deepbof_tf.metrics.tagging_metrics``.
+
+  Tags are sorted by decreasing ROC-AUC; tags without a defined AUC (one class only)
+  are left out. An optional second method is drawn as markers on the same tags.
+
+  Args:
+    per_tag: the ``per_tag`` entry of a metrics result (tag → {"roc_auc", ...}).
+    path: output PNG.
+    title: chart title (the mean and the tag count are appended).
+    reference: optionally another method's ``per_tag``.
+    labels: legend names of the bars and of the reference markers.
+  """
+  tags = [t for t, v in per_tag.items() if not math.isnan(v["roc_auc"])]
+  tags.sort(key=lambda t: -per_tag[t]["roc_auc"])
+  values = np.array([per_tag[t]["roc_auc"] for t in tags])
+  positions = np.arange(len(tags))
+  figure = Figure(figsize=(max(6.0, 0.22 * len(tags) + 1.5), 4.0))
+  axis = figure.add_subplot(1, 1, 1)
+  axis.bar(positions, values, color="tab:blue", label=labels[0])
+  if reference is not None:
+    markers = [reference.get(t, {}).get("roc_auc", np.nan) for t in tags]
+    axis.plot(positions, markers, "o", color="tab:orange", markersize=3, label=labels[1])
+    axis.legend(loc="lower left")
+  mean = float(values.mean()) if values.size else float("nan")
+  axis.axhline(mean, color="gray", linestyle="--", linewidth=0.8)
+  axis.axhline(0.5, color="black", linewidth=0.5)
+  axis.set_xticks(positions)
+  axis.set_xticklabels(tags, rotation=90, fontsize=7)
+  axis.set_ylim(min(0.4, float(values.min())) if values.size else 0.4, 1.0)
+  axis.set_ylabel("ROC-AUC")
+  axis.set_title(f"{title} (mean {mean:.3f}, {len(tags)} tags)")
+  figure.tight_layout()
+  save_figure(figure, path, dpi=120)

@@ -28,6 +28,7 @@ from absl import flags
 from deepbof_tf import config as config_lib
 from deepbof_tf import metrics
 from deepbof_tf import models
+from deepbof_tf import plots
 from deepbof_tf.training import evaluation
 from deepbof_tf.training import model_dir as layout
 
@@ -101,7 +102,7 @@ def evaluate(data_dir: str, model_dir: str, config: Optional[config_lib.TrainCon
     evaluation.write_json(posixpath.join(model_dir, "metrics.json"), report)
   evaluation.write_per_tag_csv(posixpath.join(model_dir, f"per_tag_{split}.csv"), results)
   reference = results.get(LOGREG_ROW) if main_row != LOGREG_ROW else None
-  evaluation.plot_per_tag_auc(
+  plots.plot_per_tag_auc(
       first["per_tag"], posixpath.join(model_dir, f"per_tag_auc_{split}.png"),
       title=f"{main_row}, {split} split",
       reference=reference["per_tag"] if reference else None,

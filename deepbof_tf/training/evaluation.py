@@ -1,4 +1,7 @@
-"""Evaluation reports of a trained tagger: metrics JSON, per-tag CSV, per-tag ROC-AUC chart."""
+"""Evaluation reports of a trained tagger: metrics JSON and per-tag CSV.
+
+The per-tag ROC-AUC chart is ``deepbof_tf.plots.plot_per_tag_auc``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import csv
 import io
 import json
 import math
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -55,48 +58,4 @@ def write_per_tag_csv(path: str, results: Mapping[str, Mapping[str, Any]]) -> No
               "" if np.isnan(entry["pr_auc"]) else f"{entry['pr_auc']:.6f}"]
     writer.writerow(row)
   with tf.io.gfile.GFile(path, "w") as f:
-    f.write(buffer.getvalue())
-
-
-def plot_per_tag_auc(per_tag: Mapping[str, Mapping[str, Any]], path: str,
-                     title: str = "Per-tag ROC-AUC",
-                     reference: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                     labels: Sequence[str] = ("model", "reference")) -> None:
-  """Bar chart of per-tag ROC-AUC, tags sorted by AUC, written as PNG.
-
-  Args:
-    per_tag: the ``per_tag`` entry of a ``tagging_metrics`` result.
-    path: the PNG file (local or GCS).
-    title: the chart title.
-    reference: optionally a second method's ``per_tag`` drawn as markers.
-    labels: legend names of the two methods.
-  """
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-
-  tags = [t for t, v in per_tag.items() if not np.isnan(v["roc_auc"])]
-  tags.sort(key=lambda t: -per_tag[t]["roc_auc"])
-  values = [per_tag[t]["roc_auc"] for t in tags]
-  width = max(6.0, 0.22 * len(tags) + 1.5)
-  fig, ax = plt.subplots(figsize=(width, 4.0))
-  positions = np.arange(len(tags))
-  ax.bar(positions, values, color="#4C72B0", label=labels[0])
-  if reference is not None:
-    ref = [reference[t]["roc_auc"] if t in reference else np.nan for t in tags]
-    ax.plot(positions, ref, "o", color="#DD8452", markersize=3, label=labels[1])
-    ax.legend(loc="lower left")
-  mean = float(np.mean(values)) if values else float("nan")
-  ax.axhline(mean, color="gray", linestyle="--", linewidth=0.8)
-  ax.axhline(0.5, color="black", linewidth=0.5)
-  ax.set_xticks(positions)
-  ax.set_xticklabels(tags, rotation=90, fontsize=7)
-  ax.set_ylim(min([0.4] + [v for v in values if np.isfinite(v)]), 1.0)
-  ax.set_ylabel("ROC-AUC")
-  ax.set_title(f"{title} (mean {mean:.3f}, {len(tags)} tags)")
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=120)
-  plt.close(fig)
-  with tf.io.gfile.GFile(path, "wb") as f:
     f.write(buffer.getvalue())

@@ -18,16 +18,16 @@
 
 from __future__ import annotations
 
-import io
 import posixpath
-from typing import Dict, Tuple
+from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from deepbof_tf.data import bof_io
 from deepbof_tf.layers.standardize import standardization_statistics
 
-BOF_DIR = "bof"
+BOF_DIR = bof_io.BOF_DIR
 PRETRAIN_DIR = "pretrain"
 FINETUNE_DIR = "finetune"
 LOGREG_DIR = "logreg"
@@ -36,7 +36,7 @@ CONFIG_FILE = "config.json"
 
 
 def bof_path(model_dir: str, split: str) -> str:
-  return posixpath.join(model_dir, BOF_DIR, f"{split}.npz")
+  return bof_io.bof_path(model_dir, split)
 
 
 def rbm_path(model_dir: str, layer_index: int) -> str:
@@ -44,27 +44,8 @@ def rbm_path(model_dir: str, layer_index: int) -> str:
   return posixpath.join(model_dir, PRETRAIN_DIR, f"rbm_{layer_index + 1}.npz")
 
 
-def _read_npz(path: str) -> Dict[str, np.ndarray]:
-  with tf.io.gfile.GFile(path, "rb") as f:
-    data = np.load(io.BytesIO(f.read()), allow_pickle=False)
-    return {key: data[key] for key in data.files}
-
-
-def write_npz(path: str, **arrays: np.ndarray) -> None:
-  """Writes an ``.npz`` through ``tf.io.gfile`` (local or GCS), atomically."""
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  tf.io.gfile.makedirs(posixpath.dirname(path))
-  temp = path + ".tmp"
-  with tf.io.gfile.GFile(temp, "wb") as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(temp, path, overwrite=True)
-
-
-def read_npz(path: str) -> Dict[str, np.ndarray]:
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path}: not found")
-  return _read_npz(path)
+write_npz = bof_io.write_npz
+read_npz = bof_io.read_npz
 
 
 def load_bof(model_dir: str, split: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,22 +59,14 @@ def load_bof(model_dir: str, split: str) -> Tuple[np.ndarray, np.ndarray, np.nda
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path}: no bag-of-features for split {split!r}; run "
                             "deepbof-train --stages=encode first")
-  try:  # the encode stage's reader, when present
-    from deepbof_tf.data.bof_io import read_bof
-    data = read_bof(path)
-  except ImportError:
-    data = _read_npz(path)
-  for key in ("clip_id", "bag_of_features", "labels"):
-    if key not in data:
-      raise ValueError(f"{path}: missing key {key!r} (has {sorted(data)})")
-  x = np.asarray(data["bag_of_features"], np.float32)
-  y = np.asarray(data["labels"], np.float32)
+  data = bof_io.read_bof(path)
+  x, y = data["bag_of_features"], data["labels"]
   if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
     raise ValueError(f"{path}: bag_of_features {x.shape} and labels {y.shape} do not "
                      "describe the same clips")
   if x.shape[0] == 0:
     raise ValueError(f"{path}: split {split!r} has no clips")
-  return np.asarray(data["clip_id"]), x, y
+  return data["clip_id"], x, y
 
 
 def standardization(model_dir: str, x_train: np.ndarray, mode: str = "standardize"
