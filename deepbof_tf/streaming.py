@@ -1,0 +1,569 @@
+"""Chunked (streaming) bag-of-features encoding of long recordings, equal to one-shot.
+
+A one-hour recording is 79 M samples at 22,050 Hz (318 MB as float32) and ~155 k STFT
+frames; computing it in one piece needs several GB. This module cuts it into chunks
+whose results combine into *exactly* the one-shot bag-of-features (SPEC §1–4):
+
+* **framing** — chunk ``[t0, t1)`` of frames needs the original samples
+  ``[hop·t0 − n_fft/2, hop·(t1 − 1) + n_fft/2)`` (zeros outside the recording), framed
+  without further padding (:func:`segment_bounds`; ``frontend.stft_magnitude(pad=False)``).
+* **floor** — ``S += 1e-4·max(S)`` uses the maximum over the *whole* recording, so a
+  first pass computes every chunk's STFT maximum (:func:`segment_peak`) and the second
+  pass floors with the global one.
+* **AGC** — the band envelope after a chunk's last frame is the next chunk's initial
+  state (``frontend.agc(initial_state=...)``; zeros = the clip start).
+* **blocks** — a block covers ``block_frames`` frames, so each chunk after the first is
+  encoded together with the last ``block_frames − 1`` log-mel frames of the previous
+  chunk (carried, not recomputed).
+* **pooling** — max-pooling windows are aligned to multiples of ``pool_frames`` block
+  positions from the clip start. Chunk boundaries are placed so that chunk ``k``
+  encodes exactly the block positions ``[k·L, (k+1)·L)`` with ``L`` a multiple of
+  ``pool_frames`` (:func:`plan_chunks`): every window lies in one chunk, the last
+  window of the recording may be short as in one-shot, and the bag-of-features is the
+  mean of all chunks' window maxima (:func:`mean_of_windows`).
+
+Decoding is streamed too: :class:`SpooledWaveform` decodes and resamples the file
+block by block with tensorflow-io (:func:`decode_blocks`, equal to
+``deepbof_tf.audio.load_audio`` of the whole file) and spools the float32 result to an
+anonymous temporary file, so both passes read slices from disk instead of holding the
+recording in memory.
+
+The TensorFlow functions here (:func:`segment_peak`, :func:`encode_segment`) use core
+ops only; ``serving/export_lib.py`` traces them into the SavedModel's ``stream_*``
+signatures so that the ``deepbof-tag`` CLI streams with the exported weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import struct
+import tempfile
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from deepbof_tf.config import FrontendConfig
+
+_DEFAULT_CONFIG = FrontendConfig()
+
+
+# --------------------------------------------------------------------------------------
+# Chunk plan (pure Python).
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+  """Frames ``[frame_start, frame_stop)`` computed by one streaming step.
+
+  Attributes:
+    frame_start: first STFT frame of the chunk.
+    frame_stop: one past its last frame.
+    first_block: the first block position it encodes (a multiple of pool_frames).
+  """
+
+  frame_start: int
+  frame_stop: int
+  first_block: int
+
+
+def frame_count(num_samples: int, config: FrontendConfig = _DEFAULT_CONFIG) -> int:
+  """``frontend.frame_count`` for Python ints without importing TensorFlow."""
+  n = int(num_samples)
+  if n < 0:
+    raise ValueError(f"num_samples must be >= 0, got {n}")
+  return -(-n // config.hop_length) + 1
+
+
+def plan_chunks(num_samples: int, windows_per_chunk: int,
+                config: FrontendConfig = _DEFAULT_CONFIG, block_frames: int = 8,
+                pool_frames: int = 43) -> List[Chunk]:
+  """Splits a recording into chunks whose pooling windows never straddle two chunks.
+
+  Chunk 0 computes frames ``[0, L + block_frames − 1)`` and encodes block positions
+  ``[0, L)``; chunk ``k ≥ 1`` computes frames ``[k·L + block_frames − 1, (k+1)·L +
+  block_frames − 1)`` and, with the carried ``block_frames − 1`` frames before them,
+  encodes positions ``[k·L, (k+1)·L)``; ``L = windows_per_chunk · pool_frames``. The
+  last chunk ends at the recording's last frame.
+
+  Args:
+    num_samples: length of the recording at ``config.sample_rate``.
+    windows_per_chunk: pooling windows per chunk (≥ 1); sets memory per step.
+    config: the front-end configuration (framing).
+    block_frames: frames per block.
+    pool_frames: pooling window in block positions.
+
+  Returns:
+    The chunks in order; one chunk when the recording is short.
+  """
+  if windows_per_chunk < 1:
+    raise ValueError(f"windows_per_chunk must be >= 1, got {windows_per_chunk}")
+  total = frame_count(num_samples, config)
+  span = windows_per_chunk * pool_frames
+  chunks = []
+  start, block = 0, 0
+  stop = span + block_frames - 1
+  while True:
+    if stop >= total:
+      chunks.append(Chunk(start, total, block))
+      return chunks
+    chunks.append(Chunk(start, stop, block))
+    start, block, stop = stop, block + span, stop + span
+
+
+def segment_bounds(chunk: Chunk, config: FrontendConfig = _DEFAULT_CONFIG) -> Tuple[int, int]:
+  """Original-sample range ``[start, stop)`` that frames a chunk (may exceed the clip).
+
+  Frame ``t`` of the padded signal covers original samples
+  ``[hop·t − n_fft/2, hop·t + n_fft/2)``; samples outside ``[0, num_samples)`` are
+  the zero padding of SPEC §1.
+
+  Args:
+    chunk: the chunk.
+    config: the front-end configuration.
+  """
+  half = config.n_fft // 2
+  start = config.hop_length * chunk.frame_start - half
+  stop = config.hop_length * (chunk.frame_stop - 1) + config.n_fft - half
+  return start, stop
+
+
+def mean_of_windows(pooled: List[np.ndarray]) -> np.ndarray:
+  """Bag-of-features: the mean of all chunks' window maxima (float64 sum → float32).
+
+  Args:
+    pooled: per chunk, ``[windows, H]`` window maxima.
+  """
+  stacked = np.concatenate([np.asarray(p, np.float64) for p in pooled], axis=0)
+  if stacked.shape[0] == 0:
+    raise ValueError("no pooling window to average")
+  return stacked.mean(axis=0).astype(np.float32)
+
+
+def group_windows(pooled: np.ndarray, windows_per_segment: int) -> np.ndarray:
+  """Means over consecutive groups of pooling windows (a taggram's time resolution).
+
+  Args:
+    pooled: ``[windows, H]`` window maxima of a whole recording.
+    windows_per_segment: windows per group; the last group may be shorter.
+
+  Returns:
+    ``[ceil(windows / windows_per_segment), H]`` float32.
+  """
+  if windows_per_segment < 1:
+    raise ValueError(f"windows_per_segment must be >= 1, got {windows_per_segment}")
+  pooled = np.asarray(pooled, np.float64)
+  groups = [pooled[i:i + windows_per_segment].mean(axis=0)
+            for i in range(0, pooled.shape[0], windows_per_segment)]
+  return np.stack(groups).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Streaming steps (TensorFlow, core ops only).
+# --------------------------------------------------------------------------------------
+
+
+def segment_peak(segment, config: FrontendConfig = _DEFAULT_CONFIG):
+  """Pass 1: the largest STFT magnitude of a chunk's frames.
+
+  Args:
+    segment: float32 ``[samples]`` from :func:`segment_bounds` (zero-filled outside
+      the recording).
+    config: the front-end configuration.
+
+  Returns:
+    A float32 scalar tensor; the recording's maximum is the max over its chunks.
+  """
+  from deepbof_tf import frontend
+  import tensorflow as tf
+  return tf.reduce_max(frontend.stft_magnitude(segment, config, pad=False))
+
+
+def encode_segment(encoder, segment, peak, agc_state, context,
+                   config: FrontendConfig = _DEFAULT_CONFIG):
+  """Pass 2: one chunk → its window maxima, the AGC state and the carried frames.
+
+  Args:
+    encoder: a ``deepbof_tf.layers.bag_of_features.BagOfFeaturesEncoder``.
+    segment: float32 ``[samples]`` from :func:`segment_bounds`.
+    peak: float32 scalar, the whole recording's STFT maximum (pass 1).
+    agc_state: float32 ``[agc bands]`` envelope after the previous chunk (zeros for
+      the first chunk, which equals the clip-start state).
+    context: float32 ``[k, n_mels]``: the previous chunk's last ``block_frames − 1``
+      log-mel frames (``k = 0`` for the first chunk).
+    config: the front-end configuration.
+
+  Returns:
+    ``(pooled [windows, H], agc_state [bands], context [block_frames − 1, n_mels])``.
+  """
+  from deepbof_tf import frontend
+  import tensorflow as tf
+  magnitude = frontend.stft_magnitude(segment, config, pad=False)
+  floored = frontend.apply_floor(magnitude, peak, config)
+  if config.agc:
+    agc_magnitude, agc_state = frontend.agc(floored, agc_state, config)
+  else:
+    agc_magnitude = floored
+  log_mel = frontend.log_mel_from_agc(agc_magnitude, config)
+  frames = tf.concat([tf.cast(context, tf.float32), log_mel], axis=0)
+  pooled, _ = encoder.pooled_hidden(frames[None])
+  keep = encoder.block_frames - 1
+  return pooled[0], agc_state, frames[tf.shape(frames)[0] - keep:]
+
+
+# --------------------------------------------------------------------------------------
+# Waveform sources: in memory, or decoded block by block into a disk spool.
+# --------------------------------------------------------------------------------------
+
+
+class InMemoryWaveform:
+  """A decoded waveform held in memory, read in zero-filled ranges.
+
+  Args:
+    samples: float32 ``[samples]``.
+    sample_rate: its rate.
+  """
+
+  def __init__(self, samples: np.ndarray, sample_rate: int):
+    self.samples = np.ascontiguousarray(samples, dtype=np.float32)
+    self.sample_rate = int(sample_rate)
+    self.num_samples = int(self.samples.shape[0])
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    """Samples ``[start, stop)``, zeros where the range lies outside the waveform."""
+    out = np.zeros(max(stop - start, 0), np.float32)
+    lo, hi = max(start, 0), min(stop, self.num_samples)
+    if hi > lo:
+      out[lo - start:hi - start] = self.samples[lo:hi]
+    return out
+
+  def close(self) -> None:
+    pass
+
+
+class SpooledWaveform:
+  """A decoded, resampled mono waveform kept in an anonymous temporary file.
+
+  Use :meth:`from_file` to decode a recording block by block (:func:`decode_blocks`),
+  then :meth:`read` arbitrary zero-filled ranges. Memory stays at one decode block
+  regardless of the recording's length; the spool file (4 bytes per sample, ~318 MB
+  per hour at 22,050 Hz) goes away on :meth:`close`.
+
+  Args:
+    sample_rate: the rate of the stored samples.
+    directory: where the spool file lives (None: the system temp directory).
+  """
+
+  def __init__(self, sample_rate: int, directory: Optional[str] = None):
+    self.sample_rate = int(sample_rate)
+    self.num_samples = 0
+    self._file = tempfile.TemporaryFile(dir=directory)
+
+  def append(self, samples: np.ndarray) -> None:
+    """Appends float32 samples."""
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    self._file.write(samples.tobytes())
+    self.num_samples += int(samples.shape[0])
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    """Samples ``[start, stop)``, zeros where the range lies outside the waveform."""
+    out = np.zeros(max(stop - start, 0), np.float32)
+    lo, hi = max(start, 0), min(stop, self.num_samples)
+    if hi > lo:
+      self._file.flush()
+      data = os.pread(self._file.fileno(), (hi - lo) * 4, lo * 4)
+      out[lo - start:hi - start] = np.frombuffer(data, np.float32)
+    return out
+
+  def close(self) -> None:
+    self._file.close()
+
+  def __enter__(self) -> "SpooledWaveform":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  @classmethod
+  def from_file(cls, path: str, sample_rate: int = 22050, channel_mode: str = "first",
+                block_seconds: float = 30.0, directory: Optional[str] = None,
+                ) -> "SpooledWaveform":
+    """Decodes ``path`` block by block into a spool (see :func:`decode_blocks`).
+
+    Args:
+      path: a WAV (8/16/24-bit PCM, 32-bit float), FLAC, Ogg Vorbis or MP3 file.
+      sample_rate: the output rate.
+      channel_mode: ``"first"`` (the authors' code) or ``"mean"``.
+      block_seconds: decode block length (memory per step).
+      directory: spool directory (None: the system temp directory).
+
+    Raises:
+      deepbof_tf.audio.AudioDecodeError: unreadable stream, zero samples, NaN/Inf.
+    """
+    from deepbof_tf import audio
+    spool = cls(sample_rate, directory)
+    try:
+      bad = 0
+      for block in decode_blocks(path, sample_rate, channel_mode, block_seconds):
+        bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+        spool.append(block)
+      if spool.num_samples == 0:
+        raise audio.AudioDecodeError(path, "0 samples after decoding (empty or corrupt file)")
+      if bad:
+        raise audio.AudioDecodeError(path, f"{bad} NaN/Inf samples after decoding "
+                                     "(corrupt file)")
+    except BaseException:
+      spool.close()
+      raise
+    return spool
+
+
+def native_blocks(path: str, channel_mode: str = "first"
+                  ) -> Tuple[int, int, Callable[[int, int], np.ndarray]]:
+  """Random access to a file's mono samples at its native rate, without loading it.
+
+  WAV is read with a small RIFF reader (seek + NumPy; every PCM width and float WAV);
+  FLAC, Ogg Vorbis and MP3 through ``tfio.audio.AudioIOTensor`` slicing, which decodes
+  lazily. Samples are scaled and channels reduced exactly as ``deepbof_tf.audio`` does
+  (tested for equality).
+
+  Args:
+    path: the audio file (``tf.io.gfile`` paths work for WAV).
+    channel_mode: ``"first"`` or ``"mean"``.
+
+  Returns:
+    ``(num_frames, rate, read)`` where ``read(start, stop)`` returns the float32 mono
+    samples ``[start, stop)`` clipped to the file.
+
+  Raises:
+    deepbof_tf.audio.AudioDecodeError: unreadable or corrupt header/stream.
+  """
+  from deepbof_tf import audio
+  if channel_mode not in audio.CHANNEL_MODES:
+    raise ValueError(f"channel_mode must be one of {audio.CHANNEL_MODES}, got "
+                     f"{channel_mode!r}")
+  head = _read_prefix(path, 1 << 16)
+  if not head:
+    raise audio.AudioDecodeError(path, "file is empty (0 bytes)")
+  fmt = audio.detect_format(head, path)
+  if fmt == "wav":
+    return _wav_blocks(path, channel_mode)
+  if fmt is None:
+    raise audio.AudioDecodeError(path, "not audio: no WAV/FLAC/Ogg/MP3 signature and no "
+                                 "known extension")
+  import tensorflow_io as tfio
+  try:
+    stream = tfio.audio.AudioIOTensor(path)
+    num_frames = int(stream.shape[0])
+    rate = int(stream.rate.numpy())
+  except Exception as err:  # tf.errors.*: tensorflow-io could not open the stream
+    raise audio.AudioDecodeError(path, f"cannot open the {fmt} stream "
+                                 f"({audio._short(err)})") from err
+  if rate <= 0:
+    raise audio.AudioDecodeError(path, f"corrupt header (sample rate {rate})")
+  dtype = stream.dtype
+
+  def read(start: int, stop: int) -> np.ndarray:
+    start, stop = max(0, start), min(num_frames, stop)
+    if stop <= start:
+      return np.zeros(0, np.float32)
+    try:
+      raw = stream[start:stop].numpy()
+    except Exception as err:
+      raise audio.AudioDecodeError(path, f"truncated or corrupt {fmt} stream near sample "
+                                   f"{start} ({audio._short(err)})") from err
+    return audio.to_mono(_to_float(raw, dtype), channel_mode)
+
+  return num_frames, rate, read
+
+
+def _read_prefix(path: str, size: int) -> bytes:
+  from deepbof_tf import audio
+  import tensorflow as tf
+  try:
+    if not tf.io.gfile.exists(path):
+      raise audio.AudioDecodeError(path, "file not found")
+    if tf.io.gfile.isdir(path):
+      raise audio.AudioDecodeError(path, "is a directory, not an audio file")
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return f.read(size)
+  except audio.AudioDecodeError:
+    raise
+  except Exception as err:
+    raise audio.AudioDecodeError(path, f"cannot read file ({audio._short(err)})") from err
+
+
+# WAV sample encodings: (format tag, bits) → (NumPy dtype or "int24", full scale, offset).
+_WAV_ENCODINGS = {(1, 8): ("u1", 128.0, 128.0), (1, 16): ("<i2", 2.0 ** 15, 0.0),
+                  (1, 24): ("int24", 2.0 ** 23, 0.0), (1, 32): ("<i4", 2.0 ** 31, 0.0),
+                  (3, 32): ("<f4", 1.0, 0.0), (3, 64): ("<f8", 1.0, 0.0)}
+
+
+def _wav_blocks(path: str, channel_mode: str):
+  """RIFF/WAVE random access: header chunks by seeking, samples by offset."""
+  from deepbof_tf import audio
+  import tensorflow as tf
+  f = tf.io.gfile.GFile(path, "rb")
+  file_size = f.size()
+  if f.read(12)[8:12] != b"WAVE":
+    raise audio.AudioDecodeError(path, "truncated or corrupt WAV (no RIFF/WAVE header)")
+  offset, fmt, data = 12, None, None
+  while offset + 8 <= file_size and (fmt is None or data is None):
+    f.seek(offset)
+    header = f.read(8)
+    chunk_id, size = header[:4], struct.unpack("<I", header[4:8])[0]
+    if chunk_id == b"fmt ":
+      body = f.read(min(size, 40))
+      if len(body) < 16:
+        raise audio.AudioDecodeError(path, "truncated or corrupt WAV (incomplete 'fmt ' "
+                                     "chunk)")
+      tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", body[:16])
+      if tag == 0xFFFE and len(body) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the sub-format
+        tag = struct.unpack("<H", body[24:26])[0]
+      fmt = (tag, channels, rate, block_align, bits)
+    elif chunk_id == b"data":
+      available = file_size - offset - 8
+      if size in (0, 0xFFFFFFFF) and available > 0:
+        size = available  # streamed WAV whose writer never filled in the size
+      if size > available:
+        raise audio.AudioDecodeError(path, f"truncated WAV: header declares {size} bytes "
+                                     f"of samples, file has {available}")
+      data = (offset + 8, size)
+    offset += 8 + size + (size & 1)
+  if fmt is None or data is None:
+    raise audio.AudioDecodeError(path, "truncated or corrupt WAV (no 'fmt ' or 'data' chunk)")
+  tag, channels, rate, block_align, bits = fmt
+  if channels < 1 or rate < 1 or block_align < 1:
+    raise audio.AudioDecodeError(path, f"corrupt WAV header ({channels} channels, {rate} Hz)")
+  if (tag, bits) not in _WAV_ENCODINGS:
+    raise audio.AudioDecodeError(path, f"unsupported WAV encoding (format tag {tag}, "
+                                 f"{bits} bits)")
+  dtype, scale, bias = _WAV_ENCODINGS[(tag, bits)]
+  width = 3 if dtype == "int24" else np.dtype(dtype).itemsize
+  if block_align != width * channels:
+    raise audio.AudioDecodeError(path, f"corrupt WAV header (block align {block_align} for "
+                                 f"{channels} x {bits}-bit)")
+  data_offset, data_size = data
+  num_frames = data_size // block_align
+
+  def read(start: int, stop: int) -> np.ndarray:
+    start, stop = max(0, start), min(num_frames, stop)
+    if stop <= start:
+      return np.zeros(0, np.float32)
+    f.seek(data_offset + start * block_align)
+    raw = f.read((stop - start) * block_align)
+    if dtype == "int24":
+      b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+      values = (b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8  # sign-extend
+      samples = values.astype(np.float32) / np.float32(scale)
+    elif dtype in ("<i4", "<f8"):
+      # deepbof_tf.audio divides these in float64 (its NumPy RIFF path).
+      samples = (np.frombuffer(raw, dtype) / scale).astype(np.float32)
+    else:
+      samples = (np.frombuffer(raw, dtype).astype(np.float32) - np.float32(bias)
+                 ) / np.float32(scale)
+    return audio.to_mono(samples.reshape(-1, channels), channel_mode)
+
+  return num_frames, rate, read
+
+
+def decode_blocks(path: str, sample_rate: int = 22050, channel_mode: str = "first",
+                  block_seconds: float = 30.0) -> Iterator[np.ndarray]:
+  """Yields consecutive float32 mono blocks equal to ``deepbof_tf.audio.load_audio``.
+
+  ``load_audio`` resamples the whole signal at once with ``tfio.audio.resample`` after
+  padding it to remove the resampler's latency (see ``deepbof_tf.audio.resample``).
+  Here the same padded signal is resampled in pieces: each piece starts and ends at a
+  multiple of ``rate_in / g`` input samples (``g = gcd(rate_in, rate_out)``), where the
+  resampler's filter phase repeats, and carries context on both sides that covers the
+  filter support and latency, so every output sample is computed from the same inputs
+  with the same phase as in the one-shot call (bit-identical in practice; tested).
+
+  Args:
+    path: the audio file.
+    sample_rate: output rate.
+    channel_mode: ``"first"`` or ``"mean"``.
+    block_seconds: approximate output block length.
+  """
+  from deepbof_tf import audio
+  num_in, rate_in, read = native_blocks(path, channel_mode)
+  rate_out = int(sample_rate)
+  if rate_in == rate_out:
+    step = max(int(block_seconds * rate_out), 1)
+    for start in range(0, num_in, step):
+      yield read(start, start + step)
+    return
+  g = math.gcd(rate_in, rate_out)
+  step_in, step_out = rate_in // g, rate_out // g
+  # The padding of deepbof_tf.audio.resample: `lead` zeros, the signal, `tail` zeros;
+  # the result is y[drop:drop + n_out] of the resampled padded signal.
+  latency = audio.resampler_latency(rate_in, rate_out)
+  periods = max(1, -(-latency // step_in))
+  lead = periods * step_in - latency
+  drop = periods * step_out
+  n_out = -(-num_in * rate_out // rate_in)
+  tail = latency + 2 * step_in + 2 * -(-rate_in // rate_out)
+  total_in = lead + num_in + tail
+
+  def padded(lo: int, hi: int) -> np.ndarray:
+    out = np.zeros(hi - lo, np.float32)
+    a, b = max(lo, lead), min(hi, lead + num_in)
+    if b > a:
+      out[a - lo:b - lo] = read(a - lead, b - lead)
+    return out
+
+  # Context: the latency plus a generous bound on the filter support, in whole periods.
+  context_periods = -(-(4 * latency + 256 + rate_in // 10) // step_in)
+  block_periods = max(1, int(block_seconds * rate_out) // step_out)
+  first, end = drop // step_out, -(-(drop + n_out) // step_out)
+  for p0 in range(first, end, block_periods):
+    p1 = min(p0 + block_periods, end)
+    lo = max(0, (p0 - context_periods) * step_in)
+    hi = min(total_in, (p1 + context_periods) * step_in)
+    out = _resample(padded(lo, hi), rate_in, rate_out)
+    base = (p0 * step_in - lo) // step_in * step_out - p0 * step_out
+    a, b = max(p0 * step_out, drop), min(p1 * step_out, drop + n_out)
+    yield np.ascontiguousarray(out[base + a:base + b], dtype=np.float32)
+
+
+def _resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+  """``tfio.audio.resample`` of a mono piece, called as ``deepbof_tf.audio`` calls it."""
+  return _resample_fn()(x[:, None], rate_in, rate_out).numpy()[:, 0]
+
+
+_RESAMPLE_FN = []
+
+
+def _resample_fn():
+  if not _RESAMPLE_FN:
+    import tensorflow as tf
+    import tensorflow_io as tfio
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32),
+                                  tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
+    def resample_fn(x, rate_in, rate_out):
+      return tfio.audio.resample(x, rate_in=rate_in, rate_out=rate_out)
+
+    _RESAMPLE_FN.append(resample_fn)
+  return _RESAMPLE_FN[0]
+
+
+def _to_float(samples: np.ndarray, dtype) -> np.ndarray:
+  """Integer PCM → float32 by full scale, as ``deepbof_tf.audio`` decodes it.
+
+  tensorflow-io returns 8-bit PCM as unsigned (offset 128) and 24-bit PCM
+  left-justified in int32, so the scales are 128, 2^15 and 2^31.
+  """
+  import tensorflow as tf
+  dtype = tf.as_dtype(dtype)
+  if dtype.is_floating:
+    return samples.astype(np.float32, copy=False)
+  if dtype == tf.uint8:
+    return (samples.astype(np.float32) - 128.0) / 128.0
+  if dtype == tf.int16:
+    return samples.astype(np.float32) / 2.0 ** 15
+  if dtype == tf.int32:
+    return samples.astype(np.float32) / 2.0 ** 31
+  raise ValueError(f"unsupported sample type {dtype.name}")

@@ -1,0 +1,57 @@
+r"""``deepbof-export``: write a trained model as a TF Serving SavedModel.
+
+Usage::
+
+  deepbof-export --model_dir=MODEL --export_dir=EXPORT [--version=N] [--data_dir=DATA]
+
+writes ``EXPORT/<N>/`` (default N: one more than the newest existing version, 1 for a
+new directory) through a temporary directory renamed into place. See
+``serving/export_lib.py`` for the signatures and ``serving/README.md`` for serving it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("model_dir", None, "The --model_dir of deepbof-train (local/, "
+                      "tagger.keras, tags.json).")
+  flags.DEFINE_string("export_dir", None, "TF Serving model base path; the export goes "
+                      "to EXPORT_DIR/<version>/.")
+  flags.DEFINE_integer("version", None, "Integer version directory (default: the next "
+                       "one after the existing versions).", lower_bound=0)
+  flags.DEFINE_string("data_dir", None, "The preprocessed dataset the model was trained "
+                      "on; its metadata.json gives the front-end settings (default: "
+                      "MODEL_DIR/frontend.json, else the SPEC defaults).")
+  flags.DEFINE_integer("pool_frames", None, "Override the pooling window (block "
+                       "positions) stored with the local features.", lower_bound=1)
+  flags.mark_flags_as_required(["model_dir", "export_dir"])
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from serving import export_lib
+  path = export_lib.export(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
+                           data_dir=FLAGS.data_dir, pool_frames=FLAGS.pool_frames)
+  info = export_lib.read_export_info(path)
+  logging.info("exported %s", path)
+  print(f"{path}\t{len(info['tags'])} tags, embedding {info['embedding_size']}, "
+        f"sample rate {info['frontend']['sample_rate']} Hz")
+
+
+def run() -> None:
+  """Console-script entry point."""
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,243 @@
+"""SavedModel export: layout, parity with the in-memory model, core-ops-only loading,
+``predict_wav``, streaming signatures and InvalidArgument for bad requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import serving_fixtures as fx
+from deepbof_tf import frontend, models, streaming
+from serving import export_lib
+
+SR = fx.SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  return fx.shared_export(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+  return tf.saved_model.load(exported["version_dir"])
+
+
+@pytest.fixture(scope="module")
+def in_memory(exported, tmp_path_factory):
+  """The same module, built in this process and never saved."""
+  return export_lib.build_module(exported["model_dir"], str(tmp_path_factory.mktemp("assets")))
+
+
+@pytest.fixture(scope="module")
+def clips():
+  return np.stack([fx.music_like_signal(3.0, seed) for seed in range(3)])
+
+
+def _independent_prediction(model_dir, waveform):
+  """Front end → encoder → tagger, composed here from the library (no export code)."""
+  encoder = models.load_bof_encoder(model_dir)
+  tagger = models.load_tagger(model_dir)
+  log_mel, _ = frontend.compute_features(waveform)
+  embedding = encoder(log_mel[None])
+  return tagger(embedding).numpy()[0], embedding.numpy()[0]
+
+
+def test_layout_versions_and_assets(exported, tmp_path):
+  base = exported["export_dir"]
+  assert export_lib.existing_versions(base) == [1]
+  assert sorted(os.listdir(base)) == ["1"]  # no temporary directory left behind
+  version_dir = exported["version_dir"]
+  assert os.path.exists(os.path.join(version_dir, "saved_model.pb"))
+  with open(os.path.join(version_dir, "assets", "tags.txt"), encoding="utf-8") as f:
+    assert f.read().splitlines() == list(fx.TAGS)
+  info = export_lib.read_export_info(version_dir)
+  assert info["tags"] == list(fx.TAGS)
+  assert info["embedding_size"] == fx.NUM_HIDDEN
+  assert info["frontend"]["sample_rate"] == SR
+  assert info["min_samples"] == export_lib.min_samples(frontend.FrontendConfig(), 8)
+  # frame_count(min_samples) is exactly one block; one sample less has no block.
+  assert frontend.frame_count(info["min_samples"]) == 8
+  assert frontend.frame_count(info["min_samples"] - 1) == 7
+  # Next versions: automatic numbering, explicit versions, never overwriting.
+  other = str(tmp_path / "export")
+  assert export_lib.next_version(other) == 1
+  assert export_lib.export(exported["model_dir"], other, version=7).endswith("/7")
+  os.makedirs(os.path.join(other, "not_a_version"))
+  assert export_lib.existing_versions(other) == [7]
+  assert export_lib.next_version(other) == 8
+  with pytest.raises(FileExistsError, match="exists"):
+    export_lib.export(exported["model_dir"], other, version=7)
+  assert sorted(os.listdir(other)) == ["7", "not_a_version"]
+  assert export_lib.resolve_version_dir(other).endswith("/7")
+  assert export_lib.resolve_version_dir(os.path.join(other, "7")).endswith("/7")
+  with pytest.raises(FileNotFoundError, match="deepbof-export"):
+    export_lib.resolve_version_dir(str(tmp_path))
+
+
+def test_reload_parity_with_in_memory_model(loaded, in_memory, exported, clips):
+  served = loaded.signatures["serving_default"](waveform=tf.constant(clips))
+  direct = in_memory.serve(tf.constant(clips))
+  for key in ("probabilities", "embedding"):
+    np.testing.assert_allclose(served[key].numpy(), direct[key].numpy(), rtol=1e-5, atol=1e-7)
+  assert served["probabilities"].shape == (3, len(fx.TAGS))
+  assert served["embedding"].shape == (3, fx.NUM_HIDDEN)
+  # And against the library composed independently of the export code.
+  for i in range(2):
+    probabilities, embedding = _independent_prediction(exported["model_dir"], clips[i])
+    np.testing.assert_allclose(served["embedding"].numpy()[i], embedding, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served["probabilities"].numpy()[i], probabilities,
+                               rtol=1e-5, atol=1e-6)
+  # Different clips give different embeddings (the test model is not degenerate).
+  assert np.abs(served["embedding"].numpy()[0] - served["embedding"].numpy()[1]).max() > 1e-3
+
+
+def test_padded_batch_equals_each_clip_alone(loaded, clips):
+  lengths = np.array([clips.shape[1], 40000, 9000], np.int32)
+  padded = clips.copy()
+  for i, n in enumerate(lengths):
+    padded[i, n:] = 123.0  # garbage after the clip must be ignored
+  out = loaded.signatures["serving_padded"](waveform=tf.constant(padded),
+                                            num_samples=tf.constant(lengths))
+  for i, n in enumerate(lengths):
+    alone = loaded.signatures["serving_default"](waveform=tf.constant(clips[i:i + 1, :n]))
+    np.testing.assert_allclose(out["embedding"].numpy()[i], alone["embedding"].numpy()[0],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["probabilities"].numpy()[i],
+                               alone["probabilities"].numpy()[0], rtol=1e-5, atol=1e-6)
+
+
+def test_predict_wav_parity_with_serving_default(loaded):
+  a = fx.pcm16(fx.music_like_signal(2.5, 11))
+  b = fx.pcm16(fx.music_like_signal(1.7, 12))
+  other_channel = fx.pcm16(np.random.default_rng(0).uniform(-0.5, 0.5, a.size))
+  stereo = fx.wav_bytes(None, channels=np.stack([a, other_channel], 1))
+  out = loaded.signatures["predict_wav"](wav=tf.constant([stereo, fx.wav_bytes(b)]))
+  for i, clip in enumerate([a, b]):  # stereo → first channel (the authors' code)
+    ref = loaded.signatures["serving_default"](waveform=tf.constant(clip[None]))
+    np.testing.assert_allclose(out["probabilities"].numpy()[i],
+                               ref["probabilities"].numpy()[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out["embedding"].numpy()[i], ref["embedding"].numpy()[0],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_tags_signature(loaded):
+  names = loaded.signatures["tags"]()["tags"].numpy()
+  assert [n.decode() for n in names] == list(fx.TAGS)
+
+
+def _invalid(signature, match, **inputs):
+  with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+    signature(**inputs)
+
+
+def test_bad_requests_are_invalid_argument_with_clear_messages(loaded):
+  serve = loaded.signatures["serving_default"]
+  padded = loaded.signatures["serving_padded"]
+  good = fx.music_like_signal(1.0, 3)[None]
+  _invalid(serve, "expected to be a float tensor but is a int32",
+           waveform=tf.constant(np.zeros([1, 5000], np.int32)))
+  _invalid(serve, "expected to be a float tensor but is a double",
+           waveform=tf.constant(np.zeros([1, 5000], np.float64)))
+  _invalid(serve, "empty batch", waveform=tf.zeros([0, 5000]))
+  _invalid(serve, "waveform too short.*at least 3073 samples", waveform=tf.zeros([1, 0]))
+  _invalid(serve, "waveform too short", waveform=tf.zeros([2, 3072]))
+  for bad_value in (np.nan, np.inf, -np.inf):
+    x = good.copy()
+    x[0, 100] = bad_value
+    _invalid(serve, "waveform contains NaN or Inf samples", waveform=tf.constant(x))
+  _invalid(padded, "num_samples exceeds", waveform=tf.constant(good),
+           num_samples=tf.constant([good.shape[1] + 1], tf.int32))
+  _invalid(padded, "one entry per waveform row", waveform=tf.constant(good),
+           num_samples=tf.constant([100, 100], tf.int32))
+  _invalid(padded, "waveform too short", waveform=tf.constant(good),
+           num_samples=tf.constant([100], tf.int32))
+  wav = loaded.signatures["predict_wav"]
+  _invalid(wav, "WAV sample rate must be 22050 Hz", wav=tf.constant(
+      [fx.wav_bytes(good[0], sample_rate=44100)]))
+  _invalid(wav, "empty batch", wav=tf.constant([], tf.string))
+  _invalid(wav, "RIFF", wav=tf.constant([b"not a wav file at all"]))
+  # A good request still works after the failures.
+  assert serve(waveform=tf.constant(good))["probabilities"].shape == (1, len(fx.TAGS))
+
+
+def test_streaming_signatures_equal_one_shot(loaded):
+  """Chunked stream_peak/stream_encode + the head reproduce serving_default."""
+  config = frontend.FrontendConfig()
+  x = fx.music_like_signal(9.0, 5)
+  x[60000:90000] = 0.0  # a stretch of digital silence inside the clip
+  one_shot = loaded.signatures["serving_default"](waveform=tf.constant(x[None]))
+  source = streaming.InMemoryWaveform(x, SR)
+  plan = streaming.plan_chunks(source.num_samples, windows_per_chunk=2, config=config)
+  assert len(plan) >= 4
+  segments = [source.read(*streaming.segment_bounds(c, config)) for c in plan]
+  peak = max(float(loaded.signatures["stream_peak"](segment=tf.constant(s))["peak"])
+             for s in segments)
+  state, context, pooled = tf.zeros([config.agc_n_bands]), tf.zeros([0, 128]), []
+  for segment in segments:
+    out = loaded.signatures["stream_encode"](segment=tf.constant(segment),
+                                             peak=tf.constant(peak), agc_state=state,
+                                             context=context)
+    state, context = out["agc_state"], out["context"]
+    pooled.append(out["pooled"].numpy())
+  embedding = streaming.mean_of_windows(pooled)
+  np.testing.assert_allclose(embedding, one_shot["embedding"].numpy()[0], rtol=1e-5, atol=1e-6)
+  head = loaded.signatures["probabilities_from_embedding"](embedding=tf.constant(embedding[None]))
+  np.testing.assert_allclose(head["probabilities"].numpy(),
+                             one_shot["probabilities"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+_SUBPROCESS = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    version_dir, inputs, expected = sys.argv[1:4]
+    loaded = tf.saved_model.load(version_dir)
+    out = loaded.signatures["serving_default"](waveform=tf.constant(np.load(inputs)))
+    reference = np.load(expected)
+    np.testing.assert_allclose(out["probabilities"].numpy(), reference, rtol=1e-5, atol=1e-7)
+    from tensorflow.python.saved_model import loader_impl
+    graph = loader_impl.parse_saved_model(version_dir).meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node}
+    for function in graph.library.function:
+      ops.update(n.op for n in function.node_def)
+    assert not [op for op in ops if op.startswith("IO>")], sorted(ops)
+    assert "tensorflow_io" not in sys.modules, "tensorflow_io was imported"
+    print(json.dumps({"ok": True, "ops": len(ops)}))
+""")
+
+
+@pytest.mark.slow
+def test_loads_in_a_process_without_tensorflow_io(exported, in_memory, clips, tmp_path):
+  np.save(tmp_path / "inputs.npy", clips)
+  expected = in_memory.serve(tf.constant(clips))["probabilities"].numpy()
+  np.save(tmp_path / "expected.npy", expected)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run(
+      [sys.executable, "-c", _SUBPROCESS, exported["version_dir"],
+       str(tmp_path / "inputs.npy"), str(tmp_path / "expected.npy")],
+      capture_output=True, text=True, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.strip().splitlines()[-1])["ok"]
+
+
+@pytest.mark.slow
+def test_saved_model_cli_lists_the_signatures(exported):
+  cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run([cli, "show", "--all", "--dir", exported["version_dir"]],
+                          capture_output=True, text=True, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for name in ("serving_default", "serving_padded", "predict_wav", "tags", "stream_peak",
+               "stream_encode", "probabilities_from_embedding"):
+    assert f"signature_def['{name}']" in result.stdout
+  assert "inputs['waveform']" in result.stdout and "inputs['num_samples']" in result.stdout
+  assert "outputs['probabilities']" in result.stdout and "outputs['embedding']" in result.stdout
+  assert "inputs['wav']" in result.stdout
