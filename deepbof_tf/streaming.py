@@ -347,12 +347,16 @@ def native_blocks(path: str, channel_mode: str = "first"
   head = _read_prefix(path, 1 << 16)
   if not head:
     raise audio.AudioDecodeError(path, "file is empty (0 bytes)")
-  fmt = audio.detect_format(head, path)
-  if fmt == "wav":
-    return _wav_blocks(path, channel_mode)
+  by_content = audio.detect_format(head)  # no name: the content's signature only
+  fmt = by_content or audio.detect_format(head, path)
   if fmt is None:
     raise audio.AudioDecodeError(path, "not audio: no WAV/FLAC/Ogg/MP3 signature and no "
                                  "known extension")
+  if by_content is None and fmt != "mp3":  # as deepbof_tf.audio: only raw MP3 frames
+    raise audio.AudioDecodeError(path, f"not audio: extension says {fmt} but the content "
+                                 f"has no {fmt.upper()} signature")
+  if fmt == "wav":
+    return _wav_blocks(path, channel_mode)
   import tensorflow_io as tfio
   try:
     stream = tfio.audio.AudioIOTensor(path)
@@ -425,8 +429,8 @@ def _wav_blocks(path: str, channel_mode: str):
       fmt = (tag, channels, rate, block_align, bits)
     elif chunk_id == b"data":
       available = file_size - offset - 8
-      if size in (0, 0xFFFFFFFF) and available > 0:
-        size = available  # streamed WAV whose writer never filled in the size
+      if size == 0xFFFFFFFF:
+        size = available  # streamed WAV: the writer could not fill in the size
       if size > available:
         raise audio.AudioDecodeError(path, f"truncated WAV: header declares {size} bytes "
                                      f"of samples, file has {available}")
