@@ -207,6 +207,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
   assert finetune_stage.finetune(data_b, model_b, other)["resumed_from"] is None
 
 
+@pytest.mark.slow
 def test_command_line_entry_points(tmp_path):
   data_dir, model_dir = _write_synthetic(tmp_path, n=(120, 40, 40))
   env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
@@ -232,3 +233,43 @@ def test_command_line_entry_points(tmp_path):
   report = json.loads(open(os.path.join(model_dir, "metrics_valid.json")).read())
   assert report["split"] == "valid" and report["num_clips"] == 40
   assert not os.path.exists(os.path.join(model_dir, "metrics.json"))  # test split only
+
+
+_MIRRORED_SCRIPT = r"""
+import os, sys, tempfile
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+from deepbof_tf import models
+from deepbof_tf.config import DNNConfig, FinetuneConfig
+from deepbof_tf.training import finetuning
+rng = np.random.default_rng(0)
+x = rng.random((200, 16)).astype(np.float32)
+y = (x[:, :3] > 0.5).astype(np.float32)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert strategy.num_replicas_in_sync == 2
+def run(work_dir, epochs):
+  with strategy.scope():
+    model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=1, hidden_units=8),
+                                  input_dim=16, seed=0)
+    result = finetuning.finetune(model, x, y, x, y, FinetuneConfig(
+        epochs=epochs, batch_size=32, tensorboard=False), work_dir)
+  return model.get_weights(), result
+with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+  weights_a, _ = run(a, 4)
+  run(b, 2)                     # stops after 2 epochs ...
+  weights_b, result = run(b, 4)  # ... and a longer run continues from there
+  assert result["resumed_from"] == 1, result
+  assert all(np.array_equal(p, q) for p, q in zip(weights_a, weights_b))
+print("OK")
+"""
+
+
+@pytest.mark.slow
+def test_finetune_under_mirrored_strategy_with_two_replicas():
+  """Two logical CPUs stand in for two GPUs: checkpoint/resume works on mirrored variables."""
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
