@@ -272,7 +272,7 @@ class TFServingClient:
       with urllib.request.urlopen(request, timeout=self.timeout) as response:
         payload = response.read()
     except urllib.error.HTTPError as error:
-      message = _rest_error_message(error)
+      message = clean_message(_rest_error_message(error))
       code = _HTTP_CODE_NAMES.get(error.code, "UNKNOWN")
       failure = TFServingError(
           f"{address} ({signature_name}): HTTP {error.code} {code}: {message}",
@@ -296,7 +296,8 @@ class TFServingClient:
       raise TFServingError(f"{address}: response is not JSON ({error})",
                            code="INTERNAL") from None
     if "error" in decoded:
-      raise TFServingError(f"{address} ({signature_name}): {decoded['error']}")
+      raise TFServingError(f"{address} ({signature_name}): "
+                           f"{clean_message(decoded['error'])}")
     return _parse_rest_outputs(decoded)
 
   # --- gRPC --------------------------------------------------------------------------
@@ -331,7 +332,8 @@ class TFServingClient:
       code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
       failure = TFServingError(
           f"{self.grpc_target} {self.model_name} ({signature_name}): {code.name}: "
-          f"{error.details() if hasattr(error, 'details') else error}", code=code.name)
+          f"{clean_message(error.details() if hasattr(error, 'details') else error)}",
+          code=code.name)
       if code == grpc.StatusCode.UNAVAILABLE:
         raise _Retryable(failure) from None
       raise failure from None
@@ -375,6 +377,19 @@ def _parse_rest_outputs(decoded: Mapping[str, Any]) -> Dict[str, np.ndarray]:
     return {"output": _from_json_value(rows)}
   raise TFServingError(f"unexpected TF Serving answer with keys {sorted(decoded)}",
                        code="INTERNAL")
+
+
+def clean_message(message: str) -> str:
+  """A TensorFlow error message without graph-execution noise (node names, stacks)."""
+  kept = []
+  for line in str(message).splitlines():
+    stripped = line.strip()
+    if (not stripped or stripped == "Graph execution error:" or
+        stripped.startswith("Detected at node") or
+        stripped == "<stack traces unavailable>" or stripped.startswith("[[{{")):
+      continue
+    kept.append(stripped.split(" [Op:", 1)[0])
+  return " ".join(kept) or str(message).strip()
 
 
 def _rest_error_message(error: urllib.error.HTTPError) -> str:

@@ -71,6 +71,11 @@ class SavedModelPredictor:
     with self._lock:
       self._faults.extend(ServingFault(code, message) for _ in range(count))
 
+  def clear_faults(self) -> None:
+    """Drops injected failures that were not consumed."""
+    with self._lock:
+      self._faults.clear()
+
   def signature_inputs(self, signature_name: str) -> Dict[str, tf.TensorSpec]:
     return dict(self._signature(signature_name).structured_input_signature[1])
 
@@ -114,6 +119,8 @@ class SavedModelPredictor:
       raise ServingFault("INVALID_ARGUMENT", error.message) from None
     except tf.errors.OpError as error:
       raise ServingFault("INTERNAL", error.message) from None
+    except (TypeError, ValueError) as error:  # e.g. a tensor of the wrong rank
+      raise ServingFault("INVALID_ARGUMENT", str(error)) from None
     return {name: value.numpy() for name, value in outputs.items()}
 
 
