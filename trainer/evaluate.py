@@ -16,11 +16,13 @@ Usage:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import posixpath
 from typing import Any, Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 from absl import app
 from absl import flags
@@ -46,17 +48,26 @@ def read_config(model_dir: str) -> config_lib.TrainConfig:
 
 
 def _logreg_baseline(model_dir: str, config: config_lib.TrainConfig):
-  path = posixpath.join(model_dir, layout.LOGREG_DIR, models.TAGGER_FILE)
-  if tf.io.gfile.exists(path):
-    import keras
-    import deepbof_tf.layers.standardize  # noqa: F401  (registers the layer)
-    return keras.models.load_model(path, compile=False)
+  """The logistic-regression baseline, refitted when its inputs or C grid changed."""
+  import keras
+  import deepbof_tf.layers.standardize  # noqa: F401  (registers the layer)
   from trainer import finetune as finetune_stage
   _, x_train, y_train = layout.load_bof(model_dir, "train")
   _, x_valid, y_valid = layout.load_bof(model_dir, "valid")
+  digest = hashlib.sha256(json.dumps(list(config.finetune.logreg_c_values)).encode())
+  for array in (x_train, y_train, x_valid, y_valid):
+    digest.update(np.ascontiguousarray(array, np.float32).tobytes())
+  path = posixpath.join(model_dir, layout.LOGREG_DIR, models.TAGGER_FILE)
+  stamp = posixpath.join(model_dir, layout.LOGREG_DIR, "fingerprint.txt")
+  if tf.io.gfile.exists(path) and tf.io.gfile.exists(stamp):
+    with tf.io.gfile.GFile(stamp, "r") as f:
+      if f.read().strip() == digest.hexdigest():
+        return keras.models.load_model(path, compile=False)
   logging.info("evaluate: fitting the logistic-regression baseline (cached in %s)", path)
   fitted = finetune_stage.fit_logreg_tagger(config, x_train, y_train, x_valid, y_valid)
   finetune_stage.save_keras_model(fitted["model"], path)
+  with tf.io.gfile.GFile(stamp, "w") as f:
+    f.write(digest.hexdigest() + "\n")
   return fitted["model"]
 
 
