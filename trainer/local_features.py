@@ -67,7 +67,8 @@ def _whitened_blocks(data_dir: str, pca: PCAWhitening, batch_size: int) -> np.nd
 
 def _fit_pca(data_dir: str, path: str, config: config_lib.PCAConfig,
              fingerprint: str) -> PCAWhitening:
-  pca = PCAWhitening(config.retained_variance, config.epsilon, name="pca_whitening")
+  pca = PCAWhitening(config.retained_variance, config.epsilon, name="pca_whitening",
+                     dtype="float32")
   if tf.io.gfile.exists(path):
     stored = bof_io.read_npz(path)
     if str(stored["fingerprint"]) == fingerprint:

@@ -381,7 +381,7 @@ class SparseRBMTrainer(tf.Module):
       name: name of the returned layer.
     """
     rbm = SparseRBM(num_hidden=self.config.num_hidden,
-                    init_stddev=self.config.init_stddev, name=name)
+                    init_stddev=self.config.init_stddev, name=name, dtype="float32")
     rbm.set_weights_from(self.kernel.numpy(), self.hidden_bias.numpy(),
                          self.visible_bias.numpy())
     return rbm
