@@ -43,7 +43,7 @@ def build_bof_encoder(pca, rbm, pool_frames: int = 43, block_frames: int = 8,
   """
   from deepbof_tf.layers.bag_of_features import BagOfFeaturesEncoder
   return BagOfFeaturesEncoder(pca, rbm, pool_frames=pool_frames,
-                              block_frames=block_frames, name=name)
+                              block_frames=block_frames, name=name, dtype="float32")
 
 
 def save_local_features(model_dir: str, pca, rbm, *, block_frames: int, n_mels: int,
@@ -114,11 +114,12 @@ def load_local_features(model_dir: str):
   with tf.io.gfile.GFile(_lf_posixpath.join(directory, LOCAL_FEATURES_FILE), "rb") as f:
     with np.load(io.BytesIO(f.read()), allow_pickle=False) as data:
       arrays = {k: data[k] for k in data.files}
+  # float32 regardless of a global mixed-precision policy: whitening needs the precision.
   pca = PCAWhitening(retained_variance=meta["retained_variance"], epsilon=meta["epsilon"],
-                     name="pca_whitening")
+                     name="pca_whitening", dtype="float32")
   pca.set_statistics(arrays["pca_mean"], arrays["pca_eigenvalues"],
                      arrays["pca_eigenvectors"])
-  rbm = SparseRBM(num_hidden=meta["num_hidden"], name="sparse_rbm")
+  rbm = SparseRBM(num_hidden=meta["num_hidden"], name="sparse_rbm", dtype="float32")
   rbm.set_weights_from(arrays["kernel"], arrays["hidden_bias"], arrays["visible_bias"])
   return pca, rbm, meta
 
