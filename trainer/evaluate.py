@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import posixpath
+import sys
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -133,12 +134,16 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
+  before = set(FLAGS)
   flags.DEFINE_string("data_dir", None, "Preprocessed dataset (deepbof-preprocess output).")
   flags.DEFINE_string("model_dir", None, "Model directory written by deepbof-train.")
   flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split to evaluate.")
   flags.DEFINE_bool("baseline", True, "Also report per-tag logistic regression on the "
                     "same bag-of-features (fitted once, then cached).")
   flags.mark_flags_as_required(["model_dir"])
+  # Console scripts run a wrapper as __main__; make our flags the ones --help shows.
+  for name in sorted(set(FLAGS) - before):
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 
 def main(argv) -> None:
@@ -150,6 +155,9 @@ def main(argv) -> None:
 def run() -> None:
   """Console-script entry point ``deepbof-evaluate``."""
   _define_flags()
+  main_module = sys.modules["__main__"]
+  if not main_module.__doc__:  # the console-script wrapper: show this module's usage
+    main_module.__doc__ = __doc__
   app.run(main)
 
 

@@ -33,6 +33,7 @@ import importlib
 import json
 import logging
 import posixpath
+import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import tensorflow as tf
@@ -250,6 +251,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
+  before = set(FLAGS)
   flags.DEFINE_string("data_dir", None, "Preprocessed dataset (deepbof-preprocess output).")
   flags.DEFINE_string("model_dir", None, "Directory of every artifact of this model.")
   flags.DEFINE_string("stages", "all", f"'all' or a comma list of: {', '.join(STAGES)}.")
@@ -275,6 +277,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("pool_frames", None, "Bag-of-features max-pooling window in frames "
                        "(43 ≈ 1 s).")
   flags.mark_flags_as_required(["data_dir", "model_dir"])
+  # Console scripts run a wrapper as __main__; make our flags the ones --help shows.
+  for name in sorted(set(FLAGS) - before):
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 
 def _convenience_values() -> Dict[str, Any]:
@@ -300,6 +305,9 @@ def main(argv) -> None:
 def run() -> None:
   """Console-script entry point ``deepbof-train``."""
   _define_flags()
+  main_module = sys.modules["__main__"]
+  if not main_module.__doc__:  # the console-script wrapper: show this module's usage
+    main_module.__doc__ = __doc__
   app.run(main)
 
 
