@@ -737,6 +737,7 @@ def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
       used["clips_read"] == used["clips_written"] + used["clips_failed"])
   used["matches_outputs"] = all(used[k] == from_outputs[k] for k in from_outputs)
   used["counters_source"] = source
+  used["beam_counters"] = dict(sorted((counters or {}).items()))
   return used
 
 

@@ -265,6 +265,16 @@ def test_end_to_end_counts_reconcile(dataset):
 
 
 @pytest.mark.slow
+def test_end_to_end_beam_counters(dataset):
+  beam_counters = dataset["metadata"]["counters"]["beam_counters"]
+  assert beam_counters["failed_read"] == 1 and beam_counters["failed_decode"] == 3
+  assert beam_counters["failed_validate"] == 1 and beam_counters.get("failed_features", 0) == 0
+  assert beam_counters["blocks_written"] == beam_counters["blocks_sampled"] == 20
+  assert beam_counters["errors_written"] == 5
+  assert beam_counters["clips_sampled"] == 6  # every train clip was read back
+
+
+@pytest.mark.slow
 def test_end_to_end_error_records(dataset):
   errors = readers.read_errors(dataset["dir"])
   assert sorted((e["path"], e["stage"]) for e in errors) == sorted(
@@ -369,6 +379,34 @@ def test_failed_run_leaves_no_dataset(corpus, tmp_path, monkeypatch):
   with pytest.raises(Exception, match="injected failure"):
     lib.run(config, beam_args=IN_PROCESS)
   assert os.listdir(tmp_path) == ["small.csv"]
+
+
+def test_fixed_num_shards(corpus, tmp_path):
+  small = tmp_path / "small.csv"
+  small.write_text("path,split,tags\n" + "".join(
+      f"{name},train,pop\n" for name in ["tone_a.wav", "clip_e.wav", "noise_c.ogg"]))
+  config = lib.PreprocessConfig(manifest=str(small), audio_root=corpus["audio_root"],
+                                output_dir=str(tmp_path / "out"), num_shards=2,
+                                sampling=SamplingConfig(num_blocks=4))
+  metadata = lib.run(config, beam_args=IN_PROCESS)
+  clip_files = sorted(os.listdir(tmp_path / "out" / "clips"))
+  # 3 clips hashed (sha256 of the clip id) into 2 shards; an empty shard is not written.
+  n = len({lib._shard_of(name, 2) for name in ["tone_a.wav", "clip_e.wav", "noise_c.ogg"]})
+  assert [f for f in clip_files if f.startswith("train")] == [
+      f"train-{i:05d}-of-{n:05d}.tfrecord.gz" for i in range(n)]
+  assert "valid-00000-of-00001.tfrecord.gz" in clip_files
+  assert metadata["split_counts"]["train"] == 3 and metadata["num_blocks"] == 4
+  assert len(list(readers.clip_dataset(str(tmp_path / "out"), "train"))) == 3
+  assert len(list(readers.block_dataset(str(tmp_path / "out")))) == 4
+
+
+def test_local_runs_use_the_fn_api_runner():
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  for args in ([], ["--runner=DirectRunner"], MULTI_PROCESS):
+    # Never DirectRunner's Prism attempt, which downloads a binary at run time.
+    assert isinstance(lib.make_runner(PipelineOptions(args)), fn_runner.FnApiRunner)
+  assert lib.make_runner(PipelineOptions(["--runner=DataflowRunner"])) is None
 
 
 def test_publish_by_copy_writes_metadata_last(tmp_path):
