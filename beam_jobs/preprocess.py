@@ -9,10 +9,14 @@ train split into ``blocks/train-*.tfrecord.gz`` and writes ``metadata.json`` and
       --audio_root=/data/mtt/mp3 --output_dir=/data/mtt/deepbof \
       --direct_num_workers=2 --direct_running_mode=multi_processing
 
+  pip wheel --no-deps -w dist .   # ships deepbof_tf + beam_jobs to the workers
   deepbof-preprocess --manifest=gs://bucket/annotations_final.csv --manifest_format=mtt \
       --audio_root=gs://bucket/mp3 --output_dir=gs://bucket/deepbof \
       --runner=DataflowRunner --project=my-project --region=us-central1 \
-      --temp_location=gs://bucket/tmp --setup_file=./setup.py
+      --temp_location=gs://bucket/tmp \
+      --extra_package=dist/deepbof-0.1.0-py3-none-any.whl
+
+Dataflow needs ``pip install 'deepbof[gcp]'`` on the launching machine.
 """
 
 from __future__ import annotations
@@ -63,6 +67,13 @@ _OUR_FLAGS = ("manifest", "audio_root", "output_dir", "manifest_format", "top_n_
 
 def _parse_flags(argv: List[str]) -> List[str]:
   """Parses our flags and returns ``[argv0] + the rest`` (the Beam options)."""
+  if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in argv[1:]):
+    # absl's --help lists the flags of the main module, which for a console script is
+    # the generated wrapper, not this module.
+    print(__doc__)
+    print(FLAGS.module_help(sys.modules[__name__]))
+    print("\nBeam pipeline options: see --helpfull or Beam's documentation.")
+    sys.exit(0)
   rest = FLAGS(argv, known_only=True)
   known = [f"--{name}" for name in _OUR_FLAGS] + [f"--no{name}" for name in _OUR_FLAGS]
   for arg in rest[1:]:
