@@ -464,9 +464,20 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
+def _show_our_flags_in_help(before) -> None:
+  """Console scripts run a wrapper as ``__main__``: make --help show our usage and flags."""
+  for name in sorted(set(FLAGS) - set(before)):
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+  main_module = sys.modules["__main__"]
+  if not main_module.__doc__:
+    main_module.__doc__ = __doc__
+
+
 def run() -> None:
-  """Console-script entry point."""
+  """Console-script entry point ``deepbof-tag``."""
+  before = list(FLAGS)
   define_flags()
+  _show_our_flags_in_help(before)
   app.run(main)
 
 
