@@ -45,7 +45,7 @@ import os
 import posixpath
 import shutil
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -230,11 +230,13 @@ class DeepBofServingModule(tf.Module):
 # --- model directory → module ---------------------------------------------------------
 
 
-def load_frontend_config(model_dir: str, data_dir: Optional[str] = None) -> FrontendConfig:
-  """The front end a model was trained with.
+def load_audio_settings(model_dir: str, data_dir: Optional[str] = None
+                        ) -> Tuple[FrontendConfig, str]:
+  """The front end and channel mode a model was trained with.
 
   Looked up in ``model_dir/frontend.json``, then in ``data_dir/metadata.json``
-  (``"frontend"``, written by ``deepbof-preprocess``); the SPEC defaults otherwise.
+  (``"frontend"`` and ``"channel_mode"``, written by ``deepbof-preprocess``); the SPEC
+  defaults and ``"first"`` otherwise (with a warning).
 
   Args:
     model_dir: the trained model directory.
@@ -248,12 +250,14 @@ def load_frontend_config(model_dir: str, data_dir: Optional[str] = None) -> Fron
     if tf.io.gfile.exists(path):
       with tf.io.gfile.GFile(path, "r") as f:
         values = json.load(f)
+      channel_mode = values.get("channel_mode", "first")
       values = values.get("frontend", values)
-      return config_lib.from_dict(FrontendConfig, values)
+      values = {k: v for k, v in values.items() if k != "channel_mode"}
+      return config_lib.from_dict(FrontendConfig, values), channel_mode
   from absl import logging
   logging.warning("no front-end configuration in %s; exporting with the SPEC defaults "
                   "(pass --data_dir to use the dataset's metadata.json)", candidates)
-  return FrontendConfig()
+  return FrontendConfig(), "first"
 
 
 def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
@@ -271,23 +275,27 @@ def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
   encoder = models.load_bof_encoder(model_dir, pool_frames=pool_frames)
   tagger = models.load_tagger(model_dir)
   tag_names = models.load_tag_names(model_dir)
-  config = load_frontend_config(model_dir, data_dir)
+  config, channel_mode = load_audio_settings(model_dir, data_dir)
   tags_path = os.path.join(work_dir, TAGS_ASSET_FILE)
   with open(tags_path, "w", encoding="utf-8") as f:
     f.write("".join(f"{tag}\n" for tag in tag_names))
   info_path = os.path.join(work_dir, EXPORT_INFO_FILE)
   with open(info_path, "w", encoding="utf-8") as f:
-    json.dump(export_info(config, encoder, tag_names), f, indent=2, sort_keys=True)
+    json.dump(export_info(config, encoder, tag_names, channel_mode), f, indent=2,
+              sort_keys=True)
     f.write("\n")
   return DeepBofServingModule(encoder, tagger, tag_names, config, tags_path, info_path)
 
 
-def export_info(config: FrontendConfig, encoder, tag_names: Sequence[str]) -> Dict[str, Any]:
+def export_info(config: FrontendConfig, encoder, tag_names: Sequence[str],
+                channel_mode: str = "first") -> Dict[str, Any]:
   """The JSON description of an export (``assets/deepbof_export.json``)."""
   import deepbof_tf
   return {
       "deepbof_version": deepbof_tf.__version__,
       "frontend": dataclasses.asdict(config),
+      # How the training audio was made mono; deepbof-tag uses it by default.
+      "channel_mode": channel_mode,
       "block_frames": int(encoder.block_frames),
       "pool_frames": int(encoder.pool_frames),
       "embedding_size": int(encoder.rbm.num_hidden),

@@ -418,8 +418,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 16, "Clips per one-shot batch.", lower_bound=1)
   flags.DEFINE_float("chunk_seconds", 30.0, "Recordings longer than this are streamed in "
                      "chunks of about this length.", lower_bound=1.0)
-  flags.DEFINE_enum("channel_mode", "first", ["first", "mean"], "Multi-channel audio: the "
-                    "first channel (the authors' code) or the mean of all channels.")
+  flags.DEFINE_enum("channel_mode", None, ["first", "mean"], "Multi-channel audio: the "
+                    "first channel (the authors' code) or the mean of all channels "
+                    "(default: as the model's training data, recorded in the export).")
   flags.DEFINE_string("extensions", DEFAULT_EXTENSIONS, "Comma-separated extensions of "
                       "the audio files collected from directories.")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
@@ -444,8 +445,9 @@ def main(argv: Sequence[str]) -> int:
   def report(result: FileResult) -> None:
     tqdm.write(f"deepbof-tag: error: {result.error}", file=sys.stderr)
 
+  channel_mode = FLAGS.channel_mode or tagger.info.get("channel_mode", "first")
   results = tag_files(tagger, paths, batch_size=FLAGS.batch_size,
-                      chunk_seconds=FLAGS.chunk_seconds, channel_mode=FLAGS.channel_mode,
+                      chunk_seconds=FLAGS.chunk_seconds, channel_mode=channel_mode,
                       taggram_seconds=FLAGS.taggram_seconds if FLAGS.taggram_out else None,
                       progress=FLAGS.progress, on_error=report)
   sys.stdout.write(format_results(results, tagger.tags, FLAGS.output, FLAGS.top_k,

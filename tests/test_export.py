@@ -241,3 +241,20 @@ def test_saved_model_cli_lists_the_signatures(exported):
   assert "inputs['waveform']" in result.stdout and "inputs['num_samples']" in result.stdout
   assert "outputs['probabilities']" in result.stdout and "outputs['embedding']" in result.stdout
   assert "inputs['wav']" in result.stdout
+
+
+def test_audio_settings_come_from_the_training_data(tmp_path):
+  from deepbof_tf import config as config_lib
+  model_dir, data_dir = tmp_path / "model", tmp_path / "data"
+  model_dir.mkdir()
+  data_dir.mkdir()
+  assert export_lib.load_audio_settings(str(model_dir)) == (frontend.FrontendConfig(), "first")
+  trained = frontend.FrontendConfig(symmetric_window=False, agc_t_scale=0.25)
+  (data_dir / "metadata.json").write_text(json.dumps(
+      {"frontend": config_lib.to_dict(trained), "channel_mode": "mean", "tags": ["x"]}))
+  assert export_lib.load_audio_settings(str(model_dir), str(data_dir)) == (trained, "mean")
+  # model_dir/frontend.json, when present, wins.
+  (model_dir / "frontend.json").write_text(json.dumps(config_lib.to_dict(
+      frontend.FrontendConfig(n_mels=128, log_gain=20.0))))
+  config, mode = export_lib.load_audio_settings(str(model_dir), str(data_dir))
+  assert config.log_gain == 20.0 and mode == "first"
