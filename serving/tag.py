@@ -440,7 +440,12 @@ def main(argv: Sequence[str]) -> int:
     print(f"deepbof-tag: error: no audio files ({', '.join(extensions)}) under "
           f"{' '.join(inputs)}", file=sys.stderr)
     return 1
-  tagger = ExportedTagger(FLAGS.model)
+  try:
+    tagger = ExportedTagger(FLAGS.model)
+  except (OSError, ValueError, KeyError) as error:  # not an export, unreadable, …
+    print(f"deepbof-tag: error: cannot load the model {FLAGS.model}: {error}",
+          file=sys.stderr)
+    return 1
 
   def report(result: FileResult) -> None:
     tqdm.write(f"deepbof-tag: error: {result.error}", file=sys.stderr)
