@@ -50,9 +50,10 @@ from absl import flags
 import numpy as np
 
 DEFAULT_EXTENSIONS = ".wav,.wave,.flac,.ogg,.oga,.mp3"
-# Above this estimated decoded size (float32 at the native rate, all channels) a file
-# is decoded block by block into a spool file instead of in memory.
-IN_MEMORY_LIMIT_BYTES = 128 << 20
+# Above this estimated decoded size (float32 at the native rate, all channels; ~90 s of
+# 44.1 kHz stereo) a file is decoded block by block into a spool file instead of in
+# memory: whole-file decoding holds several copies of the signal at once.
+IN_MEMORY_LIMIT_BYTES = 32 << 20
 # Decoded float32 bytes per file byte, by container (16-bit WAV → 2, FLAC ≈ 4,
 # 128 kbit/s MP3 or Vorbis ≈ 22 for 44.1 kHz stereo).
 _EXPANSION = {"wav": 2.0, "flac": 4.0, "ogg": 24.0, "mp3": 24.0}
