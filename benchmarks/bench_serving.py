@@ -11,7 +11,7 @@ for the same work measured in the same run: the FLOPs of every dense stage of on
 batch (STFT as real FFTs, the AGC and mel matmuls, PCA and RBM of every block, the DNN)
 divided by this machine's dense float32 matmul rate (a [4096, 1024] × [1024, 1024]
 GEMM on all threads). It then times each stage alone (front end, encoder, DNN) to show
-which one dominates.
+which one dominates. All timings are best-of-``--runs``.
 
 The model is a synthetic one written through the public ``deepbof_tf`` APIs with the
 paper's sizes (1024 hidden units, a 3 × 512 DNN, 50 tags) and ``--pca_dims`` retained
@@ -92,7 +92,8 @@ def music_batch(batch: int, samples: int, seed: int = 0) -> np.ndarray:
 
 
 def timed(fn, runs: int, warmup: int = 1) -> float:
-  """Median seconds per call."""
+  """Best-of-``runs`` seconds per call: on a shared machine the fastest run is the one
+  least disturbed by other processes (used for the roofline's matmul rate too)."""
   for _ in range(warmup):
     fn()
   times = []
@@ -100,7 +101,7 @@ def timed(fn, runs: int, warmup: int = 1) -> float:
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return float(np.min(times))
 
 
 def matmul_rate(runs: int) -> float:
@@ -108,7 +109,7 @@ def matmul_rate(runs: int) -> float:
   a = tf.random.stateless_normal([4096, 1024], seed=[1, 2])
   b = tf.random.stateless_normal([1024, 1024], seed=[3, 4])
   gemm = tf.function(lambda: tf.linalg.matmul(a, b))
-  seconds = timed(lambda: gemm().numpy(), runs=max(runs, 5), warmup=2)
+  seconds = timed(lambda: gemm().numpy(), runs=max(runs, 10), warmup=2)
   return 2.0 * 4096 * 1024 * 1024 / seconds
 
 
