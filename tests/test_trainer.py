@@ -123,9 +123,10 @@ def test_pretrain_finetune_evaluate_on_separable_features(tmp_path, capsys):
   assert len(summaries["pretrain"]["layers"]) == 2
   assert summaries["finetune"]["init"] == "pretrained"
   report = json.loads(open(os.path.join(model_dir, "metrics.json")).read())
-  dnn = report["methods"]["Deep-BoF DNN"]
-  assert dnn["auc_tag"] >= 0.95, dnn
-  assert report["methods"]["BoF + logistic regression"]["auc_tag"] >= 0.95
+  assert report["method"] == "Deep-BoF DNN" and report["split"] == "test"
+  assert report["auc_tag"] >= 0.95, {k: v for k, v in report.items() if k != "per_tag"}
+  assert report["baselines"]["BoF + logistic regression"]["auc_tag"] >= 0.95
+  assert set(report["per_tag"]) == set(TAGS) and report["num_clips"] == 100
   for name in ("metrics_test.json", "per_tag_test.csv", "per_tag_auc_test.png",
                "tagger.keras", "tags.json", "pretrain/rbm_1.npz", "pretrain/rbm_2.npz",
                "finetune/history.json", "finetune/checkpoint.npz", "logreg/tagger.keras"):

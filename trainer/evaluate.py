@@ -5,7 +5,9 @@ and, when the tagger is the DNN, for the per-tag logistic-regression baseline on
 same bag-of-features (fitted on train, C chosen on valid, cached in
 ``model_dir/logreg/tagger.keras``). Writes into the model_dir:
 
-  metrics_{split}.json   every number of this evaluation (NaN written as null)
+  metrics_{split}.json   the tagger's metrics at the top level (auc_tag, auc_clip,
+                         p_at_3 … p_at_15, pr_auc, per_tag, exclusion counts), the
+                         baseline's under "baselines", the config (NaN → null)
   metrics.json           a copy of metrics_test.json (only for --split=test)
   per_tag_{split}.csv    per tag: positives, ROC-AUC and PR-AUC of each method
   per_tag_auc_{split}.png  bar chart of the per-tag ROC-AUC
@@ -107,8 +109,11 @@ def evaluate(data_dir: str, model_dir: str, config: Optional[config_lib.TrainCon
         "excluded from the AUCs for having one class only)")
   print(table)
 
-  report = {"split": split, "num_clips": len(clip_ids), "main": main_row,
-            "methods": results, "config": config_lib.to_dict(config)}
+  # Top level: the tagger's own numbers (``metrics.json["auc_tag"]`` etc.); the
+  # baseline on the same features sits under "baselines".
+  report = {"split": split, "method": main_row, **results[main_row],
+            "baselines": {name: m for name, m in results.items() if name != main_row},
+            "config": config_lib.to_dict(config)}
   evaluation.write_json(posixpath.join(model_dir, f"metrics_{split}.json"), report)
   if split == "test":
     evaluation.write_json(posixpath.join(model_dir, "metrics.json"), report)
