@@ -45,8 +45,23 @@ import time
 import uuid
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import apache_beam as beam
 import numpy as np
+
+
+class _DropCrcmodWarning(logging.Filter):
+  """Beam's TFRecord module warns at import that crcmod is missing; we do not use it
+  (TFRecords are written and read with TensorFlow's C++ implementation)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "crcmod package not found" not in record.getMessage()
+
+
+_crcmod_filter = _DropCrcmodWarning()
+logging.getLogger().addFilter(_crcmod_filter)
+try:
+  import apache_beam as beam  # noqa: E402
+finally:
+  logging.getLogger().removeFilter(_crcmod_filter)
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.transforms.window import GlobalWindows

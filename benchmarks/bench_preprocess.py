@@ -138,12 +138,22 @@ def _status_kb(pid, key: str) -> int:
   return 0
 
 
+def _cpu_seconds(pid) -> float:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime+stime
+  except (OSError, ValueError, IndexError):
+    return 0.0
+
+
 class PeakRss:
-  """Polls the peak RSS (VmHWM) of every descendant that runs a Beam SDK worker."""
+  """Polls the peak RSS (VmHWM) and CPU time of every descendant running a Beam worker."""
 
   def __init__(self, interval: float = 0.1):
     self._interval = interval
     self._peaks: Dict[int, int] = {}
+    self._cpu: Dict[int, float] = {}
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -157,6 +167,7 @@ class PeakRss:
           continue
         if b"sdk_worker_main" in cmd and b"/bin/sh" not in cmd.split(b"\0")[0]:
           self._peaks[pid] = max(self._peaks.get(pid, 0), _status_kb(pid, "VmHWM"))
+          self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_seconds(pid))
       self._stop.wait(self._interval)
 
   def __enter__(self):
@@ -166,6 +177,11 @@ class PeakRss:
   def __exit__(self, *exc):
     self._stop.set()
     self._thread.join()
+
+  @property
+  def worker_cpu_seconds(self) -> float:
+    """CPU seconds of all workers (sampled every ``interval``: a slight undercount)."""
+    return sum(self._cpu.values())
 
   @property
   def worker_peaks_mb(self) -> List[float]:
@@ -238,13 +254,15 @@ def run_pipeline(manifest: str, output_dir: str, workers: int,
       output_dir=output_dir, overwrite=True,
       sampling=SamplingConfig(num_blocks=num_blocks))
   _reset_own_peak()
+  runner_cpu = time.process_time()
   with PeakRss() as rss:
     start = time.perf_counter()
     metadata = preprocess_lib.run(config, beam_args=[
         f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"])
     wall = time.perf_counter() - start
   runner_mb = _status_kb("self", "VmHWM") / 1024
-  return wall, metadata, rss.worker_peaks_mb, runner_mb
+  cpu = {"workers": rss.worker_cpu_seconds, "runner": time.process_time() - runner_cpu}
+  return wall, metadata, rss.worker_peaks_mb, runner_mb, cpu
 
 
 def main(argv):
@@ -271,15 +289,18 @@ def main(argv):
 
   results = {}
   print(f"\n{'workers':>7} {'clips':>6} {'audio s':>8} {'wall s':>7} {'x RT':>7} "
-        f"{'worker peak RSS MB':>20} {'runner MB':>10} {'blocks':>7} reconciled")
+        f"{'worker CPU':>9} {'run. CPU':>8} {'worker peak RSS MB':>20} {'runner MB':>10} "
+        f"{'blocks':>7} reconciled")
   for workers in worker_counts:
     for n in sizes:
       out = os.path.join(root, f"out_w{workers}_n{n}")
       budget = max(1, int(FLAGS.blocks_per_train_clip * 0.8 * n))  # 80 % train
-      wall, metadata, peaks, runner_mb = run_pipeline(manifests[n], out, workers, budget)
+      wall, metadata, peaks, runner_mb, cpu = run_pipeline(manifests[n], out, workers,
+                                                           budget)
       audio_s = n * FLAGS.seconds
-      results[(workers, n)] = (wall, peaks)
+      results[(workers, n)] = (wall, peaks, cpu)
       print(f"{workers:>7} {n:>6} {audio_s:>8.0f} {wall:>7.1f} {audio_s / wall:>7.1f} "
+            f"{cpu['workers']:>9.1f} {cpu['runner']:>8.1f} "
             f"{', '.join(f'{p:.0f}' for p in peaks):>20} {runner_mb:>10.0f} "
             f"{metadata['num_blocks']:>7} {metadata['counters']['reconciled']}")
       shutil.rmtree(out, ignore_errors=True)
@@ -290,9 +311,23 @@ def main(argv):
   for workers in worker_counts:
     d_wall = results[(workers, large)][0] - results[(workers, small)][0]
     marginal[workers] = (large - small) * FLAGS.seconds / d_wall if d_wall > 0 else float("nan")
+    per_clip = d_wall / (large - small) if d_wall > 0 else float("nan")
+    fixed = results[(workers, small)][0] - small * per_clip
     print(f"  {workers} worker(s): marginal {marginal[workers]:.1f}x real time "
           f"(excludes start-up); end to end at {large} clips "
-          f"{large * FLAGS.seconds / results[(workers, large)][0]:.1f}x")
+          f"{large * FLAGS.seconds / results[(workers, large)][0]:.1f}x; fixed start-up "
+          f"cost ≈ {fixed:.1f} s (launcher + worker imports + tracing)")
+    if marginal[workers] > 200:
+      # n·s / (fixed + n·per_clip) >= 200  ⇔  n >= 200·fixed / (s − 200·per_clip)
+      needed = 200 * fixed / (FLAGS.seconds - 200 * per_clip)
+      print(f"    end to end reaches 200x from about {max(needed, 0):.0f} clips of "
+            f"{FLAGS.seconds:.0f} s")
+  for workers in worker_counts:
+    d_cpu = results[(workers, large)][2]["workers"] - results[(workers, small)][2]["workers"]
+    print(f"  {workers} worker(s): marginal worker CPU per clip "
+          f"{1000 * d_cpu / (large - small):.0f} ms (in-process stage sum "
+          f"{total * 1000:.0f} ms; load-independent: 2 workers on 2 idle cores scale "
+          "linearly when the two agree)")
   if 1 in worker_counts and 2 in worker_counts:
     e2e = results[(1, large)][0] / results[(2, large)][0]
     print(f"  2 vs 1 workers: end to end {e2e:.2f}x, marginal "
