@@ -855,6 +855,10 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
         config.manifest, config.manifest_format, top_n_tags=config.top_n_tags,
         drop_untagged=config.drop_untagged, skip_bad_rows=config.skip_bad_rows)
   records = clip_records(manifest, config.audio_root)
+  if not records:
+    raise ValueError(f"{config.manifest}: the manifest lists no clips"
+                     + (f" ({len(manifest.skipped)} malformed rows skipped)"
+                        if manifest.skipped else ""))
   logging.info("%s: %d clips (%s), %d tags", config.manifest, len(records),
                manifest.split_counts(), len(manifest.tags))
   work_dir = f"{output_dir}.incomplete-{uuid.uuid4().hex[:8]}"

@@ -400,6 +400,16 @@ def test_fixed_num_shards(corpus, tmp_path):
   assert len(list(readers.block_dataset(str(tmp_path / "out")))) == 4
 
 
+def test_empty_manifest_is_refused(tmp_path):
+  manifest = tmp_path / "empty.csv"
+  manifest.write_text("path,split,tags\n")
+  config = lib.PreprocessConfig(manifest=str(manifest), audio_root="",
+                                output_dir=str(tmp_path / "out"))
+  with pytest.raises(ValueError, match="empty.csv: the manifest lists no clips"):
+    lib.run(config, beam_args=IN_PROCESS)
+  assert not (tmp_path / "out").exists()
+
+
 def test_local_runs_use_the_fn_api_runner():
   from apache_beam.options.pipeline_options import PipelineOptions
   from apache_beam.runners.portability.fn_api_runner import fn_runner
