@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import glob
 import hashlib
 import json
 import logging
 import math
 import os
 import posixpath
+import shutil
 import time
 import uuid
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -155,6 +157,33 @@ def resolve_audio_path(audio_root: str, path: str) -> str:
 def _gfile():
   import tensorflow as tf  # deferred: heavy
   return tf.io.gfile
+
+
+class _LocalFS:
+  """The subset of ``tf.io.gfile`` the launcher uses, for local paths.
+
+  The launcher of a local run then never imports TensorFlow (seconds of start-up
+  before the workers can start); URLs (gs://…) go through ``tf.io.gfile``.
+  """
+
+  exists = staticmethod(os.path.exists)
+  isdir = staticmethod(os.path.isdir)
+  listdir = staticmethod(os.listdir)
+  remove = staticmethod(os.remove)
+  rmtree = staticmethod(shutil.rmtree)
+  GFile = staticmethod(open)
+
+  @staticmethod
+  def makedirs(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+
+  @staticmethod
+  def glob(pattern: str) -> List[str]:
+    return glob.glob(pattern)
+
+
+def _fs(path: str):
+  return _gfile() if _is_url(path) else _LocalFS
 
 
 def _counter(name: str):
@@ -648,8 +677,8 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
 
 
 def _is_nonempty_dir(path: str) -> bool:
-  gfile = _gfile()
-  return gfile.exists(path) and (not gfile.isdir(path) or bool(gfile.listdir(path)))
+  fs = _fs(path)
+  return fs.exists(path) and (not fs.isdir(path) or bool(fs.listdir(path)))
 
 
 def check_output_dir(output_dir: str, overwrite: bool) -> None:
@@ -691,7 +720,6 @@ def publish(work_dir: str, output_dir: str, overwrite: bool) -> None:
     output_dir: its final name.
     overwrite: replace an existing non-empty ``output_dir``.
   """
-  gfile = _gfile()
   check_output_dir(output_dir, overwrite)
   if not _is_url(output_dir):
     old = None
@@ -703,8 +731,9 @@ def publish(work_dir: str, output_dir: str, overwrite: bool) -> None:
         os.rename(output_dir, old)
     os.rename(work_dir, output_dir)
     if old is not None:
-      gfile.rmtree(old) if os.path.isdir(old) else os.remove(old)
+      shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
     return
+  gfile = _gfile()
   if gfile.exists(output_dir):
     gfile.rmtree(output_dir)
   _copy_tree(work_dir, output_dir, last=schema.METADATA_FILE)
@@ -754,6 +783,15 @@ def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
   used["counters_source"] = source
   used["beam_counters"] = dict(sorted((counters or {}).items()))
   return used
+
+
+def _read_error_records(work_dir: str) -> List[Dict[str, Any]]:
+  fs = _fs(work_dir)
+  records = []
+  for path in sorted(fs.glob(_join(work_dir, schema.ERRORS_DIR, f"*{ERRORS_SUFFIX}"))):
+    with fs.GFile(path, "r") as f:
+      records.extend(json.loads(line) for line in f if line.strip())
+  return records
 
 
 def build_metadata(config: PreprocessConfig, manifest: manifests.Manifest,
@@ -847,7 +885,6 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
     manifest: an already parsed manifest (default: read ``config.manifest``).
   """
   from apache_beam.options.pipeline_options import PipelineOptions
-  from deepbof_tf.data import readers  # imports TensorFlow: only in the launcher
   output_dir = config.output_dir.rstrip("/")
   check_output_dir(output_dir, config.overwrite)
   if manifest is None:
@@ -862,10 +899,10 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
   logging.info("%s: %d clips (%s), %d tags", config.manifest, len(records),
                manifest.split_counts(), len(manifest.tags))
   work_dir = f"{output_dir}.incomplete-{uuid.uuid4().hex[:8]}"
-  gfile = _gfile()
+  fs = _fs(work_dir)
   start = time.time()
   try:
-    gfile.makedirs(work_dir)
+    fs.makedirs(work_dir)
     options = PipelineOptions(list(beam_args))
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     build_pipeline(pipeline, records, config, len(manifest.tags), work_dir)
@@ -873,22 +910,23 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
     result.wait_until_finish()
     counters = _query_counters(result)
     summary_path = _join(work_dir, SUMMARY_FILE)
-    with gfile.GFile(summary_path, "r") as f:
+    with fs.GFile(summary_path, "r") as f:
       summary = json.load(f)
-    gfile.remove(summary_path)
-    if gfile.exists(_join(work_dir, _TMP_FILES_DIR)):
-      gfile.rmtree(_join(work_dir, _TMP_FILES_DIR))
-    errors = readers.read_errors(work_dir)
+    fs.remove(summary_path)
+    if fs.exists(_join(work_dir, _TMP_FILES_DIR)):
+      fs.rmtree(_join(work_dir, _TMP_FILES_DIR))
+    errors = _read_error_records(work_dir)
     counts = reconcile(summary, errors, len(records), counters)
     metadata = build_metadata(config, manifest, summary, errors, counts,
                               time.time() - start)
     # metadata.json last: it marks a complete dataset.
-    schema.write_json(_join(work_dir, schema.METADATA_FILE), metadata)
+    with fs.GFile(_join(work_dir, schema.METADATA_FILE), "w") as f:
+      f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     publish(work_dir, output_dir, config.overwrite)
   except BaseException:
-    if gfile.exists(work_dir):
+    if fs.exists(work_dir):
       try:
-        gfile.rmtree(work_dir)
+        fs.rmtree(work_dir)
       except Exception:  # pylint: disable=broad-except
         logging.exception("could not remove %s", work_dir)
     raise
