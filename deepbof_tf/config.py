@@ -101,7 +101,8 @@ class SamplingConfig:
       of passes over its segments, ceil(num_blocks / segments of the whole training
       split), so the candidates cover the budget with the fewest repeats. k > 0 takes
       exactly k candidates from each clip (ceil(k / segments) passes, then a seeded
-      subset of k), which caps the share of long clips.
+      subset of k), which caps the share of long clips. Passes are capped at
+      segment_frames (every start of every segment taken).
     seed: seed of the random scheme and of the global subsample.
   """
 

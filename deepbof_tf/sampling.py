@@ -25,6 +25,11 @@ Schemes (one candidate per segment per pass):
 * ``random``: a uniformly random start in each segment, drawn independently per pass
   (a repeat may pick the same start again, as in the authors' code).
 
+Passes: with ``blocks_per_clip = 0`` every training clip gets
+``ceil(num_blocks / segments of the training split)`` passes (the authors' repeat, with
+floor replaced by ceil so the candidates cover the budget), capped at
+``segment_frames`` passes, after which every start has been taken.
+
 Global budget (SPEC §3, 200,000 blocks): every candidate gets a key
 ``blake2b(seed, clip_id, pass, segment)``; the budget keeps the ``num_blocks``
 candidates with the smallest keys. Keys do not depend on the chosen frame, on the
