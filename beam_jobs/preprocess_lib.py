@@ -39,13 +39,12 @@ import glob
 import hashlib
 import json
 import logging
-import math
 import os
 import posixpath
 import shutil
 import time
 import uuid
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 

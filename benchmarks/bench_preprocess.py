@@ -33,7 +33,6 @@ import logging
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
