@@ -36,7 +36,6 @@ signatures so that the ``deepbof-tag`` CLI streams with the exported weights.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import struct
 import tempfile
@@ -477,13 +476,9 @@ def decode_blocks(path: str, sample_rate: int = 22050, channel_mode: str = "firs
                   block_seconds: float = 30.0) -> Iterator[np.ndarray]:
   """Yields consecutive float32 mono blocks equal to ``deepbof_tf.audio.load_audio``.
 
-  ``load_audio`` resamples the whole signal at once with ``tfio.audio.resample`` after
-  padding it to remove the resampler's latency (see ``deepbof_tf.audio.resample``).
-  Here the same padded signal is resampled in pieces: each piece starts and ends at a
-  multiple of ``rate_in / g`` input samples (``g = gcd(rate_in, rate_out)``), where the
-  resampler's filter phase repeats, and carries context on both sides that covers the
-  filter support and latency, so every output sample is computed from the same inputs
-  with the same phase as in the one-shot call (bit-identical in practice; tested).
+  ``load_audio`` resamples the whole signal at once; here each output block is computed
+  by ``deepbof_tf.audio.resample_segment`` from the native samples it needs (the block
+  plus the filter's context), which gives the one-shot outputs.
 
   Args:
     path: the audio file.
@@ -494,64 +489,19 @@ def decode_blocks(path: str, sample_rate: int = 22050, channel_mode: str = "firs
   from deepbof_tf import audio
   num_in, rate_in, read = native_blocks(path, channel_mode)
   rate_out = int(sample_rate)
-  if rate_in == rate_out:
-    step = max(int(block_seconds * rate_out), 1)
-    for start in range(0, num_in, step):
-      yield read(start, start + step)
-    return
-  g = math.gcd(rate_in, rate_out)
-  step_in, step_out = rate_in // g, rate_out // g
-  # The padding of deepbof_tf.audio.resample: `lead` zeros, the signal, `tail` zeros;
-  # the result is y[drop:drop + n_out] of the resampled padded signal.
-  latency = audio.resampler_latency(rate_in, rate_out)
-  periods = max(1, -(-latency // step_in))
-  lead = periods * step_in - latency
-  drop = periods * step_out
-  n_out = -(-num_in * rate_out // rate_in)
-  tail = latency + 2 * step_in + 2 * -(-rate_in // rate_out)
-  total_in = lead + num_in + tail
 
-  def padded(lo: int, hi: int) -> np.ndarray:
+  def read_zero_filled(lo: int, hi: int) -> np.ndarray:
     out = np.zeros(hi - lo, np.float32)
-    a, b = max(lo, lead), min(hi, lead + num_in)
+    a, b = max(lo, 0), min(hi, num_in)
     if b > a:
-      out[a - lo:b - lo] = read(a - lead, b - lead)
+      out[a - lo:b - lo] = read(a, b)
     return out
 
-  # Context: the latency plus a generous bound on the filter support, in whole periods.
-  context_periods = -(-(4 * latency + 256 + rate_in // 10) // step_in)
-  block_periods = max(1, int(block_seconds * rate_out) // step_out)
-  first, end = drop // step_out, -(-(drop + n_out) // step_out)
-  for p0 in range(first, end, block_periods):
-    p1 = min(p0 + block_periods, end)
-    lo = max(0, (p0 - context_periods) * step_in)
-    hi = min(total_in, (p1 + context_periods) * step_in)
-    out = _resample(padded(lo, hi), rate_in, rate_out)
-    base = (p0 * step_in - lo) // step_in * step_out - p0 * step_out
-    a, b = max(p0 * step_out, drop), min(p1 * step_out, drop + n_out)
-    yield np.ascontiguousarray(out[base + a:base + b], dtype=np.float32)
-
-
-def _resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-  """``tfio.audio.resample`` of a mono piece, called as ``deepbof_tf.audio`` calls it."""
-  return _resample_fn()(x[:, None], rate_in, rate_out).numpy()[:, 0]
-
-
-_RESAMPLE_FN = []
-
-
-def _resample_fn():
-  if not _RESAMPLE_FN:
-    import tensorflow as tf
-    import tensorflow_io as tfio
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32),
-                                  tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
-    def resample_fn(x, rate_in, rate_out):
-      return tfio.audio.resample(x, rate_in=rate_in, rate_out=rate_out)
-
-    _RESAMPLE_FN.append(resample_fn)
-  return _RESAMPLE_FN[0]
+  n_out = audio.resampled_length(num_in, rate_in, rate_out)
+  step = max(int(block_seconds * rate_out), 1)
+  for start in range(0, n_out, step):
+    yield audio.resample_segment(read_zero_filled, num_in, rate_in, rate_out, start,
+                                 start + step)
 
 
 def _to_float(samples: np.ndarray, dtype) -> np.ndarray:
