@@ -256,9 +256,11 @@ class PretrainConfig:
     weight_costs: L2 weight cost per layer, bottom first; "WC Inc" (0.001, 0.01, 0.1)
       is the paper's recommendation (0.001 at the bottom, non-decreasing upward).
       Needs at least ``dnn.num_hidden_layers`` entries.
-    binary_relu_learning_rate: initial learning rate of the binary–ReLU layer 1.
+    binary_relu_learning_rate: initial learning rate of a binary-visible layer 1.
     binary_relu_min_learning_rate: its floor.
-    relu_relu_learning_rate: initial learning rate of the ReLU–ReLU layers 2–3.
+    relu_relu_learning_rate: initial learning rate of the ReLU-visible layers 2–3 and
+      of a Gaussian-visible layer 1 (the authors' rule: every RBM without binary
+      inputs gets 0.003 → 0.001).
     relu_relu_min_learning_rate: their floor.
     learning_rate_decay: ×decay per epoch (0.99).
     initial_momentum: momentum before the switch (0.5).
@@ -271,8 +273,8 @@ class PretrainConfig:
       reconstructions, right for inputs in [0, 1]), "gaussian" (linear reconstructions,
       right for standardized inputs) or "auto": gaussian when
       ``dnn.input_normalization`` is "standardize", binary otherwise. A binary-visible
-      RBM on standardized inputs diverges (its reconstructions cannot reach the
-      negative inputs, so the weights grow without bound), hence "auto".
+      RBM on standardized inputs diverges (its sigmoid reconstructions cannot reach
+      the negative inputs, so the weights grow without bound), hence "auto".
     seed: seed of the weight init, the noise draws and the shuffles.
   """
 

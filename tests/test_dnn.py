@@ -142,10 +142,13 @@ def test_first_layer_visible_resolution():
   assert pretraining.first_layer_visible(PretrainConfig(), "none") == "binary"
   explicit = PretrainConfig(first_layer_visible="binary")
   assert pretraining.first_layer_visible(explicit, "standardize") == "binary"
-  schedule = pretraining.rbm_schedule(PretrainConfig(), 0)
+  schedule = pretraining.rbm_schedule(PretrainConfig(), 0, "binary")
   assert (schedule.learning_rate, schedule.min_learning_rate, schedule.weight_cost) == (
       0.03, 0.01, 0.001)
-  schedule = pretraining.rbm_schedule(PretrainConfig(), 2)
+  schedule = pretraining.rbm_schedule(PretrainConfig(), 0, "gaussian")
+  assert (schedule.learning_rate, schedule.min_learning_rate, schedule.weight_cost) == (
+      0.003, 0.001, 0.001)
+  schedule = pretraining.rbm_schedule(PretrainConfig(), 2, "relu")
   assert (schedule.learning_rate, schedule.min_learning_rate, schedule.weight_cost) == (
       0.003, 0.001, 0.1)
 

@@ -10,20 +10,25 @@ from deepbof_tf.config import PretrainConfig
 from deepbof_tf.layers.relu_rbm import ReLURBM, ReLURBMSchedule, ReLURBMTrainer
 
 
-def rbm_schedule(config: PretrainConfig, layer_index: int) -> ReLURBMSchedule:
-  """The hyperparameters of RBM ``layer_index`` (0-based) of the stack.
+def rbm_schedule(config: PretrainConfig, layer_index: int, visible: str = "binary"
+                 ) -> ReLURBMSchedule:
+  """The hyperparameters of RBM ``layer_index`` (0-based) with ``visible`` units.
 
-  Layer 0 (binary- or Gaussian-visible, ReLU hidden) uses the larger learning rates,
-  the others are ReLU–ReLU (the authors' code forces 0.003 → 0.001 for ReLU–ReLU RBMs).
+  The learning rates follow the visible type, as in the authors' ``init_rbm.m``
+  (which sets 0.003 → 0.001 for every ReLU RBM without binary inputs): binary visible
+  units get ``binary_relu_*`` (0.03 → 0.01), Gaussian and ReLU visible units get
+  ``relu_relu_*`` (0.003 → 0.001). The weight cost is the layer's entry of
+  ``weight_costs``.
 
   Args:
     config: the pretraining config.
     layer_index: 0-based position in the stack.
+    visible: "binary", "gaussian" or "relu".
   """
   if layer_index >= len(config.weight_costs):
     raise ValueError(f"pretrain.weight_costs has {len(config.weight_costs)} entries; "
                      f"layer {layer_index + 1} needs one")
-  binary = layer_index == 0
+  binary = visible == "binary"
   return ReLURBMSchedule(
       epochs=config.epochs,
       batch_size=config.batch_size,
@@ -75,10 +80,11 @@ def pretrain_layer(data: np.ndarray, layer_index: int, units: int,
     (the trained layer, {"reconstruction_error": [...per epoch]}).
   """
   seed = int(config.seed)
-  rbm = ReLURBM(units, visible=first_visible if layer_index == 0 else "relu",
+  visible = first_visible if layer_index == 0 else "relu"
+  rbm = ReLURBM(units, visible=visible,
                 init_stddev=config.init_stddev, seed=seed * 1000 + layer_index,
                 name=f"rbm_{layer_index + 1}")
-  trainer = ReLURBMTrainer(rbm, rbm_schedule(config, layer_index), seed=seed,
+  trainer = ReLURBMTrainer(rbm, rbm_schedule(config, layer_index, visible), seed=seed,
                            layer_index=layer_index)
   history = trainer.fit(data, log_every=log_every)
   return rbm, history
