@@ -213,11 +213,19 @@ class SparseRBMTrainer(tf.Module):
                                          hidden_bias))
 
     # lr·(vᵀp⁺ − v⁻ᵀp⁻)/B as one [D, 2B]·[2B, H] product; the scalar is applied to
-    # the small [2B, D] operand instead of the [D, H] result.
-    visible_pair = tf.concat([visible, -negative_visible], axis=0)
-    correlation = tf.matmul(visible_pair * (learning_rate / batch),
-                            tf.concat([positive, negative], axis=0), transpose_a=True)
-    mean_positive = tf.reduce_mean(positive, axis=0)
+    # the small [2B, D] operand instead of the [D, H] result. Two extra operand
+    # columns, [1; −1] and [1; 0], make the same product also return
+    # Σp⁺ − Σp⁻ and Σp⁺ (rows D and D+1), which saves three passes over [B, H].
+    num_visible = tf.shape(visible)[1]
+    visible_pair = tf.concat([visible, -negative_visible], axis=0) * (learning_rate / batch)
+    ones = tf.ones_like(visible[:, :1])
+    signs = tf.concat([tf.concat([ones, ones], axis=1),
+                       tf.concat([-ones, tf.zeros_like(ones)], axis=1)], axis=0)
+    product = tf.matmul(tf.concat([visible_pair, signs], axis=1),
+                        tf.concat([positive, negative], axis=0), transpose_a=True)
+    correlation = product[:num_visible]
+    hidden_delta = product[num_visible] / batch
+    mean_positive = product[num_visible + 1] / batch
     running = (cfg.sparsity_decay * self.running_activation
                + (1.0 - cfg.sparsity_decay) * mean_positive)
     self.running_activation.assign(running)
@@ -225,8 +233,7 @@ class SparseRBMTrainer(tf.Module):
                                                                - cfg.sparsity_target)
     kernel_step = correlation - (learning_rate * cfg.weight_cost) * kernel
     visible_step = learning_rate * tf.reduce_mean(visible - negative_visible, axis=0)
-    hidden_step = sparsity_increment + learning_rate * tf.reduce_mean(
-        positive - negative, axis=0)
+    hidden_step = sparsity_increment + learning_rate * hidden_delta
     # Δ ← m·Δ + step; θ ← θ + Δ, each as one fused kernel (ApplyMomentum computes
     # accum = accum·momentum + grad; var −= lr·accum, here with lr = −1).
     minus_one = tf.constant(-1.0, tf.float32)
@@ -238,7 +245,7 @@ class SparseRBMTrainer(tf.Module):
                                        lr=minus_one, grad=step_value, momentum=momentum)
 
     error = tf.reduce_mean(tf.reduce_sum(tf.square(visible - negative_visible), axis=1))
-    return error, tf.reduce_mean(positive)
+    return error, tf.reduce_mean(mean_positive)
 
   # -- one epoch -------------------------------------------------------------------
   def _train_epoch(self, batches, epoch, learning_rate, momentum):
