@@ -8,9 +8,8 @@ import pytest
 import tensorflow as tf
 
 from deepbof_tf import models
-from deepbof_tf.layers.bag_of_features import (BagOfFeaturesEncoder, BagOfFeaturesPooling,
-                                               BlockExtraction, combine_pooled,
-                                               num_blocks, num_windows)
+from deepbof_tf.layers.bag_of_features import (BagOfFeaturesPooling, BlockExtraction,
+                                               combine_pooled, num_blocks, num_windows)
 from deepbof_tf.layers.pca import PCAWhitening
 from deepbof_tf.layers.sparse_rbm import SparseRBM
 

@@ -30,8 +30,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from deepbof_tf.layers.pca import PCAWhitening
-from deepbof_tf.layers.sparse_rbm import SparseRBM
+# Imported so that a serialized encoder can deserialize its sub-layers.
+from deepbof_tf.layers.pca import PCAWhitening  # noqa: F401
+from deepbof_tf.layers.sparse_rbm import SparseRBM  # noqa: F401
 
 
 def num_blocks(n_frames, block_frames: int = 8):
