@@ -58,6 +58,8 @@ def test_counts():
   assert num_blocks(1292, 8) == 1285 and num_blocks(7, 8) == 0
   assert num_windows(1285, 43) == 30 and num_windows(43, 43) == 1 and num_windows(44, 43) == 2
   assert int(num_blocks(tf.constant(20), 8)) == 13
+  np.testing.assert_array_equal(num_blocks(np.array([5, 8, 50]), 8), [0, 1, 43])
+  np.testing.assert_array_equal(num_windows(np.array([1, 43, 44]), 43), [1, 1, 2])
 
 
 @pytest.mark.parametrize("length", LENGTHS)

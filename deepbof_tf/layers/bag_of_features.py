@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 # Imported so that a serialized encoder can deserialize its sub-layers.
@@ -44,6 +45,8 @@ def num_blocks(n_frames, block_frames: int = 8):
   """
   if isinstance(n_frames, tf.Tensor):
     return tf.maximum(n_frames - block_frames + 1, 0)
+  if isinstance(n_frames, np.ndarray):
+    return np.maximum(n_frames - block_frames + 1, 0)
   return max(int(n_frames) - block_frames + 1, 0)
 
 
@@ -51,10 +54,10 @@ def num_windows(n_blocks, pool_frames: int = 43):
   """Number of pooling windows: ``ceil(n_blocks / pool_frames)`` (last may be short).
 
   Args:
-    n_blocks: block count(s) (int or tensor).
+    n_blocks: block count(s) (int, NumPy array or tensor).
     pool_frames: window length in block positions.
   """
-  if isinstance(n_blocks, tf.Tensor):
+  if isinstance(n_blocks, (tf.Tensor, np.ndarray)):
     return (n_blocks + pool_frames - 1) // pool_frames
   return -(-int(n_blocks) // pool_frames)
 
