@@ -156,33 +156,36 @@ def tag_roc_auc(labels: np.ndarray, scores: np.ndarray, tags: Sequence[str]) -> 
   return TagAUC(per_tag=per_tag, mean=mean, excluded=excluded)
 
 
-def _decode_with_soundfile(path: str) -> Tuple[np.ndarray, int]:
+def decode_with_soundfile(path: str) -> Tuple[np.ndarray, int]:
+  """Mono waveform (channel mean) and native sample rate, decoded by libsndfile."""
   import soundfile as sf
   audio, rate = sf.read(path, dtype="float32", always_2d=True)
   return audio.mean(axis=1), int(rate)
 
 
+def decode_with_project(path: str) -> Tuple[np.ndarray, int]:
+  """Mono waveform at :data:`BASELINE_SAMPLE_RATE` from ``deepbof_tf.audio.load_audio``,
+  the decoder of the Deep-BoF pipeline (so both see the same samples)."""
+  from deepbof_tf import audio as audio_lib
+  waveform = audio_lib.load_audio(path, sample_rate=BASELINE_SAMPLE_RATE)
+  return np.asarray(waveform, dtype=np.float32).reshape(-1), BASELINE_SAMPLE_RATE
+
+
 def default_decoder() -> Callable[[str], Tuple[np.ndarray, int]]:
-  """The project's decoder ``deepbof_tf.audio.load_audio`` if present, else soundfile.
-
-  Both return a mono waveform and its sample rate; ``mfcc_statistics`` resamples.
-  """
+  """The project's decoder (:func:`decode_with_project`) if ``deepbof_tf.audio`` is
+  importable, else :func:`decode_with_soundfile`. Both are module-level functions, so
+  they can be sent to worker processes."""
   try:
-    from deepbof_tf import audio as audio_lib  # noqa: F401 - optional, TF-based
-    load_audio = getattr(audio_lib, "load_audio")
-  except (ImportError, AttributeError):
-    return _decode_with_soundfile
-
-  def decode(path: str) -> Tuple[np.ndarray, int]:
-    waveform = load_audio(path, sample_rate=BASELINE_SAMPLE_RATE)
-    return np.asarray(waveform, dtype=np.float32).reshape(-1), BASELINE_SAMPLE_RATE
-  return decode
+    from deepbof_tf import audio as audio_lib
+  except ImportError:
+    return decode_with_soundfile
+  return decode_with_project if hasattr(audio_lib, "load_audio") else decode_with_soundfile
 
 
 def _features_of(args: Tuple[str, Optional[Callable[[str], Tuple[np.ndarray, int]]]]
                  ) -> np.ndarray:
   path, decoder = args
-  waveform, rate = (decoder or _decode_with_soundfile)(path)
+  waveform, rate = decoder(path)
   return mfcc_statistics(waveform, rate)
 
 
@@ -217,8 +220,8 @@ def run_baseline(manifest, audio_root: str, *, eval_split: str = "test", seed: i
     audio_root: folder the manifest's relative paths are relative to.
     eval_split: "test" (default) or "valid".
     seed: classifier seed.
-    decoder: ``path -> (mono waveform, sample rate)``; default soundfile (picklable for
-      worker processes). Pass :func:`default_decoder` () to use the project's decoder.
+    decoder: ``path -> (mono waveform, sample rate)``, a module-level function when
+      ``num_workers > 1``; default :func:`default_decoder` ().
     num_workers: processes for decoding and feature extraction (<= 1: in-process).
 
   Returns:
@@ -229,6 +232,7 @@ def run_baseline(manifest, audio_root: str, *, eval_split: str = "test", seed: i
   """
   tags = list(manifest.tags)
   index = {t: i for i, t in enumerate(tags)}
+  decoder = decoder or default_decoder()
 
   def gather(split):
     entries = [e for e in manifest.entries if e.split == split]

@@ -119,3 +119,14 @@ def test_run_baseline_on_a_tiny_audible_dataset(tmp_path, rng):
   assert result.n_train == 28 and result.n_eval == 12
   assert result.auc.excluded == []
   assert result.auc.mean > 0.95
+
+
+def test_both_decoders_give_the_same_features_on_a_wav(tmp_path, rng):
+  rate = 22050
+  t = np.arange(rate) / rate
+  y = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.02 * rng.standard_normal(rate)).astype(np.float32)
+  path = str(tmp_path / "a.wav")
+  sf.write(path, y, rate, subtype="FLOAT")
+  a = baselines.mfcc_statistics(*baselines.decode_with_soundfile(path))
+  b = baselines.mfcc_statistics(*baselines.decode_with_project(path))
+  np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)

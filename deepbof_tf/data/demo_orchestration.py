@@ -47,11 +47,22 @@ PROGRAMS: Dict[int, Tuple[str, int, int]] = {
     68: ("oboe", 58, 93), 69: ("english horn", 52, 81), 70: ("bassoon", 34, 75),
     71: ("clarinet", 50, 94),
     72: ("piccolo", 74, 108), 73: ("flute", 60, 98), 74: ("recorder", 60, 98),
-    75: ("pan flute", 60, 96), 78: ("whistle", 67, 100),
+    75: ("pan flute", 60, 96),
     80: ("square lead", 36, 100), 81: ("sawtooth lead", 36, 100),
     88: ("new age pad", 36, 96), 89: ("warm pad", 36, 96),
     105: ("banjo", 48, 88), 110: ("fiddle", 55, 100),
 }
+
+# symusic 0.5.9 (prestosynth) loops forever on a note whose sample loop, scaled by the
+# pitch shift and by output rate / sample rate and truncated to whole frames, has
+# length 0 — a C++ loop that no timeout can interrupt. Probing every program of
+# PROGRAMS at every pitch 0-127 at 22.05 kHz, hangs start at MIDI 93 (e.g. piccolo 100,
+# 102-106, 108; violin 98, 100-105, 107) and never occur below. The renderer works at
+# 44.1 kHz, where loops are twice as long (an octave of margin for the shift-induced
+# case), and pitched notes are folded into [range low, min(range high,
+# MAX_RENDER_PITCH)]; a test renders every such note in a subprocess. The GM whistle
+# (78) is not used: it renders values around 1e29 at most pitches.
+MAX_RENDER_PITCH = 92
 
 # Instrument tags: a tag is true iff a track with one of these programs sounded.
 # Parent tags overlap their children as in a folksonomy: violin and cello are strings;
@@ -193,11 +204,12 @@ DYNAMICS_WEIGHTS = {"quiet": 0.22, "mid": 0.48, "loud": 0.30}
 FORMAT_WEIGHTS = {"mp3": 0.72, "ogg": 0.12, "flac": 0.09, "wav": 0.07}
 SAMPLE_RATE_WEIGHTS = {44100: 0.30, 22050: 0.40, 16000: 0.30}
 
-# Families that can carry a melody in the low (<= C4) / high (>= C5) register.
-LOW_FAMILIES = frozenset({"piano", "harpsichord", "organ", "guitar", "bass", "cello",
-                          "strings", "harp", "choir", "brass", "sax", "woodwind", "synth"})
-HIGH_FAMILIES = frozenset({"piano", "harpsichord", "organ", "accordion", "guitar", "banjo",
-                           "violin", "strings", "harp", "choir", "brass", "sax", "woodwind",
+# Families that can carry a melody in the low (<= C4) / high (>= C5) register: the low
+# ones have an instrument reaching down to C2, the high ones one reaching up to
+# MAX_RENDER_PITCH, so that a melody spanning an octave and a half fits.
+LOW_FAMILIES = frozenset({"piano", "harpsichord", "organ", "bass", "cello", "strings",
+                          "harp", "brass", "sax", "woodwind", "synth"})
+HIGH_FAMILIES = frozenset({"piano", "organ", "violin", "strings", "harp", "woodwind",
                            "flute", "synth"})
 LOW_FRACTION = 0.16    # of the clips whose featured family can play low
 HIGH_FRACTION = 0.18   # of the remaining clips whose featured family can play high
@@ -376,12 +388,12 @@ MELODY_PROGRAMS: Dict[str, Tuple[int, ...]] = {
     "guitar": (24, 25, 27), "banjo": (105,), "bass": (32, 33, 35), "violin": (40, 110),
     "cello": (42,), "strings": (48, 49, 41), "harp": (46,), "choir": (52, 53),
     "brass": (56, 57, 58, 60, 61), "sax": (64, 65, 66, 67), "woodwind": (68, 69, 70, 71),
-    "flute": (73, 74, 72, 75, 78), "synth": (80, 81, 88, 89),
+    "flute": (73, 74, 72, 75), "synth": (80, 81, 88, 89),
 }
 # Default programs of each role per style, for roles the featured family does not take.
 STYLE_MELODY = {
     "baroque": (40, 73, 68, 56, 6, 19), "renaissance": (74, 52, 68, 24, 40),
-    "classical": (40, 73, 71, 0), "folk": (110, 73, 21, 105, 78),
+    "classical": (40, 73, 71, 0), "folk": (110, 73, 21, 105, 74),
 }
 STYLE_INNER = {
     "baroque": (48, 41, 6, 19, 40), "renaissance": (52, 53, 41, 57, 74, 24),
@@ -567,7 +579,7 @@ def drum_notes(kind: str, beats: Sequence[Tuple[float, int]], beat_quarters: flo
 
 def _fit_octave(notes: Sequence[Note], program: int) -> int:
   """Octaves to add so that most of a part lies in the program's range."""
-  lo, hi = PROGRAMS[program][1], PROGRAMS[program][2]
+  lo, hi = playable_range(program)
   pitches = sorted(p for _, _, p in notes)
   median = pitches[len(pitches) // 2]
   shift = 0
@@ -580,6 +592,26 @@ def _fit_octave(notes: Sequence[Note], program: int) -> int:
 
 def _shift(notes: Sequence[Note], semitones: int) -> List[Note]:
   return [(a, d, int(np.clip(p + semitones, 0, 127))) for a, d, p in notes]
+
+
+def playable_range(program: int) -> Tuple[int, int]:
+  """The pitches a program may render: its range, capped at :data:`MAX_RENDER_PITCH`."""
+  _, lo, hi = PROGRAMS[program]
+  return lo, min(hi, MAX_RENDER_PITCH)
+
+
+def fold_into_range(notes: Sequence[Note], program: int) -> List[Note]:
+  """Moves notes outside the program's playable range by octaves into it (what a
+  player does with a part written beyond the instrument)."""
+  lo, hi = playable_range(program)
+  out = []
+  for onset, duration, pitch in notes:
+    while pitch > hi:
+      pitch -= 12
+    while pitch < lo:
+      pitch += 12
+    out.append((onset, duration, pitch))
+  return out
 
 
 @dataclasses.dataclass
@@ -633,11 +665,11 @@ def arrange(plan: ClipPlan, piece_tracks: Sequence[Mapping[str, Any]],
     pitches = [p for _, _, p in melody]
     lo, hi = min(pitches), max(pitches)
     if plan.register == "low":
-      top = int(rng.integers(52, 61))
+      top = int(rng.integers(LOW_MAX_PITCH - 4, LOW_MAX_PITCH + 1))
       transposition = top - hi
       register_target = [lo + transposition, top]
     elif plan.register == "high":
-      bottom = int(rng.integers(HIGH_MIN_PITCH, HIGH_MIN_PITCH + 6))
+      bottom = int(rng.integers(HIGH_MIN_PITCH, HIGH_MIN_PITCH + 4))
       transposition = bottom - lo
       register_target = [bottom, hi + transposition]
     else:
@@ -645,22 +677,26 @@ def arrange(plan: ClipPlan, piece_tracks: Sequence[Mapping[str, Any]],
     options = list(MELODY_PROGRAMS[plan.family])
     if register_target is not None:
       a, b = register_target
-      # Fit the register to an instrument that can play it (2 semitones of slack).
-      options = [p for p in options if PROGRAMS[p][1] <= a + 2 and PROGRAMS[p][2] >= b - 2]
-      if not options or abs(transposition) > 30 or a < 21 or b > 108:
+      # An instrument whose playable range holds the whole transposed melody, so that
+      # no note is folded and the register is realised.
+      options = [p for p in options
+                 if playable_range(p)[0] <= a and playable_range(p)[1] >= b]
+      if not options or abs(transposition) > 30:
         raise ArrangementError(f"excerpt range {lo}-{hi} does not fit a "
                                f"{plan.register} {plan.family} melody")
     program = _choice(rng, options)
     notes = _shift(melody, transposition)
     octave = 0 if register_target is not None else _fit_octave(notes, program)
-    tracks.append(ArrangedTrack("melody", program, False, _shift(notes, 12 * octave),
+    tracks.append(ArrangedTrack("melody", program, False,
+                                fold_into_range(_shift(notes, 12 * octave), program),
                                 velocity("melody"), [melody_index], octave))
   else:
     transposition = int(rng.integers(-4, 5))
     if plan.texture == "keyboard":
       program = _choice(rng, MELODY_PROGRAMS[plan.family])
       merged = sorted(n for part in excerpt for n in part)
-      tracks.append(ArrangedTrack("keyboard", program, False, _shift(merged, transposition),
+      tracks.append(ArrangedTrack("keyboard", program, False,
+                                  fold_into_range(_shift(merged, transposition), program),
                                   velocity("keyboard"), list(range(n_tracks))))
     else:
       if plan.texture == "duo":
@@ -681,7 +717,8 @@ def arrange(plan: ClipPlan, piece_tracks: Sequence[Mapping[str, Any]],
           continue
         program = programs[i]
         octave = _fit_octave(notes, program)
-        tracks.append(ArrangedTrack(roles[i], program, False, _shift(notes, 12 * octave),
+        tracks.append(ArrangedTrack(roles[i], program, False,
+                                    fold_into_range(_shift(notes, 12 * octave), program),
                                     velocity(roles[i] if roles[i] in ROLE_VELOCITY_OFFSET
                                              else "inner"), [i], octave))
   featured = INSTRUMENT_TAGS[plan.family]

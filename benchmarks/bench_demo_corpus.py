@@ -1,0 +1,161 @@
+"""Benchmark: generating the demo corpus, and the MFCC baseline that proves its tags audible.
+
+Targets (issue 4):
+
+* ``deepbof-make-demo-corpus --num_clips=600`` (15-s clips, 2 workers) finishes in under
+  4 minutes on a 2-core machine on a *first* run (empty MIDI cache, scores parsed), and
+  a second run (cached MIDI) is much faster;
+* per-tag logistic regression on MFCC statistics reaches a mean ROC-AUC >= 0.75 on the
+  test split of that corpus.
+
+The machine may be shared, so the script also times, in the same run, a reference unit
+of work (render one 15-s four-track excerpt with symusic and encode it as mp3, in
+process) and prints the generation times as multiples of it, with the load average.
+It also checks that both runs wrote byte-identical manifests.
+
+Usage::
+
+  .venv/bin/python benchmarks/bench_demo_corpus.py [--num_clips 600] [--clip_seconds 15]
+      [--num_workers 2] [--output_dir DIR] [--skip_baseline]
+
+Exit status 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from deepbof_tf import baselines
+from deepbof_tf.data import demo_corpus
+from deepbof_tf.data import demo_orchestration as orchestration
+from deepbof_tf.data import manifests
+
+FIRST_RUN_BUDGET_SECONDS = 240.0
+AUC_TARGET = 0.75
+
+
+def _reference_unit_seconds(runs: int = 5) -> float:
+  """Median time to render and mp3-encode one 15-s, four-track excerpt in process."""
+  import soundfile as sf
+  rate = 22050
+  rng = np.random.default_rng(0)
+  tracks = []
+  for role, program, base in (("melody", 40, 72), ("inner", 41, 64), ("inner", 6, 57),
+                              ("bass", 42, 45)):
+    notes = [(0.5 * k, 0.45, int(base + rng.integers(-5, 6))) for k in range(60)]
+    tracks.append(orchestration.ArrangedTrack(role, program, False, notes, 90, [0]))
+  arrangement = orchestration.Arrangement(tracks=tracks, transposition=0, register_target=None)
+  times = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for _ in range(runs):
+      start = time.perf_counter()
+      mix = demo_corpus._mix(arrangement, 120.0, rate, 15 * rate)
+      audio = (0.5 * mix / np.max(np.abs(mix))).astype(np.float32)
+      sf.write(os.path.join(tmp, "ref.mp3"), audio, rate, format="MP3")
+      times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _generate(output_dir: str, cache_dir: str, args) -> tuple:
+  config = demo_corpus.DemoCorpusConfig(num_clips=args.num_clips,
+                                        clip_seconds=args.clip_seconds, seed=args.seed)
+  start = time.perf_counter()
+  summary = demo_corpus.make_demo_corpus(output_dir, config, num_workers=args.num_workers,
+                                         cache_dir=cache_dir, overwrite=True,
+                                         progress=not args.no_progress)
+  return time.perf_counter() - start, summary
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--num_clips", type=int, default=600)
+  parser.add_argument("--clip_seconds", type=float, default=15.0)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--num_workers", type=int, default=2)
+  parser.add_argument("--output_dir", default=None,
+                      help="keep the corpus here (default: a temporary folder)")
+  parser.add_argument("--skip_baseline", action="store_true")
+  parser.add_argument("--no_progress", action="store_true")
+  args = parser.parse_args()
+
+  work = tempfile.mkdtemp(prefix="bench_demo_corpus_")
+  output_dir = args.output_dir or os.path.join(work, "first")
+  cache_dir = os.path.join(work, "midi_cache")  # always empty: a true first run
+  failures = []
+  try:
+    print(f"load average before: {os.getloadavg()}  (cpus: {os.cpu_count()})")
+    reference = _reference_unit_seconds()
+    print(f"reference unit (render + mp3-encode one 15-s 4-track excerpt): "
+          f"{1000 * reference:.1f} ms")
+
+    t_first, first = _generate(output_dir, cache_dir, args)
+    print(f"first run  ({first['pieces_parsed']} scores parsed): {t_first:7.1f} s "
+          f"= {t_first / reference:7.0f} reference units  load {os.getloadavg()}")
+    second_dir = os.path.join(work, "second")
+    t_second, second = _generate(second_dir, cache_dir, args)
+    print(f"cached run ({second['pieces_parsed']} scores parsed): {t_second:7.1f} s "
+          f"= {t_second / reference:7.0f} reference units  load {os.getloadavg()}")
+    print(f"first / cached: {t_first / t_second:.2f}x")
+    if args.num_clips == 600 and args.clip_seconds == 15.0:
+      ok = t_first < FIRST_RUN_BUDGET_SECONDS
+      print(f"first run under {FIRST_RUN_BUDGET_SECONDS:.0f} s: {'PASS' if ok else 'FAIL'}")
+      if not ok:
+        failures.append("first-run time")
+    identical = all(
+        open(os.path.join(output_dir, name), "rb").read()
+        == open(os.path.join(second_dir, name), "rb").read()
+        for name in demo_corpus.OUTPUT_FILES)
+    print(f"manifests identical across runs: {'PASS' if identical else 'FAIL'}")
+    if not identical:
+      failures.append("determinism")
+
+    counts = first["counts"]
+    print(f"splits: {counts['splits']}  pieces per split: {counts['pieces_by_split']}")
+    print(f"formats: {counts['formats']}  sample rates: {counts['sample_rates']}")
+    print("tag counts (all / test):")
+    for tag, n in sorted(counts["tags"].items(), key=lambda kv: -kv[1]):
+      print(f"  {tag:12s} {n:4d} {counts['tags_by_split']['test'][tag]:4d}")
+    smallest = min(counts["tags"].values())
+    if args.num_clips == 600:
+      ok = smallest >= 15
+      print(f"every tag >= 15 clips: {'PASS' if ok else 'FAIL'} (smallest {smallest})")
+      if not ok:
+        failures.append("tag counts")
+
+    if not args.skip_baseline:
+      manifest = manifests.read_csv_manifest(os.path.join(output_dir, "manifest.csv"))
+      start = time.perf_counter()
+      result = baselines.run_baseline(manifest, os.path.join(output_dir, "audio"),
+                                      num_workers=args.num_workers)
+      elapsed = time.perf_counter() - start
+      print(f"MFCC + logistic regression baseline ({result.n_train} train, {result.n_eval} "
+            f"test clips, {elapsed:.1f} s):")
+      for tag, auc in sorted(result.auc.per_tag.items(), key=lambda kv: kv[1]):
+        print(f"  {tag:12s} {auc:.3f}")
+      print(f"  excluded (one class in test): {result.auc.excluded}")
+      ok = result.auc.mean >= AUC_TARGET
+      print(f"mean ROC-AUC {result.auc.mean:.4f} >= {AUC_TARGET}: {'PASS' if ok else 'FAIL'}")
+      if not ok:
+        failures.append("baseline AUC")
+  finally:
+    if args.output_dir is None:
+      shutil.rmtree(work, ignore_errors=True)
+    else:
+      shutil.rmtree(os.path.join(work, "second"), ignore_errors=True)
+      shutil.rmtree(cache_dir, ignore_errors=True)
+  if failures:
+    print(f"FAILED: {failures}")
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
