@@ -755,8 +755,12 @@ def main(argv: Sequence[str]) -> None:
   FLAGS = flags.FLAGS
   config = DemoCorpusConfig(num_clips=FLAGS.num_clips, clip_seconds=FLAGS.clip_seconds,
                             seed=FLAGS.seed)
-  summary = make_demo_corpus(FLAGS.output_dir, config, num_workers=FLAGS.num_workers,
-                             cache_dir=FLAGS.cache_dir, overwrite=FLAGS.overwrite)
+  from absl import app
+  try:
+    summary = make_demo_corpus(FLAGS.output_dir, config, num_workers=FLAGS.num_workers,
+                               cache_dir=FLAGS.cache_dir, overwrite=FLAGS.overwrite)
+  except FileExistsError as e:
+    raise app.UsageError(str(e)) from None
   counts = summary["counts"]
   absl_logging.info("wrote %d clips to %s (splits %s; %d pieces parsed, %d skipped)",
                     counts["clips"], FLAGS.output_dir, counts["splits"],
