@@ -141,6 +141,7 @@ def main() -> int:
       for tag, auc in sorted(result.auc.per_tag.items(), key=lambda kv: kv[1]):
         print(f"  {tag:12s} {auc:.3f}")
       print(f"  excluded (one class in test): {result.auc.excluded}")
+      print(f"  mean average precision (PR-AUC): {result.pr_auc:.4f}")
       ok = result.auc.mean >= AUC_TARGET
       print(f"mean ROC-AUC {result.auc.mean:.4f} >= {AUC_TARGET}: {'PASS' if ok else 'FAIL'}")
       if not ok:

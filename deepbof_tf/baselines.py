@@ -10,7 +10,9 @@ compared with it on the same split:
   one seeded ``sklearn.linear_model.LogisticRegression`` per tag (one-vs-rest);
 * :func:`tag_roc_auc`: per-tag ROC-AUC and its mean, excluding (and counting) tags
   with one class only in the evaluated split (SPEC §6);
-* :func:`run_baseline`: all of it from a manifest and an audio root.
+* :func:`run_baseline`: all of it from a manifest and an audio root;
+  :func:`run_mfcc_baseline` reads the manifest file and returns a JSON-ready summary
+  (mean ROC-AUC as ``auc_tag`` and mean average precision as ``pr_auc``, SPEC §6).
 """
 
 from __future__ import annotations
@@ -189,6 +191,17 @@ def _features_of(args: Tuple[str, Optional[Callable[[str], Tuple[np.ndarray, int
   return mfcc_statistics(waveform, rate)
 
 
+def mean_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Mean over tags with both classes of ``sklearn.metrics.average_precision_score``
+  (PR-AUC, SPEC §6); NaN if no tag has both classes."""
+  from sklearn.metrics import average_precision_score
+  labels = np.asarray(labels)
+  values = [average_precision_score((labels[:, k] > 0.5).astype(int), scores[:, k])
+            for k in range(labels.shape[1])
+            if 0 < (labels[:, k] > 0.5).sum() < labels.shape[0]]
+  return float(np.mean(values)) if values else float("nan")
+
+
 @dataclasses.dataclass
 class BaselineResult:
   """What :func:`run_baseline` measured.
@@ -199,6 +212,7 @@ class BaselineResult:
     n_train: training clips.
     n_eval: evaluated clips.
     eval_split: the evaluated split.
+    pr_auc: mean average precision over the tags with both classes.
   """
 
   auc: TagAUC
@@ -206,6 +220,7 @@ class BaselineResult:
   n_train: int
   n_eval: int
   eval_split: str
+  pr_auc: float = float("nan")
 
 
 def run_baseline(manifest, audio_root: str, *, eval_split: str = "test", seed: int = 0,
@@ -265,4 +280,33 @@ def run_baseline(manifest, audio_root: str, *, eval_split: str = "test", seed: i
   logging.info("baseline: mean ROC-AUC %.4f over %d tags (%d excluded) on %d %s clips",
                auc.mean, len(auc.per_tag), len(auc.excluded), len(eval_paths), eval_split)
   return BaselineResult(auc=auc, tags=tags, n_train=len(train_paths), n_eval=len(eval_paths),
-                        eval_split=eval_split)
+                        eval_split=eval_split,
+                        pr_auc=mean_average_precision(eval_labels, scores))
+
+
+def run_mfcc_baseline(manifest_path: str, audio_root: str, *, manifest_format: str = "csv",
+                      top_n_tags: int = 0, eval_split: str = "test", seed: int = 0,
+                      num_workers: int = 2) -> Dict[str, object]:
+  """:func:`run_baseline` from a manifest file, as a JSON-ready dictionary.
+
+  Args:
+    manifest_path: ``manifest.csv`` or MagnaTagATune ``annotations_final.csv``.
+    audio_root: folder the manifest's paths are relative to.
+    manifest_format: "csv" or "mtt" (see ``deepbof_tf.data.manifests.read_manifest``).
+    top_n_tags: keep this many of the most frequent tags (0: all).
+    eval_split: the evaluated split.
+    seed: classifier seed.
+    num_workers: processes for decoding and MFCCs.
+
+  Returns:
+    ``{"auc_tag", "pr_auc", "per_tag_auc", "excluded_tags", "n_train", "n_eval",
+    "eval_split", "tags"}``.
+  """
+  from deepbof_tf.data import manifests
+  manifest = manifests.read_manifest(manifest_path, manifest_format, top_n_tags=top_n_tags)
+  result = run_baseline(manifest, audio_root, eval_split=eval_split, seed=seed,
+                        num_workers=num_workers)
+  return {"auc_tag": result.auc.mean, "pr_auc": result.pr_auc,
+          "per_tag_auc": result.auc.per_tag, "excluded_tags": result.auc.excluded,
+          "n_train": result.n_train, "n_eval": result.n_eval, "eval_split": eval_split,
+          "tags": result.tags}

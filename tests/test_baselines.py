@@ -119,6 +119,27 @@ def test_run_baseline_on_a_tiny_audible_dataset(tmp_path, rng):
   assert result.n_train == 28 and result.n_eval == 12
   assert result.auc.excluded == []
   assert result.auc.mean > 0.95
+  assert result.pr_auc > 0.9
+  # The same through a manifest file (path,split,tags), as deepbof-demo calls it.
+  with open(tmp_path / "manifest.csv", "w") as f:
+    f.write("path,split,tags\n")
+    for e in entries:
+      f.write(f"{e.path},{e.split},{';'.join(e.tags)}\n")
+  summary = baselines.run_mfcc_baseline(str(tmp_path / "manifest.csv"), str(tmp_path),
+                                        num_workers=1)
+  assert summary["auc_tag"] == pytest.approx(result.auc.mean)
+  assert summary["pr_auc"] == pytest.approx(result.pr_auc)
+  assert summary["n_train"] == 28 and summary["n_eval"] == 12
+  assert set(summary["per_tag_auc"]) == {"low", "noisy"}
+
+
+def test_mean_average_precision_matches_sklearn(rng):
+  from sklearn.metrics import average_precision_score
+  y = (rng.random((200, 3)) < 0.3).astype(int)
+  y[:, 2] = 0  # single class: left out
+  s = rng.random((200, 3)) + 0.5 * y
+  expected = np.mean([average_precision_score(y[:, k], s[:, k]) for k in range(2)])
+  assert baselines.mean_average_precision(y, s) == pytest.approx(expected)
 
 
 def test_both_decoders_give_the_same_features_on_a_wav(tmp_path, rng):
