@@ -364,6 +364,11 @@ def test_silence_check_rejects_partly_silent_mixes():
   gap = tone.copy()
   gap[rate + rate // 2:4 * rate + rate // 2] = 0.0  # 3 s of 6: half the frames
   assert any("frames" in p for p in demo_corpus.silence_problems(gap, rate))
+  pause = tone.copy()
+  pause[3 * rate:3 * rate + 3 * rate // 2] = 0.0  # a 1.5-s general pause
+  assert [p for p in demo_corpus.silence_problems(pause, rate) if "gap" in p]
+  staccato = tone * (np.floor(t * 4) % 2 == 0)  # 250 ms on, 250 ms off: no long gap
+  assert not [p for p in demo_corpus.silence_problems(staccato, rate) if "gap" in p]
   assert demo_corpus.silence_problems(np.zeros(6 * rate), rate)
 
 

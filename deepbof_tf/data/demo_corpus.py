@@ -29,7 +29,7 @@ loud −15 dBFS — limited by a peak ceiling of 0.95, so loud and quiet stay au
 
 Checks. A clip is written only if its mix is not silent anywhere that matters: the
 RMS of its first and last second and of at least 75 % of its 250 ms frames must reach
-a fraction of the clip RMS; after encoding, the decoded peak must be in (0.05, 0.99]
+a fraction of the clip RMS, with no near-silent stretch longer than one second; after encoding, the decoded peak must be in (0.05, 0.99]
 and the length exact. A failing attempt is re-drawn from a generator seeded by
 (seed, clip, attempt), so the result does not depend on workers or scheduling.
 """
@@ -81,6 +81,7 @@ EDGE_MIN_RELATIVE_RMS = 0.1
 FRAME_SECONDS = 0.25
 FRAME_MIN_RELATIVE_RMS = 0.02
 MAX_QUIET_FRAME_FRACTION = 0.25
+MAX_SILENT_GAP_SECONDS = 1.0
 
 AUDIO_FORMATS = {  # extension → (soundfile format, subtype)
     "mp3": ("MP3", "MPEG_LAYER_III"), "ogg": ("OGG", "VORBIS"),
@@ -197,9 +198,17 @@ def silence_problems(audio: np.ndarray, sample_rate: int) -> List[str]:
   if n_frames:
     frames = audio[:n_frames * frame].reshape(n_frames, frame).astype(np.float64)
     frame_rms = np.sqrt(np.mean(frames ** 2, axis=1))
-    quiet = float(np.mean(frame_rms < FRAME_MIN_RELATIVE_RMS * total))
+    silent = frame_rms < FRAME_MIN_RELATIVE_RMS * total
+    quiet = float(np.mean(silent))
     if quiet > MAX_QUIET_FRAME_FRACTION:
       problems.append(f"{quiet:.0%} of 250 ms frames are near-silent")
+    # The longest run of near-silent frames: a general pause inside the clip.
+    longest = run = 0
+    for flag in silent:
+      run = run + 1 if flag else 0
+      longest = max(longest, run)
+    if longest * FRAME_SECONDS > MAX_SILENT_GAP_SECONDS:
+      problems.append(f"a {longest * FRAME_SECONDS:.2f} s near-silent gap")
   return problems
 
 
@@ -403,7 +412,10 @@ def _attempt(task: RenderTask, piece_key: str, info: Mapping[str, Any],
           "program_name": "drums" if t.is_drum else orchestration.PROGRAMS[t.program][0],
           "is_drum": bool(t.is_drum), "drum_kind": t.drum_kind,
           "n_notes": len(t.notes), "velocity": int(t.velocity),
-          "source_tracks": list(t.source_tracks), "octave_shift": int(t.octave_shift),
+          "source_tracks": list(t.source_tracks),
+          # True for the folk harmonisation (bass and chords derived from the melody).
+          "derived": any(bool(info["tracks"][i].get("derived")) for i in t.source_tracks),
+          "octave_shift": int(t.octave_shift),
           "min_pitch": int(min(p for _, _, p in t.notes)),
           "max_pitch": int(max(p for _, _, p in t.notes))} for t in arrangement.tracks],
       "dynamics": dynamics,

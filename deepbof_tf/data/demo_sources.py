@@ -284,8 +284,11 @@ def load_cached(ref: PieceRef, cache_dir: str) -> Optional[PieceData]:
   return PieceData(info=info, midi_path=midi_path)
 
 
-class ParseTimeout(Exception):
-  """A score took longer than the parse time limit."""
+class ParseTimeout(BaseException):
+  """A score took longer than the parse time limit.
+
+  A ``BaseException`` so that music21's own ``except Exception`` blocks cannot swallow
+  it while the alarm interrupts a parse."""
 
 
 def _on_alarm(signum, frame):  # pragma: no cover - only runs on a pathological file
