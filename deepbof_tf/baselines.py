@@ -8,11 +8,10 @@ compared with it on the same split:
   deltas, mean and standard deviation over time → an 80-d vector per clip;
 * :func:`logistic_regression_baseline`: standardisation fitted on the training clips,
   one seeded ``sklearn.linear_model.LogisticRegression`` per tag (one-vs-rest);
-* :func:`tag_roc_auc`: per-tag ROC-AUC and its mean, excluding (and counting) tags
-  with one class only in the evaluated split (SPEC §6);
-* :func:`run_baseline`: all of it from a manifest and an audio root;
-  :func:`run_mfcc_baseline` reads the manifest file and returns a JSON-ready summary
-  (mean ROC-AUC as ``auc_tag`` and mean average precision as ``pr_auc``, SPEC §6).
+* :func:`run_baseline`: all of it from a manifest and an audio root, scored with the
+  paper's metrics (``deepbof_tf.metrics.tagging_metrics``: AUC-T, AUC-C, P@K, PR-AUC;
+  single-class tags/clips excluded and counted, SPEC §6);
+  :func:`run_mfcc_baseline` reads the manifest file and returns them JSON-ready.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -114,50 +113,6 @@ def logistic_regression_baseline(features_train: np.ndarray, labels_train: np.nd
   return scores
 
 
-@dataclasses.dataclass
-class TagAUC:
-  """Per-tag ROC-AUC over clips.
-
-  Args:
-    per_tag: tag → ROC-AUC, for tags with both classes among the evaluated clips.
-    mean: mean over ``per_tag`` (NaN if empty).
-    excluded: tags left out because they have a single class among the clips.
-  """
-
-  per_tag: Dict[str, float]
-  mean: float
-  excluded: List[str]
-
-
-def tag_roc_auc(labels: np.ndarray, scores: np.ndarray, tags: Sequence[str]) -> TagAUC:
-  """Per-tag ROC-AUC (``sklearn.metrics.roc_auc_score``) and its mean.
-
-  Args:
-    labels: [n_clips, n_tags] multi-hot.
-    scores: [n_clips, n_tags] scores.
-    tags: the tag names.
-
-  Returns:
-    The :class:`TagAUC`; single-class tags are excluded and listed.
-  """
-  from sklearn.metrics import roc_auc_score
-  labels = np.asarray(labels)
-  scores = np.asarray(scores)
-  if labels.shape != scores.shape or labels.shape[1] != len(tags):
-    raise ValueError(f"labels {labels.shape}, scores {scores.shape} and {len(tags)} tags "
-                     "do not match")
-  per_tag: Dict[str, float] = {}
-  excluded: List[str] = []
-  for k, tag in enumerate(tags):
-    y = (labels[:, k] > 0.5).astype(int)
-    if y.min() == y.max():
-      excluded.append(tag)
-      continue
-    per_tag[tag] = float(roc_auc_score(y, scores[:, k]))
-  mean = float(np.mean(list(per_tag.values()))) if per_tag else float("nan")
-  return TagAUC(per_tag=per_tag, mean=mean, excluded=excluded)
-
-
 def decode_with_soundfile(path: str) -> Tuple[np.ndarray, int]:
   """Mono waveform (channel mean) and native sample rate, decoded by libsndfile."""
   import soundfile as sf
@@ -191,36 +146,24 @@ def _features_of(args: Tuple[str, Optional[Callable[[str], Tuple[np.ndarray, int
   return mfcc_statistics(waveform, rate)
 
 
-def mean_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-  """Mean over tags with both classes of ``sklearn.metrics.average_precision_score``
-  (PR-AUC, SPEC §6); NaN if no tag has both classes."""
-  from sklearn.metrics import average_precision_score
-  labels = np.asarray(labels)
-  values = [average_precision_score((labels[:, k] > 0.5).astype(int), scores[:, k])
-            for k in range(labels.shape[1])
-            if 0 < (labels[:, k] > 0.5).sum() < labels.shape[0]]
-  return float(np.mean(values)) if values else float("nan")
-
-
 @dataclasses.dataclass
 class BaselineResult:
   """What :func:`run_baseline` measured.
 
   Args:
-    auc: per-tag ROC-AUC on the evaluation split.
+    metrics: ``deepbof_tf.metrics.tagging_metrics`` of the evaluation split (``auc_tag``,
+      ``auc_clip``, ``p_at_k``, ``pr_auc``, ``per_tag``, exclusion counts).
     tags: the tag vocabulary (label columns).
     n_train: training clips.
     n_eval: evaluated clips.
     eval_split: the evaluated split.
-    pr_auc: mean average precision over the tags with both classes.
   """
 
-  auc: TagAUC
+  metrics: Dict[str, object]
   tags: List[str]
   n_train: int
   n_eval: int
   eval_split: str
-  pr_auc: float = float("nan")
 
 
 def run_baseline(manifest, audio_root: str, *, eval_split: str = "test", seed: int = 0,
@@ -276,12 +219,13 @@ def run_baseline(manifest, audio_root: str, *, eval_split: str = "test", seed: i
   features = np.stack(features)
   x_train, x_eval = features[:len(train_paths)], features[len(train_paths):]
   scores = logistic_regression_baseline(x_train, train_labels, x_eval, seed=seed)
-  auc = tag_roc_auc(eval_labels, scores, tags)
-  logging.info("baseline: mean ROC-AUC %.4f over %d tags (%d excluded) on %d %s clips",
-               auc.mean, len(auc.per_tag), len(auc.excluded), len(eval_paths), eval_split)
-  return BaselineResult(auc=auc, tags=tags, n_train=len(train_paths), n_eval=len(eval_paths),
-                        eval_split=eval_split,
-                        pr_auc=mean_average_precision(eval_labels, scores))
+  from deepbof_tf import metrics as metrics_lib
+  result = metrics_lib.tagging_metrics(eval_labels, scores, tags)
+  logging.info("baseline: AUC-tag %.4f over %d tags (%d excluded) on %d %s clips",
+               result["auc_tag"], len(tags) - result["num_tags_excluded"],
+               result["num_tags_excluded"], len(eval_paths), eval_split)
+  return BaselineResult(metrics=result, tags=tags, n_train=len(train_paths),
+                        n_eval=len(eval_paths), eval_split=eval_split)
 
 
 def run_mfcc_baseline(manifest_path: str, audio_root: str, *, manifest_format: str = "csv",
@@ -299,14 +243,12 @@ def run_mfcc_baseline(manifest_path: str, audio_root: str, *, manifest_format: s
     num_workers: processes for decoding and MFCCs.
 
   Returns:
-    ``{"auc_tag", "pr_auc", "per_tag_auc", "excluded_tags", "n_train", "n_eval",
-    "eval_split", "tags"}``.
+    The metrics of ``deepbof_tf.metrics.tagging_metrics`` plus ``n_train``, ``n_eval``,
+    ``eval_split`` and ``tags``.
   """
   from deepbof_tf.data import manifests
   manifest = manifests.read_manifest(manifest_path, manifest_format, top_n_tags=top_n_tags)
   result = run_baseline(manifest, audio_root, eval_split=eval_split, seed=seed,
                         num_workers=num_workers)
-  return {"auc_tag": result.auc.mean, "pr_auc": result.pr_auc,
-          "per_tag_auc": result.auc.per_tag, "excluded_tags": result.auc.excluded,
-          "n_train": result.n_train, "n_eval": result.n_eval, "eval_split": eval_split,
-          "tags": result.tags}
+  return dict(result.metrics, n_train=result.n_train, n_eval=result.n_eval,
+              eval_split=eval_split, tags=result.tags)

@@ -40,10 +40,9 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags

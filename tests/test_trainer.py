@@ -10,7 +10,6 @@ import pytest
 
 from deepbof_tf import config as config_lib
 from deepbof_tf import models
-from trainer import evaluate as evaluate_stage
 from trainer import finetune as finetune_stage
 from trainer import train
 

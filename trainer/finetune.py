@@ -19,7 +19,7 @@ import logging
 import os
 import posixpath
 import tempfile
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import keras
 import numpy as np

@@ -298,8 +298,22 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = build_config(FLAGS.config, FLAGS.set, _convenience_values(), FLAGS.seed)
-  run_stages(FLAGS.data_dir, FLAGS.model_dir, config, parse_stages(FLAGS.stages),
-             overwrite=FLAGS.overwrite)
+  summaries = run_stages(FLAGS.data_dir, FLAGS.model_dir, config,
+                         parse_stages(FLAGS.stages), overwrite=FLAGS.overwrite)
+  for stage, summary in summaries.items():
+    print(format_summary(stage, summary))
+
+
+def format_summary(stage: str, summary: Any) -> str:
+  """One line per stage for the console: its scalar results (a table, if any, below)."""
+  summary = summary or {}
+  scalars = ", ".join(
+      f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+      for key, value in summary.items()
+      if isinstance(value, (int, float, str)) and key != "table")
+  line = f"{stage}: {scalars or 'done'}"
+  table = summary.get("table") if isinstance(summary, dict) else None
+  return f"{line}\n{table}" if isinstance(table, str) else line
 
 
 def run() -> None:

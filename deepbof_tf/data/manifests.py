@@ -215,7 +215,7 @@ def read_mtt_annotations(path: str, *, top_n_tags: int = 50, drop_untagged: bool
       if not mp3_path:
         raise _RowError(f"clip {clip_id}: empty mp3_path")
       try:
-        split = mtt_split(mp3_path)
+        mtt_split(mp3_path)  # validates the folder; the split is derived again below
       except ValueError as e:
         raise _RowError(f"clip {clip_id}: {e}") from None
       values = []
