@@ -5,14 +5,25 @@ Two sections, one per stage of SPEC: §3–4 (local features, encoder) and §5 (
 
 from __future__ import annotations
 
+import io
+import json
+import posixpath
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deepbof_tf.config import DNNConfig
+from deepbof_tf.layers.bag_of_features import BagOfFeaturesEncoder
+from deepbof_tf.layers.pca import PCAWhitening
+from deepbof_tf.layers.sparse_rbm import SparseRBM
+from deepbof_tf.layers.standardize import Standardization
+
 # --- Local feature encoder (SPEC §3–4) -------------------------------------------------
 # The encoder maps log_mel [B, F, n_mels] (+ n_frames [B]) to bag_of_features [B, H];
 # model_dir/local/ holds its parameters as plain NumPy + JSON (written by the
-# learn-local-features stage). Imports of this section live here so the two sections
-# stay independent.
-import json as _lf_json  # noqa: E402
-import posixpath as _lf_posixpath  # noqa: E402
-from typing import Any as _LfAny, Dict as _LfDict, Optional as _LfOptional  # noqa: E402
+# learn-local-features stage).
 
 LOCAL_DIR = "local"
 LOCAL_FEATURES_FILE = "local_features.npz"
@@ -21,7 +32,7 @@ LOCAL_FEATURES_INFO = "local_features.json"
 
 def local_dir(model_dir: str) -> str:
   """``model_dir/local``: PCA, sparse RBM, training logs and plots of SPEC §3."""
-  return _lf_posixpath.join(model_dir, LOCAL_DIR)
+  return posixpath.join(model_dir, LOCAL_DIR)
 
 
 def build_bof_encoder(pca, rbm, pool_frames: int = 43, block_frames: int = 8,
@@ -41,13 +52,12 @@ def build_bof_encoder(pca, rbm, pool_frames: int = 43, block_frames: int = 8,
     block_frames: frames per spectral block (8).
     name: layer name.
   """
-  from deepbof_tf.layers.bag_of_features import BagOfFeaturesEncoder
   return BagOfFeaturesEncoder(pca, rbm, pool_frames=pool_frames,
                               block_frames=block_frames, name=name, dtype="float32")
 
 
 def save_local_features(model_dir: str, pca, rbm, *, block_frames: int, n_mels: int,
-                        pool_frames: int, info: _LfOptional[_LfDict[str, _LfAny]] = None
+                        pool_frames: int, info: Optional[Dict[str, Any]] = None
                         ) -> str:
   """Writes the encoder's parameters to ``model_dir/local/local_features.{npz,json}``.
 
@@ -68,9 +78,6 @@ def save_local_features(model_dir: str, pca, rbm, *, block_frames: int, n_mels: 
   Returns:
     The path of the JSON file.
   """
-  import io
-  import numpy as np
-  import tensorflow as tf
   directory = local_dir(model_dir)
   tf.io.gfile.makedirs(directory)
   arrays = dict(pca_mean=pca.mean.numpy(), pca_eigenvalues=pca.eigenvalues.numpy(),
@@ -85,12 +92,12 @@ def save_local_features(model_dir: str, pca, rbm, *, block_frames: int, n_mels: 
               num_hidden=int(rbm.num_hidden), info=info or {})
   for name, payload, mode in (
       (LOCAL_FEATURES_FILE, buffer.getvalue(), "wb"),
-      (LOCAL_FEATURES_INFO, _lf_json.dumps(meta, indent=2, sort_keys=True) + "\n", "w")):
-    path = _lf_posixpath.join(directory, name)
+      (LOCAL_FEATURES_INFO, json.dumps(meta, indent=2, sort_keys=True) + "\n", "w")):
+    path = posixpath.join(directory, name)
     with tf.io.gfile.GFile(path + ".tmp", mode) as f:
       f.write(payload)
     tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-  return _lf_posixpath.join(directory, LOCAL_FEATURES_INFO)
+  return posixpath.join(directory, LOCAL_FEATURES_INFO)
 
 
 def load_local_features(model_dir: str):
@@ -99,19 +106,14 @@ def load_local_features(model_dir: str):
   Args:
     model_dir: the model directory.
   """
-  import io
-  import numpy as np
-  import tensorflow as tf
-  from deepbof_tf.layers.pca import PCAWhitening
-  from deepbof_tf.layers.sparse_rbm import SparseRBM
   directory = local_dir(model_dir)
-  info_path = _lf_posixpath.join(directory, LOCAL_FEATURES_INFO)
+  info_path = posixpath.join(directory, LOCAL_FEATURES_INFO)
   if not tf.io.gfile.exists(info_path):
     raise FileNotFoundError(f"{info_path}: no learned local features; run deepbof-train "
                             "--stages=learn-local-features first")
   with tf.io.gfile.GFile(info_path, "r") as f:
-    meta = _lf_json.load(f)
-  with tf.io.gfile.GFile(_lf_posixpath.join(directory, LOCAL_FEATURES_FILE), "rb") as f:
+    meta = json.load(f)
+  with tf.io.gfile.GFile(posixpath.join(directory, LOCAL_FEATURES_FILE), "rb") as f:
     with np.load(io.BytesIO(f.read()), allow_pickle=False) as data:
       arrays = {k: data[k] for k in data.files}
   # float32 regardless of a global mixed-precision policy: whitening needs the precision.
@@ -124,7 +126,7 @@ def load_local_features(model_dir: str):
   return pca, rbm, meta
 
 
-def load_bof_encoder(model_dir: str, pool_frames: _LfOptional[int] = None):
+def load_bof_encoder(model_dir: str, pool_frames: Optional[int] = None):
   """The bag-of-features encoder of a trained ``model_dir`` (``build_bof_encoder``).
 
   Args:
@@ -142,12 +144,7 @@ def load_bof_encoder(model_dir: str, pool_frames: _LfOptional[int] = None):
 # The tagger maps the raw bag-of-features [B, 1024] to per-tag probabilities [B, n_tags];
 # the training split's standardization is its first layer, so exports need nothing else.
 # Imports of this section live here so the two sections stay independent.
-import json as _json  # noqa: E402
-import posixpath as _posixpath  # noqa: E402
-from typing import List as _List, Optional as _Optional, Sequence as _Sequence  # noqa: E402
-from typing import Tuple as _Tuple  # noqa: E402
 
-import numpy as _np  # noqa: E402
 
 TAGGER_FILE = "tagger.keras"
 TAGS_FILE = "tags.json"
@@ -161,7 +158,7 @@ def hidden_layer_name(index: int) -> str:
 
 
 def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
-                   mean: _Optional[_np.ndarray] = None, std: _Optional[_np.ndarray] = None,
+                   mean: Optional[np.ndarray] = None, std: Optional[np.ndarray] = None,
                    seed: int = 0):
   """The song-level DNN of SPEC §5 as a Keras functional model.
 
@@ -181,9 +178,6 @@ def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
     std: normalization scale (ones if None).
     seed: seed of the initialisers and dropout masks.
   """
-  import keras
-  from deepbof_tf.config import DNNConfig
-  from deepbof_tf.layers.standardize import Standardization
   config = config or DNNConfig()
   if num_tags < 1:
     raise ValueError(f"build_song_dnn needs at least one tag, got num_tags={num_tags}")
@@ -206,7 +200,7 @@ def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
   return keras.Model(inputs, outputs, name="song_dnn")
 
 
-def initialize_from_rbms(model, rbm_weights: _Sequence[_Tuple[_np.ndarray, _np.ndarray]]
+def initialize_from_rbms(model, rbm_weights: Sequence[Tuple[np.ndarray, np.ndarray]]
                          ) -> None:
   """Copies pretrained RBM weights into the hidden layers of a song-level DNN.
 
@@ -223,16 +217,16 @@ def initialize_from_rbms(model, rbm_weights: _Sequence[_Tuple[_np.ndarray, _np.n
   for i, (kernel, hidden_bias) in enumerate(rbm_weights):
     layer = model.get_layer(hidden_layer_name(i))
     expected = tuple(layer.kernel.shape)
-    if tuple(_np.shape(kernel)) != expected or _np.shape(hidden_bias) != expected[1:]:
-      raise ValueError(f"RBM {i + 1} has kernel {_np.shape(kernel)} / hidden bias "
-                       f"{_np.shape(hidden_bias)}; {layer.name} needs {expected}")
-    layer.kernel.assign(_np.asarray(kernel, _np.float32))
-    layer.bias.assign(_np.asarray(hidden_bias, _np.float32))
+    if tuple(np.shape(kernel)) != expected or np.shape(hidden_bias) != expected[1:]:
+      raise ValueError(f"RBM {i + 1} has kernel {np.shape(kernel)} / hidden bias "
+                       f"{np.shape(hidden_bias)}; {layer.name} needs {expected}")
+    layer.kernel.assign(np.asarray(kernel, np.float32))
+    layer.bias.assign(np.asarray(hidden_bias, np.float32))
 
 
-def build_logreg_tagger(kernel: _np.ndarray, bias: _np.ndarray,
-                        mean: _Optional[_np.ndarray] = None,
-                        std: _Optional[_np.ndarray] = None):
+def build_logreg_tagger(kernel: np.ndarray, bias: np.ndarray,
+                        mean: Optional[np.ndarray] = None,
+                        std: Optional[np.ndarray] = None):
   """Per-tag logistic regression on the (standardized) bag-of-features as a Keras model.
 
   Same interface as the DNN (``bag_of_features`` → ``probabilities``), so evaluation,
@@ -244,9 +238,7 @@ def build_logreg_tagger(kernel: _np.ndarray, bias: _np.ndarray,
     mean: standardization mean, or None for no standardization layer.
     std: standardization std (with mean).
   """
-  import keras
-  from deepbof_tf.layers.standardize import Standardization
-  kernel = _np.asarray(kernel, _np.float32)
+  kernel = np.asarray(kernel, np.float32)
   inputs = keras.Input(shape=(kernel.shape[0],), name=BAG_OF_FEATURES)
   x = inputs
   if mean is not None:
@@ -255,26 +247,24 @@ def build_logreg_tagger(kernel: _np.ndarray, bias: _np.ndarray,
                              name=PROBABILITIES)
   outputs = dense(x)
   dense.kernel.assign(kernel)
-  dense.bias.assign(_np.asarray(bias, _np.float32))
+  dense.bias.assign(np.asarray(bias, np.float32))
   return keras.Model(inputs, outputs, name="logreg_tagger")
 
 
-def save_tag_names(model_dir: str, tags: _Sequence[str]) -> None:
+def save_tag_names(model_dir: str, tags: Sequence[str]) -> None:
   """Writes the ordered tag vocabulary to ``model_dir/tags.json``."""
-  import tensorflow as tf
-  with tf.io.gfile.GFile(_posixpath.join(model_dir, TAGS_FILE), "w") as f:
-    f.write(_json.dumps({"tags": list(tags)}, indent=2) + "\n")
+  with tf.io.gfile.GFile(posixpath.join(model_dir, TAGS_FILE), "w") as f:
+    f.write(json.dumps({"tags": list(tags)}, indent=2) + "\n")
 
 
-def load_tag_names(model_dir: str) -> _List[str]:
+def load_tag_names(model_dir: str) -> List[str]:
   """The ordered tag names of a trained model directory (``model_dir/tags.json``)."""
-  import tensorflow as tf
-  path = _posixpath.join(model_dir, TAGS_FILE)
+  path = posixpath.join(model_dir, TAGS_FILE)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path}: no tag list; train the model first "
                             "(deepbof-train --stages=finetune writes it)")
   with tf.io.gfile.GFile(path, "r") as f:
-    return list(_json.load(f)["tags"])
+    return list(json.load(f)["tags"])
 
 
 def load_tagger(model_dir: str):
@@ -285,10 +275,7 @@ def load_tagger(model_dir: str):
   Args:
     model_dir: the ``--model_dir`` of ``deepbof-train``.
   """
-  import keras
-  import tensorflow as tf
-  import deepbof_tf.layers.standardize  # noqa: F401  (registers the layer)
-  path = _posixpath.join(model_dir, TAGGER_FILE)
+  path = posixpath.join(model_dir, TAGGER_FILE)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path}: no trained tagger; run deepbof-train "
                             "--stages=finetune first")
