@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Sequence
 
 from absl import app, flags, logging
 
+from deepbof_tf import cli
+
 FLAGS = flags.FLAGS
 
 
@@ -209,10 +211,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  """Console-script entry point."""
-  _define_flags()
+  """Console-script entry point ``deepbof-demo``."""
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  cli.run_console_script(main, _define_flags, __doc__)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ new directory) through a temporary directory renamed into place. See
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from deepbof_tf import cli
 
 FLAGS = flags.FLAGS
 
@@ -48,21 +49,9 @@ def main(argv: Sequence[str]) -> None:
         f"sample rate {info['frontend']['sample_rate']} Hz")
 
 
-def _show_our_flags_in_help(before) -> None:
-  """Console scripts run a wrapper as ``__main__``: make --help show our usage and flags."""
-  for name in sorted(set(FLAGS) - set(before)):
-    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-  main_module = sys.modules["__main__"]
-  if not main_module.__doc__:
-    main_module.__doc__ = __doc__
-
-
 def run() -> None:
   """Console-script entry point ``deepbof-export``."""
-  before = list(FLAGS)
-  define_flags()
-  _show_our_flags_in_help(before)
-  app.run(main)
+  cli.run_console_script(main, define_flags, __doc__)
 
 
 if __name__ == "__main__":

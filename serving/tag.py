@@ -48,6 +48,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from deepbof_tf import cli
+
 DEFAULT_EXTENSIONS = ".wav,.wave,.flac,.ogg,.oga,.mp3"
 # Above this estimated decoded size (float32 at the native rate, all channels; ~90 s of
 # 44.1 kHz stereo) a file is decoded block by block into a spool file instead of in
@@ -471,21 +473,9 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
-def _show_our_flags_in_help(before) -> None:
-  """Console scripts run a wrapper as ``__main__``: make --help show our usage and flags."""
-  for name in sorted(set(FLAGS) - set(before)):
-    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-  main_module = sys.modules["__main__"]
-  if not main_module.__doc__:
-    main_module.__doc__ = __doc__
-
-
 def run() -> None:
   """Console-script entry point ``deepbof-tag``."""
-  before = list(FLAGS)
-  define_flags()
-  _show_our_flags_in_help(before)
-  app.run(main)
+  cli.run_console_script(main, define_flags, __doc__)
 
 
 if __name__ == "__main__":

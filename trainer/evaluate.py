@@ -30,6 +30,7 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
+from deepbof_tf import cli
 from deepbof_tf import config as config_lib
 from deepbof_tf import metrics
 from deepbof_tf import models
@@ -159,11 +160,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """Console-script entry point ``deepbof-evaluate``."""
-  _define_flags()
-  main_module = sys.modules["__main__"]
-  if not main_module.__doc__:  # the console-script wrapper: show this module's usage
-    main_module.__doc__ = __doc__
-  app.run(main)
+  cli.run_console_script(main, _define_flags, __doc__)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import yaml
 from absl import app
 from absl import flags
 
+from deepbof_tf import cli
 from deepbof_tf import config as config_lib
 from deepbof_tf.training import model_dir as layout
 
@@ -318,11 +319,7 @@ def format_summary(stage: str, summary: Any) -> str:
 
 def run() -> None:
   """Console-script entry point ``deepbof-train``."""
-  _define_flags()
-  main_module = sys.modules["__main__"]
-  if not main_module.__doc__:  # the console-script wrapper: show this module's usage
-    main_module.__doc__ = __doc__
-  app.run(main)
+  cli.run_console_script(main, _define_flags, __doc__)
 
 
 if __name__ == "__main__":

@@ -783,10 +783,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run():
-  """Console-script entry point."""
-  from absl import app
-  _define_flags()
-  app.run(main)
+  """Console-script entry point ``deepbof-make-demo-corpus``."""
+  from deepbof_tf import cli
+  cli.run_console_script(main, _define_flags, __doc__)
 
 
 if __name__ == "__main__":
