@@ -306,15 +306,13 @@ def main(argv) -> None:
 
 
 def format_summary(stage: str, summary: Any) -> str:
-  """One line per stage for the console: its scalar results (a table, if any, below)."""
-  summary = summary or {}
+  """One line per stage for the console: its scalar results (tables print themselves)."""
+  summary = summary if isinstance(summary, dict) else {}
   scalars = ", ".join(
       f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
       for key, value in summary.items()
       if isinstance(value, (int, float, str)) and key != "table")
-  line = f"{stage}: {scalars or 'done'}"
-  table = summary.get("table") if isinstance(summary, dict) else None
-  return f"{line}\n{table}" if isinstance(table, str) else line
+  return f"{stage}: {scalars or 'done'}"
 
 
 def run() -> None:
