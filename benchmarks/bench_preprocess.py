@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("clips", ["40", "240"], "Two corpus sizes (clips); the larger one amortises the fixed start-up.")
+flags.DEFINE_list("clips", ["40", "600"], "Two corpus sizes (clips); the larger one amortises the fixed start-up.")
 flags.DEFINE_list("workers", ["1", "2"], "Beam worker counts (multi_processing).")
 flags.DEFINE_float("seconds", 30.0, "Clip length (s).")
 flags.DEFINE_integer("sample_rate", 44100, "Sample rate of the generated MP3s (Hz).")
