@@ -51,10 +51,11 @@ import tensorflow as tf
 
 from deepbof_tf import frontend, streaming
 from deepbof_tf.config import FrontendConfig
+from deepbof_tf.training import model_dir as model_dir_layout
 
 EXPORT_INFO_FILE = "deepbof_export.json"
 TAGS_ASSET_FILE = "tags.txt"
-FRONTEND_FILE = "frontend.json"
+FRONTEND_FILE = model_dir_layout.FRONTEND_FILE  # written by deepbof-train
 
 DEFAULT_SIGNATURE = "serving_default"
 PADDED_SIGNATURE = "serving_padded"

@@ -1,5 +1,6 @@
 """deepbof-train / deepbof-evaluate: config handling, end-to-end on synthetic features, resume."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from deepbof_tf import config as config_lib
+from deepbof_tf.config import FrontendConfig
 from deepbof_tf import models
 from trainer import finetune as finetune_stage
 from trainer import train
@@ -113,6 +115,21 @@ def test_operative_config_is_written_and_protected(tmp_path):
 
 
 # --- end to end ----------------------------------------------------------------------------
+
+def test_front_end_of_the_data_is_recorded_with_the_model(tmp_path):
+  data_dir, model_dir = _write_synthetic(tmp_path)
+  frontend = dataclasses.asdict(FrontendConfig(symmetric_window=False))
+  metadata = {"tags": TAGS, "frontend": frontend, "channel_mode": "mean"}
+  with open(os.path.join(data_dir, "metadata.json"), "w") as f:
+    json.dump(metadata, f)
+  train.run_stages(data_dir, model_dir, _small_config(), [])
+  recorded = json.load(open(os.path.join(model_dir, "frontend.json")))
+  assert recorded == {"frontend": frontend, "channel_mode": "mean"}
+  # ... and it is what the export reads back, without the data directory.
+  from serving import export_lib
+  config, channel_mode = export_lib.load_audio_settings(model_dir)
+  assert config == FrontendConfig(symmetric_window=False) and channel_mode == "mean"
+
 
 def test_pretrain_finetune_evaluate_on_separable_features(tmp_path, capsys):
   data_dir, model_dir = _write_synthetic(tmp_path)

@@ -208,6 +208,29 @@ def write_operative_config(model_dir: str, config: config_lib.TrainConfig,
   return path
 
 
+def record_audio_settings(data_dir: str, model_dir: str) -> Optional[str]:
+  """Copies the dataset's front end and channel mode into ``model_dir/frontend.json``.
+
+  The model only makes sense with the front end its data was computed with; keeping it
+  next to the weights lets ``deepbof-export`` rebuild it without ``--data_dir``.
+  Returns the written path, or None if the metadata records no front end.
+  """
+  path = posixpath.join(data_dir, "metadata.json")
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path, "r") as f:
+    metadata = json.load(f)
+  if "frontend" not in metadata:
+    return None
+  target = posixpath.join(model_dir, layout.FRONTEND_FILE)
+  tf.io.gfile.makedirs(model_dir)
+  with tf.io.gfile.GFile(target, "w") as f:
+    f.write(json.dumps({"frontend": metadata["frontend"],
+                        "channel_mode": metadata.get("channel_mode", "first")},
+                       indent=2, sort_keys=True) + "\n")
+  return target
+
+
 def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
                stages: Sequence[str], overwrite: bool = False) -> Dict[str, Any]:
   """Validates and records the config, then runs ``stages`` in order.
@@ -223,6 +246,7 @@ def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
     stage name → the stage's summary dict.
   """
   write_operative_config(model_dir, config, overwrite=overwrite)
+  record_audio_settings(data_dir, model_dir)
   summaries: Dict[str, Any] = {}
   for stage in stages:
     logging.info("=== stage %s ===", stage)

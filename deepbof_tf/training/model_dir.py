@@ -4,6 +4,7 @@
 
   model_dir/
     config.json                 the operative TrainConfig (written by deepbof-train)
+    frontend.json               front end + channel mode of the training data (for export)
     tags.json                   ordered tag names
     bof/{train,valid,test}.npz  bag-of-features per clip (the encode stage)
     standardization.npz         mean/std of the training bag-of-features (for reference)
@@ -33,6 +34,9 @@ FINETUNE_DIR = "finetune"
 LOGREG_DIR = "logreg"
 STANDARDIZATION_FILE = "standardization.npz"
 CONFIG_FILE = "config.json"
+# The front end and channel mode of the training data (from its metadata.json), so that
+# deepbof-export rebuilds the same front end without the data directory.
+FRONTEND_FILE = "frontend.json"
 
 
 def bof_path(model_dir: str, split: str) -> str:
