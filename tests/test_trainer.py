@@ -65,6 +65,17 @@ def test_build_config_precedence(tmp_path):
   assert train.build_config(str(json_path)).pretrain.epochs == 3
 
 
+def test_presets_scale_the_defaults_and_yield_to_explicit_values():
+  demo = train.build_config(preset="demo")
+  assert demo.finetune.epochs == config_lib.PRESETS["demo"].train_overrides["finetune.epochs"]
+  assert demo.local == config_lib.TrainConfig().local  # everything else the paper's
+  assert train.build_config(preset="demo", assignments=["finetune.epochs=7"]).finetune.epochs == 7
+  assert train.build_config(preset="paper") == config_lib.TrainConfig()
+  assert config_lib.PRESETS["paper"].num_blocks == 200_000
+  with pytest.raises(ValueError, match="unknown preset"):
+    config_lib.preset("huge")
+
+
 @pytest.mark.parametrize("assignment, message", [
     ("finetune.epochz=3", "unknown config key"),
     ("finetune.epochs=ten", "expects an integer"),

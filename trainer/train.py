@@ -145,8 +145,9 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def build_config(config_file: Optional[str] = None, assignments: Sequence[str] = (),
                  convenience: Optional[Mapping[str, Any]] = None,
-                 seed: Optional[int] = None) -> config_lib.TrainConfig:
-  """Defaults < config file < ``--set`` < convenience flags < ``--seed``.
+                 seed: Optional[int] = None,
+                 preset: Optional[str] = None) -> config_lib.TrainConfig:
+  """Defaults < preset < config file < ``--set`` < convenience flags < ``--seed``.
 
   All sources are merged first and validated once, so e.g. a one-entry
   ``weight_costs`` and ``--num_hidden_layers=1`` may come from different sources.
@@ -156,9 +157,13 @@ def build_config(config_file: Optional[str] = None, assignments: Sequence[str] =
     assignments: ``--set`` values, ``dotted.key=value``.
     convenience: dotted key → value of the convenience flags that were given.
     seed: if given, every ``seed`` field of the config.
+    preset: optional name of a ``deepbof_tf.config.PRESETS`` entry.
   """
   defaults = config_lib.TrainConfig()
   dotted: Dict[str, Any] = {}
+  if preset:
+    for key, value in config_lib.preset(preset).train_overrides.items():
+      dotted[key] = _coerce(key, value, _default_at(defaults, key))
   if config_file:
     for key, value in _flatten(load_config_file(config_file)).items():
       dotted[key] = _coerce(key, value, _default_at(defaults, key))
@@ -280,6 +285,9 @@ def _define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "Preprocessed dataset (deepbof-preprocess output).")
   flags.DEFINE_string("model_dir", None, "Directory of every artifact of this model.")
   flags.DEFINE_string("stages", "all", f"'all' or a comma list of: {', '.join(STAGES)}.")
+  flags.DEFINE_enum("preset", None, sorted(config_lib.PRESETS), "Named scaling of the "
+                    "defaults (deepbof_tf.config.PRESETS), e.g. 'demo' for the demo "
+                    "corpus; --config, --set and the other flags override it.")
   flags.DEFINE_string("config", None, "A .json or .yaml file with (partial) config sections.")
   flags.DEFINE_multi_string("set", [], "dotted.key=value override (repeatable), e.g. "
                             "--set=finetune.batch_size=64.")
@@ -322,7 +330,8 @@ def _convenience_values() -> Dict[str, Any]:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = build_config(FLAGS.config, FLAGS.set, _convenience_values(), FLAGS.seed)
+  config = build_config(FLAGS.config, FLAGS.set, _convenience_values(), FLAGS.seed,
+                        preset=FLAGS.preset)
   summaries = run_stages(FLAGS.data_dir, FLAGS.model_dir, config,
                          parse_stages(FLAGS.stages), overwrite=FLAGS.overwrite)
   for stage, summary in summaries.items():
