@@ -252,3 +252,45 @@ def run_mfcc_baseline(manifest_path: str, audio_root: str, *, manifest_format: s
                         num_workers=num_workers)
   return dict(result.metrics, n_train=result.n_train, n_eval=result.n_eval,
               eval_split=eval_split, tags=result.tags)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  """``python -m deepbof_tf.baselines``: the MFCC baseline of a manifest, as a table row.
+
+  Args:
+    argv: command-line arguments (default ``sys.argv[1:]``).
+  """
+  import argparse
+  import json
+  parser = argparse.ArgumentParser(
+      prog="python -m deepbof_tf.baselines",
+      description="MFCC statistics + per-tag logistic regression: trained on the train "
+                  "split, scored on --eval_split with the paper's metrics.")
+  parser.add_argument("--manifest", required=True,
+                      help="manifest.csv (path,split,tags) or annotations_final.csv")
+  parser.add_argument("--manifest_format", choices=("csv", "mtt"), default="csv")
+  parser.add_argument("--audio_root", required=True,
+                      help="folder the manifest's paths are relative to")
+  parser.add_argument("--top_n_tags", type=int, default=50,
+                      help="keep the N most frequent tags (0: all), as deepbof-preprocess")
+  parser.add_argument("--eval_split", default="test", choices=("valid", "test"))
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--num_workers", type=int, default=2)
+  parser.add_argument("--output", default=None, help="write the metrics as JSON here")
+  args = parser.parse_args(argv)
+  result = run_mfcc_baseline(args.manifest, args.audio_root,
+                             manifest_format=args.manifest_format,
+                             top_n_tags=args.top_n_tags, eval_split=args.eval_split,
+                             seed=args.seed, num_workers=args.num_workers)
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump(result, f, indent=2, sort_keys=True)
+  columns = ("auc_tag", "auc_clip", "p_at_3", "p_at_6", "p_at_9", "p_at_12", "p_at_15",
+             "pr_auc")
+  print("\t".join(columns))
+  print("\t".join(f"{result[c]:.3f}" for c in columns))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

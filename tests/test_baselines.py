@@ -1,5 +1,6 @@
 """Tests of the MFCC + logistic-regression baseline (deepbof_tf.baselines)."""
 
+import json
 
 import librosa
 import numpy as np
@@ -117,6 +118,14 @@ def test_run_baseline_on_a_tiny_audible_dataset(tmp_path, rng):
   assert summary["p_at_3"] == pytest.approx(result.metrics["p_at_3"])
   assert summary["n_train"] == 28 and summary["n_eval"] == 12
   assert set(summary["per_tag"]) == {"low", "noisy"}
+  # ... and through `python -m deepbof_tf.baselines` (the README's reproduction command).
+  out = tmp_path / "baseline.json"
+  assert baselines.main(["--manifest", str(tmp_path / "manifest.csv"), "--audio_root",
+                         str(tmp_path), "--num_workers", "1", "--top_n_tags", "0",
+                         "--output", str(out)]) == 0
+  written = json.loads(out.read_text())
+  assert written["auc_tag"] == pytest.approx(summary["auc_tag"])
+  assert written["p_at_3"] == pytest.approx(summary["p_at_3"])
 
 
 def test_both_decoders_give_the_same_features_on_a_wav(tmp_path, rng):
