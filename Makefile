@@ -1,13 +1,15 @@
-# The two commands of the README. Each creates .venv if it is missing, installs the
+# The commands of the README. Each creates .venv if it is missing, installs the
 # package with its dev extra (only when setup.cfg/pyproject.toml changed), then runs.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-DEMO_DIR ?= demo_output
+DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
+# e.g. make bench BENCH_ARGS="--quick --only=frontend,serving" (see benchmarks/run_all.py)
+BENCH_ARGS ?=
 
-.PHONY: install test demo benchmarks clean
+.PHONY: install test demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/deepbof-demo --output_dir=$(DEMO_DIR)
+
+# Every benchmarks/bench_*.py, one after another; one table of measured / same-run
+# reference ratios, written to build/bench/latest.md (+ .json, logs/).
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info .pytest_cache

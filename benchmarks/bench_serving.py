@@ -46,6 +46,7 @@ sys.path.insert(0, ROOT)
 from deepbof_tf import frontend, models  # noqa: E402
 from deepbof_tf.config import DNNConfig, FrontendConfig  # noqa: E402
 from serving import export_lib  # noqa: E402
+import result_line  # noqa: E402  (benchmarks/, the script's own folder)
 
 SR = 22050
 CLIP_SAMPLES = 30 * SR
@@ -131,7 +132,7 @@ def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_ta
   }
 
 
-def throughput(args, version_dir: str, info: dict) -> None:
+def throughput(args, version_dir: str, info: dict) -> list:
   loaded = tf.saved_model.load(version_dir)
   serve = loaded.signatures["serving_default"]
   batch = music_batch(args.batch, CLIP_SAMPLES)
@@ -183,8 +184,16 @@ def throughput(args, version_dir: str, info: dict) -> None:
     print(f"  {name:10s} {1000 * value:8.1f} ms/batch  {args.batch / value:8.1f} clips/s"
           f"  {achieved:6.1f} GFLOP/s ({value / seconds:5.1%} of the whole)")
 
+  dominant = max(stages, key=stages.get)
+  return [result_line.measurement(
+      f"SavedModel serving_default, batch {args.batch} x 30-s clips", clips_per_second,
+      "clips/s", reference="roofline: the batch's FLOPs at the dense matmul rate",
+      reference_value=roofline, target=">= 40", applies=args.batch == 16,
+      note=f"matmul {rate / 1e9:.0f} GFLOP/s; slowest stage alone: {dominant} "
+           f"({stages[dominant] / seconds:.0%} of the whole)")]
 
-def hour_memory(args, export_dir: str) -> None:
+
+def hour_memory(args, export_dir: str) -> list:
   """Peak RSS of deepbof-tag on a long 44.1 kHz file (streamed decode + resampling)."""
   import soundfile as sf
   with tempfile.TemporaryDirectory() as tmp:
@@ -237,8 +246,14 @@ def hour_memory(args, export_dir: str) -> None:
           f"10-s clip: {base_seconds:.1f} s)")
     print(f"output: {output[:160]}")
 
+  return [result_line.measurement(
+      f"deepbof-tag peak RSS, {args.hour_seconds / 60:.0f}-min 44.1 kHz WAV", rss, "MB",
+      reference="deepbof-tag on a 10-s clip (TF runtime + model)", reference_value=base_rss,
+      target="< 1024", applies=args.hour_seconds >= 3600,
+      note=f"{seconds:.1f} s wall for the long file")]
 
-def main() -> None:
+
+def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--runs", type=int, default=5)
@@ -258,10 +273,24 @@ def main() -> None:
     export_dir = os.path.join(tmp, "export")
     version_dir = export_lib.export(args.model_dir_used, export_dir)
     info = export_lib.read_export_info(version_dir)
-    throughput(args, version_dir, info)
+    rows = throughput(args, version_dir, info)
+    failed = False
     if not args.skip_memory:
-      hour_memory(args, export_dir)
+      try:
+        rows += hour_memory(args, export_dir)
+      except RuntimeError as error:  # keep the throughput row; the memory row says why
+        print(error, file=sys.stderr)
+        failed = True
+        rows.append(result_line.measurement(
+            f"deepbof-tag peak RSS, {args.hour_seconds / 60:.0f}-min 44.1 kHz WAV", None,
+            "MB", target="< 1024", applies=args.hour_seconds >= 3600,
+            note="deepbof-tag failed (see the log)"))
+  result_line.emit("serving", rows, config={
+      "batch": args.batch, "runs": args.runs, "pca_dims": args.pca_dims,
+      "model": "synthetic" if args.model_dir is None else args.model_dir,
+      "hour_seconds": None if args.skip_memory else args.hour_seconds})
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
