@@ -1,0 +1,280 @@
+"""Runs a sweep's DAG: one subprocess per node, stamps, logs, failures, progress.
+
+Every node that finishes leaves a stamp ``DIR/.stamps/<node>.json`` with its command,
+its wall time and a run id. A node is *up to date* when its stamp says it finished,
+its command (and the files it copies in) are unchanged and its parents' run ids are
+the ones it ran after — so a parent that was rerun makes its children rerun too. A
+rerun or resumed sweep skips up-to-date nodes unless ``force``.
+
+A node that fails leaves a "failed" stamp (command, exit code, log path); the sweep
+goes on with every node that does not depend on it, and the nodes that do are
+reported as blocked. Each node's output (stdout and stderr) goes to
+``DIR/logs/<node>.log``; the console gets one line when a node starts and one when it
+ends, with its time and an estimate of what is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from typing import Callable, Dict, List, Optional, Sequence, Set
+
+from deepbof_tf.experiments import plan as plan_lib
+
+DONE = "done"
+UP_TO_DATE = "up to date"
+FAILED = "failed"
+BLOCKED = "blocked"
+PENDING = "pending"
+STALE = "stale"
+
+
+def resolve_script(name: str) -> str:
+  """The console script ``name`` next to this interpreter (the venv), else on PATH."""
+  candidate = os.path.join(os.path.dirname(sys.executable), name)
+  if os.path.exists(candidate):
+    return candidate
+  found = shutil.which(name)
+  if not found:
+    raise FileNotFoundError(f"console script {name!r} not found next to {sys.executable} "
+                            "or on PATH; is the package installed (pip install -e .)?")
+  return found
+
+
+def node_key(node: plan_lib.Node) -> str:
+  """A digest of what the node runs: its command (unresolved) and the files it copies."""
+  payload = json.dumps({"command": list(node.command),
+                        "copies": [list(c) for c in node.copies]}, sort_keys=True)
+  return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+  """A node that did not finish.
+
+  Args:
+    node: its name.
+    stage: its stage.
+    status: "failed" (it ran and exited non-zero) or "blocked" (a parent failed).
+    command: its command line.
+    exit_code: the exit code (None if blocked).
+    log: its log file.
+    reason: one line (the failing parent of a blocked node).
+  """
+
+  node: str
+  stage: str
+  status: str
+  command: str
+  exit_code: Optional[int]
+  log: str
+  reason: str = ""
+
+
+class Stamps:
+  """The stamps and logs of one output directory."""
+
+  def __init__(self, output_dir: str):
+    self.output_dir = output_dir
+    self.stamp_dir = os.path.join(output_dir, ".stamps")
+    self.log_dir = os.path.join(output_dir, "logs")
+
+  def stamp_path(self, name: str) -> str:
+    return os.path.join(self.stamp_dir, name + ".json")
+
+  def log_path(self, name: str) -> str:
+    return os.path.join(self.log_dir, name + ".log")
+
+  def read(self, name: str) -> Optional[Dict]:
+    path = self.stamp_path(name)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  def write(self, name: str, record: Dict) -> None:
+    path = self.stamp_path(name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Written whole then renamed: a killed sweep never leaves half a stamp.
+    with open(path + ".tmp", "w") as f:
+      json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+  def status(self, node: plan_lib.Node) -> str:
+    """"done" (up to date), "failed", "stale" (finished, but inputs changed) or "pending"."""
+    stamp = self.read(node.name)
+    if stamp is None:
+      return PENDING
+    if stamp.get("key") != node_key(node):
+      return STALE
+    if stamp.get("status") == FAILED:
+      return FAILED
+    for dep in node.deps:
+      parent = self.read(dep)
+      if (parent is None or parent.get("status") != DONE
+          or stamp.get("deps", {}).get(dep) != parent.get("run_id")):
+        return STALE
+    return DONE
+
+
+class Runner:
+  """Runs the nodes of a plan in order.
+
+  Args:
+    plan: the sweep's plan.
+    force: rerun every node, up to date or not (each from scratch).
+    resolve: maps a ``deepbof-*`` command name to an executable.
+    echo: where progress lines go.
+    env: extra environment variables for the subprocesses.
+  """
+
+  def __init__(self, plan: plan_lib.Plan, force: bool = False,
+               resolve: Callable[[str], str] = resolve_script,
+               echo: Callable[[str], None] = lambda line: print(line, flush=True),
+               env: Optional[Dict[str, str]] = None):
+    self.plan = plan
+    self.force = force
+    self.resolve = resolve
+    self.echo = echo
+    self.stamps = Stamps(plan.output_dir)
+    # Merged as mappings: ``env`` may override TF_CPP_MIN_LOG_LEVEL too.
+    self.env = {**os.environ,
+                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                **(env or {})}
+    self.outcome: Dict[str, str] = {}
+    self.failures: List[Failure] = []
+    self.seconds: Dict[str, float] = {}
+
+  def _say(self, message: str) -> None:
+    self.echo(f"[experiment {datetime.datetime.now():%H:%M:%S}] {message}")
+
+  def _argv(self, command: Sequence[str]) -> List[str]:
+    first = command[0]
+    if first.startswith("deepbof-"):
+      first = self.resolve(first)
+    return [first, *command[1:]]
+
+  def _up_to_date(self) -> Set[str]:
+    """The nodes a run skips: done, with no ancestor that runs again first.
+
+    A child's stamp still matches the run id of a stale parent until that parent
+    reruns, so ``Stamps.status`` alone would count it as up to date.
+    """
+    if self.force:
+      return set()
+    skip: Set[str] = set()
+    for name, node in self.plan.nodes.items():  # parents before children
+      if all(d in skip for d in node.deps) and self.stamps.status(node) == DONE:
+        skip.add(name)
+    return skip
+
+  def _stage_means(self) -> Dict[str, float]:
+    """Mean wall time per stage over the finished nodes of this plan (all runs)."""
+    sums: Dict[str, List[float]] = {}
+    for node in self.plan.nodes.values():
+      stamp = self.stamps.read(node.name)
+      if stamp and stamp.get("status") == DONE and "seconds" in stamp:
+        sums.setdefault(node.stage, []).append(float(stamp["seconds"]))
+    return {stage: sum(v) / len(v) for stage, v in sums.items()}
+
+  def _remaining(self, names: Sequence[str]) -> str:
+    means = self._stage_means()
+    skip = self._up_to_date()
+    known, unknown = 0.0, 0
+    for name in names:
+      if name not in skip:
+        stage = self.plan.nodes[name].stage
+        if stage in means:
+          known += means[stage]
+        else:
+          unknown += 1
+    if not known and not unknown:
+      return "nothing left"
+    text = f"~{known / 60:.0f} min left" if known else ""
+    if unknown:
+      text += f"{' + ' if text else ''}{unknown} node(s) of untimed stages"
+    return text
+
+  def _prepare(self, node: plan_lib.Node) -> None:
+    """Clears the node's directory unless it may resume, then copies its inputs in."""
+    status = self.stamps.status(node)
+    if self.force or status in (STALE, FAILED) or not node.resumable:
+      if os.path.isdir(node.output_dir):
+        shutil.rmtree(node.output_dir)
+    for source, destination in node.copies:
+      if not os.path.exists(source):
+        continue  # the command names what is missing (e.g. a split without clips)
+      os.makedirs(os.path.dirname(destination), exist_ok=True)
+      shutil.copy2(source, destination)
+
+  def _run_node(self, node: plan_lib.Node, index: int, total: int,
+                names: Sequence[str]) -> None:
+    log_path = self.stamps.log_path(node.name)
+    blocked_by = [d for d in node.deps if self.outcome.get(d) not in (DONE, UP_TO_DATE)]
+    if blocked_by:
+      self.outcome[node.name] = BLOCKED
+      self.failures.append(Failure(node.name, node.stage, BLOCKED, " ".join(node.command),
+                                   None, log_path, f"parent {blocked_by[0]} did not finish"))
+      self._say(f"({index}/{total}) {node.stage} {node.name}: blocked "
+                f"({blocked_by[0]} did not finish)")
+      return
+    if not self.force and self.stamps.status(node) == DONE:
+      self.outcome[node.name] = UP_TO_DATE
+      return
+    self._prepare(node)
+    self._say(f"({index}/{total}) {node.stage} {node.name}: started (log: {log_path})")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.perf_counter()
+    try:
+      argv = self._argv(node.command)
+      with open(log_path, "w") as log:
+        log.write("$ " + " ".join(argv) + "\n")
+        log.flush()
+        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                              check=False).returncode
+    except OSError as error:  # e.g. the console script is missing
+      with open(log_path, "a") as log:
+        log.write(f"{error}\n")
+      code = 127
+    seconds = time.perf_counter() - start
+    self.seconds[node.name] = seconds
+    parents = {dep: (self.stamps.read(dep) or {}).get("run_id") for dep in node.deps}
+    record = {"key": node_key(node), "command": list(node.command), "deps": parents,
+              "seconds": round(seconds, 1), "log": log_path,
+              "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    if code == 0:
+      self.stamps.write(node.name, dict(record, status=DONE, run_id=uuid.uuid4().hex))
+      self.outcome[node.name] = DONE
+      self._say(f"({index}/{total}) {node.stage} {node.name}: done in {seconds:.0f} s; "
+                f"{self._remaining(names[index:])}")
+    else:
+      self.stamps.write(node.name, dict(record, status=FAILED, exit_code=code))
+      self.outcome[node.name] = FAILED
+      self.failures.append(Failure(node.name, node.stage, FAILED, " ".join(node.command),
+                                   code, log_path))
+      self._say(f"({index}/{total}) {node.stage} {node.name}: FAILED with exit code "
+                f"{code} after {seconds:.0f} s (log: {log_path}); the sweep goes on")
+
+  def run(self) -> Dict[str, str]:
+    """Runs (or skips) every node; returns node name → done/up to date/failed/blocked."""
+    names = list(self.plan.nodes)
+    skipped = self._up_to_date()
+    self._say(f"{len(names)} nodes, {len(skipped)} up to date (skipped; --force reruns "
+              f"them); {self._remaining(names)}")
+    for index, name in enumerate(names, 1):
+      self._run_node(self.plan.nodes[name], index, len(names), names)
+    ran = sum(1 for s in self.outcome.values() if s == DONE)
+    up_to_date = sum(1 for s in self.outcome.values() if s == UP_TO_DATE)
+    self._say(f"finished: {ran} ran, {up_to_date} up to date, "
+              f"{sum(1 for f in self.failures if f.status == FAILED)} failed, "
+              f"{sum(1 for f in self.failures if f.status == BLOCKED)} blocked; "
+              f"{sum(self.seconds.values()) / 60:.1f} min")
+    return dict(self.outcome)
