@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from typing import Callable, List, Optional, Sequence
 
 from absl import app
 from absl import flags
+
+
+def console_script(name: str) -> str:
+  """The console script ``name`` next to this interpreter (the venv), else on PATH.
+
+  The demo and the experiment sweeps run the pipeline's own commands in subprocesses;
+  this finds them in the same environment as the caller.
+  """
+  candidate = os.path.join(os.path.dirname(sys.executable), name)
+  if os.path.exists(candidate):
+    return candidate
+  found = shutil.which(name)
+  if not found:
+    raise FileNotFoundError(f"console script {name!r} not found next to {sys.executable} "
+                            "or on PATH; is the package installed (pip install -e .)?")
+  return found
 
 
 def run_console_script(main: Callable[[Sequence[str]], Optional[int]],

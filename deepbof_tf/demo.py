@@ -64,18 +64,6 @@ def _define_flags() -> None:
   flags.DEFINE_bool("force", False, "Rerun every step even if its stamp matches.")
 
 
-def _script(name: str) -> str:
-  """The console script next to this interpreter (the venv's bin directory)."""
-  candidate = os.path.join(os.path.dirname(sys.executable), name)
-  if os.path.exists(candidate):
-    return candidate
-  found = shutil.which(name)
-  if not found:
-    raise FileNotFoundError(f"console script {name!r} not found next to {sys.executable} "
-                            "or on PATH; is the package installed (pip install -e .)?")
-  return found
-
-
 def _clean(line: str) -> str:
   line = _ABSL_PREFIX.sub("", line.strip())
   return line if len(line) <= 150 else line[:147] + "..."
@@ -248,11 +236,11 @@ def main(argv: Sequence[str]) -> None:
   seed = str(FLAGS.seed)
 
   steps.run("corpus", [
-      _script("deepbof-make-demo-corpus"), f"--output_dir={corpus}",
+      cli.console_script("deepbof-make-demo-corpus"), f"--output_dir={corpus}",
       f"--num_clips={FLAGS.num_clips}", f"--clip_seconds={FLAGS.clip_seconds}",
       f"--seed={seed}", f"--num_workers={FLAGS.num_workers}"], outputs=[corpus])
   steps.run("preprocess", [
-      _script("deepbof-preprocess"), "--manifest_format=mtt",
+      cli.console_script("deepbof-preprocess"), "--manifest_format=mtt",
       f"--manifest={os.path.join(corpus, 'annotations_final.csv')}",
       f"--audio_root={os.path.join(corpus, 'audio')}", f"--output_dir={data}",
       "--top_n_tags=50", f"--num_blocks={preset.num_blocks}", f"--seed={seed}",
@@ -260,11 +248,11 @@ def main(argv: Sequence[str]) -> None:
       f"--direct_num_workers={FLAGS.num_workers}",
       "--direct_running_mode=multi_processing"], outputs=[data])
   steps.run("train", [
-      _script("deepbof-train"), f"--data_dir={data}", f"--model_dir={model}",
+      cli.console_script("deepbof-train"), f"--data_dir={data}", f"--model_dir={model}",
       "--stages=learn-local-features,encode,pretrain,finetune", f"--preset={preset.name}",
       f"--seed={seed}", "--overwrite"], outputs=[model])
   steps.run("evaluate", [
-      _script("deepbof-evaluate"), f"--data_dir={data}", f"--model_dir={model}",
+      cli.console_script("deepbof-evaluate"), f"--data_dir={data}", f"--model_dir={model}",
       "--split=test"])
   baseline_path = os.path.join(out, "baseline_mfcc.json")
   steps.run("baseline", [
@@ -274,10 +262,10 @@ def main(argv: Sequence[str]) -> None:
       f"--seed={seed}", f"--num_workers={FLAGS.num_workers}",
       f"--output={baseline_path}"])
   steps.run("export", [
-      _script("deepbof-export"), f"--model_dir={model}", f"--export_dir={export}",
+      cli.console_script("deepbof-export"), f"--model_dir={model}", f"--export_dir={export}",
       "--version=1"], outputs=[export])
   test_clips = _test_clips(corpus, FLAGS.num_tag_clips)
-  steps.run("tag", [_script("deepbof-tag"), f"--model={export}", "--top_k=5",
+  steps.run("tag", [cli.console_script("deepbof-tag"), f"--model={export}", "--top_k=5",
                     "--output=table", "--noprogress", *test_clips])
   _print_true_tags(corpus, test_clips)
 

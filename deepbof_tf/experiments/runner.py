@@ -22,11 +22,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
+from deepbof_tf import cli
 from deepbof_tf.experiments import plan as plan_lib
 
 DONE = "done"
@@ -37,16 +37,8 @@ PENDING = "pending"
 STALE = "stale"
 
 
-def resolve_script(name: str) -> str:
-  """The console script ``name`` next to this interpreter (the venv), else on PATH."""
-  candidate = os.path.join(os.path.dirname(sys.executable), name)
-  if os.path.exists(candidate):
-    return candidate
-  found = shutil.which(name)
-  if not found:
-    raise FileNotFoundError(f"console script {name!r} not found next to {sys.executable} "
-                            "or on PATH; is the package installed (pip install -e .)?")
-  return found
+# A ``deepbof-*`` command name → the console script of this environment.
+resolve_script = cli.console_script
 
 
 def node_key(node: plan_lib.Node) -> str:
