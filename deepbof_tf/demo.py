@@ -17,7 +17,8 @@ The ``demo`` preset (``deepbof_tf.config.PRESETS``) scales the block budget and 
 fine-tuning epochs to the corpus so the chain fits in ~12 minutes on 2 cores; every
 other value is the paper's. Every finished step leaves a stamp holding its command line
 in ``output_dir/.stamps``; a rerun with the same flags skips it, saying so (``--force``
-reruns everything). Each step's standard output (tables, tags) is shown, its log
+reruns everything). Each step's standard output (tables, tags) is shown and kept in
+``output_dir/logs/<step>.out`` (shown again when the step is skipped), its log
 (absl, Beam and TensorFlow logging) goes to ``output_dir/logs/<step>.log``, stage
 headers and a progress line every few seconds are echoed, and the log's tail is
 printed if the step fails.
@@ -69,15 +70,26 @@ def _clean(line: str) -> str:
   return line if len(line) <= 150 else line[:147] + "..."
 
 
-def _run_logged(command: Sequence[str], log_path: str, label: str,
+def _run_logged(command: Sequence[str], log_path: str, label: str, output_path: str,
                 echo: Pattern[str] = _ECHO, heartbeat: float = 20.0) -> int:
-  """Runs ``command`` with stdout shown and stderr saved to ``log_path``.
+  """Runs ``command`` with stdout shown and kept in ``output_path``, stderr in ``log_path``.
 
   Lines of stderr matching ``echo`` are shown as they come; every ``heartbeat`` seconds
   without output, the latest log line (e.g. an epoch or a progress bar) is shown.
   """
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-  process = subprocess.Popen(list(command), stderr=subprocess.PIPE, env=env)
+  process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env)
+
+  def copy_stdout() -> None:
+    with open(output_path, "wb") as kept:
+      for chunk in iter(lambda: process.stdout.read1(1 << 14), b""):
+        kept.write(chunk)
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+
+  copier = threading.Thread(target=copy_stdout, daemon=True)
+  copier.start()
   latest = [""]
   shown = [time.monotonic()]
 
@@ -107,6 +119,7 @@ def _run_logged(command: Sequence[str], log_path: str, label: str,
             flush=True)
       shown[0] = time.monotonic()
   reader.join()
+  copier.join()
   return process.returncode
 
 
@@ -125,6 +138,18 @@ class _Steps:
     # that reran (new run id) makes every later step rerun too.
     self._upstream: List[str] = []
 
+  def _output_path(self, name: str) -> str:
+    return os.path.join(self._logs, name + ".out")
+
+  def _replay(self, name: str) -> None:
+    """Shows what a skipped step printed when it ran (its tables, its tags)."""
+    path = self._output_path(name)
+    if os.path.exists(path) and os.path.getsize(path):
+      print(f"[demo] {name}: its output then:", flush=True)
+      with open(path, "rb") as kept:
+        sys.stdout.buffer.write(kept.read())
+      sys.stdout.flush()
+
   def run(self, name: str, command: Sequence[str], outputs: Sequence[str] = ()) -> None:
     key = hashlib.sha256(json.dumps([list(command), self._upstream]).encode()).hexdigest()
     stamp = os.path.join(self._stamps, name + ".json")
@@ -134,6 +159,7 @@ class _Steps:
       if record.get("key") == key and record.get("run_id"):
         print(f"\n[demo] {name}: already done by an earlier run with the same command "
               "and inputs, skipped (--force reruns it)", flush=True)
+        self._replay(name)
         self.skipped.append(name)
         self._upstream.append(record["run_id"])
         return
@@ -144,7 +170,7 @@ class _Steps:
     log_path = os.path.join(self._logs, name + ".log")
     print(f"\n[demo] {name}: {' '.join(command)}\n[demo] (log: {log_path})", flush=True)
     start = time.perf_counter()
-    returncode = _run_logged(command, log_path, name)
+    returncode = _run_logged(command, log_path, name, self._output_path(name))
     self.timings[name] = time.perf_counter() - start
     if returncode != 0:
       with open(log_path, errors="replace") as log:

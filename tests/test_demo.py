@@ -15,7 +15,8 @@ from deepbof_tf import demo
 
 def _step(counter: str, tag: str, exit_code: int = 0):
   code = (f"import sys; open({counter!r}, 'a').write({tag!r} + '\\n'); "
-          f"print('=== stage {tag}', file=sys.stderr); sys.exit({exit_code})")
+          f"print('=== stage {tag}', file=sys.stderr); print('table of {tag}'); "
+          f"sys.exit({exit_code})")
   return [sys.executable, "-c", code]
 
 
@@ -92,3 +93,16 @@ def test_outputs_of_a_rerun_step_are_cleared_first(tmp_path):
   (target / "stale.txt").write_text("from an older run")
   demo._Steps(out, False).run("make", _step(counter, "a"), outputs=[str(target)])
   assert not target.exists()
+
+
+def test_step_output_is_shown_kept_and_replayed_when_skipped(tmp_path, capsys):
+  out, counter = str(tmp_path / "out"), str(tmp_path / "ran.txt")
+  _chain(out, counter)
+  first = capsys.readouterr().out
+  assert "table of a" in first and "table of c" in first
+  with open(os.path.join(out, "logs", "second.out")) as f:
+    assert f.read().strip() == "table of b"
+  _chain(out, counter)
+  second = capsys.readouterr().out
+  assert _ran(counter) == ["a", "b", "c"]  # nothing ran, yet the tables are shown
+  assert "third: its output then:" in second and "table of c" in second
