@@ -1,0 +1,798 @@
+/* Native CPU kernel for one CD-1 epoch of the Gaussian–binary sparse RBM (SPEC §3).
+ *
+ * Why a kernel of our own: CD-1 at the paper's sizes (B = 100, D ≈ 150, H = 1024) is a
+ * serial chain of five small products per minibatch. Issued one TF op at a time, each
+ * product is split across the cores and re-reads W from shared cache, and the chain
+ * reaches under half of this machine's dense matmul rate. Here every thread owns a
+ * fixed range of hidden units for the whole epoch: its slice of W, ΔW, c, Δc and q
+ * stays in its own core's cache, four of the five products need no communication, and
+ * the fifth (v⁻ = hWᵀ + b, a sum over hidden units) needs one small reduction and one
+ * barrier per step.
+ *
+ * The update is the one of SparseRBMTrainer.step in sparse_rbm.py (same order, same
+ * formulas). The sampling draws are bit-identical to the TF path's
+ * tf.random.stateless_uniform([B, H], seed=(seed0, seed1)): TF's Philox4x32-10 with
+ * the seed scrambled into a key and counter as StatelessRandomGetKeyCounter does, and
+ * the 23-bit mantissa float conversion of tsl/lib/random/random_distributions.h.
+ * The partial sums of hWᵀ are formed over fixed 128-unit chunks and added in chunk
+ * order, so the result does not depend on the number of threads.
+ *
+ * Products use a packed 6×16 AVX2/FMA micro-kernel; the module builds everywhere but
+ * reports supported() = False on CPUs without AVX2+FMA (the Python side then uses TF).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CD1_X86 1
+#include <immintrin.h>
+#endif
+
+/* Hidden units per partial sum of hWᵀ: fixed, so results do not depend on threads. */
+#define CHUNK 128
+#define MR 6
+#define NR 16
+
+/* ---------------------------------------------------------------------------------
+ * Philox4x32-10, as TF's stateless random ops use it (portable C).
+ * ------------------------------------------------------------------------------- */
+#define PHILOX_W32A 0x9E3779B9u
+#define PHILOX_W32B 0xBB67AE85u
+#define PHILOX_M4x32A 0xD2511F53u
+#define PHILOX_M4x32B 0xCD9E8D57u
+
+static void philox10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]) {
+  uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3];
+  uint32_t k0 = key[0], k1 = key[1];
+  for (int round = 0; round < 10; ++round) {
+    uint64_t p0 = (uint64_t)PHILOX_M4x32A * c0;
+    uint64_t p1 = (uint64_t)PHILOX_M4x32B * c2;
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
+    uint32_t n1 = (uint32_t)p1;
+    uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+    uint32_t n3 = (uint32_t)p0;
+    c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+    k0 += PHILOX_W32A;
+    k1 += PHILOX_W32B;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+/* TF's seed scrambling for stateless ops: seed (s0, s1) → Philox key and counter. */
+static void philox_key_counter(uint64_t seed0, uint64_t seed1, uint32_t key[2],
+                               uint32_t counter[4]) {
+  const uint32_t fixed_key[2] = {0x3ec8f720u, 0x02461e29u};
+  uint32_t ctr[4] = {(uint32_t)seed0, (uint32_t)(seed0 >> 32), (uint32_t)seed1,
+                     (uint32_t)(seed1 >> 32)};
+  uint32_t mix[4];
+  philox10(ctr, fixed_key, mix);
+  key[0] = mix[0];
+  key[1] = mix[1];
+  counter[0] = 0;
+  counter[1] = 0;
+  counter[2] = mix[2];
+  counter[3] = mix[3];
+}
+
+static inline float uint32_to_unit_float(uint32_t x) {
+  uint32_t bits = (x & 0x7fffffu) | 0x3f800000u;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f - 1.0f;
+}
+
+/* Philox output block number `group` of the stream: the counter advanced by `group`
+ * (a 128-bit add, as PhiloxRandom::Skip). */
+static inline void philox_block(const uint32_t key[2], const uint32_t counter[4],
+                                uint64_t group, uint32_t out[4]) {
+  uint32_t c[4];
+  uint64_t lo = ((uint64_t)counter[1] << 32 | counter[0]);
+  uint64_t sum = lo + group;
+  c[0] = (uint32_t)sum;
+  c[1] = (uint32_t)(sum >> 32);
+  c[2] = counter[2];
+  c[3] = counter[3];
+  if (sum < lo) { /* carry into the upper 64 bits */
+    if (++c[2] == 0) ++c[3];
+  }
+  philox10(c, key, out);
+}
+
+/* Elements [start, start + count) of the uniform stream, scalar (reference and tails). */
+static void uniform_range_scalar(const uint32_t key[2], const uint32_t counter[4],
+                                 uint64_t start, int64_t count, float *out) {
+  uint32_t block[4];
+  uint64_t current = UINT64_MAX;
+  for (int64_t i = 0; i < count; ++i) {
+    uint64_t index = start + (uint64_t)i;
+    if (index / 4 != current) {
+      current = index / 4;
+      philox_block(key, counter, current, block);
+    }
+    out[i] = uint32_to_unit_float(block[index % 4]);
+  }
+}
+
+#ifdef CD1_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+/* ---------------------------------------------------------------------------------
+ * Philox, eight blocks at a time (AVX2); same numbers as philox_block.
+ * ------------------------------------------------------------------------------- */
+static inline void mul_hi_lo(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
+  __m256i even = _mm256_mul_epu32(a, m);
+  __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+/* Uniforms of blocks group0 … group0+7 (32 floats) when no carry leaves counter[0..1]. */
+static inline void philox8_uniform(const uint32_t key[2], const uint32_t counter[4],
+                                   uint64_t group0, float *out) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  uint64_t base = ((uint64_t)counter[1] << 32 | counter[0]) + group0;
+  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)base), lane);
+  __m256i c1 = _mm256_set1_epi32((int)(uint32_t)(base >> 32));
+  __m256i c2 = _mm256_set1_epi32((int)counter[2]);
+  __m256i c3 = _mm256_set1_epi32((int)counter[3]);
+  const __m256i ma = _mm256_set1_epi32((int)PHILOX_M4x32A);
+  const __m256i mb = _mm256_set1_epi32((int)PHILOX_M4x32B);
+  uint32_t k0 = key[0], k1 = key[1];
+  for (int round = 0; round < 10; ++round) {
+    __m256i hi0, lo0, hi1, lo1;
+    mul_hi_lo(c0, ma, &hi0, &lo0);
+    mul_hi_lo(c2, mb, &hi1, &lo1);
+    __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1),
+                                  _mm256_set1_epi32((int)k0));
+    __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3),
+                                  _mm256_set1_epi32((int)k1));
+    c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+    k0 += PHILOX_W32A;
+    k1 += PHILOX_W32B;
+  }
+  /* To floats, then from [word][block] to the stream order [block][word]. */
+  const __m256i mantissa = _mm256_set1_epi32(0x7fffff);
+  const __m256i one_bits = _mm256_set1_epi32(0x3f800000);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 f0 = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(
+      _mm256_and_si256(c0, mantissa), one_bits)), one);
+  __m256 f1 = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(
+      _mm256_and_si256(c1, mantissa), one_bits)), one);
+  __m256 f2 = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(
+      _mm256_and_si256(c2, mantissa), one_bits)), one);
+  __m256 f3 = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(
+      _mm256_and_si256(c3, mantissa), one_bits)), one);
+  __m256 t0 = _mm256_unpacklo_ps(f0, f1); /* b0w0 b0w1 b1w0 b1w1 | b4.. b5.. */
+  __m256 t1 = _mm256_unpackhi_ps(f0, f1); /* b2w0 b2w1 b3w0 b3w1 | b6.. b7.. */
+  __m256 t2 = _mm256_unpacklo_ps(f2, f3);
+  __m256 t3 = _mm256_unpackhi_ps(f2, f3);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44); /* block 0 | block 4 */
+  __m256 s1 = _mm256_shuffle_ps(t0, t2, 0xEE); /* block 1 | block 5 */
+  __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44); /* block 2 | block 6 */
+  __m256 s3 = _mm256_shuffle_ps(t1, t3, 0xEE); /* block 3 | block 7 */
+  _mm256_storeu_ps(out + 0, _mm256_permute2f128_ps(s0, s1, 0x20));
+  _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(s2, s3, 0x20));
+  _mm256_storeu_ps(out + 16, _mm256_permute2f128_ps(s0, s1, 0x31));
+  _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(s2, s3, 0x31));
+}
+
+/* Elements [start, start + count) of the uniform stream. */
+static void uniform_range(const uint32_t key[2], const uint32_t counter[4],
+                          uint64_t start, int64_t count, float *out) {
+  uint64_t low = ((uint64_t)counter[1] << 32 | counter[0]);
+  /* Scalar up to a block boundary, then 32 at a time while the eight counters differ
+     only in their lowest word (no carry; always so for TF's seeded counters). */
+  int64_t i = (int64_t)((4 - start % 4) % 4);
+  if (i > count) i = count;
+  if (i) uniform_range_scalar(key, counter, start, i, out);
+  for (; i + 32 <= count; i += 32) {
+    uint64_t base = low + (start + (uint64_t)i) / 4;
+    if (base < low || (uint32_t)base > UINT32_MAX - 7u) break;
+    philox8_uniform(key, counter, (start + (uint64_t)i) / 4, out + i);
+  }
+  if (i < count) uniform_range_scalar(key, counter, start + (uint64_t)i, count - i, out + i);
+}
+
+/* ---------------------------------------------------------------------------------
+ * exp and the logistic function, 8 lanes (range reduction by ln 2 and a degree-6
+ * polynomial on [−ln2/2, ln2/2]; about 1 ulp).
+ * ------------------------------------------------------------------------------- */
+static inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  /* r = x − n·ln2 with ln2 split into an exactly representable head and a tail. */
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                 _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline __m256 sigmoid8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+/* ---------------------------------------------------------------------------------
+ * Packed GEMM: C[M×N] = A[M×K]·B[K×N] with A packed in panels of MR rows
+ * ([panel][k][MR]) and B in panels of NR columns ([panel][k][NR]), zero-padded.
+ * ------------------------------------------------------------------------------- */
+static void pack_a(float *dst, int k_total, int k_offset, const float *src, int m,
+                   int k, int64_t row_stride, int64_t col_stride, float scale) {
+  int panels = (m + MR - 1) / MR;
+  for (int p = 0; p < panels; ++p) {
+    float *panel = dst + (int64_t)p * MR * k_total + (int64_t)k_offset * MR;
+    for (int i = 0; i < MR; ++i) {
+      int row = p * MR + i;
+      if (row < m) {
+        const float *s = src + row * row_stride;
+        for (int kk = 0; kk < k; ++kk) panel[kk * MR + i] = scale * s[kk * col_stride];
+      } else {
+        for (int kk = 0; kk < k; ++kk) panel[kk * MR + i] = 0.0f;
+      }
+    }
+  }
+}
+
+static void pack_b(float *dst, int k_total, int k_offset, const float *src, int k, int n,
+                   int64_t row_stride, int64_t col_stride) {
+  int panels = (n + NR - 1) / NR;
+  for (int p = 0; p < panels; ++p) {
+    float *panel = dst + (int64_t)p * NR * k_total + (int64_t)k_offset * NR;
+    int cols = n - p * NR < NR ? n - p * NR : NR;
+    if (col_stride == 1 && cols == NR) {
+      for (int kk = 0; kk < k; ++kk)
+        memcpy(panel + kk * NR, src + kk * row_stride + p * NR, NR * sizeof(float));
+    } else {
+      for (int kk = 0; kk < k; ++kk) {
+        for (int j = 0; j < cols; ++j)
+          panel[kk * NR + j] = src[kk * row_stride + (int64_t)(p * NR + j) * col_stride];
+        for (int j = cols; j < NR; ++j) panel[kk * NR + j] = 0.0f;
+      }
+    }
+  }
+}
+
+static inline void micro_kernel(int k, const float *restrict a, const float *restrict b,
+                                float *restrict c, int64_t ldc) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int kk = 0; kk < k; ++kk) {
+    __m256 b0 = _mm256_load_ps(b + kk * NR);
+    __m256 b1 = _mm256_load_ps(b + kk * NR + 8);
+    __m256 x;
+    x = _mm256_broadcast_ss(a + kk * MR + 0);
+    c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
+    x = _mm256_broadcast_ss(a + kk * MR + 1);
+    c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
+    x = _mm256_broadcast_ss(a + kk * MR + 2);
+    c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
+    x = _mm256_broadcast_ss(a + kk * MR + 3);
+    c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+    x = _mm256_broadcast_ss(a + kk * MR + 4);
+    c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
+    x = _mm256_broadcast_ss(a + kk * MR + 5);
+    c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
+  }
+  _mm256_storeu_ps(c + 0 * ldc, c00); _mm256_storeu_ps(c + 0 * ldc + 8, c01);
+  _mm256_storeu_ps(c + 1 * ldc, c10); _mm256_storeu_ps(c + 1 * ldc + 8, c11);
+  _mm256_storeu_ps(c + 2 * ldc, c20); _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+  _mm256_storeu_ps(c + 3 * ldc, c30); _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+  _mm256_storeu_ps(c + 4 * ldc, c40); _mm256_storeu_ps(c + 4 * ldc + 8, c41);
+  _mm256_storeu_ps(c + 5 * ldc, c50); _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+}
+
+static void gemm_packed(int m, int n, int k, const float *a_packed, const float *b_packed,
+                        float *c, int64_t ldc) {
+  float edge[MR * NR] __attribute__((aligned(32)));
+  int m_panels = (m + MR - 1) / MR, n_panels = (n + NR - 1) / NR;
+  for (int q = 0; q < n_panels; ++q) {
+    const float *b = b_packed + (int64_t)q * NR * k;
+    int cols = n - q * NR < NR ? n - q * NR : NR;
+    for (int p = 0; p < m_panels; ++p) {
+      const float *a = a_packed + (int64_t)p * MR * k;
+      int rows = m - p * MR < MR ? m - p * MR : MR;
+      float *out = c + (int64_t)p * MR * ldc + q * NR;
+      if (rows == MR && cols == NR) {
+        micro_kernel(k, a, b, out, ldc);
+      } else {
+        micro_kernel(k, a, b, edge, NR);
+        for (int i = 0; i < rows; ++i)
+          memcpy(out + i * ldc, edge + i * NR, cols * sizeof(float));
+      }
+    }
+  }
+}
+
+/* ---------------------------------------------------------------------------------
+ * A sense-reversing barrier that spins briefly, then yields (shared machines).
+ * ------------------------------------------------------------------------------- */
+typedef struct {
+  atomic_int count;
+  atomic_int generation;
+  int parties;
+} spin_barrier;
+
+static void barrier_wait(spin_barrier *barrier) {
+  int generation = atomic_load_explicit(&barrier->generation, memory_order_acquire);
+  if (atomic_fetch_add_explicit(&barrier->count, 1, memory_order_acq_rel) ==
+      barrier->parties - 1) {
+    atomic_store_explicit(&barrier->count, 0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&barrier->generation, 1, memory_order_release);
+    return;
+  }
+  int spins = 0;
+  while (atomic_load_explicit(&barrier->generation, memory_order_acquire) == generation) {
+    if (++spins < 4000) _mm_pause();
+    else sched_yield();
+  }
+}
+
+/* ---------------------------------------------------------------------------------
+ * The epoch.
+ * ------------------------------------------------------------------------------- */
+typedef struct {
+  /* inputs */
+  const float *batches;
+  int64_t num_batches;
+  int batch, visible, hidden;
+  uint64_t seed0;
+  int64_t step_offset;
+  float learning_rate, momentum, weight_cost;
+  float sparsity_decay, sparsity_gain, sparsity_target;
+  /* parameters and training state, updated in place */
+  float *kernel, *hidden_bias, *visible_bias;
+  float *kernel_increment, *hidden_bias_increment, *visible_bias_increment;
+  float *running_activation;
+  /* shared scratch */
+  int num_threads, num_chunks;
+  float *partials; /* [2][num_chunks][batch·visible] */
+  spin_barrier barrier;
+  atomic_int gate; /* 0: wait, 1: run, −1: a thread failed to start, return */
+  /* results */
+  double error_sum;
+  double activation_sums[64];
+  int failed[64];
+} epoch_state;
+
+typedef struct {
+  epoch_state *state;
+  int thread;
+  int chunk_begin, chunk_end; /* this thread's chunks of hidden units */
+} worker_args;
+
+static float *aligned_floats(int64_t count) {
+  void *p = NULL;
+  size_t bytes = (size_t)((count + 16) * (int64_t)sizeof(float));
+  bytes = (bytes + 63) / 64 * 64;
+  if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+  memset(p, 0, bytes);
+  return (float *)p;
+}
+
+static void *run_worker(void *argument) {
+  worker_args *args = (worker_args *)argument;
+  epoch_state *s = args->state;
+  int gate;
+  while ((gate = atomic_load_explicit(&s->gate, memory_order_acquire)) == 0) sched_yield();
+  if (gate < 0) return NULL;
+  const int B = s->batch, D = s->visible, H = s->hidden;
+  const int h0 = args->chunk_begin * CHUNK;
+  const int h1 = args->chunk_end * CHUNK < H ? args->chunk_end * CHUNK : H;
+  const int hc = h1 - h0; /* may be 0 for a thread with no chunk */
+  const int ceil_b = (B + MR - 1) / MR * MR, ceil_d = (D + MR - 1) / MR * MR;
+  const int ceil_hc = (hc + NR - 1) / NR * NR, ceil_dn = (D + NR - 1) / NR * NR;
+  const int64_t slice = (int64_t)B * D;
+
+  float *w_packed = aligned_floats((int64_t)ceil_hc * D);          /* B of G1, G3 */
+  float *a_packed = aligned_floats((int64_t)ceil_b * (D > CHUNK ? D : CHUNK));
+  float *wt_packed = aligned_floats((int64_t)ceil_dn * CHUNK);     /* B of G2 */
+  float *g_a_packed = aligned_floats((int64_t)ceil_d * 2 * B);     /* A of G4 */
+  float *g_b_packed = aligned_floats((int64_t)ceil_hc * 2 * B);    /* B of G4 */
+  float *probabilities = aligned_floats((int64_t)2 * B * (hc ? hc : 1)); /* [p⁺; p⁻] */
+  float *states = aligned_floats((int64_t)B * (hc ? hc : 1));
+  float *gradient = aligned_floats((int64_t)D * (hc ? hc : 1));
+  float *negative_visible = aligned_floats(slice);
+  float *uniform = aligned_floats((int64_t)(hc ? hc : 1) + 32);
+  float *positive_sum = aligned_floats(hc ? hc : 1);
+  float *negative_sum = aligned_floats(hc ? hc : 1);
+  float *visible_bias = aligned_floats(D), *visible_increment = aligned_floats(D);
+  int ok = w_packed && a_packed && wt_packed && g_a_packed && g_b_packed &&
+           probabilities && states && gradient && negative_visible && uniform &&
+           positive_sum && negative_sum && visible_bias && visible_increment;
+  s->failed[args->thread] = !ok;
+  if (ok) {
+    /* Every thread keeps its own copy of b and Δb and updates it identically, so no
+       thread writes what another reads. */
+    memcpy(visible_bias, s->visible_bias, D * sizeof(float));
+    memcpy(visible_increment, s->visible_bias_increment, D * sizeof(float));
+  }
+  barrier_wait(&s->barrier);
+  for (int t = 0; t < s->num_threads; ++t) ok = ok && !s->failed[t];
+
+  const float lr = s->learning_rate, momentum = s->momentum;
+  const float scale = lr / (float)B;
+  double activation_sum = 0.0, error_sum = 0.0;
+  float *positive = probabilities, *negative = probabilities + (int64_t)B * hc;
+
+  for (int64_t step = 0; ok && step < s->num_batches; ++step) {
+    const float *v = s->batches + step * slice;
+    float *partials = s->partials + (step & 1) * (int64_t)s->num_chunks * slice;
+    uint32_t key[2], counter[4];
+    philox_key_counter(s->seed0, (uint64_t)(s->step_offset + step), key, counter);
+
+    if (hc > 0) {
+      /* G1: p⁺ = σ(vW + c) on this thread's units; h = 1[p⁺ > u]. */
+      pack_b(w_packed, D, 0, s->kernel + h0, D, hc, H, 1);
+      pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
+      gemm_packed(B, hc, D, a_packed, w_packed, positive, hc);
+      for (int j = 0; j < hc; ++j) positive_sum[j] = 0.0f;
+      for (int r = 0; r < B; ++r) {
+        float *row = positive + (int64_t)r * hc;
+        float *state_row = states + (int64_t)r * hc;
+        uniform_range(key, counter, (uint64_t)r * H + h0, hc, uniform);
+        int j = 0;
+        for (; j + 8 <= hc; j += 8) {
+          __m256 p = sigmoid8(_mm256_add_ps(_mm256_loadu_ps(row + j),
+                                            _mm256_loadu_ps(s->hidden_bias + h0 + j)));
+          _mm256_storeu_ps(row + j, p);
+          _mm256_storeu_ps(positive_sum + j,
+                           _mm256_add_ps(_mm256_loadu_ps(positive_sum + j), p));
+          __m256 on = _mm256_cmp_ps(p, _mm256_loadu_ps(uniform + j), _CMP_GT_OQ);
+          _mm256_storeu_ps(state_row + j, _mm256_and_ps(on, _mm256_set1_ps(1.0f)));
+        }
+        if (j < hc) { /* tail through the same 8-lane code */
+          float x[8] = {0}, u[8] = {0}, p[8];
+          for (int t = 0; j + t < hc; ++t) {
+            x[t] = row[j + t] + s->hidden_bias[h0 + j + t];
+            u[t] = uniform[j + t];
+          }
+          _mm256_storeu_ps(p, sigmoid8(_mm256_loadu_ps(x)));
+          for (int t = 0; j + t < hc; ++t) {
+            row[j + t] = p[t];
+            positive_sum[j + t] += p[t];
+            state_row[j + t] = p[t] > u[t] ? 1.0f : 0.0f;
+          }
+        }
+      }
+      /* G2, per chunk: the partial hWᵀ over the chunk's units. */
+      for (int chunk = args->chunk_begin; chunk < args->chunk_end; ++chunk) {
+        int c0 = chunk * CHUNK - h0;
+        int c1 = (chunk + 1) * CHUNK < H ? (chunk + 1) * CHUNK - h0 : H - h0;
+        int kc = c1 - c0;
+        pack_a(a_packed, kc, 0, states + c0, B, kc, hc, 1, 1.0f);
+        pack_b(wt_packed, kc, 0, s->kernel + h0 + c0, kc, D, 1, H);
+        gemm_packed(B, D, kc, a_packed, wt_packed, partials + chunk * slice, D);
+      }
+    }
+    barrier_wait(&s->barrier);
+
+    /* v⁻ = Σ_chunks (hWᵀ)_chunk + b, in chunk order (every thread, the same way). */
+    memcpy(negative_visible, partials, slice * sizeof(float));
+    for (int chunk = 1; chunk < s->num_chunks; ++chunk) {
+      const float *part = partials + chunk * slice;
+      for (int64_t i = 0; i < slice; ++i) negative_visible[i] += part[i];
+    }
+    for (int r = 0; r < B; ++r)
+      for (int d = 0; d < D; ++d) negative_visible[(int64_t)r * D + d] += visible_bias[d];
+
+    if (hc > 0) {
+      /* G3: p⁻ = σ(v⁻W + c). */
+      pack_a(a_packed, D, 0, negative_visible, B, D, D, 1, 1.0f);
+      gemm_packed(B, hc, D, a_packed, w_packed, negative, hc);
+      for (int j = 0; j < hc; ++j) negative_sum[j] = 0.0f;
+      for (int r = 0; r < B; ++r) {
+        float *row = negative + (int64_t)r * hc;
+        int j = 0;
+        for (; j + 8 <= hc; j += 8) {
+          __m256 p = sigmoid8(_mm256_add_ps(_mm256_loadu_ps(row + j),
+                                            _mm256_loadu_ps(s->hidden_bias + h0 + j)));
+          _mm256_storeu_ps(row + j, p);
+          _mm256_storeu_ps(negative_sum + j,
+                           _mm256_add_ps(_mm256_loadu_ps(negative_sum + j), p));
+        }
+        if (j < hc) {
+          float x[8] = {0}, p[8];
+          for (int t = 0; j + t < hc; ++t) x[t] = row[j + t] + s->hidden_bias[h0 + j + t];
+          _mm256_storeu_ps(p, sigmoid8(_mm256_loadu_ps(x)));
+          for (int t = 0; j + t < hc; ++t) {
+            row[j + t] = p[t];
+            negative_sum[j + t] += p[t];
+          }
+        }
+      }
+
+      /* G4: lr·(vᵀp⁺ − v⁻ᵀp⁻)/B as one [D × 2B]·[2B × hc] product. */
+      pack_a(g_a_packed, 2 * B, 0, v, D, B, 1, D, scale);
+      pack_a(g_a_packed, 2 * B, B, negative_visible, D, B, 1, D, -scale);
+      pack_b(g_b_packed, 2 * B, 0, probabilities, 2 * B, hc, hc, 1);
+      gemm_packed(D, hc, 2 * B, g_a_packed, g_b_packed, gradient, hc);
+
+      /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update). */
+      const __m256 m8 = _mm256_set1_ps(momentum);
+      const __m256 decay8 = _mm256_set1_ps(lr * s->weight_cost);
+      for (int d = 0; d < D; ++d) {
+        float *w = s->kernel + (int64_t)d * H + h0;
+        float *dw = s->kernel_increment + (int64_t)d * H + h0;
+        const float *g = gradient + (int64_t)d * hc;
+        int j = 0;
+        for (; j + 8 <= hc; j += 8) {
+          __m256 wj = _mm256_loadu_ps(w + j);
+          __m256 step_value = _mm256_fnmadd_ps(decay8, wj, _mm256_loadu_ps(g + j));
+          __m256 inc = _mm256_add_ps(_mm256_mul_ps(m8, _mm256_loadu_ps(dw + j)), step_value);
+          _mm256_storeu_ps(dw + j, inc);
+          _mm256_storeu_ps(w + j, _mm256_add_ps(wj, inc));
+        }
+        for (; j < hc; ++j) {
+          float step_value = g[j] - lr * s->weight_cost * w[j];
+          float inc = momentum * dw[j] + step_value;
+          dw[j] = inc;
+          w[j] += inc;
+        }
+      }
+      /* q ← decay·q + (1 − decay)·mean p⁺; Δc ← m·Δc − gain·lr·(q − ρ) + lr·mean(p⁺ − p⁻). */
+      for (int j = 0; j < hc; ++j) {
+        int unit = h0 + j;
+        float mean_positive = positive_sum[j] / (float)B;
+        float q = s->sparsity_decay * s->running_activation[unit] +
+                  (1.0f - s->sparsity_decay) * mean_positive;
+        s->running_activation[unit] = q;
+        float step_value = -s->sparsity_gain * lr * (q - s->sparsity_target) +
+                           lr * ((positive_sum[j] - negative_sum[j]) / (float)B);
+        float inc = momentum * s->hidden_bias_increment[unit] + step_value;
+        s->hidden_bias_increment[unit] = inc;
+        s->hidden_bias[unit] += inc;
+        activation_sum += positive_sum[j];
+      }
+    }
+    /* Δb ← m·Δb + lr·mean(v − v⁻); b ← b + Δb (private copy); reconstruction error. */
+    double error = 0.0;
+    for (int d = 0; d < D; ++d) {
+      float total = 0.0f;
+      for (int r = 0; r < B; ++r) total += v[(int64_t)r * D + d] - negative_visible[(int64_t)r * D + d];
+      float inc = momentum * visible_increment[d] + lr * (total / (float)B);
+      visible_increment[d] = inc;
+      visible_bias[d] += inc;
+    }
+    if (args->thread == 0) {
+      for (int64_t i = 0; i < slice; ++i) {
+        double diff = (double)v[i] - (double)negative_visible[i];
+        error += diff * diff;
+      }
+      error_sum += error / (double)B;
+    }
+  }
+
+  if (ok && args->thread == 0) {
+    memcpy(s->visible_bias, visible_bias, D * sizeof(float));
+    memcpy(s->visible_bias_increment, visible_increment, D * sizeof(float));
+    s->error_sum = error_sum;
+  }
+  s->activation_sums[args->thread] = activation_sum;
+  free(w_packed); free(a_packed); free(wt_packed); free(g_a_packed); free(g_b_packed);
+  free(probabilities); free(states); free(gradient); free(negative_visible);
+  free(uniform); free(positive_sum); free(negative_sum);
+  free(visible_bias); free(visible_increment);
+  return NULL;
+}
+
+/* Runs the epoch on `threads` threads (the caller's thread is one of them).
+ * Returns 0, or −1 when memory ran out (the parameters are then unchanged or partly
+ * updated; the caller reports the error). */
+static int run_epoch(epoch_state *s, int threads) {
+  int chunks = (s->hidden + CHUNK - 1) / CHUNK;
+  if (threads > chunks) threads = chunks;
+  if (threads > 64) threads = 64;
+  if (threads < 1) threads = 1;
+  s->num_threads = threads;
+  s->num_chunks = chunks;
+  s->partials = aligned_floats((int64_t)2 * chunks * s->batch * s->visible);
+  if (!s->partials) return -1;
+  atomic_init(&s->barrier.count, 0);
+  atomic_init(&s->barrier.generation, 0);
+  atomic_init(&s->gate, 0);
+  s->barrier.parties = threads;
+  s->error_sum = 0.0;
+  worker_args args[64];
+  pthread_t handles[64];
+  for (int t = 0; t < threads; ++t) {
+    args[t].state = s;
+    args[t].thread = t;
+    args[t].chunk_begin = (int)((int64_t)chunks * t / threads);
+    args[t].chunk_end = (int)((int64_t)chunks * (t + 1) / threads);
+    s->activation_sums[t] = 0.0;
+    s->failed[t] = 0;
+  }
+  int started = 1;
+  for (int t = 1; t < threads; ++t) {
+    if (pthread_create(&handles[t], NULL, run_worker, &args[t]) != 0) break;
+    ++started;
+  }
+  int result = 0;
+  if (started < threads) {
+    atomic_store_explicit(&s->gate, -1, memory_order_release);
+    result = -1;
+  } else {
+    atomic_store_explicit(&s->gate, 1, memory_order_release);
+    run_worker(&args[0]);
+    for (int t = 0; t < threads; ++t)
+      if (s->failed[t]) result = -1;
+  }
+  for (int t = 1; t < started; ++t) pthread_join(handles[t], NULL);
+  free(s->partials);
+  s->partials = NULL;
+  return result;
+}
+
+#pragma GCC pop_options
+#endif /* CD1_X86 */
+
+/* ---------------------------------------------------------------------------------
+ * Python bindings.
+ * ------------------------------------------------------------------------------- */
+static int cpu_supported(void) {
+#ifdef CD1_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return 0;
+#endif
+}
+
+static PyObject *py_supported(PyObject *self, PyObject *unused) {
+  (void)self; (void)unused;
+  return PyBool_FromLong(cpu_supported());
+}
+
+static int check_buffer(Py_buffer *view, Py_ssize_t count, const char *name) {
+  if (view->len != count * (Py_ssize_t)sizeof(float)) {
+    PyErr_Format(PyExc_ValueError, "cd1 epoch: %s has %zd bytes, expected %zd float32",
+                 name, view->len, count);
+    return -1;
+  }
+  return 0;
+}
+
+static PyObject *py_uniform(PyObject *self, PyObject *args) {
+  (void)self;
+  unsigned long long seed0, seed1, start;
+  Py_ssize_t count;
+  Py_buffer out;
+  if (!PyArg_ParseTuple(args, "KKKnw*", &seed0, &seed1, &start, &count, &out)) return NULL;
+  if (out.len != count * (Py_ssize_t)sizeof(float)) {
+    PyBuffer_Release(&out);
+    PyErr_SetString(PyExc_ValueError, "uniform: output buffer size mismatch");
+    return NULL;
+  }
+  uint32_t key[2], counter[4];
+  philox_key_counter(seed0, seed1, key, counter);
+#ifdef CD1_X86
+  if (cpu_supported())
+    uniform_range(key, counter, start, count, (float *)out.buf);
+  else
+#endif
+    uniform_range_scalar(key, counter, start, count, (float *)out.buf);
+  PyBuffer_Release(&out);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_epoch(PyObject *self, PyObject *args, PyObject *kwargs) {
+  (void)self;
+  static char *keywords[] = {
+      "batches", "kernel", "hidden_bias", "visible_bias", "kernel_increment",
+      "hidden_bias_increment", "visible_bias_increment", "running_activation",
+      "num_batches", "batch_size", "num_visible", "num_hidden", "seed", "step_offset",
+      "learning_rate", "momentum", "weight_cost", "sparsity_decay", "sparsity_gain",
+      "sparsity_target", "num_threads", NULL};
+  Py_buffer views[8];
+  Py_ssize_t num_batches, batch, visible, hidden, step_offset;
+  unsigned long long seed;
+  float lr, momentum, weight_cost, decay, gain, target;
+  int threads;
+  memset(views, 0, sizeof views);
+  if (!PyArg_ParseTupleAndKeywords(
+          args, kwargs, "y*w*w*w*w*w*w*w*nnnnKnffffffi", keywords, &views[0], &views[1],
+          &views[2], &views[3], &views[4], &views[5], &views[6], &views[7], &num_batches,
+          &batch, &visible, &hidden, &seed, &step_offset, &lr, &momentum, &weight_cost,
+          &decay, &gain, &target, &threads))
+    return NULL;
+  PyObject *result = NULL;
+  const char *names[8] = {"batches", "kernel", "hidden_bias", "visible_bias",
+                          "kernel_increment", "hidden_bias_increment",
+                          "visible_bias_increment", "running_activation"};
+  Py_ssize_t counts[8] = {num_batches * batch * visible, visible * hidden, hidden, visible,
+                          visible * hidden, hidden, visible, hidden};
+  if (num_batches < 0 || batch <= 0 || visible <= 0 || hidden <= 0 ||
+      batch > INT32_MAX / 4 || visible > INT32_MAX / 4 || hidden > INT32_MAX / 4) {
+    PyErr_SetString(PyExc_ValueError, "cd1 epoch: invalid sizes");
+    goto done;
+  }
+  for (int i = 0; i < 8; ++i)
+    if (check_buffer(&views[i], counts[i], names[i]) != 0) goto done;
+  if (!cpu_supported()) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "cd1 epoch: this CPU lacks AVX2/FMA; use the TensorFlow backend");
+    goto done;
+  }
+#ifdef CD1_X86
+  {
+    epoch_state state;
+    memset(&state, 0, sizeof state);
+    state.batches = (const float *)views[0].buf;
+    state.kernel = (float *)views[1].buf;
+    state.hidden_bias = (float *)views[2].buf;
+    state.visible_bias = (float *)views[3].buf;
+    state.kernel_increment = (float *)views[4].buf;
+    state.hidden_bias_increment = (float *)views[5].buf;
+    state.visible_bias_increment = (float *)views[6].buf;
+    state.running_activation = (float *)views[7].buf;
+    state.num_batches = num_batches;
+    state.batch = (int)batch;
+    state.visible = (int)visible;
+    state.hidden = (int)hidden;
+    state.seed0 = seed;
+    state.step_offset = step_offset;
+    state.learning_rate = lr;
+    state.momentum = momentum;
+    state.weight_cost = weight_cost;
+    state.sparsity_decay = decay;
+    state.sparsity_gain = gain;
+    state.sparsity_target = target;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = run_epoch(&state, threads);
+    Py_END_ALLOW_THREADS
+    if (status != 0) {
+      PyErr_SetString(PyExc_MemoryError, "cd1 epoch: out of memory or threads");
+      goto done;
+    }
+    double activation = 0.0;
+    for (int t = 0; t < state.num_threads; ++t) activation += state.activation_sums[t];
+    double steps = num_batches > 0 ? (double)num_batches : 1.0;
+    result = Py_BuildValue("(dd)", state.error_sum / steps,
+                           activation / (steps * (double)batch * (double)hidden));
+  }
+#endif
+done:
+  for (int i = 0; i < 8; ++i)
+    if (views[i].obj) PyBuffer_Release(&views[i]);
+  return result;
+}
+
+static PyMethodDef methods[] = {
+    {"supported", py_supported, METH_NOARGS,
+     "True if this CPU can run the native kernel (x86-64 with AVX2 and FMA)."},
+    {"uniform", py_uniform, METH_VARARGS,
+     "uniform(seed0, seed1, start, count, out): elements [start, start+count) of "
+     "tf.random.stateless_uniform's float32 stream for seed (seed0, seed1)."},
+    {"epoch", (PyCFunction)(void (*)(void))py_epoch, METH_VARARGS | METH_KEYWORDS,
+     "One CD-1 epoch over [num_batches, B, D] float32 minibatches, in place."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cd1",
+                                    "Native CPU CD-1 epoch of the sparse RBM.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__cd1(void) { return PyModule_Create(&module); }
