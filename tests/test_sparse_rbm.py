@@ -10,7 +10,29 @@ import tensorflow as tf
 
 from deepbof_tf.config import SparseRBMConfig
 from deepbof_tf.layers import schedule
+from deepbof_tf.layers import sparse_rbm as sparse_rbm_lib
 from deepbof_tf.layers.sparse_rbm import SparseRBM, SparseRBMTrainer
+
+
+
+def _cpu_has_avx2_fma():
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line.split(":", 1)[1].split() for line in f
+                    if line.startswith("flags")), [])
+  except OSError:
+    return False
+  return "avx2" in flags and "fma" in flags
+
+
+# The native kernel runs on x86-64 with AVX2 + FMA; elsewhere its tests cannot run.
+# Where the CPU has them, test_native_kernel_is_built_and_chosen_by_default fails if
+# the extension is missing, so these skips never hide a broken build.
+requires_native = pytest.mark.skipif(
+    not _cpu_has_avx2_fma(), reason="the native CD-1 kernel needs AVX2 and FMA")
+
+# Every epoch-level test runs on both backends (see sparse_rbm's docstring).
+BACKENDS = (pytest.param("native", marks=requires_native), "tensorflow")
 
 
 def _sigmoid(x):
@@ -90,10 +112,11 @@ def test_cd1_steps_match_numpy(rng):
     np.testing.assert_allclose(float(activation), ref_activation, atol=1e-6)
 
 
-def test_epoch_is_the_sequence_of_steps_with_documented_draws(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_epoch_is_the_sequence_of_steps_with_documented_draws(rng, backend):
   d, h, b, n_batches = 6, 10, 8, 3
   cfg = SparseRBMConfig(num_hidden=h, batch_size=b, epochs=2)
-  trainer = SparseRBMTrainer(d, cfg, seed=7)
+  trainer = SparseRBMTrainer(d, cfg, seed=7, backend=backend)
   state = {"W": trainer.kernel.numpy().T.astype(np.float64), "b": np.zeros(d),
            "c": np.zeros(h), "dW": np.zeros((h, d)), "db": np.zeros(d),
            "dc": np.zeros(h), "q": np.zeros(h)}
@@ -140,10 +163,11 @@ def _sparse_sources(rng, n, d, sources=40):
   return ((x - x.mean(0)) / x.std(0)).astype(np.float32)
 
 
-def test_sparsity_control_reaches_target(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparsity_control_reaches_target(rng, backend):
   cfg = SparseRBMConfig(num_hidden=64, epochs=20, seed=3)
   x = _sparse_sources(rng, 20000, 16)
-  history = SparseRBMTrainer(16, cfg).fit(x)
+  history = SparseRBMTrainer(16, cfg, backend=backend).fit(x)
   first, last = history[0], history[-1]
   assert first["mean_activation"] > 0.2  # starts near σ(0) = 0.5
   assert abs(last["mean_activation"] - 0.02) <= 0.3 * 0.02
@@ -152,10 +176,11 @@ def test_sparsity_control_reaches_target(rng):
   assert [r["epoch"] for r in history] == list(range(20))
 
 
-def test_resume_after_kill_gives_identical_weights(rng, tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_after_kill_gives_identical_weights(rng, tmp_path, backend):
   cfg = SparseRBMConfig(num_hidden=32, batch_size=50, epochs=5, seed=11)
   x = _sparse_sources(rng, 1000, 10)
-  reference = SparseRBMTrainer(10, cfg)
+  reference = SparseRBMTrainer(10, cfg, backend=backend)
   reference_history = reference.fit(x)
 
   class Killed(Exception):
@@ -167,9 +192,9 @@ def test_resume_after_kill_gives_identical_weights(rng, tmp_path):
 
   directory = os.path.join(tmp_path, "ckpt")
   with pytest.raises(Killed):
-    SparseRBMTrainer(10, cfg).fit(x, checkpoint_dir=directory, history_dir=directory,
-                                  on_epoch_end=kill_after_two)
-  resumed = SparseRBMTrainer(10, cfg)  # a new process would start like this
+    SparseRBMTrainer(10, cfg, backend=backend).fit(
+        x, checkpoint_dir=directory, history_dir=directory, on_epoch_end=kill_after_two)
+  resumed = SparseRBMTrainer(10, cfg, backend=backend)  # as a new process would start
   seen = []
   history = resumed.fit(x, checkpoint_dir=directory, history_dir=directory,
                         tensorboard_dir=os.path.join(tmp_path, "tb"),
@@ -214,3 +239,101 @@ def test_too_few_blocks_is_an_error():
     trainer.make_batches(np.zeros((99, 4), np.float32))
   with pytest.raises(ValueError, match=r"\[N, 4\]"):
     trainer.make_batches(np.zeros((200, 5), np.float32))
+
+
+# -- the native backend -------------------------------------------------------------
+@requires_native
+def test_native_kernel_is_built_and_chosen_by_default():
+  # setup.py builds the extension as optional; on a CPU that can run it, a missing
+  # build is a broken install and must fail here rather than slow training silently.
+  assert sparse_rbm_lib.native_available()
+  assert SparseRBMTrainer(4, SparseRBMConfig(num_hidden=3)).backend == "native"
+
+
+def test_backend_names_are_checked():
+  with pytest.raises(ValueError, match="backend must be one of"):
+    SparseRBMTrainer(4, SparseRBMConfig(num_hidden=3), backend="cuda")
+  assert SparseRBMTrainer(4, SparseRBMConfig(num_hidden=3),
+                          backend="tensorflow").backend == "tensorflow"
+
+
+@requires_native
+@pytest.mark.parametrize("seed,start,count", [
+    ((7, 0), 0, 1), ((7, 0), 0, 4 * 1024), ((2**62 + 5, 123456), 3, 1000),
+    ((1, 2**40), 4093, 77), ((123, 99), 32 * 100 + 1, 4000)])
+def test_native_draws_are_tensorflows_stateless_uniforms(seed, start, count):
+  total = start + count
+  reference = tf.random.stateless_uniform([total], seed=tf.constant(seed, tf.int64))
+  out = np.empty(count, np.float32)
+  sparse_rbm_lib._cd1.uniform(seed[0], seed[1], start, count, out)
+  np.testing.assert_array_equal(out, reference.numpy()[start:])  # bit-identical
+
+
+def _set_and_run(trainer, state, batches, epoch):
+  _set_state(trainer, state)
+  return trainer.train_epoch(batches, epoch)
+
+
+@requires_native
+@pytest.mark.parametrize("d,h,b,n_batches", [(33, 300, 7, 3), (150, 1024, 100, 2)])
+def test_native_epoch_matches_numpy_and_tensorflow(rng, d, h, b, n_batches):
+  """Shapes off the kernel's tiles (6×16 panels, 128-unit chunks) and the paper's."""
+  cfg = SparseRBMConfig(num_hidden=h, batch_size=b, epochs=3)
+  state = _random_state(rng, d, h)
+  state["W"] *= 0.3
+  blocks = rng.standard_normal((n_batches * b, d)).astype(np.float32)
+  native = SparseRBMTrainer(d, cfg, seed=5, backend="native", num_threads=2)
+  reference = SparseRBMTrainer(d, cfg, seed=5, backend="tensorflow")
+  batches = native.make_batches(blocks)
+  epoch = 1
+  lr = schedule.learning_rate(epoch, cfg.learning_rate, cfg.learning_rate_decay,
+                              cfg.min_learning_rate)
+  momentum = schedule.momentum(epoch, cfg.epochs, cfg.initial_momentum,
+                               cfg.final_momentum, cfg.momentum_switch_fraction)
+  expected, errors, activations = state, [], []
+  for i in range(n_batches):
+    seed = tf.constant([native._sample_seed, epoch * n_batches + i], tf.int64)
+    u = tf.random.stateless_uniform([b, h], seed=seed).numpy()
+    expected, error, activation = _numpy_cd1(expected, blocks[i * b:(i + 1) * b], u, lr,
+                                             momentum, cfg)
+    errors.append(error)
+    activations.append(activation)
+  metrics = _set_and_run(native, state, batches, epoch)
+  _assert_state(native, expected)
+  np.testing.assert_allclose(metrics["reconstruction_error"], np.mean(errors), rtol=1e-5)
+  np.testing.assert_allclose(metrics["mean_activation"], np.mean(activations), atol=1e-6)
+  reference_metrics = _set_and_run(reference, state, batches, epoch)
+  for name in SparseRBMTrainer._NATIVE_STATE:
+    np.testing.assert_allclose(getattr(native, name).numpy(),
+                               getattr(reference, name).numpy(), atol=1e-6, rtol=0,
+                               err_msg=name)
+  np.testing.assert_allclose(metrics["reconstruction_error"],
+                             reference_metrics["reconstruction_error"], rtol=1e-6)
+
+
+@requires_native
+def test_native_results_do_not_depend_on_the_thread_count(rng):
+  d, h, b, n_batches = 20, 300, 10, 4  # 300 units = 3 chunks of 128, 128, 44
+  cfg = SparseRBMConfig(num_hidden=h, batch_size=b, epochs=2)
+  blocks = rng.standard_normal((n_batches * b, d)).astype(np.float32)
+  results = []
+  for threads in (1, 2, 3, 8):
+    trainer = SparseRBMTrainer(d, cfg, seed=9, backend="native", num_threads=threads)
+    history = trainer.fit(blocks)
+    results.append(([getattr(trainer, n).numpy() for n in trainer._NATIVE_STATE],
+                    [r["reconstruction_error"] for r in history]))
+  for arrays, errors in results[1:]:
+    for ours, first in zip(arrays, results[0][0]):
+      np.testing.assert_array_equal(ours, first)
+    assert errors == results[0][1]
+
+
+@requires_native
+def test_native_rejects_mismatched_buffers():
+  state = [np.zeros(n, np.float32) for n in (4 * 3, 3, 4, 4 * 3, 3, 4, 3)]
+  with pytest.raises(ValueError, match="kernel has 44 bytes"):
+    sparse_rbm_lib._cd1.epoch(
+        np.zeros((1, 2, 4), np.float32), np.zeros(11, np.float32), *state[1:],
+        num_batches=1, batch_size=2, num_visible=4, num_hidden=3, seed=1, step_offset=0,
+        learning_rate=0.1, momentum=0.5, weight_cost=0.0, sparsity_decay=0.9,
+        sparsity_gain=3.0, sparsity_target=0.02, num_threads=1)

@@ -89,13 +89,17 @@ def _fit_pca(data_dir: str, path: str, config: config_lib.PCAConfig,
 
 
 def learn_local_features(data_dir: str, model_dir: str,
-                         config: config_lib.TrainConfig) -> Dict[str, Any]:
+                         config: config_lib.TrainConfig,
+                         rbm_backend: str = "auto") -> Dict[str, Any]:
   """PCA whitening + sparse RBM on the sampled blocks; returns a summary.
 
   Args:
     data_dir: output directory of ``deepbof-preprocess`` (blocks + metadata.json).
     model_dir: the model directory; writes ``model_dir/local/``.
     config: the operative configuration (``config.local``).
+    rbm_backend: how CD-1 runs (``SparseRBMTrainer`` backends: auto, native,
+      tensorflow). An execution choice like the device, so not part of the config or
+      of the fingerprints: a checkpoint of one backend resumes on the other.
   """
   local = config.local
   metadata = schema.read_metadata(data_dir)
@@ -134,7 +138,8 @@ def learn_local_features(data_dir: str, model_dir: str,
 
   logging.info("learn-local-features: sparse RBM %d → %d units on %d blocks, %d epochs",
                pca.output_dim, local.rbm.num_hidden, len(blocks), local.rbm.epochs)
-  trainer = sparse_rbm_lib.SparseRBMTrainer(pca.output_dim, local.rbm)
+  trainer = sparse_rbm_lib.SparseRBMTrainer(pca.output_dim, local.rbm,
+                                            backend=rbm_backend)
   history = trainer.fit(blocks, checkpoint_dir=checkpoint_dir,
                         tensorboard_dir=posixpath.join(directory, "tensorboard"),
                         history_dir=directory)
@@ -166,6 +171,7 @@ def learn_local_features(data_dir: str, model_dir: str,
       "final_mean_activation": history[-1]["mean_activation"] if history else None,
       "sample_mean_activation": float(mean_activation.mean()),
       "sparsity_target": target,
+      "rbm_backend": trainer.backend,
       "local_dir": directory,
   }
   models.save_local_features(

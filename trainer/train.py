@@ -237,7 +237,8 @@ def record_audio_settings(data_dir: str, model_dir: str) -> Optional[str]:
 
 
 def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
-               stages: Sequence[str], overwrite: bool = False) -> Dict[str, Any]:
+               stages: Sequence[str], overwrite: bool = False,
+               rbm_backend: str = "auto") -> Dict[str, Any]:
   """Validates and records the config, then runs ``stages`` in order.
 
   Args:
@@ -246,6 +247,7 @@ def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
     config: the operative configuration.
     stages: stage names (see ``STAGES``).
     overwrite: replace a different ``model_dir/config.json``.
+    rbm_backend: CD-1 backend of learn-local-features (auto, native, tensorflow).
 
   Returns:
     stage name → the stage's summary dict.
@@ -255,7 +257,8 @@ def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
   summaries: Dict[str, Any] = {}
   for stage in stages:
     logging.info("=== stage %s ===", stage)
-    summaries[stage] = stage_function(stage)(data_dir, model_dir, config)
+    options = {"rbm_backend": rbm_backend} if stage == "learn-local-features" else {}
+    summaries[stage] = stage_function(stage)(data_dir, model_dir, config, **options)
     logging.info("stage %s done: %s", stage, json.dumps(
         {k: v for k, v in (summaries[stage] or {}).items() if k != "table"}, default=str))
   return summaries
@@ -309,6 +312,11 @@ def _define_flags() -> None:
   flags.DEFINE_float("sparsity_target", None, "Local sparse RBM target activation (0.02).")
   flags.DEFINE_integer("pool_frames", None, "Bag-of-features max-pooling window in frames "
                        "(43 ≈ 1 s).")
+  flags.DEFINE_enum("rbm_backend", "auto", ["auto", "native", "tensorflow"],
+                    "How the local sparse RBM's CD-1 runs: 'native' is the C kernel "
+                    "(x86-64 CPUs with AVX2/FMA), 'tensorflow' the tf.function (any "
+                    "device); 'auto' takes native when built and no GPU is visible. Not "
+                    "part of the config: both give the same numbers up to float rounding.")
   flags.mark_flags_as_required(["data_dir", "model_dir"])
   # Console scripts run a wrapper as __main__; make our flags the ones --help shows.
   for name in sorted(set(FLAGS) - before):
@@ -333,7 +341,8 @@ def main(argv) -> None:
   config = build_config(FLAGS.config, FLAGS.set, _convenience_values(), FLAGS.seed,
                         preset=FLAGS.preset)
   summaries = run_stages(FLAGS.data_dir, FLAGS.model_dir, config,
-                         parse_stages(FLAGS.stages), overwrite=FLAGS.overwrite)
+                         parse_stages(FLAGS.stages), overwrite=FLAGS.overwrite,
+                         rbm_backend=FLAGS.rbm_backend)
   for stage, summary in summaries.items():
     print(format_summary(stage, summary))
 

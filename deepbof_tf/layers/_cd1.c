@@ -270,6 +270,58 @@ static void pack_b(float *dst, int k_total, int k_offset, const float *src, int 
   }
 }
 
+/* 8×8 transpose of rows src[0..7] (stride src_stride) into dst (stride dst_stride). */
+static inline void transpose8(const float *src, int64_t src_stride, float *dst,
+                              int64_t dst_stride) {
+  __m256 r0 = _mm256_loadu_ps(src + 0 * src_stride), r1 = _mm256_loadu_ps(src + 1 * src_stride);
+  __m256 r2 = _mm256_loadu_ps(src + 2 * src_stride), r3 = _mm256_loadu_ps(src + 3 * src_stride);
+  __m256 r4 = _mm256_loadu_ps(src + 4 * src_stride), r5 = _mm256_loadu_ps(src + 5 * src_stride);
+  __m256 r6 = _mm256_loadu_ps(src + 6 * src_stride), r7 = _mm256_loadu_ps(src + 7 * src_stride);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * dst_stride, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + 1 * dst_stride, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 2 * dst_stride, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 3 * dst_stride, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 4 * dst_stride, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 5 * dst_stride, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 6 * dst_stride, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 7 * dst_stride, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/* The B operand of hWᵀ for local units [c0, c0 + kc) — B(k = j, n = d) = W[d][j] —
+ * packed ([d-panel][j][NR]) by transposing the W operand already packed for vW
+ * (w_packed, [j-panel][d][NR], d < num_visible). c0 is a multiple of NR. */
+static void pack_transposed_w(float *dst, const float *w_packed, int num_visible, int c0,
+                              int kc) {
+  int d_panels = (num_visible + NR - 1) / NR;
+  for (int dp = 0; dp < d_panels; ++dp) {
+    float *panel = dst + (int64_t)dp * NR * kc;
+    int rows = num_visible - dp * NR < NR ? num_visible - dp * NR : NR;
+    for (int jj = 0; jj < kc; jj += NR) {
+      const float *block = w_packed + (int64_t)((c0 + jj) / NR) * NR * num_visible +
+                           (int64_t)dp * NR * NR; /* rows d = dp·NR …, 16 j's each */
+      int cols = kc - jj < NR ? kc - jj : NR;
+      if (rows == NR && cols == NR) {
+        transpose8(block, NR, panel + (int64_t)jj * NR, NR);
+        transpose8(block + 8, NR, panel + (int64_t)(jj + 8) * NR, NR);
+        transpose8(block + 8 * NR, NR, panel + (int64_t)jj * NR + 8, NR);
+        transpose8(block + 8 * NR + 8, NR, panel + (int64_t)(jj + 8) * NR + 8, NR);
+      } else {
+        for (int j = 0; j < cols; ++j)
+          for (int t = 0; t < NR; ++t)
+            panel[(int64_t)(jj + j) * NR + t] = t < rows ? block[t * NR + j] : 0.0f;
+      }
+    }
+  }
+}
+
 static inline void micro_kernel(int k, const float *restrict a, const float *restrict b,
                                 float *restrict c, int64_t ldc) {
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
@@ -483,7 +535,7 @@ static void *run_worker(void *argument) {
         int c1 = (chunk + 1) * CHUNK < H ? (chunk + 1) * CHUNK - h0 : H - h0;
         int kc = c1 - c0;
         pack_a(a_packed, kc, 0, states + c0, B, kc, hc, 1, 1.0f);
-        pack_b(wt_packed, kc, 0, s->kernel + h0 + c0, kc, D, 1, H);
+        pack_transposed_w(wt_packed, w_packed, D, c0, kc);
         gemm_packed(B, D, kc, a_packed, wt_packed, partials + chunk * slice, D);
       }
     }
