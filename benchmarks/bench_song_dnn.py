@@ -2,8 +2,8 @@
 
 (a) A ReLU-RBM CD-1 epoch (1024 → 512, batch 100; one ``tf.function`` per epoch)
     counted as 10·B·D·H FLOPs per step (five B×D×H products), as a ratio of this
-    machine's dense float32 matmul rate (a large square ``tf.matmul``) measured in the
-    same run. Target ≥ 0.5.
+    machine's dense float32 matmul rate (the faster of a large square ``tf.matmul`` and
+    ``numpy.matmul``, see matmul_reference.py) measured in the same run. Target ≥ 0.5.
 (b) A fine-tuning epoch of the 3 × 512 DNN (batch 128) counted as 6·B·P FLOPs per step
     (forward + backward over P weights), with and without the per-epoch validation
     AUC-tag and checkpoint, as a ratio of the matmul rate. Targets ≥ 0.25 for the
@@ -37,6 +37,7 @@ from deepbof_tf import models  # noqa: E402
 from deepbof_tf.config import DNNConfig, FinetuneConfig  # noqa: E402
 from deepbof_tf.layers.relu_rbm import ReLURBM, ReLURBMSchedule, ReLURBMTrainer  # noqa: E402
 from deepbof_tf.training import finetuning  # noqa: E402
+from matmul_reference import DenseMatmulReference  # noqa: E402  (benchmarks/)
 import result_line  # noqa: E402  (benchmarks/, the script's own folder)
 
 FLAGS = flags.FLAGS
@@ -56,20 +57,14 @@ def _best(fn, repeats):
   return min(times)
 
 
-def _matmul_rate(size, repeats):
-  a = tf.random.normal([size, size], seed=1)
-  b = tf.random.normal([size, size], seed=2)
-  matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-  matmul()
-  return 2 * size ** 3 / _best(lambda: matmul().numpy(), repeats)
-
-
 def main(argv):
   del argv
   rng = np.random.default_rng(0)
   n, d, h, t = FLAGS.clips, 1024, 512, FLAGS.tags
-  reference = _matmul_rate(FLAGS.reference_size, FLAGS.repeats)
-  print(f"reference dense matmul: {reference / 1e9:.1f} GFLOP/s")
+  matmul_reference = DenseMatmulReference(FLAGS.reference_size)
+  reference = matmul_reference.measure_best(FLAGS.repeats)
+  print(f"reference dense matmul: {reference / 1e9:.1f} GFLOP/s "
+        f"({matmul_reference.summary()})")
 
   # (a) ReLU-RBM CD-1 epoch.
   data = rng.random((n, d)).astype(np.float32)
@@ -134,7 +129,7 @@ def main(argv):
   print(f"(c) tagging_metrics on {m}×{t}: {ours * 1e3:.0f} ms vs scikit-learn loop "
         f"{theirs * 1e3:.0f} ms = {theirs / ours:.1f}× faster (target ≥ 10×)")
 
-  matmul = f"{FLAGS.reference_size}x{FLAGS.reference_size} float32 matmul (best)"
+  matmul = matmul_reference.name
   # The extras (validation AUC-tag on n/9 clips, a checkpoint) grow at most linearly
   # with the clip count, like the epoch: below 25 % on a smaller set implies below 25 %
   # on MTT's 14,660 clips; above it, only an MTT-sized run decides.
