@@ -230,6 +230,54 @@ static inline __m256 sigmoid8(__m256 x) {
   return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
 }
 
+/* p[r][j] ← σ(p[r][j] + bias[j]) for r < rows, j < cols, and sums[j] = Σ_r p[r][j].
+ * With states: states[r][j] = 1[p[r][j] > u], u the element r·stream_row + stream_offset
+ * + j of the step's uniform stream (scratch: `uniform`, cols + 32 floats). */
+static void logistic_rows(float *p, const float *bias, int rows, int cols, float *sums,
+                          float *states, const uint32_t *key, const uint32_t *counter,
+                          int64_t stream_row, int64_t stream_offset, float *uniform) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (int j = 0; j < cols; ++j) sums[j] = 0.0f;
+  for (int r = 0; r < rows; ++r) {
+    float *row = p + (int64_t)r * cols;
+    float *state_row = states ? states + (int64_t)r * cols : NULL;
+    if (states)
+      uniform_range(key, counter, (uint64_t)(r * stream_row + stream_offset), cols, uniform);
+    for (int j = 0; j < cols; j += 8) {
+      int lanes = cols - j < 8 ? cols - j : 8;
+      float x[8] = {0}, u[8] = {0}, out[8];
+      const float *x_ptr = row + j, *b_ptr = bias + j, *u_ptr = uniform + j;
+      float b[8] = {0};
+      if (lanes < 8) { /* the tail goes through the same 8-lane code */
+        for (int t = 0; t < lanes; ++t) {
+          x[t] = row[j + t];
+          b[t] = bias[j + t];
+          if (states) u[t] = uniform[j + t];
+        }
+        x_ptr = x; b_ptr = b; u_ptr = u;
+      }
+      __m256 prob = sigmoid8(_mm256_add_ps(_mm256_loadu_ps(x_ptr), _mm256_loadu_ps(b_ptr)));
+      _mm256_storeu_ps(out, prob);
+      __m256 on = states ? _mm256_and_ps(_mm256_cmp_ps(prob, _mm256_loadu_ps(u_ptr),
+                                                       _CMP_GT_OQ), one)
+                         : _mm256_setzero_ps();
+      if (lanes == 8) {
+        _mm256_storeu_ps(row + j, prob);
+        _mm256_storeu_ps(sums + j, _mm256_add_ps(_mm256_loadu_ps(sums + j), prob));
+        if (states) _mm256_storeu_ps(state_row + j, on);
+      } else {
+        float state_values[8];
+        _mm256_storeu_ps(state_values, on);
+        for (int t = 0; t < lanes; ++t) {
+          row[j + t] = out[t];
+          sums[j + t] += out[t];
+          if (states) state_row[j + t] = state_values[t];
+        }
+      }
+    }
+  }
+}
+
 /* ---------------------------------------------------------------------------------
  * Packed GEMM: C[M×N] = A[M×K]·B[K×N] with A packed in panels of MR rows
  * ([panel][k][MR]) and B in panels of NR columns ([panel][k][NR]), zero-padded.
@@ -500,35 +548,8 @@ static void *run_worker(void *argument) {
       pack_b(w_packed, D, 0, s->kernel + h0, D, hc, H, 1);
       pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
       gemm_packed(B, hc, D, a_packed, w_packed, positive, hc);
-      for (int j = 0; j < hc; ++j) positive_sum[j] = 0.0f;
-      for (int r = 0; r < B; ++r) {
-        float *row = positive + (int64_t)r * hc;
-        float *state_row = states + (int64_t)r * hc;
-        uniform_range(key, counter, (uint64_t)r * H + h0, hc, uniform);
-        int j = 0;
-        for (; j + 8 <= hc; j += 8) {
-          __m256 p = sigmoid8(_mm256_add_ps(_mm256_loadu_ps(row + j),
-                                            _mm256_loadu_ps(s->hidden_bias + h0 + j)));
-          _mm256_storeu_ps(row + j, p);
-          _mm256_storeu_ps(positive_sum + j,
-                           _mm256_add_ps(_mm256_loadu_ps(positive_sum + j), p));
-          __m256 on = _mm256_cmp_ps(p, _mm256_loadu_ps(uniform + j), _CMP_GT_OQ);
-          _mm256_storeu_ps(state_row + j, _mm256_and_ps(on, _mm256_set1_ps(1.0f)));
-        }
-        if (j < hc) { /* tail through the same 8-lane code */
-          float x[8] = {0}, u[8] = {0}, p[8];
-          for (int t = 0; j + t < hc; ++t) {
-            x[t] = row[j + t] + s->hidden_bias[h0 + j + t];
-            u[t] = uniform[j + t];
-          }
-          _mm256_storeu_ps(p, sigmoid8(_mm256_loadu_ps(x)));
-          for (int t = 0; j + t < hc; ++t) {
-            row[j + t] = p[t];
-            positive_sum[j + t] += p[t];
-            state_row[j + t] = p[t] > u[t] ? 1.0f : 0.0f;
-          }
-        }
-      }
+      logistic_rows(positive, s->hidden_bias + h0, B, hc, positive_sum, states, key,
+                    counter, H, h0, uniform);
       /* G2, per chunk: the partial hWᵀ over the chunk's units. */
       for (int chunk = args->chunk_begin; chunk < args->chunk_end; ++chunk) {
         int c0 = chunk * CHUNK - h0;
@@ -554,27 +575,8 @@ static void *run_worker(void *argument) {
       /* G3: p⁻ = σ(v⁻W + c). */
       pack_a(a_packed, D, 0, negative_visible, B, D, D, 1, 1.0f);
       gemm_packed(B, hc, D, a_packed, w_packed, negative, hc);
-      for (int j = 0; j < hc; ++j) negative_sum[j] = 0.0f;
-      for (int r = 0; r < B; ++r) {
-        float *row = negative + (int64_t)r * hc;
-        int j = 0;
-        for (; j + 8 <= hc; j += 8) {
-          __m256 p = sigmoid8(_mm256_add_ps(_mm256_loadu_ps(row + j),
-                                            _mm256_loadu_ps(s->hidden_bias + h0 + j)));
-          _mm256_storeu_ps(row + j, p);
-          _mm256_storeu_ps(negative_sum + j,
-                           _mm256_add_ps(_mm256_loadu_ps(negative_sum + j), p));
-        }
-        if (j < hc) {
-          float x[8] = {0}, p[8];
-          for (int t = 0; j + t < hc; ++t) x[t] = row[j + t] + s->hidden_bias[h0 + j + t];
-          _mm256_storeu_ps(p, sigmoid8(_mm256_loadu_ps(x)));
-          for (int t = 0; j + t < hc; ++t) {
-            row[j + t] = p[t];
-            negative_sum[j + t] += p[t];
-          }
-        }
-      }
+      logistic_rows(negative, s->hidden_bias + h0, B, hc, negative_sum, NULL, NULL,
+                    NULL, 0, 0, NULL);
 
       /* G4: lr·(vᵀp⁺ − v⁻ᵀp⁻)/B as one [D × 2B]·[2B × hc] product. */
       pack_a(g_a_packed, 2 * B, 0, v, D, B, 1, D, scale);
