@@ -10,8 +10,8 @@ The machine may be shared, so next to the measured rate the script prints a roof
 for the same work measured in the same run: the FLOPs of every dense stage of one
 batch (STFT as real FFTs, the AGC and mel matmuls, PCA and RBM of every block, the DNN)
 divided by this machine's dense float32 matmul rate (a [4096, 1024] × [1024, 1024]
-GEMM on all threads). It then times each stage alone (front end, encoder, DNN) to show
-which one dominates. All timings are best-of-``--runs``.
+GEMM on all threads). It then times each stage alone (front end, encoder, DNN; the
+first two one clip at a time, as the export runs them) to show which one dominates. All timings are best-of-``--runs``.
 
 The model is a synthetic one written through the public ``deepbof_tf`` APIs with the
 paper's sizes (1024 hidden units, a 3 × 512 DNN, 50 tags) and ``--pca_dims`` retained
@@ -160,17 +160,30 @@ def throughput(args, version_dir: str, info: dict) -> list:
     print(f"  {name:22s} {value / 1e6:9.1f} MFLOP/clip  ({value / total:5.1%})")
 
   # Stage timings: which part dominates (front end = deepbof_tf.frontend, encoder =
-  # deepbof_tf.layers.bag_of_features, DNN = the tagger).
+  # deepbof_tf.layers.bag_of_features, DNN = the tagger), each run as the export runs
+  # it: front end and encoder one clip at a time, CLIPS_IN_FLIGHT clips at once.
   config = FrontendConfig(**info["frontend"])
   lengths = tf.fill([args.batch], CLIP_SAMPLES)
-  features = tf.function(lambda w, n: frontend.compute_features_batch(w, n, config))
-  log_mel, _, n_frames = features(x, lengths)
-  encode = tf.function(lambda m, n: encoder(m, n))
-  embedding = encode(log_mel, n_frames)
+  in_flight = info["clips_in_flight"]
+
+  def one_clip_features(clip):
+    return frontend.compute_features_batch(clip[0][None], clip[1][None], config)[0][0]
+
+  def one_clip_embedding(log_mel):
+    return encoder(log_mel[None])[0]
+
+  features = tf.function(lambda w, n: tf.map_fn(
+      one_clip_features, (w, n), fn_output_signature=tf.float32,
+      parallel_iterations=in_flight))
+  log_mel = features(x, lengths)
+  encode = tf.function(lambda m: tf.map_fn(
+      one_clip_embedding, m, fn_output_signature=tf.float32,
+      parallel_iterations=in_flight))
+  embedding = encode(log_mel)
   head = tf.function(lambda e: tagger(e, training=False))
   stages = {
-      "front end": timed(lambda: features(x, lengths)[0].numpy(), args.runs),
-      "encoder": timed(lambda: encode(log_mel, n_frames).numpy(), args.runs),
+      "front end": timed(lambda: features(x, lengths).numpy(), args.runs),
+      "encoder": timed(lambda: encode(log_mel).numpy(), args.runs),
       "dnn": timed(lambda: head(embedding).numpy(), args.runs),
   }
   stage_flops_grouped = {

@@ -34,6 +34,10 @@ def define_flags() -> None:
                       "MODEL_DIR/frontend.json, else the SPEC defaults).")
   flags.DEFINE_integer("pool_frames", None, "Override the pooling window (block "
                        "positions) stored with the local features.", lower_bound=1)
+  flags.DEFINE_integer("clips_in_flight", 2, "Clips of one request computed at the same "
+                       "time inside the SavedModel (each goes through the front end and "
+                       "the encoder alone, which keeps its intermediates in cache); 2 "
+                       "suits 2 cores, raise it for bigger servers.", lower_bound=1)
   flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 
@@ -42,7 +46,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from serving import export_lib
   path = export_lib.export(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
-                           data_dir=FLAGS.data_dir, pool_frames=FLAGS.pool_frames)
+                           data_dir=FLAGS.data_dir, pool_frames=FLAGS.pool_frames,
+                           clips_in_flight=FLAGS.clips_in_flight)
   info = export_lib.read_export_info(path)
   logging.info("exported %s", path)
   print(f"{path}\t{len(info['tags'])} tags, embedding {info['embedding_size']}, "

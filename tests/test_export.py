@@ -61,6 +61,7 @@ def test_layout_versions_and_assets(exported, tmp_path):
   info = export_lib.read_export_info(version_dir)
   assert info["tags"] == list(fx.TAGS)
   assert info["embedding_size"] == fx.NUM_HIDDEN
+  assert info["clips_in_flight"] == 2
   assert info["frontend"]["sample_rate"] == SR
   assert info["min_samples"] == export_lib.min_samples(frontend.FrontendConfig(), 8)
   # frame_count(min_samples) is exactly one block; one sample less has no block.
@@ -112,6 +113,19 @@ def test_padded_batch_equals_each_clip_alone(loaded, clips):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["probabilities"].numpy()[i],
                                alone["probabilities"].numpy()[0], rtol=1e-5, atol=1e-6)
+
+
+def test_clips_in_flight_changes_only_the_schedule(exported, in_memory, clips, tmp_path):
+  serial = export_lib.build_module(exported["model_dir"], str(tmp_path), clips_in_flight=1)
+  many = export_lib.build_module(exported["model_dir"], str(tmp_path), clips_in_flight=3)
+  reference = in_memory.serve(tf.constant(clips))  # clips_in_flight=2, the default
+  for module in (serial, many):
+    out = module.serve(tf.constant(clips))
+    for key in ("probabilities", "embedding"):
+      np.testing.assert_allclose(out[key].numpy(), reference[key].numpy(), rtol=1e-6,
+                                 atol=1e-7)
+  with pytest.raises(ValueError, match="clips_in_flight must be >= 1"):
+    export_lib.build_module(exported["model_dir"], str(tmp_path), clips_in_flight=0)
 
 
 def test_predict_wav_parity_with_serving_default(loaded):
