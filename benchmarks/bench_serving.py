@@ -11,7 +11,8 @@ for the same work measured in the same run: the FLOPs of every dense stage of on
 batch (STFT as real FFTs, the AGC and mel matmuls, PCA and RBM of every block, the DNN)
 divided by this machine's dense float32 matmul rate (a [4096, 1024] × [1024, 1024]
 GEMM on all threads). It then times each stage alone (front end, encoder, DNN; the
-first two one clip at a time, as the export runs them) to show which one dominates. All timings are best-of-``--runs``.
+first two one clip at a time, as the export runs them) to show which one dominates.
+All timings are best-of-``--runs``.
 
 The model is a synthetic one written through the public ``deepbof_tf`` APIs with the
 paper's sizes (1024 hidden units, a 3 × 512 DNN, 50 tags) and ``--pca_dims`` retained
@@ -161,7 +162,7 @@ def throughput(args, version_dir: str, info: dict) -> list:
 
   # Stage timings: which part dominates (front end = deepbof_tf.frontend, encoder =
   # deepbof_tf.layers.bag_of_features, DNN = the tagger), each run as the export runs
-  # it: front end and encoder one clip at a time, CLIPS_IN_FLIGHT clips at once.
+  # it: front end and encoder one clip at a time, the export's clips_in_flight at once.
   config = FrontendConfig(**info["frontend"])
   lengths = tf.fill([args.batch], CLIP_SAMPLES)
   in_flight = info["clips_in_flight"]

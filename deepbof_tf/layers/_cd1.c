@@ -299,21 +299,16 @@ static void pack_a(float *dst, int k_total, int k_offset, const float *src, int 
   }
 }
 
-static void pack_b(float *dst, int k_total, int k_offset, const float *src, int k, int n,
-                   int64_t row_stride, int64_t col_stride) {
+/* B[k × n], rows `row_stride` apart and contiguous within a row, packed into NR-column
+ * panels ([panel][k][NR], zero-padded); the transposed case is pack_transposed_w. */
+static void pack_b(float *dst, const float *src, int k, int n, int64_t row_stride) {
   int panels = (n + NR - 1) / NR;
   for (int p = 0; p < panels; ++p) {
-    float *panel = dst + (int64_t)p * NR * k_total + (int64_t)k_offset * NR;
+    float *panel = dst + (int64_t)p * NR * k;
     int cols = n - p * NR < NR ? n - p * NR : NR;
-    if (col_stride == 1 && cols == NR) {
-      for (int kk = 0; kk < k; ++kk)
-        memcpy(panel + kk * NR, src + kk * row_stride + p * NR, NR * sizeof(float));
-    } else {
-      for (int kk = 0; kk < k; ++kk) {
-        for (int j = 0; j < cols; ++j)
-          panel[kk * NR + j] = src[kk * row_stride + (int64_t)(p * NR + j) * col_stride];
-        for (int j = cols; j < NR; ++j) panel[kk * NR + j] = 0.0f;
-      }
+    for (int kk = 0; kk < k; ++kk) {
+      memcpy(panel + kk * NR, src + kk * row_stride + p * NR, cols * sizeof(float));
+      for (int j = cols; j < NR; ++j) panel[kk * NR + j] = 0.0f;
     }
   }
 }
@@ -545,7 +540,7 @@ static void *run_worker(void *argument) {
 
     if (hc > 0) {
       /* G1: p⁺ = σ(vW + c) on this thread's units; h = 1[p⁺ > u]. */
-      pack_b(w_packed, D, 0, s->kernel + h0, D, hc, H, 1);
+      pack_b(w_packed, s->kernel + h0, D, hc, H);
       pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
       gemm_packed(B, hc, D, a_packed, w_packed, positive, hc);
       logistic_rows(positive, s->hidden_bias + h0, B, hc, positive_sum, states, key,
@@ -581,7 +576,7 @@ static void *run_worker(void *argument) {
       /* G4: lr·(vᵀp⁺ − v⁻ᵀp⁻)/B as one [D × 2B]·[2B × hc] product. */
       pack_a(g_a_packed, 2 * B, 0, v, D, B, 1, D, scale);
       pack_a(g_a_packed, 2 * B, B, negative_visible, D, B, 1, D, -scale);
-      pack_b(g_b_packed, 2 * B, 0, probabilities, 2 * B, hc, hc, 1);
+      pack_b(g_b_packed, probabilities, 2 * B, hc, hc);
       gemm_packed(D, hc, 2 * B, g_a_packed, g_b_packed, gradient, hc);
 
       /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update). */
