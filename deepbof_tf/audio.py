@@ -1,52 +1,57 @@
-"""Decoding and resampling of audio files (SPEC §1 "decode" and "resample").
+"""Decoding and resampling of audio files (the first two steps of the front end).
 
-``load_audio(path)`` reads any of WAV, FLAC, Ogg/Vorbis and MP3 through ``tf.io.gfile``
-(so ``gs://`` paths work), decodes it with tensorflow-io, keeps the first channel (the
-authors' code) or averages the channels, and resamples to 22,050 Hz with a polyphase
-Kaiser FIR (see below). Every failure raises :class:`AudioDecodeError` (a
-``ValueError``) whose message starts with the path and names the reason.
+``load_audio(path)`` reads any of WAV, FLAC, Ogg (Vorbis or Opus) and MP3 through
+``tf.io.gfile`` (so ``gs://`` paths work), decodes it with libsndfile (the
+``soundfile`` package; its MP3 decoder is mpg123, the decoder the authors' MATLAB
+``mp3read`` called), keeps the first channel (the authors' code) or averages the
+channels, and resamples to 22,050 Hz with a polyphase Kaiser FIR (see below). Every
+failure raises :class:`AudioDecodeError` (a ``ValueError``) whose message starts with
+the path and names the reason.
 
-Details worth knowing (also in the README):
+Details worth knowing:
 
 * The format is detected from the content (RIFF/WAVE, ``fLaC``, ``OggS``, ID3 or an
   MPEG audio frame header); the file extension is only a fallback.
-* tensorflow-io's WAV decoder reads 32-bit integer PCM as float and cannot read 64-bit
-  float; those two WAV encodings are decoded by a small RIFF reader in NumPy here.
-  8/16/24-bit PCM and 32-bit float WAV go through tensorflow-io.
-* The native sample rate is read from the stream headers (WAV ``fmt``, FLAC
-  STREAMINFO, the Vorbis identification header, the first MPEG frame header), because
-  tensorflow-io's in-memory decoders return samples only.
+* libsndfile decodes some damaged files without complaint, so the containers are
+  checked here before and after decoding: a WAV whose ``data`` chunk declares more
+  bytes than the file holds, a FLAC that decodes fewer samples than its STREAMINFO
+  declares, and an MP3 whose last frame is cut off are reported as truncated; an MP3
+  without an MPEG frame header confirmed by the next one is "not audio". A variable
+  bit-rate MP3 without a Xing/Info/VBRI header is refused: libsndfile estimates its
+  length from the file size and silently stops decoding there.
+* Decoded samples are checked too (zero samples, NaN/Inf), because a float WAV may
+  hold NaNs. Float WAV values beyond ±1 are kept as they are (no clipping).
 * Resampling is SciPy's polyphase FIR (``scipy.signal.resample_poly``: a Kaiser-windowed
   (β = 5) low-pass of 2·10·max(p, q)+1 taps at the ratio p/q), the same design family
   and defaults as MATLAB's ``resample`` that the authors' code calls. It is zero-phase
   (time-aligned with the input) and gives ``ceil(n · out / in)`` samples like MATLAB.
-  This is a deliberate deviation from resampling with tensorflow-io: ``tfio.audio.
-  resample`` (Speex) delays its output, rolls off earlier (−3 dB near 10 kHz for
-  44.1 → 22.05 kHz) and was 8–40× slower, which made resampling most of the Beam job's
-  time. :func:`resample_segment` computes any output range of the same resampling from
-  a random-access reader, so long files can be resampled in pieces (``deepbof-tag``)
-  with results equal to the one-shot call.
-* tensorflow-io aborts the process on some inputs (e.g. empty Ogg data), so bytes are
-  validated before they reach a decoder; decoded samples are checked too (zero samples,
-  NaN/Inf), because the decoders accept, e.g., a WAV full of NaNs.
+  :func:`resample_segment` computes any output range of the same resampling from a
+  random-access reader, so long files can be resampled in pieces (``deepbof-tag``)
+  with results equal to the one-shot call; :func:`open_native` gives that random
+  access without reading the whole file.
+* tensorflow-io is not needed. Its in-graph decoders are available for ``tf.data``
+  pipelines through :func:`decode_in_graph` when the ``[tfio]`` extra is installed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import posixpath
 import struct
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
+import soundfile
 import tensorflow as tf
 
 DEFAULT_SAMPLE_RATE = 22050
 CHANNEL_MODES = ("first", "mean")
 FORMATS = ("wav", "flac", "ogg", "mp3")
 _EXTENSIONS = {".wav": "wav", ".wave": "wav", ".flac": "flac", ".ogg": "ogg",
-               ".oga": "ogg", ".mp3": "mp3"}
+               ".oga": "ogg", ".opus": "ogg", ".mp3": "mp3"}
+_NAMES = {"wav": "WAV", "flac": "FLAC", "ogg": "Ogg", "mp3": "MP3"}
 
 
 class AudioDecodeError(ValueError):
@@ -63,14 +68,10 @@ class AudioDecodeError(ValueError):
     self.reason = reason
 
 
-def _tfio():
-  """tensorflow-io, imported on first use: frontend/SavedModel code must not need it."""
-  import tensorflow_io as tfio  # pylint: disable=import-outside-toplevel
-  return tfio
-
-
 def _short(err: BaseException) -> str:
-  """The useful last line of a TensorFlow error (drops the `{{function_node ...}}` noise)."""
+  """The useful part of a decoder or TensorFlow error message."""
+  if isinstance(err, soundfile.LibsndfileError):
+    return f"libsndfile: {err.error_string}"
   text = str(err).strip()
   if "}}" in text:
     text = text.rsplit("}}", 1)[1]
@@ -79,7 +80,7 @@ def _short(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Header parsing (format detection and native sample rate).
+# Header parsing (format detection and the container checks libsndfile does not make).
 # --------------------------------------------------------------------------------------
 
 
@@ -98,7 +99,7 @@ def detect_format(data: bytes, name: str = "") -> Optional[str]:
   """The container of ``data`` from its signature, else from ``name``'s extension.
 
   Args:
-    data: the file's bytes.
+    data: the file's bytes (its first few KB suffice).
     name: the file name, used only when the content has no known signature.
 
   Returns:
@@ -125,8 +126,35 @@ def _format_from_content(data: bytes) -> Optional[str]:
   return None
 
 
+def _check_format(data: bytes, name: str) -> Tuple[str, bool]:
+  """(format, found by signature) of a file's first bytes, or the "not audio" error."""
+  if not data:
+    raise AudioDecodeError(name, "file is empty (0 bytes)")
+  by_content = _format_from_content(data)
+  fmt = by_content or detect_format(data, name)
+  if fmt is None:
+    raise AudioDecodeError(name, "not audio: no WAV/FLAC/Ogg/MP3 signature and no known "
+                           "extension")
+  if by_content is None and fmt != "mp3":
+    # Without a signature only MP3 (raw frames) can still be valid; the rest are not audio.
+    raise AudioDecodeError(name, f"not audio: extension says {fmt} but the content has no "
+                           f"{fmt.upper()} signature")
+  return fmt, by_content is not None
+
+
 @dataclasses.dataclass(frozen=True)
-class _WavInfo:
+class WavInfo:
+  """What the RIFF/WAVE chunks of a file say (the one WAV header reader of the package).
+
+  Attributes:
+    format_tag: 1 = PCM, 3 = IEEE float, … (the sub-format of WAVE_FORMAT_EXTENSIBLE).
+    channels: channel count.
+    rate: sample rate (Hz).
+    bits: bits per sample.
+    block_align: bytes per frame.
+    data_offset: byte offset of the samples.
+    data_size: bytes of samples (the declared size, checked against the file).
+  """
   format_tag: int
   channels: int
   rate: int
@@ -135,29 +163,48 @@ class _WavInfo:
   data_offset: int
   data_size: int
 
+  @property
+  def num_frames(self) -> int:
+    return self.data_size // self.block_align
 
-_WAVE_FORMAT_PCM = 1
-_WAVE_FORMAT_IEEE_FLOAT = 3
+
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
 
-def _parse_wav(data: bytes, path: str) -> _WavInfo:
-  """Walk the RIFF chunks for ``fmt `` and ``data``; raise on truncation."""
+def parse_wav_header(read_at: Callable[[int, int], bytes], file_size: int,
+                     path: str) -> WavInfo:
+  """Walk the RIFF chunks for ``fmt `` and ``data``; raise on truncation.
+
+  Args:
+    read_at: ``read_at(offset, n) -> bytes`` of the file (fewer at its end).
+    file_size: the file's length in bytes.
+    path: for error messages.
+
+  Returns:
+    The header's :class:`WavInfo`.
+
+  Raises:
+    AudioDecodeError: no ``fmt ``/``data`` chunk, an incomplete ``fmt `` chunk, a
+      ``data`` chunk longer than the file, or impossible header values.
+  """
   offset, fmt, data_offset, data_size = 12, None, None, None
-  while offset + 8 <= len(data):
-    chunk_id = data[offset:offset + 4]
-    (size,) = struct.unpack("<I", data[offset + 4:offset + 8])
+  while offset + 8 <= file_size:
+    header = read_at(offset, 8)
+    if len(header) < 8:
+      break
+    chunk_id, (size,) = header[:4], struct.unpack("<I", header[4:8])
     body = offset + 8
     if chunk_id == b"fmt ":
-      if size < 16 or body + 16 > len(data):
+      chunk = read_at(body, min(size, 40))
+      if size < 16 or len(chunk) < 16:
         raise AudioDecodeError(path, "truncated or corrupt WAV (incomplete 'fmt ' chunk)")
-      tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", data[body:body + 16])
-      if tag == _WAVE_FORMAT_EXTENSIBLE and size >= 40 and body + 26 <= len(data):
-        (tag,) = struct.unpack("<H", data[body + 24:body + 26])  # sub-format GUID
+      tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", chunk[:16])
+      if tag == _WAVE_FORMAT_EXTENSIBLE and size >= 40 and len(chunk) >= 26:
+        (tag,) = struct.unpack("<H", chunk[24:26])  # sub-format GUID
       fmt = (tag, channels, rate, bits, block_align)
     elif chunk_id == b"data":
       data_offset = body
-      available = len(data) - body
+      available = file_size - body
       if size == 0xFFFFFFFF:
         size = available  # streamed WAV: the writer could not fill in the size
       if size > available:
@@ -175,38 +222,19 @@ def _parse_wav(data: bytes, path: str) -> _WavInfo:
   tag, channels, rate, bits, block_align = fmt
   if channels < 1 or rate < 1 or block_align < 1:
     raise AudioDecodeError(path, f"corrupt WAV header ({channels} channels, {rate} Hz)")
-  return _WavInfo(tag, channels, rate, bits, block_align, data_offset, data_size)
+  return WavInfo(tag, channels, rate, bits, block_align, data_offset, data_size)
 
 
-def _flac_streaminfo(data: bytes, start: int, path: str) -> Tuple[int, int, int, int]:
-  """(rate, channels, bits per sample, total samples or 0) from the STREAMINFO block."""
+def _flac_total_samples(data: bytes, path: str) -> int:
+  """Total samples per channel from the STREAMINFO block (0 = unknown)."""
+  start = data.find(b"fLaC", 0, _id3v2_size(data) + 4)
   block = start + 8  # "fLaC" + the 4-byte metadata block header
-  if len(data) < block + 18 or data[start + 4] & 0x7F != 0:
+  if start < 0 or len(data) < block + 18 or data[start + 4] & 0x7F != 0:
     raise AudioDecodeError(path, "truncated or corrupt FLAC (no STREAMINFO block)")
   (packed,) = struct.unpack(">Q", data[block + 10:block + 18])
-  rate = packed >> 44
-  channels = ((packed >> 41) & 0x7) + 1
-  bits = ((packed >> 36) & 0x1F) + 1
-  total = packed & 0xFFFFFFFFF
-  if rate == 0:
+  if packed >> 44 == 0:
     raise AudioDecodeError(path, "corrupt FLAC header (sample rate 0)")
-  return rate, channels, bits, total
-
-
-def _vorbis_rate(data: bytes, path: str) -> int:
-  head = data[:512]
-  if b"OpusHead" in head:
-    raise AudioDecodeError(path, "Ogg Opus is not supported (tensorflow-io decodes Ogg "
-                           "Vorbis only); convert to Vorbis, FLAC, MP3 or WAV")
-  if b"\x7fFLAC" in head:
-    raise AudioDecodeError(path, "FLAC inside Ogg is not supported; use a native .flac file")
-  at = head.find(b"\x01vorbis")
-  if at < 0 or at + 16 > len(data):
-    raise AudioDecodeError(path, "truncated or corrupt Ogg (no Vorbis identification header)")
-  (rate,) = struct.unpack("<I", data[at + 12:at + 16])
-  if rate == 0:
-    raise AudioDecodeError(path, "corrupt Ogg Vorbis header (sample rate 0)")
-  return rate
+  return packed & 0xFFFFFFFFF
 
 
 # MPEG audio: sample rates by version id and Layer III bit rates (kbit/s).
@@ -215,8 +243,8 @@ _MP3_KBPS_V1 = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320
 _MP3_KBPS_V2 = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
 
 
-def _mp3_header(data: bytes, i: int) -> Optional[Tuple[int, int, int]]:
-  """(version id, rate, frame length or 0) of a Layer III frame header at ``i``."""
+def _mp3_header(data: bytes, i: int) -> Optional[Tuple[int, int, int, int]]:
+  """(version id, rate, frame length or 0, bit-rate index) of a Layer III header at i."""
   if i + 4 > len(data) or data[i] != 0xFF or (data[i + 1] & 0xE0) != 0xE0:
     return None
   version = (data[i + 1] >> 3) & 0x3
@@ -229,36 +257,60 @@ def _mp3_header(data: bytes, i: int) -> Optional[Tuple[int, int, int]]:
   padding = (data[i + 2] >> 1) & 0x1
   kbps = (_MP3_KBPS_V1 if version == 3 else _MP3_KBPS_V2)[bitrate_index]
   if kbps == 0:  # "free format": length unknown without searching
-    return version, rate, 0
+    return version, rate, 0, 0
   samples_factor = 144 if version == 3 else 72
-  return version, rate, samples_factor * kbps * 1000 // rate + padding
+  return version, rate, samples_factor * kbps * 1000 // rate + padding, bitrate_index
 
 
-def _mp3_rate(data: bytes, path: str, confirmed_only: bool) -> int:
-  """Sample rate of the first Layer III frame confirmed by the next frame's header.
+def _check_mp3(data: bytes, path: str, from_signature: bool, complete: bool) -> None:
+  """The MP3 checks libsndfile does not make, on the file (``complete``) or its start.
 
-  ``confirmed_only`` (content without an MP3 signature) refuses a lone plausible header,
-  which random bytes contain by chance.
+  Finds the first Layer III frame confirmed by the next frame's header (content without
+  an MP3 signature must have one: random bytes hold a lone plausible header by chance),
+  then walks the frames: a last frame that runs past the end of a ``complete`` file
+  means truncation; bit rates that vary without a Xing/Info/VBRI header in the first
+  frame mean a VBR file whose length libsndfile cannot know.
   """
   start = _id3v2_size(data)
   end = min(len(data) - 3, start + (1 << 17))
-  first_plausible = None
+  first, lone = None, False
   for i in range(start, max(start, end)):
     header = _mp3_header(data, i)
     if header is None:
       continue
-    version, rate, length = header
-    if first_plausible is None:
-      first_plausible = rate
+    length = header[2]
     if length and i + length + 4 <= len(data):
       following = _mp3_header(data, i + length)
-      if following is not None and following[:2] == (version, rate):
-        return rate
+      if following is not None and following[:2] == header[:2]:
+        first = i
+        break
     elif length and i + length >= len(data) - 128:
-      return rate  # a one-frame file (possibly followed by an ID3v1 tag)
-  if first_plausible is not None and not confirmed_only:
-    return first_plausible
-  raise AudioDecodeError(path, "not audio: no MPEG audio frame found (not an MP3 file?)")
+      first = i  # a one-frame file (possibly followed by an ID3v1 tag)
+      break
+    lone = True
+  if first is None:
+    if lone and from_signature:
+      raise AudioDecodeError(path, "truncated or corrupt MP3 (no complete MPEG frame)")
+    raise AudioDecodeError(path, "not audio: no MPEG audio frame found (not an MP3 file?)")
+  length = _mp3_header(data, first)[2]
+  has_vbr_header = any(tag in data[first:first + max(length, 200)]
+                       for tag in (b"Xing", b"Info", b"VBRI"))
+  i, bitrates = first, set()
+  while True:
+    header = _mp3_header(data, i)
+    if header is None or header[2] == 0:
+      break
+    if i + header[2] > len(data):
+      if complete:
+        raise AudioDecodeError(path, f"truncated MP3: the frame at byte {i} needs "
+                               f"{header[2]} bytes, the file ends after {len(data) - i}")
+      break
+    bitrates.add(header[3])
+    i += header[2]
+  if len(bitrates) > 1 and not has_vbr_header:
+    raise AudioDecodeError(path, "variable bit-rate MP3 without a Xing/Info/VBRI header: "
+                           "its length is unknown to the decoder (re-encode it, e.g. "
+                           "with LAME, which writes the header)")
 
 
 # --------------------------------------------------------------------------------------
@@ -266,103 +318,33 @@ def _mp3_rate(data: bytes, path: str, confirmed_only: bool) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def _canonical_wav(info: _WavInfo, samples_bytes: bytes) -> bytes:
-  """A minimal RIFF/WAVE (16-byte ``fmt ``, ``data``) holding exactly the parsed samples.
-
-  tensorflow-io's reader fails on valid files whose ``data`` chunk has an odd size (8-bit
-  or 24-bit mono with an odd sample count): after the pad byte it expects another chunk
-  header. Feeding it a rebuilt file with an empty trailing ``JUNK`` chunk in that case
-  avoids the bug; rebuilding also normalises WAVE_FORMAT_EXTENSIBLE headers and
-  streamed sizes.
-  """
-  frames = len(samples_bytes) // info.block_align
-  body = samples_bytes[:frames * info.block_align]
-  fmt = struct.pack("<HHIIHH", info.format_tag, info.channels, info.rate,
-                    info.rate * info.block_align, info.block_align, info.bits)
-  chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(body))
-  chunks += body
-  if len(body) % 2:
-    chunks += b"\x00" + b"JUNK" + struct.pack("<I", 0)
-  return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+def _decode_error(fmt: str, info: Optional[WavInfo], path: str, err: BaseException,
+                  where: str = "") -> AudioDecodeError:
+  if info is not None and info.format_tag not in (1, 3):  # neither PCM nor IEEE float
+    return AudioDecodeError(path, f"unsupported WAV encoding (format tag "
+                            f"{info.format_tag:#x}, {info.bits} bits; {_short(err)})")
+  return AudioDecodeError(path, f"truncated or corrupt {_NAMES[fmt]}{where} ({_short(err)})")
 
 
-def _decode_wav(data: bytes, path: str) -> Tuple[np.ndarray, int]:
-  info = _parse_wav(data, path)
-  tag, bits = info.format_tag, info.bits
-  samples_bytes = data[info.data_offset:info.data_offset + info.data_size]
-  frames = info.data_size // info.block_align
-  if frames == 0:
-    return np.zeros((0, info.channels), np.float32), info.rate
-  numpy_dtypes = {(_WAVE_FORMAT_PCM, 32): ("<i4", 2.0 ** 31),
-                  (_WAVE_FORMAT_IEEE_FLOAT, 64): ("<f8", 1.0)}
-  tfio_dtypes = {(_WAVE_FORMAT_PCM, 8): (tf.uint8, 128.0),
-                 (_WAVE_FORMAT_PCM, 16): (tf.int16, 2.0 ** 15),
-                 (_WAVE_FORMAT_PCM, 24): (tf.int32, 2.0 ** 31),  # tfio left-justifies 24-bit
-                 (_WAVE_FORMAT_IEEE_FLOAT, 32): (tf.float32, 1.0)}
-  key = (tag, bits)
-  if key in numpy_dtypes:
-    # tfio reads 32-bit PCM as float and rejects 64-bit float: our own RIFF reader.
-    dtype, scale = numpy_dtypes[key]
-    width = np.dtype(dtype).itemsize
-    if info.block_align != width * info.channels:
-      raise AudioDecodeError(path, f"corrupt WAV header (block align {info.block_align} for "
-                             f"{info.channels} x {bits}-bit)")
-    raw = np.frombuffer(samples_bytes[:frames * info.block_align], dtype=dtype)
-    return (raw.reshape(frames, info.channels) / scale).astype(np.float32), info.rate
-  if key not in tfio_dtypes:
-    kind = {_WAVE_FORMAT_PCM: "PCM", _WAVE_FORMAT_IEEE_FLOAT: "float"}.get(
-        tag, f"format tag {tag}")
-    raise AudioDecodeError(path, f"unsupported WAV encoding ({kind}, {bits} bits); use 8/16/"
-                           "24/32-bit PCM or 32/64-bit float")
-  dtype, scale = tfio_dtypes[key]
+def _sound_file(fileobj, fmt: str, info: Optional[WavInfo], path: str
+                ) -> soundfile.SoundFile:
   try:
-    decoded = _tfio().audio.decode_wav(_canonical_wav(info, samples_bytes), dtype=dtype).numpy()
-  except Exception as err:  # tf.errors.*, and UnicodeDecodeError from binary messages
-    raise AudioDecodeError(path, f"truncated or corrupt WAV ({_short(err)})") from err
-  samples = decoded.astype(np.float32)
-  if dtype == tf.uint8:
-    samples -= 128.0  # unsigned 8-bit PCM is offset by 128
-  return samples / scale, info.rate
+    return soundfile.SoundFile(fileobj)
+  except Exception as err:  # soundfile.LibsndfileError, and RuntimeError from callbacks
+    raise _decode_error(fmt, info, path, err) from err
 
 
-def _decode_flac(data: bytes, path: str) -> Tuple[np.ndarray, int]:
-  start = data.find(b"fLaC", 0, _id3v2_size(data) + 4)
-  if start < 0:
-    raise AudioDecodeError(path, "not a FLAC file (no 'fLaC' signature)")
-  rate, _, bits, total = _flac_streaminfo(data, start, path)
-  if bits <= 8:
-    dtype, offset, scale = tf.uint8, 128.0, 128.0  # tfio returns 8-bit FLAC offset by 128
-  elif bits <= 16:
-    dtype, offset, scale = tf.int16, 0.0, 2.0 ** 15
-  else:
-    dtype, offset, scale = tf.int32, 0.0, 2.0 ** 31  # left-justified in 32 bits
-  try:
-    decoded = _tfio().audio.decode_flac(data[start:], dtype=dtype).numpy()
-  except Exception as err:
-    raise AudioDecodeError(path, f"truncated or corrupt FLAC ({_short(err)})") from err
-  if total and decoded.shape[0] < total:
-    raise AudioDecodeError(path, f"truncated FLAC: decoded {decoded.shape[0]} of {total} "
-                           "samples declared in STREAMINFO")
-  return (decoded.astype(np.float32) - offset) / scale, rate
-
-
-def _decode_ogg(data: bytes, path: str) -> Tuple[np.ndarray, int]:
-  rate = _vorbis_rate(data, path)
-  try:
-    decoded = _tfio().audio.decode_vorbis(data).numpy()
-  except Exception as err:
-    raise AudioDecodeError(path, f"truncated or corrupt Ogg Vorbis ({_short(err)})") from err
-  return decoded.astype(np.float32), rate
-
-
-def _decode_mp3(data: bytes, path: str, from_signature: bool) -> Tuple[np.ndarray, int]:
-  rate = _mp3_rate(data, path, confirmed_only=not from_signature)
-  try:
-    decoded = _tfio().audio.decode_mp3(data).numpy()
-  except Exception as err:
-    what = "truncated or corrupt MP3" if from_signature else "not audio or corrupt MP3"
-    raise AudioDecodeError(path, f"{what} ({_short(err)})") from err
-  return decoded.astype(np.float32), rate
+def _check_container(read_at: Callable[[int, int], bytes], file_size: int, head: bytes,
+                     fmt: str, from_signature: bool, path: str, complete: bool
+                     ) -> Optional[WavInfo]:
+  """The checks before decoding; the WAV header for WAV files."""
+  if fmt == "wav":
+    return parse_wav_header(read_at, file_size, path)
+  if fmt == "flac":
+    _flac_total_samples(head, path)
+  elif fmt == "mp3":
+    _check_mp3(head, path, from_signature, complete)
+  return None
 
 
 def decode_audio_bytes(data: bytes, name: str = "<bytes>") -> Tuple[np.ndarray, int]:
@@ -373,7 +355,8 @@ def decode_audio_bytes(data: bytes, name: str = "<bytes>") -> Tuple[np.ndarray, 
     name: path or name used in error messages and as the format fallback (extension).
 
   Returns:
-    ``(samples, rate)``: float32 ``[frames, channels]`` in [-1, 1] and the sample rate.
+    ``(samples, rate)``: float32 ``[frames, channels]`` (integer PCM scaled to [-1, 1))
+    and the sample rate.
 
   Raises:
     AudioDecodeError: empty input, unknown format, truncated/corrupt stream, zero
@@ -382,25 +365,27 @@ def decode_audio_bytes(data: bytes, name: str = "<bytes>") -> Tuple[np.ndarray, 
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise TypeError(f"{name}: expected bytes, got {type(data).__name__}")
   data = bytes(data)
-  if not data:
-    raise AudioDecodeError(name, "file is empty (0 bytes)")
-  by_content = _format_from_content(data)
-  fmt = by_content or detect_format(data, name)
-  if fmt is None:
-    raise AudioDecodeError(name, "not audio: no WAV/FLAC/Ogg/MP3 signature and no known "
-                           "extension")
-  if by_content is None and fmt != "mp3":
-    # Without a signature only MP3 (raw frames) can still be valid; the rest are not audio.
-    raise AudioDecodeError(name, f"not audio: extension says {fmt} but the content has no "
-                           f"{fmt.upper()} signature")
-  if fmt == "wav":
-    samples, rate = _decode_wav(data, name)
-  elif fmt == "flac":
-    samples, rate = _decode_flac(data, name)
-  elif fmt == "ogg":
-    samples, rate = _decode_ogg(data, name)
-  else:
-    samples, rate = _decode_mp3(data, name, from_signature=by_content is not None)
+  fmt, from_signature = _check_format(data, name)
+  info = _check_container(lambda offset, n: data[offset:offset + n], len(data), data, fmt,
+                          from_signature, name, complete=True)
+  if info is not None and info.num_frames == 0:
+    raise AudioDecodeError(name, "0 samples after decoding (empty or corrupt file)")
+  with _sound_file(io.BytesIO(data), fmt, info, name) as f:
+    try:
+      samples = f.read(dtype="float32", always_2d=True)
+    except Exception as err:
+      raise _decode_error(fmt, info, name, err) from err
+    rate = f.samplerate
+  if fmt == "flac":
+    total = _flac_total_samples(data, name)
+    if total and samples.shape[0] < total:
+      raise AudioDecodeError(name, f"truncated FLAC: decoded {samples.shape[0]} of {total} "
+                             "samples declared in STREAMINFO")
+  _check_samples(samples, name)
+  return samples, int(rate)
+
+
+def _check_samples(samples: np.ndarray, name: str) -> None:
   if samples.ndim != 2 or samples.shape[1] < 1:
     raise AudioDecodeError(name, f"corrupt stream (decoded shape {samples.shape})")
   if samples.shape[0] == 0:
@@ -408,7 +393,13 @@ def decode_audio_bytes(data: bytes, name: str = "<bytes>") -> Tuple[np.ndarray, 
   if not np.all(np.isfinite(samples)):
     bad = int(np.size(samples) - np.count_nonzero(np.isfinite(samples)))
     raise AudioDecodeError(name, f"{bad} NaN/Inf samples after decoding (corrupt file)")
-  return samples, int(rate)
+
+
+def _gfile_checks(path: str) -> None:
+  if not tf.io.gfile.exists(path):
+    raise AudioDecodeError(path, "file not found")
+  if tf.io.gfile.isdir(path):
+    raise AudioDecodeError(path, "is a directory, not an audio file")
 
 
 def read_bytes(path: str) -> bytes:
@@ -424,10 +415,7 @@ def read_bytes(path: str) -> bytes:
     AudioDecodeError: missing file, a directory, or an unreadable file.
   """
   try:
-    if not tf.io.gfile.exists(path):
-      raise AudioDecodeError(path, "file not found")
-    if tf.io.gfile.isdir(path):
-      raise AudioDecodeError(path, "is a directory, not an audio file")
+    _gfile_checks(path)
     with tf.io.gfile.GFile(path, "rb") as f:
       return f.read()
   except AudioDecodeError:
@@ -449,6 +437,137 @@ def decode_audio(path: str) -> Tuple[np.ndarray, int]:
     AudioDecodeError: see :func:`decode_audio_bytes` and :func:`read_bytes`.
   """
   return decode_audio_bytes(read_bytes(path), path)
+
+
+_HEAD_BYTES = 1 << 16
+
+
+def open_native(path: str, channel_mode: str = "first"
+                ) -> Tuple[int, int, Callable[[int, int], np.ndarray]]:
+  """Random access to a file's mono samples at its native rate, without loading it.
+
+  The file is opened through ``tf.io.gfile`` and decoded by libsndfile on demand (its
+  seeks are sample-exact for every format here), with the same checks and the same
+  sample values as :func:`decode_audio` (tested for equality). A stream that ends before
+  its header said raises when the missing samples are read.
+
+  Args:
+    path: the audio file.
+    channel_mode: ``"first"`` or ``"mean"``.
+
+  Returns:
+    ``(num_frames, rate, read)`` where ``read(start, stop)`` returns the float32 mono
+    samples ``[start, stop)`` clipped to the file.
+
+  Raises:
+    AudioDecodeError: missing, empty, not audio, unreadable or corrupt header.
+  """
+  if channel_mode not in CHANNEL_MODES:
+    raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}")
+  try:
+    _gfile_checks(path)
+    handle = tf.io.gfile.GFile(path, "rb")
+    file_size = handle.size()
+    head = handle.read(_HEAD_BYTES)
+  except AudioDecodeError:
+    raise
+  except Exception as err:
+    raise AudioDecodeError(path, f"cannot read file ({_short(err)})") from err
+
+  def read_at(offset: int, n: int) -> bytes:
+    if offset + n <= len(head):
+      return head[offset:offset + n]
+    handle.seek(offset)
+    return handle.read(n)
+
+  fmt, from_signature = _check_format(head, path)
+  info = _check_container(read_at, file_size, head, fmt, from_signature, path,
+                          complete=file_size <= len(head))
+  if info is not None and info.num_frames == 0:
+    raise AudioDecodeError(path, "0 samples after decoding (empty or corrupt file)")
+  handle.seek(0)
+  stream = _sound_file(handle, fmt, info, path)
+  num_frames, rate = int(stream.frames), int(stream.samplerate)
+  # libsndfile's seeks are sample-exact for WAV, FLAC and MP3 but not always for Ogg
+  # Vorbis, so Ogg is read forward only (a backward step reopens at the start). The
+  # readers here ask for increasing, overlapping ranges; the last range is kept.
+  exact_seek = fmt != "ogg"
+  kept = {"start": 0, "samples": np.zeros((0, stream.channels), np.float32)}
+
+  def forward(n: int) -> np.ndarray:
+    samples = stream.read(n, dtype="float32", always_2d=True)
+    if samples.shape[0] < n:
+      raise AudioDecodeError(path, f"truncated {_NAMES[fmt]} stream: it ends at sample "
+                             f"{stream.tell()} of {num_frames}")
+    return samples
+
+  def read(start: int, stop: int) -> np.ndarray:
+    start, stop = max(0, start), min(num_frames, stop)
+    if stop <= start:
+      return np.zeros(0, np.float32)
+    have_start = kept["start"]
+    have_stop = have_start + kept["samples"].shape[0]
+    try:
+      if start < have_start or start > have_stop:
+        if exact_seek:
+          stream.seek(start)
+          position = start
+        else:  # forward only: from the start of the file, or on from where it stands
+          position = 0 if start < have_start else have_stop
+          if position == 0:
+            stream.seek(0)
+          while position < start:
+            position += forward(min(start - position, 1 << 20)).shape[0]
+        kept["samples"] = kept["samples"][:0]
+        have_start = have_stop = start
+      new = forward(stop - have_stop) if stop > have_stop else kept["samples"][:0]
+    except AudioDecodeError:
+      raise
+    except Exception as err:
+      raise _decode_error(fmt, info, path, err, f" stream near sample {start}") from err
+    # Kept: everything from `start` up to the stream's position.
+    kept["start"] = start
+    kept["samples"] = np.concatenate([kept["samples"][start - have_start:], new])
+    samples = kept["samples"][:stop - start]
+    return to_mono(samples, channel_mode)
+
+  return num_frames, rate, read
+
+
+def decode_in_graph(contents: tf.Tensor, fmt: str) -> tf.Tensor:
+  """Decode encoded audio inside a ``tf.data`` graph with tensorflow-io (``[tfio]`` extra).
+
+  The default install decodes in Python (:func:`decode_audio_bytes`, e.g. in a
+  ``tf.data`` ``py_function`` or a Beam DoFn); this is for pipelines that must stay in
+  the graph. tensorflow-io's last release needs TensorFlow 2.16, hence the extra.
+
+  Args:
+    contents: scalar string tensor, the file's bytes.
+    fmt: one of ``FORMATS``.
+
+  Returns:
+    float32 ``[frames, channels]``, scaled as :func:`decode_audio_bytes` scales it.
+    WAV and FLAC must be 16-bit PCM here (the in-graph decoders need the sample type
+    up front); everything else goes through :func:`decode_audio_bytes`.
+
+  Raises:
+    ImportError: tensorflow-io is not installed (or does not load with this TensorFlow).
+    ValueError: an unknown ``fmt``.
+  """
+  try:
+    import tensorflow_io as tfio  # pylint: disable=import-outside-toplevel
+  except Exception as err:
+    raise ImportError("decode_in_graph needs tensorflow-io: pip install 'deepbof[tfio]' "
+                      f"(it needs TensorFlow 2.16; this is {tf.__version__}): {err}") from err
+  if fmt == "wav":
+    return tf.cast(tfio.audio.decode_wav(contents, dtype=tf.int16), tf.float32) / 32768.0
+  if fmt == "flac":
+    return tf.cast(tfio.audio.decode_flac(contents, dtype=tf.int16), tf.float32) / 32768.0
+  if fmt == "ogg":
+    return tfio.audio.decode_vorbis(contents)
+  if fmt == "mp3":
+    return tfio.audio.decode_mp3(contents)
+  raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
 
 
 # --------------------------------------------------------------------------------------
@@ -588,7 +707,7 @@ def load_audio_from_bytes(data: bytes, name: str = "<bytes>",
 
 def load_audio(path: str, sample_rate: int = DEFAULT_SAMPLE_RATE,
                channel_mode: str = "first") -> np.ndarray:
-  """Decode any WAV/FLAC/Ogg Vorbis/MP3 file to a mono float32 waveform (SPEC §1).
+  """Decode any WAV/FLAC/Ogg/MP3 file to a mono float32 waveform.
 
   Args:
     path: local or ``tf.io.gfile`` path (``gs://`` works).

@@ -19,9 +19,11 @@ Definitions and deviations (also listed in the README):
   :func:`frame_count`.
 * The default window is MATLAB's symmetric ``hann(1024)`` as in the authors' code;
   ``FrontendConfig(symmetric_window=False)`` selects the periodic Hann window.
-* Digital silence (an all-zero spectrum, which the authors' code skipped: its AGC
-  divides by an undefined minimum) is defined to give all-zero ``log_mel`` and
-  ``novelty``: the floor is ``1e-4 · 0 = 0``, the AGC envelope of an all-zero clip is
+* Digital silence (an all-zero spectrum) is defined to give all-zero ``log_mel`` and
+  ``novelty``. The authors' code neither skips such a clip nor computes it: their
+  feature script stores the *previous* clip's (AGC'd) spectrogram under the silent
+  clip's name, since their AGC would divide by an undefined minimum. We compute the
+  clip itself instead: the floor is ``1e-4 · 0 = 0``, the AGC envelope of an all-zero clip is
   defined as 0 (instead of "the smallest positive value" that does not exist), so
   ``S_agc = 0 / (0 + eps) = 0``. Never NaN.
 * The AGC's attack/decay recursion ``state_j = max(alpha·state_{j-1}, A_j)`` (initial

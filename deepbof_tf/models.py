@@ -18,6 +18,7 @@ from deepbof_tf.config import DNNConfig
 from deepbof_tf.layers.bag_of_features import BagOfFeaturesEncoder
 from deepbof_tf.layers.pca import PCAWhitening
 from deepbof_tf.layers.sparse_rbm import SparseRBM
+from deepbof_tf.layers.standardize import ClipMaxNormalization
 from deepbof_tf.layers.standardize import Standardization
 
 # --- Local feature encoder (SPEC §3–4) -------------------------------------------------
@@ -162,7 +163,8 @@ def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
                    seed: int = 0):
   """The song-level DNN of SPEC §5 as a Keras functional model.
 
-  ``bag_of_features`` → [Standardization unless input_normalization="none"] →
+  ``bag_of_features`` → [the input normalization: Standardization for "standardize",
+  ClipMaxNormalization for "clip_max", nothing for "none"] →
   [Dropout(input_dropout)] →
   num_hidden_layers × (Dense(hidden_units, ReLU) → Dropout(dropout)) →
   Dense(num_tags, sigmoid) named ``probabilities``. Weights are Glorot-uniform and
@@ -172,9 +174,9 @@ def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
 
   Args:
     num_tags: output units, one per tag.
-    config: a ``DNNConfig`` (defaults: 3 × 512, dropout 0.5, standardized inputs).
+    config: a ``DNNConfig`` (defaults: 3 × 512, dropout 0.5, raw inputs).
     input_dim: bag-of-features dimension (1024).
-    mean: normalization offset (zeros if None); ignored with input_normalization "none".
+    mean: standardization offset (zeros if None); used by "standardize" only.
     std: normalization scale (ones if None).
     seed: seed of the initialisers and dropout masks.
   """
@@ -183,8 +185,10 @@ def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
     raise ValueError(f"build_song_dnn needs at least one tag, got num_tags={num_tags}")
   inputs = keras.Input(shape=(input_dim,), name=BAG_OF_FEATURES)
   x = inputs
-  if config.input_normalization != "none":
+  if config.input_normalization == "standardize":
     x = Standardization(mean=mean, std=std, dtype="float32", name="standardization")(x)
+  elif config.input_normalization == "clip_max":
+    x = ClipMaxNormalization(dtype="float32", name="clip_max")(x)
   if config.input_dropout > 0:
     x = keras.layers.Dropout(config.input_dropout, seed=seed * 1000 + 999,
                              name="input_dropout")(x)

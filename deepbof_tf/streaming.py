@@ -23,7 +23,7 @@ whose results combine into *exactly* the one-shot bag-of-features (SPEC §1–4)
   mean of all chunks' window maxima (:func:`mean_of_windows`).
 
 Decoding is streamed too: :class:`SpooledWaveform` decodes and resamples the file
-block by block with tensorflow-io (:func:`decode_blocks`, equal to
+block by block with libsndfile (:func:`decode_blocks`, equal to
 ``deepbof_tf.audio.load_audio`` of the whole file) and spools the float32 result to an
 anonymous temporary file, so both passes read slices from disk instead of holding the
 recording in memory.
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 import tempfile
 from typing import Callable, Iterator, List, Optional, Tuple
 
@@ -323,13 +322,11 @@ def native_blocks(path: str, channel_mode: str = "first"
                   ) -> Tuple[int, int, Callable[[int, int], np.ndarray]]:
   """Random access to a file's mono samples at its native rate, without loading it.
 
-  WAV is read with a small RIFF reader (seek + NumPy; every PCM width and float WAV);
-  FLAC, Ogg Vorbis and MP3 through ``tfio.audio.AudioIOTensor`` slicing, which decodes
-  lazily. Samples are scaled and channels reduced exactly as ``deepbof_tf.audio`` does
-  (tested for equality).
+  See :func:`deepbof_tf.audio.open_native` (libsndfile, seek + read on demand); the
+  samples equal ``deepbof_tf.audio``'s one-shot decode (tested for equality).
 
   Args:
-    path: the audio file (``tf.io.gfile`` paths work for WAV).
+    path: the audio file (``tf.io.gfile`` paths work).
     channel_mode: ``"first"`` or ``"mean"``.
 
   Returns:
@@ -340,136 +337,7 @@ def native_blocks(path: str, channel_mode: str = "first"
     deepbof_tf.audio.AudioDecodeError: unreadable or corrupt header/stream.
   """
   from deepbof_tf import audio
-  if channel_mode not in audio.CHANNEL_MODES:
-    raise ValueError(f"channel_mode must be one of {audio.CHANNEL_MODES}, got "
-                     f"{channel_mode!r}")
-  head = _read_prefix(path, 1 << 16)
-  if not head:
-    raise audio.AudioDecodeError(path, "file is empty (0 bytes)")
-  by_content = audio.detect_format(head)  # no name: the content's signature only
-  fmt = by_content or audio.detect_format(head, path)
-  if fmt is None:
-    raise audio.AudioDecodeError(path, "not audio: no WAV/FLAC/Ogg/MP3 signature and no "
-                                 "known extension")
-  if by_content is None and fmt != "mp3":  # as deepbof_tf.audio: only raw MP3 frames
-    raise audio.AudioDecodeError(path, f"not audio: extension says {fmt} but the content "
-                                 f"has no {fmt.upper()} signature")
-  if fmt == "wav":
-    return _wav_blocks(path, channel_mode)
-  import tensorflow_io as tfio
-  try:
-    stream = tfio.audio.AudioIOTensor(path)
-    num_frames = int(stream.shape[0])
-    rate = int(stream.rate.numpy())
-  except Exception as err:  # tf.errors.*: tensorflow-io could not open the stream
-    raise audio.AudioDecodeError(path, f"cannot open the {fmt} stream "
-                                 f"({audio._short(err)})") from err
-  if rate <= 0:
-    raise audio.AudioDecodeError(path, f"corrupt header (sample rate {rate})")
-  dtype = stream.dtype
-
-  def read(start: int, stop: int) -> np.ndarray:
-    start, stop = max(0, start), min(num_frames, stop)
-    if stop <= start:
-      return np.zeros(0, np.float32)
-    try:
-      raw = stream[start:stop].numpy()
-    except Exception as err:
-      raise audio.AudioDecodeError(path, f"truncated or corrupt {fmt} stream near sample "
-                                   f"{start} ({audio._short(err)})") from err
-    return audio.to_mono(_to_float(raw, dtype), channel_mode)
-
-  return num_frames, rate, read
-
-
-def _read_prefix(path: str, size: int) -> bytes:
-  from deepbof_tf import audio
-  import tensorflow as tf
-  try:
-    if not tf.io.gfile.exists(path):
-      raise audio.AudioDecodeError(path, "file not found")
-    if tf.io.gfile.isdir(path):
-      raise audio.AudioDecodeError(path, "is a directory, not an audio file")
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return f.read(size)
-  except audio.AudioDecodeError:
-    raise
-  except Exception as err:
-    raise audio.AudioDecodeError(path, f"cannot read file ({audio._short(err)})") from err
-
-
-# WAV sample encodings: (format tag, bits) → (NumPy dtype or "int24", full scale, offset).
-_WAV_ENCODINGS = {(1, 8): ("u1", 128.0, 128.0), (1, 16): ("<i2", 2.0 ** 15, 0.0),
-                  (1, 24): ("int24", 2.0 ** 23, 0.0), (1, 32): ("<i4", 2.0 ** 31, 0.0),
-                  (3, 32): ("<f4", 1.0, 0.0), (3, 64): ("<f8", 1.0, 0.0)}
-
-
-def _wav_blocks(path: str, channel_mode: str):
-  """RIFF/WAVE random access: header chunks by seeking, samples by offset."""
-  from deepbof_tf import audio
-  import tensorflow as tf
-  f = tf.io.gfile.GFile(path, "rb")
-  file_size = f.size()
-  if f.read(12)[8:12] != b"WAVE":
-    raise audio.AudioDecodeError(path, "truncated or corrupt WAV (no RIFF/WAVE header)")
-  offset, fmt, data = 12, None, None
-  while offset + 8 <= file_size and (fmt is None or data is None):
-    f.seek(offset)
-    header = f.read(8)
-    chunk_id, size = header[:4], struct.unpack("<I", header[4:8])[0]
-    if chunk_id == b"fmt ":
-      body = f.read(min(size, 40))
-      if len(body) < 16:
-        raise audio.AudioDecodeError(path, "truncated or corrupt WAV (incomplete 'fmt ' "
-                                     "chunk)")
-      tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", body[:16])
-      if tag == 0xFFFE and len(body) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the sub-format
-        tag = struct.unpack("<H", body[24:26])[0]
-      fmt = (tag, channels, rate, block_align, bits)
-    elif chunk_id == b"data":
-      available = file_size - offset - 8
-      if size == 0xFFFFFFFF:
-        size = available  # streamed WAV: the writer could not fill in the size
-      if size > available:
-        raise audio.AudioDecodeError(path, f"truncated WAV: header declares {size} bytes "
-                                     f"of samples, file has {available}")
-      data = (offset + 8, size)
-    offset += 8 + size + (size & 1)
-  if fmt is None or data is None:
-    raise audio.AudioDecodeError(path, "truncated or corrupt WAV (no 'fmt ' or 'data' chunk)")
-  tag, channels, rate, block_align, bits = fmt
-  if channels < 1 or rate < 1 or block_align < 1:
-    raise audio.AudioDecodeError(path, f"corrupt WAV header ({channels} channels, {rate} Hz)")
-  if (tag, bits) not in _WAV_ENCODINGS:
-    raise audio.AudioDecodeError(path, f"unsupported WAV encoding (format tag {tag}, "
-                                 f"{bits} bits)")
-  dtype, scale, bias = _WAV_ENCODINGS[(tag, bits)]
-  width = 3 if dtype == "int24" else np.dtype(dtype).itemsize
-  if block_align != width * channels:
-    raise audio.AudioDecodeError(path, f"corrupt WAV header (block align {block_align} for "
-                                 f"{channels} x {bits}-bit)")
-  data_offset, data_size = data
-  num_frames = data_size // block_align
-
-  def read(start: int, stop: int) -> np.ndarray:
-    start, stop = max(0, start), min(num_frames, stop)
-    if stop <= start:
-      return np.zeros(0, np.float32)
-    f.seek(data_offset + start * block_align)
-    raw = f.read((stop - start) * block_align)
-    if dtype == "int24":
-      b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
-      values = (b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8  # sign-extend
-      samples = values.astype(np.float32) / np.float32(scale)
-    elif dtype in ("<i4", "<f8"):
-      # deepbof_tf.audio divides these in float64 (its NumPy RIFF path).
-      samples = (np.frombuffer(raw, dtype) / scale).astype(np.float32)
-    else:
-      samples = (np.frombuffer(raw, dtype).astype(np.float32) - np.float32(bias)
-                 ) / np.float32(scale)
-    return audio.to_mono(samples.reshape(-1, channels), channel_mode)
-
-  return num_frames, rate, read
+  return audio.open_native(path, channel_mode)
 
 
 def decode_blocks(path: str, sample_rate: int = 22050, channel_mode: str = "first",
@@ -502,22 +370,3 @@ def decode_blocks(path: str, sample_rate: int = 22050, channel_mode: str = "firs
   for start in range(0, n_out, step):
     yield audio.resample_segment(read_zero_filled, num_in, rate_in, rate_out, start,
                                  start + step)
-
-
-def _to_float(samples: np.ndarray, dtype) -> np.ndarray:
-  """Integer PCM → float32 by full scale, as ``deepbof_tf.audio`` decodes it.
-
-  tensorflow-io returns 8-bit PCM as unsigned (offset 128) and 24-bit PCM
-  left-justified in int32, so the scales are 128, 2^15 and 2^31.
-  """
-  import tensorflow as tf
-  dtype = tf.as_dtype(dtype)
-  if dtype.is_floating:
-    return samples.astype(np.float32, copy=False)
-  if dtype == tf.uint8:
-    return (samples.astype(np.float32) - 128.0) / 128.0
-  if dtype == tf.int16:
-    return samples.astype(np.float32) / 2.0 ** 15
-  if dtype == tf.int32:
-    return samples.astype(np.float32) / 2.0 ** 31
-  raise ValueError(f"unsupported sample type {dtype.name}")

@@ -6,7 +6,8 @@ import pytest
 import keras
 from deepbof_tf import models
 from deepbof_tf.config import DNNConfig, PretrainConfig
-from deepbof_tf.layers.standardize import Standardization, standardization_statistics
+from deepbof_tf.layers.standardize import (ClipMaxNormalization, Standardization,
+                                           normalize_inputs, standardization_statistics)
 from deepbof_tf.training import finetuning, logreg, pretraining
 
 
@@ -27,7 +28,16 @@ def test_architecture(layers):
   assert dense[-1].activation.__name__ == "sigmoid" and dense[-1].name == "probabilities"
   dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
   assert [d.rate for d in dropouts] == [0.5] * layers
-  assert isinstance(model.layers[1], Standardization)
+  # The default input is the raw bag-of-features (the authors' final scripts).
+  assert model.layers[1].name == models.hidden_layer_name(0)
+  standardized = models.build_song_dnn(5, DNNConfig(num_hidden_layers=layers, hidden_units=16,
+                                                    input_normalization="standardize"),
+                                       input_dim=12)
+  assert isinstance(standardized.layers[1], Standardization)
+  clip_max = models.build_song_dnn(5, DNNConfig(num_hidden_layers=layers, hidden_units=16,
+                                                input_normalization="clip_max"),
+                                   input_dim=12)
+  assert isinstance(clip_max.layers[1], ClipMaxNormalization)
 
 
 def test_initialize_copies_kernels_and_hidden_biases_not_visible_biases(rng):
@@ -58,7 +68,8 @@ def test_forward_pass_matches_numpy_with_standardization_inside(rng):
   mean, std = standardization_statistics(x_train)
   np.testing.assert_allclose(mean, x_train.mean(0), atol=1e-6)
   np.testing.assert_allclose(std, x_train.std(0), atol=1e-6)
-  model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=5),
+  model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=5,
+                                             input_normalization="standardize"),
                                 input_dim=8, mean=mean, std=std)
   x = rng.random((7, 8)).astype(np.float32)
   h = (x - mean) / std
@@ -73,24 +84,58 @@ def test_forward_pass_matches_numpy_with_standardization_inside(rng):
 def test_normalization_modes(rng):
   data = rng.random((30, 4))
   data[:, 2] = 0.25  # constant feature: scale falls back to 1
-  mean, std = standardization_statistics(data, "max")
-  np.testing.assert_allclose(mean, 0)
-  np.testing.assert_allclose(std[[0, 1, 3]], data.max(0)[[0, 1, 3]], rtol=1e-6)
   mean, std = standardization_statistics(data, "standardize")
   assert std[2] == 1.0 and mean[2] == pytest.approx(0.25)
-  mean, std = standardization_statistics(data, "none")
-  np.testing.assert_allclose(std, 1)
-  with pytest.raises(ValueError, match="normalization mode"):
+  np.testing.assert_allclose(std[[0, 1, 3]], data.std(0)[[0, 1, 3]], rtol=1e-6)
+  for mode in ("none", "clip_max"):  # no statistics
+    mean, std = standardization_statistics(data, mode)
+    np.testing.assert_allclose(mean, 0)
+    np.testing.assert_allclose(std, 1)
+  with pytest.raises(ValueError, match="must be one of"):
     standardization_statistics(data, "minmax")
   model = models.build_song_dnn(2, DNNConfig(num_hidden_layers=1, hidden_units=3,
                                              input_normalization="none"), input_dim=4)
-  assert not any(isinstance(l, Standardization) for l in model.layers)
+  assert not any(isinstance(l, (Standardization, ClipMaxNormalization))
+                 for l in model.layers)
+
+
+@pytest.mark.parametrize("mode", ["none", "clip_max", "standardize"])
+def test_each_normalization_mode_matches_numpy(rng, mode):
+  x_train = rng.random((40, 6)).astype(np.float32)
+  x = rng.random((9, 6)).astype(np.float32)
+  x[4] = 0.0  # an all-zero clip: clip_max leaves it as it is
+  mean, std = standardization_statistics(x_train, mode)
+  if mode == "none":
+    expected = x
+  elif mode == "clip_max":  # each clip by its own maximum (the authors' option)
+    peak = x.max(axis=1, keepdims=True)
+    expected = x / np.where(peak > 0, peak, 1)
+  else:
+    expected = (x - x_train.mean(0)) / x_train.std(0)
+  np.testing.assert_allclose(normalize_inputs(x, mode, mean, std), expected, rtol=1e-5,
+                             atol=1e-6)
+  # The model's first layer computes the same.
+  model = models.build_song_dnn(2, DNNConfig(num_hidden_layers=1, hidden_units=3,
+                                             input_normalization=mode),
+                                input_dim=6, mean=mean, std=std)
+  first = keras.Model(model.inputs, model.get_layer(models.hidden_layer_name(0)).input)
+  np.testing.assert_allclose(first.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+  if mode == "clip_max":
+    np.testing.assert_allclose(expected[[0, 1, 2, 3, 5, 6, 7, 8]].max(axis=1), 1.0, rtol=1e-6)
+
+
+def test_removed_max_mode_names_the_replacements():
+  for build in (lambda: DNNConfig(input_normalization="max"),
+                lambda: normalize_inputs(np.ones((2, 2)), "max", 0.0, 1.0)):
+    with pytest.raises(ValueError, match="'max' was removed.*'clip_max'.*'standardize'"):
+      build()
 
 
 def test_tagger_save_and_load(tmp_path, rng):
   x_train = rng.random((20, 6)).astype(np.float32)
   mean, std = standardization_statistics(x_train)
-  model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=4),
+  model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=4,
+                                             input_normalization="standardize"),
                                 input_dim=6, mean=mean, std=std, seed=3)
   model.save(str(tmp_path / models.TAGGER_FILE))
   models.save_tag_names(str(tmp_path), ["rock", "piano", "vocal"])
@@ -137,10 +182,14 @@ def test_epoch_dataset_is_a_permutation_per_epoch_and_resumable():
 
 def test_first_layer_visible_resolution():
   assert pretraining.first_layer_visible(PretrainConfig(), "standardize") == "gaussian"
-  assert pretraining.first_layer_visible(PretrainConfig(), "max") == "binary"
+  assert pretraining.first_layer_visible(PretrainConfig(), "clip_max") == "binary"
   assert pretraining.first_layer_visible(PretrainConfig(), "none") == "binary"
   explicit = PretrainConfig(first_layer_visible="binary")
   assert pretraining.first_layer_visible(explicit, "standardize") == "binary"
+  relu = PretrainConfig(first_layer_visible="relu")  # the paper's §IV-D.2 alternative
+  assert pretraining.first_layer_visible(relu, "none") == "relu"
+  schedule = pretraining.rbm_schedule(relu, 0, "relu")
+  assert (schedule.learning_rate, schedule.min_learning_rate) == (0.003, 0.001)
   schedule = pretraining.rbm_schedule(PretrainConfig(), 0, "binary")
   assert (schedule.learning_rate, schedule.min_learning_rate, schedule.weight_cost) == (
       0.03, 0.01, 0.001)

@@ -37,13 +37,12 @@ TRAIN_STAGES = (plan_lib.LEARN_LOCAL_FEATURES, plan_lib.ENCODE, plan_lib.SONG_LE
 
 # What the paper's figures vary (SPEC §3–5): the grids must have exactly these cells.
 EXPECTED_CELLS = {"blocks_sampling": 10, "layers_init": 6, "sparsity_pooling": 20,
-                  "weight_cost": 5, "weight_cost_all": 27}
+                  "weight_cost": 27}
 EXPECTED_VARIED = {
     "blocks_sampling": {"sampling", "block_frames"},
     "layers_init": {"num_hidden_layers", "init"},
     "sparsity_pooling": {"sparsity_target", "pool_frames"},
     "weight_cost": {"weight_costs"},
-    "weight_cost_all": {"weight_costs"},
 }
 # The stored flags of a demo sweep with two seeds (DIR/sweeps.json, cli._sweep_args).
 ARGS = {"scale": "demo", "seeds": [0, 1], "manifest": None, "manifest_format": "csv",
@@ -93,13 +92,22 @@ def test_grid_values_are_the_papers():
   assert values("sparsity_pooling", "sparsity_target", "pool_frames") == set(
       itertools.product((0.007, 0.01, 0.02, 0.03), (11, 22, 43, 86, 172)))
   weights = (0.001, 0.01, 0.1)
-  assert values("weight_cost_all", "weight_costs") == {
+  assert values("weight_cost", "weight_costs") == {
       (c,) for c in itertools.product(weights, repeat=3)}
   by_label = {c.label: c.settings.weight_costs
               for c in grids_lib.grid("weight_cost").cells}
-  assert by_label["WC Inc"] == (0.001, 0.01, 0.1)
-  assert by_label["WC Dec"] == (0.1, 0.01, 0.001)
+  assert by_label["WC 0.001/0.01/0.1"] == (0.001, 0.01, 0.1)
+  assert by_label["WC 0.1/0.01/0.001"] == (0.1, 0.01, 0.001)
   assert {by_label[f"WC {w:g}"] for w in weights} == {(w, w, w) for w in weights}
+  # The families the paper compares: the authors' WC Inc loop (0.001 at the bottom,
+  # non-decreasing upward), its mirror WC Dec, the uniform settings, all 27.
+  families = grids_lib.WEIGHT_COST_FAMILIES
+  assert set(families["WC Inc"]) == {
+      (0.001, 0.001, 0.001), (0.001, 0.001, 0.01), (0.001, 0.001, 0.1),
+      (0.001, 0.01, 0.01), (0.001, 0.01, 0.1), (0.001, 0.1, 0.1)}
+  assert set(families["WC Dec"]) == {tuple(reversed(c)) for c in families["WC Inc"]}
+  assert set(families["uniform"]) == {(w, w, w) for w in weights}
+  assert len(families["all"]) == 27
   # The pooling windows are 0.25 … 4 s at the frontend's frame rate.
   frame_rate = config_lib.FrontendConfig().frame_rate
   seconds = sorted({c.settings.pool_seconds
@@ -108,10 +116,10 @@ def test_grid_values_are_the_papers():
   np.testing.assert_allclose(seconds, [0.25, 0.5, 1.0, 2.0, 4.0], rtol=0.03)
 
 
-def test_default_settings_are_spec_and_a_cell_of_every_grid():
+def test_default_settings_are_the_authors_and_a_cell_of_every_grid():
   default = grids_lib.Settings()
   assert (default.sampling, default.block_frames) == ("onset", 8)
-  assert (default.sparsity_target, default.pool_frames) == (0.02, 43)
+  assert (default.sparsity_target, default.pool_frames) == (0.02, 86)  # the authors' final script
   assert (default.num_hidden_layers, default.init) == (3, "pretrained")
   assert default.weight_costs == (0.001, 0.01, 0.1)
   # ... and they are deepbof_tf.config's, not a copy that could drift.
@@ -168,7 +176,6 @@ def test_bad_grids_raise():
     ("layers_init", (1, 1, 1, 1)),
     ("sparsity_pooling", (1, 1, 4, 20)),
     ("weight_cost", (1, 1, 1, 1)),
-    ("weight_cost_all", (1, 1, 1, 1)),
 ])
 def test_plan_shares_common_stages(tmp_path, grid_name, shared):
   grid = grids_lib.grid(grid_name)
@@ -632,8 +639,8 @@ def test_write_csv_has_a_row_per_cell_and_seed(sweep, tmp_path):
     assert int(row["num_hidden_layers"]) == s.num_hidden_layers
     assert row["init"] == s.init
     assert row["sampling"] == "onset" and int(row["block_frames"]) == 8
-    assert float(row["sparsity_target"]) == 0.02 and int(row["pool_frames"]) == 43
-    assert float(row["pool_seconds"]) == pytest.approx(43 / frame_rate, abs=0.005)
+    assert float(row["sparsity_target"]) == 0.02 and int(row["pool_frames"]) == 86
+    assert float(row["pool_seconds"]) == pytest.approx(86 / frame_rate, abs=0.005)
     assert row["weight_costs"] == "0.001/0.01/0.1"
     assert row["model_dir"] == result.run.model_dir
     if result.status == results_lib.OK:
@@ -661,7 +668,7 @@ def test_summarize_gives_the_paired_difference_to_the_default(sweep):
   results = results_lib.collect(plan)
   markdown = results_lib.summarize(grid, results)
   header = _md_row(markdown, "num_hidden_layers", "init")
-  assert header[2:5] == ["runs", "AUC-T", "Δ AUC-T"]
+  assert header[2:6] == ["runs", "val AUC-T", "AUC-T", "Δ AUC-T"]
 
   def aucs(label, seed):
     per_tag = written[_run(plan, label, seed).node]["per_tag"]
@@ -673,18 +680,18 @@ def test_summarize_gives_the_paired_difference_to_the_default(sweep):
   row = _md_row(markdown, 1, "random")
   assert row[2] == "2/2"
   auc_t = [written[_run(plan, "1 layer, random", s).node]["auc_tag"] for s in (0, 1)]
-  assert row[3] == f"{np.mean(auc_t):.3f} ± {np.std(auc_t, ddof=1):.3f}"
-  assert row[4] == (f"{diffs.mean():+.3f} ± "
+  assert row[4] == f"{np.mean(auc_t):.3f} ± {np.std(auc_t, ddof=1):.3f}"
+  assert row[5] == (f"{diffs.mean():+.3f} ± "
                     f"{diffs.std(ddof=1) / math.sqrt(diffs.size):.3f}")
-  assert row[5] == f"{(diffs > 0).sum()}/{(diffs < 0).sum()}"
+  assert row[6] == f"{(diffs > 0).sum()}/{(diffs < 0).sum()}"
   baseline = [written[_run(plan, "1 layer, random", s).node]["baselines"][
       results_lib.BASELINE]["auc_tag"] for s in (0, 1)]
   assert row[-1] == f"{np.mean(baseline):.3f}"
 
   reference = _md_row(markdown, 3, "pretrained")
-  assert (reference[2], reference[4]) == ("2/2", "(reference)")
+  assert (reference[2], reference[5]) == ("2/2", "(reference)")
   assert _md_row(markdown, 1, "pretrained")[2] == "1/2"
-  assert _md_row(markdown, 2, "random")[2:5] == ["0/2", "—", "—"]
+  assert _md_row(markdown, 2, "random")[2:6] == ["0/2", "—", "—", "—"]
   # The pivot: hidden layers × init, mean AUC-T over the finished seeds.
   only_seed0 = written[_run(plan, "1 layer, pretrained", 0).node]["auc_tag"]
   pivot = _md_row(markdown, 1, f"{only_seed0:.3f}")
@@ -696,6 +703,45 @@ def test_summarize_gives_the_paired_difference_to_the_default(sweep):
   assert "2 layers, random seed 1 (not run)" in missing
   assert "1 layer, pretrained seed 1 (no metrics.json)" in missing
   assert "3 layers, random seed 1 (stale)" in missing
+
+
+def test_weight_cost_families_are_selected_on_validation_and_scored_on_test(tmp_path):
+  grid = grids_lib.grid("weight_cost")
+  plan = plan_lib.plan_sweep(grid, str(tmp_path / "wc"), seeds=(0, 1))
+  tags = [f"t{i}" for i in range(4)]
+
+  def metrics(test_auc):
+    return {"auc_tag": test_auc, "pr_auc": test_auc / 2, "num_clips": 10, "num_tags": 4,
+            "per_tag": {t: {"roc_auc": test_auc + 0.01 * i} for i, t in enumerate(tags)}}
+
+  # A toy table: validation favours (0.001, 0.01, 0.1) among WC Inc, while test would
+  # favour (0.001, 0.1, 0.1); the best of all is (0.1, 0.1, 0.01), a member of no family;
+  # (0.001, 0.001, 0.1) misses its second seed, so it cannot be selected.
+  val = {(0.001, 0.01, 0.1): 0.80, (0.001, 0.1, 0.1): 0.70, (0.1, 0.1, 0.01): 0.85,
+         (0.1, 0.01, 0.001): 0.75, (0.01, 0.01, 0.01): 0.72, (0.001, 0.001, 0.1): 0.99}
+  test = {(0.001, 0.1, 0.1): 0.95, (0.001, 0.01, 0.1): 0.60}
+  results = []
+  for run in plan.cells:
+    costs = tuple(run.cell.settings.weight_costs)
+    if costs == (0.001, 0.001, 0.1) and run.seed == 1:
+      results.append(results_lib.CellResult(run, "failed"))
+      continue
+    results.append(results_lib.CellResult(run, results_lib.OK,
+                                          metrics(test.get(costs, 0.5) + 0.01 * run.seed),
+                                          val.get(costs, 0.5) + 0.001 * run.seed))
+  chosen = {s.family: s for s in results_lib.select_families(
+      results, grids_lib.WEIGHT_COST_FAMILIES)}
+  assert chosen["WC Inc"].chosen == "WC 0.001/0.01/0.1"
+  assert chosen["WC Inc"].members_run == 5  # one member lacks a seed
+  assert chosen["WC Dec"].chosen == "WC 0.1/0.01/0.001"
+  assert chosen["uniform"].chosen == "WC 0.01"
+  assert chosen["all"].chosen == "WC 0.1/0.1/0.01"
+  assert chosen["WC Inc"].val_auc_tag == pytest.approx(0.8005)
+  assert sorted(r.metrics["auc_tag"] for r in chosen["WC Inc"].results) == pytest.approx(
+      [0.60, 0.61])
+  markdown = results_lib.summarize(grid, results)
+  row = _md_row(markdown, "WC Inc", "5/6", "WC 0.001/0.01/0.1")
+  assert row[3] == "0.800" and row[4] == "0.605 ± 0.007"
 
 
 def test_plot_grid_draws_a_box_per_finished_setting(sweep, tmp_path, rng):

@@ -30,7 +30,7 @@ def _reference_p_at_k(y_true, y_score, k):
   values = []
   for scores, truth in zip(y_score, y_true):
     order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
-    values.append(sum(truth[j] for j in order[:k]) / k)
+    values.append(sum(float(truth[j]) for j in order[:k]) / k)  # Python floats (float64)
   return float(np.mean(values))
 
 

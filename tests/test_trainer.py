@@ -70,10 +70,44 @@ def test_presets_scale_the_defaults_and_yield_to_explicit_values():
   assert demo.finetune.epochs == config_lib.PRESETS["demo"].train_overrides["finetune.epochs"]
   assert demo.local == config_lib.TrainConfig().local  # everything else the paper's
   assert train.build_config(preset="demo", assignments=["finetune.epochs=7"]).finetune.epochs == 7
-  assert train.build_config(preset="paper") == config_lib.TrainConfig()
+  # The paper preset is the defaults (the authors' run_tagatune_dnn.m), with RBM 1's
+  # visible type spelled out instead of "auto".
+  paper = train.build_config(preset="paper")
+  assert paper == config_lib.override(config_lib.TrainConfig(),
+                                      {"pretrain.first_layer_visible": "binary"})
   assert config_lib.PRESETS["paper"].num_blocks == 200_000
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.preset("huge")
+
+
+def test_paper_preset_writes_and_prints_the_authors_configuration(tmp_path):
+  config = train.build_config(preset="paper")
+  train.write_operative_config(str(tmp_path), config)
+  stored = json.loads((tmp_path / "config.json").read_text())
+  assert stored["dnn"]["input_normalization"] == "none"
+  assert stored["pretrain"]["first_layer_visible"] == "binary"
+  assert (stored["pretrain"]["binary_relu_learning_rate"],
+          stored["pretrain"]["binary_relu_min_learning_rate"]) == (0.03, 0.01)
+  assert (stored["pretrain"]["relu_relu_learning_rate"],
+          stored["pretrain"]["relu_relu_min_learning_rate"]) == (0.003, 0.001)
+  assert stored["local"]["pooling"]["pool_frames"] == 86
+  assert stored["local"]["rbm"]["num_hidden"] == 1024
+  assert stored["local"]["rbm"]["sparsity_target"] == 0.02
+  assert (stored["dnn"]["num_hidden_layers"], stored["dnn"]["hidden_units"]) == (3, 512)
+  assert stored["pretrain"]["epochs"] == 200
+  assert stored["finetune"]["optimizer"] == "adadelta_deepmat"
+  assert (stored["finetune"]["adadelta_rho"], stored["finetune"]["adadelta_epsilon"],
+          stored["finetune"]["learning_rate"]) == (0.99, 1e-8, 1.0)
+  assert stored["finetune"]["epochs"] == 100
+  text = config_lib.describe(config)
+  for words in ("pooling: 86 frames", "input normalization none",
+                "RBM 1 binary-visible 0.03 -> 0.01", "RBMs 2+ ReLU-visible 0.003 -> 0.001",
+                "200 epochs", "adadelta_deepmat (rho 0.99, epsilon 1e-08, lr 1)",
+                "100 epochs", "1024 units, sparsity 0.02", "3 x 512 ReLU"):
+    assert words in text, (words, text)
+  standardized = config_lib.override(config_lib.TrainConfig(),
+                                     {"dnn.input_normalization": "standardize"})
+  assert "RBM 1 gaussian-visible 0.003 -> 0.001" in config_lib.describe(standardized)
 
 
 @pytest.mark.parametrize("assignment, message", [

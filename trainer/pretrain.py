@@ -1,8 +1,9 @@
 """Stage ``pretrain``: greedy layer-wise ReLU-RBM pretraining of the song-level DNN (SPEC §5).
 
 Reads ``model_dir/bof/train.npz``, normalizes it with the training statistics
-(``dnn.input_normalization``), trains RBM 1 (binary- or Gaussian-visible, ReLU hidden)
-on it and RBMs 2… (ReLU–ReLU) on the ReLU activations of the layer below, and writes ``model_dir/pretrain/rbm_{i}.npz``. A layer whose file was
+(``dnn.input_normalization``), trains RBM 1 (binary-, Gaussian- or ReLU-visible, ReLU
+hidden) on it and RBMs 2… (ReLU–ReLU) on the ReLU activations of the layer below, and
+writes ``model_dir/pretrain/rbm_{i}.npz``. A layer whose file was
 written by the same configuration on the same input is reused, so a killed run resumes
 at the first unfinished layer.
 """
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from deepbof_tf import config as config_lib
 from deepbof_tf.training import model_dir as layout
+from deepbof_tf.layers.standardize import normalize_inputs
 from deepbof_tf.training import pretraining
 
 
@@ -49,7 +51,7 @@ def pretrain(data_dir: str, model_dir: str, config: config_lib.TrainConfig
     return {"skipped": reason}
   _, x_train, _ = layout.load_bof(model_dir, "train")
   mean, std = layout.standardization(model_dir, x_train, config.dnn.input_normalization)
-  inputs = ((x_train - mean) / std).astype(np.float32)
+  inputs = normalize_inputs(x_train, config.dnn.input_normalization, mean, std)
   first_visible = pretraining.first_layer_visible(config.pretrain,
                                                   config.dnn.input_normalization)
   summary: Dict[str, Any] = {"layers": []}

@@ -254,6 +254,8 @@ def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
   """
   write_operative_config(model_dir, config, overwrite=overwrite)
   record_audio_settings(data_dir, model_dir)
+  logging.info("operative configuration (%s):\n%s", posixpath.join(model_dir,
+               layout.CONFIG_FILE), config_lib.describe(config))
   summaries: Dict[str, Any] = {}
   for stage in stages:
     logging.info("=== stage %s ===", stage)
@@ -311,7 +313,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("rbm_epochs", None, "Epochs of the local sparse RBM (300).")
   flags.DEFINE_float("sparsity_target", None, "Local sparse RBM target activation (0.02).")
   flags.DEFINE_integer("pool_frames", None, "Bag-of-features max-pooling window in frames "
-                       "(43 ≈ 1 s).")
+                       "(86 ≈ 2 s, the authors' final script).")
   flags.DEFINE_enum("rbm_backend", "auto", ["auto", "native", "tensorflow"],
                     "How the local sparse RBM's CD-1 runs: 'native' is the C kernel "
                     "(x86-64 CPUs with AVX2/FMA), 'tensorflow' the tf.function (any "
@@ -340,6 +342,8 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = build_config(FLAGS.config, FLAGS.set, _convenience_values(), FLAGS.seed,
                         preset=FLAGS.preset)
+  print("operative configuration:\n  " + config_lib.describe(config).replace("\n", "\n  "),
+        flush=True)
   summaries = run_stages(FLAGS.data_dir, FLAGS.model_dir, config,
                          parse_stages(FLAGS.stages), overwrite=FLAGS.overwrite,
                          rbm_backend=FLAGS.rbm_backend)

@@ -8,8 +8,8 @@ Grids (``deepbof_tf.experiments.grids``):
   blocks_sampling   Fig. 4    block frames {2,4,6,8,10} × sampling {onset, random}
   layers_init       Fig. 5    hidden layers {1,2,3} × init {pretrained, random}
   sparsity_pooling  Fig. 6    sparsity {0.007,0.01,0.02,0.03} × pooling {11,22,43,86,172}
-  weight_cost       Fig. 7–8  3-layer weight costs: 0.001, 0.01, 0.1, WC Inc, WC Dec
-  weight_cost_all   Fig. 7    all 27 per-layer combinations of {0.001, 0.01, 0.1}
+  weight_cost       Figs. 7–8 all 27 per-layer weight costs of the 3-layer DNN; the best
+                              (by validation) of WC Inc, WC Dec, uniform and all 27
 
 The grid becomes a DAG of the pipeline's own commands that shares stages: one
 ``deepbof-preprocess`` per (sampling, block frames), one learned local-feature model

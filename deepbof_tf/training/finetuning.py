@@ -30,6 +30,7 @@ from keras import ops
 
 from deepbof_tf import metrics
 from deepbof_tf.config import FinetuneConfig
+from deepbof_tf.training import optimizers
 
 CHECKPOINT_FILE = "checkpoint.npz"
 HISTORY_FILE = "history.json"
@@ -187,10 +188,9 @@ def _read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
 
 
 def make_optimizer(config: FinetuneConfig) -> keras.optimizers.Optimizer:
-  """AdaDelta with the authors' ρ and ε (SPEC §5)."""
-  return keras.optimizers.Adadelta(learning_rate=config.learning_rate,
-                                   rho=config.adadelta_rho,
-                                   epsilon=config.adadelta_epsilon)
+  """``config.optimizer`` (the authors' deepmat AdaDelta by default) with their ρ and ε."""
+  return optimizers.make_adadelta(config.optimizer, config.learning_rate,
+                                  config.adadelta_rho, config.adadelta_epsilon)
 
 
 def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,

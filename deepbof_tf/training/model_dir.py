@@ -83,7 +83,7 @@ def standardization(model_dir: str, x_train: np.ndarray, mode: str = "standardiz
   Args:
     model_dir: the model directory.
     x_train: the training bag-of-features.
-    mode: "standardize", "max" or "none" (``DNNConfig.input_normalization``).
+    mode: ``DNNConfig.input_normalization`` ("none", "clip_max" or "standardize").
   """
   mean, std = standardization_statistics(x_train, mode)
   write_npz(posixpath.join(model_dir, STANDARDIZATION_FILE), mean=mean, std=std)

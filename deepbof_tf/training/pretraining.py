@@ -48,7 +48,7 @@ def first_layer_visible(config: PretrainConfig, input_normalization: str) -> str
   """The visible type of RBM 1: ``config.first_layer_visible``, "auto" resolved.
 
   "auto" is "gaussian" for standardized inputs and "binary" (the paper) for inputs in
-  [0, 1] ("max" or "none" normalization). The authors' binary-visible RBM feeds the
+  [0, 1] ("none" or "clip_max" normalization). The authors' binary-visible RBM feeds the
   real-valued data straight into its positive statistics and reconstructs through a
   sigmoid; on standardized data the reconstructions cannot follow the negative
   inputs and the weights grow without bound, so it is only used on [0, 1] data.
@@ -68,7 +68,7 @@ def pretrain_layer(data: np.ndarray, layer_index: int, units: int,
   """Trains RBM ``layer_index`` of the stack on ``data`` (the input of that layer).
 
   Args:
-    data: [examples, visible]: the standardized bag-of-features for layer 0, the
+    data: [examples, visible]: the normalized bag-of-features for layer 0, the
       ReLU activations of the layer below otherwise.
     layer_index: 0-based position; 0 has ``first_visible`` units, the others ReLU.
     units: hidden units (512).
