@@ -3,18 +3,18 @@ r"""deepbof-preprocess: audio catalogue → clip and block TFRecords (Apache Bea
 Reads a manifest, computes the log-mel spectrogram and novelty of every clip, writes
 ``clips/{train,valid,test}-*.tfrecord.gz``, samples feature-learning blocks from the
 train split into ``blocks/train-*.tfrecord.gz`` and writes ``metadata.json`` and
-``errors/*.jsonl`` (DESIGN.md). Flags not defined here are Beam pipeline options:
+``errors/*.jsonl`` (docs/data.md). Flags not defined here are Beam pipeline options:
 
   deepbof-preprocess --manifest=annotations_final.csv --manifest_format=mtt \
       --audio_root=/data/mtt/mp3 --output_dir=/data/mtt/deepbof \
       --direct_num_workers=2 --direct_running_mode=multi_processing
 
-  pip wheel --no-deps -w dist .   # ships deepbof_tf + beam_jobs to the workers
+  rm -rf dist && pip wheel --no-deps -w dist .   # deepbof_tf + beam_jobs for the workers
   deepbof-preprocess --manifest=gs://bucket/annotations_final.csv --manifest_format=mtt \
       --audio_root=gs://bucket/mp3 --output_dir=gs://bucket/deepbof \
       --runner=DataflowRunner --project=my-project --region=us-central1 \
       --temp_location=gs://bucket/tmp \
-      --extra_package=dist/deepbof-0.1.0-py3-none-any.whl
+      --extra_package="$(ls dist/deepbof-*.whl)"   # a platform wheel (C extension)
 
 Dataflow needs ``pip install 'deepbof[gcp]'`` on the launching machine.
 """
@@ -44,8 +44,8 @@ flags.DEFINE_integer("top_n_tags", 50, "Keep the N most frequent tags (0 keeps a
 flags.DEFINE_bool("drop_untagged", False, "Drop clips with none of the kept tags.")
 flags.DEFINE_bool("skip_bad_rows", False, "Skip (and count) malformed manifest rows "
                   "instead of failing.")
-flags.DEFINE_enum("sampling", "onset", ["onset", "random"], "Block sampling scheme "
-                  "(SPEC §3): the novelty maximum of each segment, or a random block.")
+flags.DEFINE_enum("sampling", "onset", ["onset", "random"], "Block sampling scheme: "
+                  "the novelty maximum of each segment, or a random block.")
 flags.DEFINE_integer("block_frames", 8, "Frames per spectral block.")
 flags.DEFINE_integer("segment_frames", 43, "Block starts per sampling segment (≈1 s).")
 flags.DEFINE_integer("num_blocks", 200_000, "Global block budget over the train split.")

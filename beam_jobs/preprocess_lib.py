@@ -1,18 +1,19 @@
 """The preprocessing pipeline: manifest → log-mel + novelty per clip → TFRecords.
 
 Library module of ``deepbof-preprocess`` (the absl entry point is ``preprocess.py``).
-Data flow (DESIGN.md):
+Data flow (the output's schema is in docs/data.md):
 
 1. The launcher reads the manifest (``deepbof_tf.data.manifests``) and creates a
    PCollection of small clip records (id, paths, split, labels).
 2. :class:`ComputeFeaturesDoFn` reads, decodes and resamples each file, computes the
-   SPEC §1 front end and validates the result. A failing input becomes one error
-   record ``{path, stage, error}`` on a tagged output; the pipeline goes on.
+   front end (``deepbof_tf.frontend``) and validates the result. A failing input
+   becomes one error record ``{path, stage, error}`` on a tagged output; the pipeline
+   goes on.
 3. Clips are serialized (``schema.serialize_clip_example``) and written by
    :class:`WriteBundleShardsDoFn`, one gzip TFRecord file per bundle and split, so the
    payloads stream through each worker and no step holds the dataset in memory.
    :class:`FinalizeShardsDoFn` names the files ``clips/{split}-SSSSS-of-NNNNN``.
-4. Block sampling (SPEC §3) needs two global numbers: the passes per clip (from the
+4. Block sampling needs two global numbers: the passes per clip (from the
    segments of the whole training split) and the budget threshold (the
    ``num_blocks``-th smallest candidate key; see ``deepbof_tf.sampling``). Both are
    computed from per-clip segment counts only. The block payloads are then sampled by
@@ -100,8 +101,8 @@ class PreprocessConfig:
     num_shards: TFRecord files per split; 0 (default) writes one file per Beam bundle,
       which streams; > 0 regroups the records by a hash of the clip id (a shuffle).
     overwrite: replace an existing non-empty ``output_dir``.
-    frontend: the audio front end (SPEC §1–2b).
-    sampling: block sampling (SPEC §3).
+    frontend: the audio front end (docs/model.md#front-end).
+    sampling: block sampling (docs/model.md#block-sampling).
     intra_op_threads: TensorFlow threads per worker process; 1 by default because
       Beam parallelises over worker processes (one per core).
   """
@@ -496,7 +497,7 @@ class FinalizeShardsDoFn(beam.DoFn):
 
 
 # --------------------------------------------------------------------------------------
-# Block sampling (SPEC §3) from the written train shards.
+# Block sampling from the written train shards.
 # --------------------------------------------------------------------------------------
 
 
@@ -796,7 +797,7 @@ def _read_error_records(work_dir: str) -> List[Dict[str, Any]]:
 def build_metadata(config: PreprocessConfig, manifest: manifests.Manifest,
                    summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
                    counts: Mapping[str, Any], elapsed_seconds: float) -> Dict[str, Any]:
-  """The dataset's ``metadata.json`` (DESIGN.md)."""
+  """The dataset's ``metadata.json`` (docs/data.md)."""
   fe = config.frontend
   split_counts = {split: 0 for split in schema.SPLITS}
   for f in summary["clip_files"]:

@@ -1,6 +1,6 @@
 """Benchmark: generating the demo corpus, and the MFCC baseline that proves its tags audible.
 
-Targets (issue 4):
+Targets:
 
 * ``deepbof-make-demo-corpus --num_clips=600`` (15-s clips, 2 workers) finishes in under
   4 minutes on a 2-core machine on a *first* run (empty MIDI cache, scores parsed), and

@@ -1,6 +1,6 @@
 """Benchmark: front-end features of a 30-s clip on one CPU thread (decode excluded).
 
-Target (issue 2): ``compute_features`` of a 30-s clip at 22,050 Hz in < 50 ms on one core.
+Target: ``compute_features`` of a 30-s clip at 22,050 Hz in < 50 ms on one core.
 The machine may be shared, so the script also times references in the same run and
 prints ratios:
 

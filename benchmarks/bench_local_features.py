@@ -158,7 +158,7 @@ def main(argv):
           f"B={b} D={d} H={h} (best)", max(rates) / 1e9,
           "GFLOP/s", reference=reference.name, reference_value=best_reference / 1e9,
           target=">= 0.5", target_on="ratio",
-          # The target is for the paper's sizes (D ~ 150 at 90 % variance),
+          # The target is for the paper's sizes (D ~ 150 at 90 % variance),
           # epochs long enough to hide the per-epoch overhead, and a 2048² reference.
           applies=applies,
           note=f"median of paired ratios {statistics.median(ratios):.2f}; "

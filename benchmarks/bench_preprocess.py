@@ -1,6 +1,6 @@
 """Benchmark: the Beam preprocessing job on 30-s MP3 clips (DirectRunner, multi-process).
 
-Targets (issue 3), on a 2-core machine:
+Targets, on a 2-core machine:
 
 * end to end (decode + resample + features + write, clip and block TFRecords) with
   ``--direct_num_workers=2 --direct_running_mode=multi_processing``: >= 200x real time;
@@ -355,7 +355,7 @@ def main(argv):
 
 def _emit_result(sizes: List[int], worker_counts: List[int], results: dict,
                  marginal: Dict[int, float], in_process_rt: float) -> None:
-  """The BENCHMARK_RESULT line: the issue's targets as measured above."""
+  """The BENCHMARK_RESULT line: the preprocessing targets as measured above."""
   small, large = sizes[0], sizes[-1]
   # The targets were written for 30-s MP3s at 44.1 kHz and a corpus (600 clips) large
   # enough to amortise the ~10 s start-up; smaller runs report the numbers as n/a.

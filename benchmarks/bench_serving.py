@@ -1,6 +1,6 @@
 """Benchmark: tagging throughput of the exported SavedModel, and deepbof-tag's memory.
 
-Targets (issue 7):
+Targets:
 
 * the exported model's ``serving_default`` tags 30-s clips (661,500 samples at
   22,050 Hz) at >= 40 clips/s with batches of 16 on this 2-core machine;

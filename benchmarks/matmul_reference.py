@@ -22,7 +22,7 @@ class DenseMatmulReference:
   """Square float32 matmul of side ``size`` in TF and NumPy; rates in FLOP/s.
 
   Args:
-    size: side of the square operands (2048 for the issues' targets).
+    size: side of the square operands (2048 for the benchmarks' targets).
   """
 
   def __init__(self, size: int = 2048):

@@ -4,7 +4,7 @@ Each ``bench_*.py`` runs as its own process, one after another (so they do not c
 for the cores), with a timeout; its output is shown live (prefixed with its name) and
 kept in a log. Its last ``BENCHMARK_RESULT`` line (see ``result_line.py``) becomes
 rows of one markdown table: measured value, the reference measured in the same run,
-their ratio, the issue's target and the status. The table is headed by the machine it
+their ratio, the target and the status. The table is headed by the machine it
 ran on (CPU, cores, RAM, TensorFlow version, commit, date, load average before and
 after) and written to ``--output`` (default ``build/bench/latest.md``, git-ignored)
 with the raw results next to it (``.json``). A script that fails, times out or prints
@@ -346,7 +346,7 @@ def format_target(target: Optional[Dict[str, Any]]) -> str:
   text = format_number(threshold)
   if isinstance(threshold, bool):
     return text
-  # As written in the issue: "< 50 ms", "ratio ≥ 0.5", not "< 50.0 ms".
+  # As the targets are written: "< 50 ms", "ratio ≥ 0.5", not "< 50.0 ms".
   text = f"{threshold:,g}" if abs(threshold) < 1e6 else text
   if target["on"] == "ratio":
     return f"ratio {op} {text}"

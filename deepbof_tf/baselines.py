@@ -10,7 +10,7 @@ compared with it on the same split:
   one seeded ``sklearn.linear_model.LogisticRegression`` per tag (one-vs-rest);
 * :func:`run_baseline`: all of it from a manifest and an audio root, scored with the
   paper's metrics (``deepbof_tf.metrics.tagging_metrics``: AUC-T, AUC-C, P@K, PR-AUC;
-  single-class tags/clips excluded and counted, SPEC §6);
+  single-class tags/clips excluded and counted);
   :func:`run_mfcc_baseline` reads the manifest file and returns them JSON-ready.
 """
 

@@ -1,4 +1,4 @@
-"""Typed configurations with the defaults of ../shared/SPEC.md.
+"""Typed configurations; the defaults are the authors' configuration (docs/model.md).
 
 Every stage of the data flow reads one of these dataclasses; the trainer composes them
 into :class:`TrainConfig` and writes the operative configuration next to its outputs
@@ -29,7 +29,7 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class FrontendConfig:
-  """Audio front end of SPEC §1–2b (one clip → log-mel + novelty).
+  """Audio front end (one clip → log-mel + novelty; docs/model.md#front-end).
 
   Args:
     sample_rate: rate every clip is resampled to (Hz).
@@ -40,7 +40,7 @@ class FrontendConfig:
       *symmetric* Hann window (True, default). False uses the periodic Hann window
       (a documented deviation some libraries make).
     floor_ratio: after the magnitude, ``S += floor_ratio * max(S)`` over the clip.
-    agc: apply the time–frequency automatic gain control (SPEC §2).
+    agc: apply the time–frequency automatic gain control (docs/model.md#agc).
     agc_t_scale: AGC attack/decay time constant in seconds.
     agc_f_scale: AGC frequency scale; gives max(10, 20/f_scale) bands of width
       f_scale*nbands/10.
@@ -78,12 +78,12 @@ class FrontendConfig:
 
   @property
   def agc_n_bands(self) -> int:
-    """SPEC §2: nbands = max(10, 20/f_scale)."""
+    """AGC bands, as in tf_agc: nbands = max(10, 20/f_scale)."""
     return int(max(10, round(20.0 / self.agc_f_scale)))
 
   @property
   def agc_width(self) -> float:
-    """SPEC §2: mwidth = f_scale*nbands/10 (2.0 for the default f_scale)."""
+    """AGC band width (tf_agc): mwidth = f_scale*nbands/10 (2.0 for the default f_scale)."""
     return self.agc_f_scale * self.agc_n_bands / 10.0
 
   @property
@@ -93,7 +93,7 @@ class FrontendConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """Feature-learning block sampling of SPEC §3.
+  """Feature-learning block sampling (docs/model.md#block-sampling).
 
   Args:
     scheme: "onset" (the code's onset_sync_max: the block at the novelty maximum of
@@ -130,7 +130,7 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PCAConfig:
-  """PCA whitening of spectral blocks (SPEC §3).
+  """PCA whitening of spectral blocks (docs/model.md#pca-whitening).
 
   Args:
     retained_variance: keep the leading principal components whose cumulative share
@@ -153,7 +153,7 @@ class PCAConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SparseRBMConfig:
-  """Gaussian–binary sparse RBM trained by CD-1 (SPEC §3, the code's schedule).
+  """Gaussian–binary sparse RBM, CD-1 with the code's schedule (docs/model.md#sparse-rbm).
 
   Args:
     num_hidden: binary hidden units (1024).
@@ -223,6 +223,11 @@ class PoolingConfig:
     _check(self.pool_frames >= 1, f"pool_frames must be >= 1, got {self.pool_frames}")
 
 
+# Defaults of the layer and function signatures that take these values directly.
+DEFAULT_BLOCK_FRAMES = SamplingConfig().block_frames
+DEFAULT_POOL_FRAMES = PoolingConfig().pool_frames
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalFeatureConfig:
   """Everything of the unsupervised local-feature stage (learn-local-features, encode).
@@ -251,7 +256,7 @@ class LocalFeatureConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
-  """Greedy layer-wise RBM pretraining of the song-level DNN (SPEC §5).
+  """Greedy layer-wise RBM pretraining of the song-level DNN (docs/model.md#song-level-dnn).
 
   Layer 1 is binary-visible/ReLU-hidden, layers 2–3 ReLU/ReLU, trained by CD-1 with
   noisy-ReLU hidden samples on the (by default raw) bag-of-features. The learning rates
@@ -320,13 +325,13 @@ class PretrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DNNConfig:
-  """Song-level DNN (SPEC §5).
+  """Song-level DNN (docs/model.md#song-level-dnn).
 
   Args:
     num_hidden_layers: 1–3 hidden layers (the paper's ablation); more are allowed.
     hidden_units: ReLU units per hidden layer (512).
     dropout: dropout rate after every hidden layer (0.5).
-    input_dropout: dropout on the (standardized) input; the paper says "hidden and
+    input_dropout: dropout on the (normalized) input; the paper says "hidden and
       input layers", the authors' code drops hidden units only (default 0).
     init: "pretrained" (weights and hidden biases of the RBMs) or "random" (Keras'
       Glorot-uniform weights and zero biases, seeded).
@@ -336,7 +341,7 @@ class DNNConfig:
       option) or "standardize" ((x − mean)/std with the training split's statistics;
       ours). See docs/model.md#input-normalization.
     head: "dnn" (this network) or "logreg" (per-tag logistic regression on the
-      standardized bag-of-features, SPEC §5 "measured here"; no pretraining).
+      standardized bag-of-features, a baseline; no pretraining).
   """
 
   num_hidden_layers: int = 3
@@ -364,11 +369,11 @@ class DNNConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-  """Supervised fine-tuning (SPEC §5): AdaDelta, cross-entropy, best validation epoch.
+  """Supervised fine-tuning: AdaDelta, cross-entropy, best validation epoch.
 
   Args:
-    epochs: maximum epochs (the code's 100; SPEC "measured here": ~250–300 on a
-      ~1,400-clip training set, so raise it for small corpora).
+    epochs: maximum epochs (the code's 100; a ~1,400-clip training set needed ~250–300
+      here, so raise it for small corpora; see docs/model.md#fine-tuning).
     batch_size: minibatch size (128).
     optimizer: "adadelta_deepmat" (the authors' AdaDelta: ρ = 0 on the first update, so
       both running averages start at the first squared gradient and step; default) or

@@ -1,16 +1,16 @@
-"""The audio front end of SPEC §1–2b in core TensorFlow ops.
+"""The audio front end (docs/model.md#front-end) in core TensorFlow ops.
 
 One clip (a mono float32 waveform at ``FrontendConfig.sample_rate``) becomes
 
 * ``log_mel`` ``[frames, 128]``: ``log10(1 + 10 · F_mel · S_agc)``, and
 * ``novelty`` ``[frames]``: the onset detection function of the sampling stage,
 
-where ``S_agc`` is the time–frequency AGC'd (SPEC §2) linear STFT magnitude. Only core
+where ``S_agc`` is the time–frequency AGC'd linear STFT magnitude. Only core
 TensorFlow ops are used (no tensorflow-io), so everything here runs in ``tf.data``, in a
 Beam DoFn and inside a SavedModel served by TF Serving. Arrays are float32 and
 time-major, ``[frames, bins]`` (``[batch, frames, bins]`` for batches).
 
-Definitions and deviations (also listed in the README):
+Definitions and deviations (also listed in docs/deviations.md):
 
 * Framing follows the authors' ``stft.m`` as called by ``getSpecgram.m``: ``n_fft/2``
   zeros before and after the signal, then the tail is zero-filled until the last hop
@@ -37,7 +37,7 @@ Streaming a long recording in chunks (e.g. the ``deepbof-tag`` CLI) composes the
 building blocks and equals the one-shot :func:`compute_features`:
 
 1. pass 1: ``max_value = max over chunks of reduce_max(stft_magnitude(chunk))`` — the
-   SPEC floor uses the maximum over the *whole* clip, so it needs a first pass;
+   floor uses the maximum over the *whole* clip, so it needs a first pass;
 2. pass 2, per chunk: ``S = apply_floor(stft_magnitude(chunk), max_value)``,
    ``S_agc, state = agc(S, initial_state=state)``, ``log_mel_from_agc(S_agc)``,
    ``novelty_from_agc(S_agc, previous_frame)`` with ``previous_frame =
@@ -71,7 +71,7 @@ TensorLike = Union[tf.Tensor, np.ndarray]
 
 
 def frame_count(num_samples, config: FrontendConfig = _DEFAULT_CONFIG):
-  """Number of STFT frames of a clip of ``num_samples`` samples (SPEC §1 framing).
+  """Number of STFT frames of a clip of ``num_samples`` samples (the authors' framing).
 
   The authors' code pads ``n_fft/2`` zeros on both sides and zero-fills the tail to a
   whole hop, giving ``ceil(num_samples / hop_length) + 1`` frames (1 frame for 0 samples).
@@ -105,7 +105,7 @@ def frame_count(num_samples, config: FrontendConfig = _DEFAULT_CONFIG):
 
 
 def hz_to_mel(frequency: np.ndarray) -> np.ndarray:
-  """Slaney's mel scale (SPEC §2b): linear below 1 kHz, logarithmic above.
+  """Slaney's mel scale: linear below 1 kHz, logarithmic above.
 
   Args:
     frequency: frequencies in Hz (array-like, >= 0).
@@ -143,7 +143,7 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
 def _mel_filterbank_cached(n_mels: int, width: float, sample_rate: int, n_fft: int) -> np.ndarray:
   n_bins = n_fft // 2 + 1
   bin_hz = np.arange(n_bins, dtype=np.float64) * sample_rate / n_fft
-  # n_mels + 2 edges equally spaced in mel from 0 Hz to sr/2 (SPEC §2b).
+  # n_mels + 2 edges equally spaced in mel from 0 Hz to sr/2.
   edges = mel_to_hz(np.linspace(0.0, hz_to_mel(sample_rate / 2.0), n_mels + 2))
   weights = np.zeros((n_bins, n_mels), dtype=np.float64)
   for band in range(n_mels):
@@ -161,11 +161,12 @@ def _mel_filterbank_cached(n_mels: int, width: float, sample_rate: int, n_fft: i
 
 def mel_filterbank(n_mels: int, width: float = 1.0,
                    config: FrontendConfig = _DEFAULT_CONFIG) -> np.ndarray:
-  """Slaney/Ellis ``fft2melmx`` mel filterbank (SPEC §2b), constant-area triangles.
+  """Slaney/Ellis ``fft2melmx`` mel filterbank of constant-area triangles.
 
   Orientation is ``[n_fft // 2 + 1, n_mels]`` (the transpose of MATLAB's ``f2a``) so that
   a time-major magnitude ``[frames, bins] @ filterbank`` gives ``[frames, n_mels]``.
   With ``width=1`` this equals ``librosa.filters.mel(..., htk=False, norm='slaney').T``.
+  See docs/model.md#mel-filterbank.
 
   Args:
     n_mels: number of bands; ``n_mels + 2`` edges span 0 Hz … sr/2 on the mel scale.
@@ -202,7 +203,7 @@ def hann_window(config: FrontendConfig = _DEFAULT_CONFIG) -> np.ndarray:
 def _agc_matrices(config: FrontendConfig) -> Tuple[np.ndarray, np.ndarray]:
   """AGC band analysis ``[bins, bands]`` and the map back to bins ``[bands, bins]``."""
   analysis = mel_filterbank(config.agc_n_bands, config.agc_width, config)
-  # SPEC §2: E = diag(1/colsum(F_agc)) · F_agcᵀ · E_band, dividing by 1 where a bin is
+  # Back to bins: E = diag(1/colsum(F_agc)) · F_agcᵀ · E_band, dividing by 1 where a bin is
   # covered by no band.
   coverage = analysis.sum(axis=1)
   coverage = np.where(coverage == 0.0, 1.0, coverage)
@@ -235,7 +236,7 @@ def _matmul_last(x: tf.Tensor, matrix: np.ndarray) -> tf.Tensor:
 
 
 def pad_waveform(waveform: TensorLike, config: FrontendConfig = _DEFAULT_CONFIG) -> tf.Tensor:
-  """SPEC §1 padding: ``n_fft/2`` zeros in front, zeros behind up to a whole last frame.
+  """The authors' padding: ``n_fft/2`` zeros in front, zeros behind to a whole last frame.
 
   The result has ``(frame_count(n) - 1) * hop_length + n_fft`` samples along the last
   axis, so framing it with ``n_fft``/``hop_length`` and no further padding gives exactly
@@ -276,7 +277,7 @@ def _frame(x: tf.Tensor, config: FrontendConfig) -> tf.Tensor:
 
 def stft_magnitude(waveform: TensorLike, config: FrontendConfig = _DEFAULT_CONFIG,
                    pad: bool = True) -> tf.Tensor:
-  """Magnitude STFT with the authors' framing (SPEC §1), before the floor.
+  """Magnitude STFT with the authors' framing, before the floor.
 
   Args:
     waveform: float32 ``[samples]`` or ``[batch, samples]`` at ``config.sample_rate``.
@@ -299,7 +300,7 @@ def stft_magnitude(waveform: TensorLike, config: FrontendConfig = _DEFAULT_CONFI
 
 def apply_floor(magnitude: TensorLike, max_value: Optional[TensorLike] = None,
                 config: FrontendConfig = _DEFAULT_CONFIG) -> tf.Tensor:
-  """``S + floor_ratio · max(S)`` (SPEC §1; ``getSpecgram.m``).
+  """``S + floor_ratio · max(S)`` (the authors' ``getSpecgram.m``).
 
   Args:
     magnitude: float32 ``[frames, bins]`` or ``[batch, frames, bins]``.
@@ -353,7 +354,7 @@ def _agc_core(magnitude: tf.Tensor, initial_state: Optional[tf.Tensor],
     envelope = tf.maximum(envelope, decay * init)
   final_state = envelope[:, -1, :]
   gain = _matmul_last(envelope, synthesis)  # E on the FFT grid, [B, T, bins]
-  # SPEC §2: non-positive E → the smallest positive E of the clip. With the floor this
+  # As in tf_agc: non-positive E → the smallest positive E of the clip. With the floor this
   # only happens for digital silence, where no positive value exists: then E := 0 and
   # S_agc = 0 / (0 + eps) = 0 (our definition; the authors' code skipped such clips).
   positive = gain > 0.0
@@ -370,7 +371,7 @@ def _agc_core(magnitude: tf.Tensor, initial_state: Optional[tf.Tensor],
 
 def agc(magnitude: TensorLike, initial_state: Optional[TensorLike] = None,
         config: FrontendConfig = _DEFAULT_CONFIG) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Time–frequency automatic gain control, attack/decay variant (SPEC §2).
+  """Time–frequency automatic gain control, attack/decay variant (docs/model.md#agc).
 
   Args:
     magnitude: floored linear magnitude ``[frames, bins]`` or ``[batch, frames, bins]``.
@@ -402,7 +403,7 @@ def _log_compress(x: tf.Tensor, gain: float) -> tf.Tensor:
 
 def log_mel_from_agc(agc_magnitude: TensorLike,
                      config: FrontendConfig = _DEFAULT_CONFIG) -> tf.Tensor:
-  """The compressed mel spectrogram ``log10(1 + C · F_mel · S_agc)`` (SPEC §1).
+  """The compressed mel spectrogram ``log10(1 + C · F_mel · S_agc)``.
 
   Args:
     agc_magnitude: ``[frames, bins]`` or ``[batch, frames, bins]``.
@@ -418,7 +419,7 @@ def log_mel_from_agc(agc_magnitude: TensorLike,
 
 def novelty_log_mel(agc_magnitude: TensorLike,
                     config: FrontendConfig = _DEFAULT_CONFIG) -> tf.Tensor:
-  """The novelty path's ``log10(1 + 100 · F40 · S_agc)`` (SPEC §1).
+  """The novelty path's ``log10(1 + 100 · F40 · S_agc)``.
 
   Its last frame is the ``previous_frame`` that :func:`novelty_from_agc` needs for the
   next streaming chunk.
@@ -449,7 +450,7 @@ def _novelty_from_log_mel(log_mel40: tf.Tensor, previous_frame: Optional[tf.Tens
 
 def novelty_from_agc(agc_magnitude: TensorLike, previous_frame: Optional[TensorLike] = None,
                      config: FrontendConfig = _DEFAULT_CONFIG) -> tf.Tensor:
-  """Onset detection function (SPEC §1) from the AGC'd magnitude.
+  """Onset detection function (the novelty) from the AGC'd magnitude.
 
   ``L = log10(1 + 100 · F40 · S_agc)``; novelty = mean over bands of ``max(0, ΔL)``
   with a 0 for the first frame of a clip.
@@ -530,7 +531,7 @@ def _batch_fn(config: FrontendConfig):
 
 def compute_features(waveform: TensorLike,
                      config: FrontendConfig = _DEFAULT_CONFIG) -> Tuple[tf.Tensor, tf.Tensor]:
-  """One clip → ``(log_mel [frames, n_mels], novelty [frames])`` (SPEC §1–2b).
+  """One clip → ``(log_mel [frames, n_mels], novelty [frames])``, the whole front end.
 
   Runs a cached ``tf.function`` with a ``[None]`` input signature (one trace per
   configuration, any length); callable eagerly, inside ``tf.data.Dataset.map`` and

@@ -1,4 +1,4 @@
-"""The paper's auto-tagging metrics (SPEC §6): AUC-tag, AUC-clip, P@K, plus PR-AUC.
+"""The paper's auto-tagging metrics: AUC-tag, AUC-clip, P@K, plus PR-AUC.
 
 Everything is vectorised NumPy over the [clips, tags] score matrix: ROC-AUC is the
 Mann–Whitney statistic on average ranks (ties count ½, exactly what scikit-learn's
@@ -22,6 +22,8 @@ the differences spelled out):
     each distinct score threshold weighted by the recall increment), averaged over
     the same tags as AUC-tag. The authors' ``ap`` is the same quantity when there
     are no tied scores.
+
+See docs/model.md#metrics.
 """
 
 from __future__ import annotations

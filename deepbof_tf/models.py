@@ -1,6 +1,7 @@
 """Model builders: the local-feature (bag-of-features) encoder and the song-level DNN.
 
-Two sections, one per stage of SPEC: §3–4 (local features, encoder) and §5 (DNN).
+Two sections, one per stage of the model (docs/model.md): the local features and their
+bag-of-features encoder, and the song-level DNN.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deepbof_tf.config import DNNConfig
+from deepbof_tf.config import DEFAULT_BLOCK_FRAMES, DEFAULT_POOL_FRAMES, DNNConfig
 from deepbof_tf.layers.bag_of_features import BagOfFeaturesEncoder
 from deepbof_tf.layers.pca import PCAWhitening
 from deepbof_tf.layers.sparse_rbm import SparseRBM
 from deepbof_tf.layers.standardize import ClipMaxNormalization
 from deepbof_tf.layers.standardize import Standardization
 
-# --- Local feature encoder (SPEC §3–4) -------------------------------------------------
+# --- Local feature encoder -------------------------------------------------------------
 # The encoder maps log_mel [B, F, n_mels] (+ n_frames [B]) to bag_of_features [B, H];
 # model_dir/local/ holds its parameters as plain NumPy + JSON (written by the
 # learn-local-features stage).
@@ -32,13 +33,14 @@ LOCAL_FEATURES_INFO = "local_features.json"
 
 
 def local_dir(model_dir: str) -> str:
-  """``model_dir/local``: PCA, sparse RBM, training logs and plots of SPEC §3."""
+  """``model_dir/local``: PCA, sparse RBM, training logs and plots of the local features."""
   return posixpath.join(model_dir, LOCAL_DIR)
 
 
-def build_bof_encoder(pca, rbm, pool_frames: int = 43, block_frames: int = 8,
+def build_bof_encoder(pca, rbm, pool_frames: int = DEFAULT_POOL_FRAMES,
+                      block_frames: int = DEFAULT_BLOCK_FRAMES,
                       name: str = "bof_encoder"):
-  """The bag-of-features encoder of SPEC §4 from a fitted PCA and sparse RBM.
+  """The bag-of-features encoder from a fitted PCA and sparse RBM.
 
   The returned layer maps ``log_mel [B, F, n_mels]`` and optional ``n_frames [B]``
   (padded batches) to ``bag_of_features [B, num_hidden]``; ``pooled_hidden`` gives the
@@ -49,7 +51,8 @@ def build_bof_encoder(pca, rbm, pool_frames: int = 43, block_frames: int = 8,
   Args:
     pca: an adapted ``PCAWhitening``.
     rbm: a trained ``SparseRBM``.
-    pool_frames: max-pooling window in block positions (43 ≈ 1 s).
+    pool_frames: max-pooling window in block positions (the configuration's default,
+      86 ≈ 2 s).
     block_frames: frames per spectral block (8).
     name: layer name.
   """
@@ -141,9 +144,10 @@ def load_bof_encoder(model_dir: str, pool_frames: Optional[int] = None):
   return encoder
 
 
-# --- Song-level DNN (SPEC §5) ----------------------------------------------------------
+# --- Song-level DNN --------------------------------------------------------------------
 # The tagger maps the raw bag-of-features [B, 1024] to per-tag probabilities [B, n_tags];
-# the training split's standardization is its first layer, so exports need nothing else.
+# the input normalization, if any (none by default), is its first layer, so exports need
+# nothing else.
 # Imports of this section live here so the two sections stay independent.
 
 
@@ -161,7 +165,7 @@ def hidden_layer_name(index: int) -> str:
 def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
                    mean: Optional[np.ndarray] = None, std: Optional[np.ndarray] = None,
                    seed: int = 0):
-  """The song-level DNN of SPEC §5 as a Keras functional model.
+  """The song-level DNN (docs/model.md#song-level-dnn) as a Keras functional model.
 
   ``bag_of_features`` → [the input normalization: Standardization for "standardize",
   ClipMaxNormalization for "clip_max", nothing for "none"] →
@@ -211,7 +215,7 @@ def initialize_from_rbms(model, rbm_weights: Sequence[Tuple[np.ndarray, np.ndarr
   Each hidden layer gets its RBM's kernel and **hidden** bias. The authors' code
   copies the RBMs' visible biases instead (a bug: the hidden layer l then gets the
   visible bias of RBM l+1 and the top hidden layer keeps zeros), which we do not
-  reproduce (SPEC §5). The output layer keeps its random initialisation.
+  reproduce (docs/deviations.md). The output layer keeps its random initialisation.
 
   Args:
     model: a model from ``build_song_dnn``.

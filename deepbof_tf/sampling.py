@@ -1,4 +1,4 @@
-"""Block sampling for local feature learning (SPEC §3): pure NumPy, seeded.
+"""Block sampling for local feature learning: pure NumPy, seeded.
 
 A *block* is ``block_frames`` consecutive frames of the compressed log-mel
 spectrogram; the block "at frame t" covers frames t … t+block_frames-1, so a clip of
@@ -30,12 +30,14 @@ Passes: with ``blocks_per_clip = 0`` every training clip gets
 floor replaced by ceil so the candidates cover the budget), capped at
 ``segment_frames`` passes, after which every start has been taken.
 
-Global budget (SPEC §3, 200,000 blocks): every candidate gets a key
+Global budget (200,000 blocks by default): every candidate gets a key
 ``blake2b(seed, clip_id, pass, segment)``; the budget keeps the ``num_blocks``
 candidates with the smallest keys. Keys do not depend on the chosen frame, on the
 runner or on the order of processing, so the subsample is the same on every Beam
 runner and can be decided from per-clip segment counts alone, before any block
 payload is extracted.
+
+docs/model.md#block-sampling summarises the stage.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def num_segments(n_frames: int, block_frames: int = 8, segment_frames: int = 43)
 
 def onset_block_starts(novelty: np.ndarray, block_frames: int = 8,
                        segment_frames: int = 43, num_passes: int = 1) -> np.ndarray:
-  """Onset-synchronous block starts ("onset_sync_max", SPEC §3).
+  """Onset-synchronous block starts (the authors' "onset_sync_max").
 
   Args:
     novelty: ``[n_frames]`` onset detection function of the clip (one value per frame).
@@ -91,7 +93,7 @@ def onset_block_starts(novelty: np.ndarray, block_frames: int = 8,
 
 def random_block_starts(n_frames: int, rng: np.random.Generator, block_frames: int = 8,
                         segment_frames: int = 43, num_passes: int = 1) -> np.ndarray:
-  """Random block starts: one uniformly random start per segment and pass (SPEC §3).
+  """Random block starts: one uniformly random start per segment and pass.
 
   Args:
     n_frames: frames of the clip.

@@ -2,7 +2,7 @@
 
 A one-hour recording is 79 M samples at 22,050 Hz (318 MB as float32) and ~155 k STFT
 frames; computing it in one piece needs several GB. This module cuts it into chunks
-whose results combine into *exactly* the one-shot bag-of-features (SPEC §1–4):
+whose results combine into *exactly* the one-shot bag-of-features:
 
 * **framing** — chunk ``[t0, t1)`` of frames needs the original samples
   ``[hop·t0 − n_fft/2, hop·(t1 − 1) + n_fft/2)`` (zeros outside the recording), framed
@@ -42,7 +42,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from deepbof_tf.config import FrontendConfig
+from deepbof_tf.config import DEFAULT_BLOCK_FRAMES, DEFAULT_POOL_FRAMES, FrontendConfig
 
 _DEFAULT_CONFIG = FrontendConfig()
 
@@ -76,8 +76,9 @@ def frame_count(num_samples: int, config: FrontendConfig = _DEFAULT_CONFIG) -> i
 
 
 def plan_chunks(num_samples: int, windows_per_chunk: int,
-                config: FrontendConfig = _DEFAULT_CONFIG, block_frames: int = 8,
-                pool_frames: int = 43) -> List[Chunk]:
+                config: FrontendConfig = _DEFAULT_CONFIG,
+                block_frames: int = DEFAULT_BLOCK_FRAMES,
+                pool_frames: int = DEFAULT_POOL_FRAMES) -> List[Chunk]:
   """Splits a recording into chunks whose pooling windows never straddle two chunks.
 
   Chunk 0 computes frames ``[0, L + block_frames − 1)`` and encodes block positions
@@ -116,7 +117,7 @@ def segment_bounds(chunk: Chunk, config: FrontendConfig = _DEFAULT_CONFIG) -> Tu
 
   Frame ``t`` of the padded signal covers original samples
   ``[hop·t − n_fft/2, hop·t + n_fft/2)``; samples outside ``[0, num_samples)`` are
-  the zero padding of SPEC §1.
+  the zero padding of the front end's framing.
 
   Args:
     chunk: the chunk.

@@ -31,7 +31,7 @@ def define_flags() -> None:
                        "one after the existing versions).", lower_bound=0)
   flags.DEFINE_string("data_dir", None, "The preprocessed dataset the model was trained "
                       "on; its metadata.json gives the front-end settings (default: "
-                      "MODEL_DIR/frontend.json, else the SPEC defaults).")
+                      "MODEL_DIR/frontend.json, else the default front end).")
   flags.DEFINE_integer("pool_frames", None, "Override the pooling window (block "
                        "positions) stored with the local features.", lower_bound=1)
   flags.DEFINE_integer("clips_in_flight", 2, "Clips of one request computed at the same "

@@ -2,8 +2,8 @@
 
 The export is a ``tf.Module`` (:class:`DeepBofServingModule`) whose ``@tf.function``
 serve methods have named ``TensorSpec`` inputs (the tensorflow/models ``export_base``
-pattern). The whole model — front end (SPEC §1–2b), bag-of-features encoder (§3–4) and
-song-level DNN (§5) — is inside the graph, built from ``deepbof_tf`` with core
+pattern). The whole model — front end, bag-of-features encoder and song-level DNN
+(docs/model.md) — is inside the graph, built from ``deepbof_tf`` with core
 TensorFlow ops only (TF Serving has no tensorflow-io kernels; decoding compressed
 formats and resampling happen client-side).
 
@@ -212,7 +212,7 @@ class DeepBofServingModule(tf.Module):
           rate, sr, message=(f"WAV sample rate must be {sr} Hz (the model's rate; "
                              "resample client-side, e.g. with deepbof-tag); got"))
       with tf.control_dependencies([check]):
-        # The authors' code keeps the first channel (SPEC §1).
+        # The authors' code keeps the first channel.
         return tf.identity(audio[:, 0])
 
     waveforms = tf.map_fn(decode, wav, fn_output_signature=tf.RaggedTensorSpec(
@@ -253,8 +253,8 @@ def load_audio_settings(model_dir: str, data_dir: Optional[str] = None
   """The front end and channel mode a model was trained with.
 
   Looked up in ``model_dir/frontend.json``, then in ``data_dir/metadata.json``
-  (``"frontend"`` and ``"channel_mode"``, written by ``deepbof-preprocess``); the SPEC
-  defaults and ``"first"`` otherwise (with a warning).
+  (``"frontend"`` and ``"channel_mode"``, written by ``deepbof-preprocess``); the
+  defaults (the authors' configuration) and ``"first"`` otherwise (with a warning).
 
   Args:
     model_dir: the trained model directory.
@@ -273,8 +273,8 @@ def load_audio_settings(model_dir: str, data_dir: Optional[str] = None
       values = {k: v for k, v in values.items() if k != "channel_mode"}
       return config_lib.from_dict(FrontendConfig, values), channel_mode
   from absl import logging
-  logging.warning("no front-end configuration in %s; exporting with the SPEC defaults "
-                  "(pass --data_dir to use the dataset's metadata.json)", candidates)
+  logging.warning("no front-end configuration in %s; exporting with the default front "
+                  "end (pass --data_dir to use the dataset's metadata.json)", candidates)
   return FrontendConfig(), "first"
 
 

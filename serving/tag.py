@@ -339,7 +339,7 @@ def top_tags(probabilities: np.ndarray, tags: Sequence[str], top_k: int,
              threshold: float) -> List[Tuple[str, float]]:
   """The ``top_k`` most probable tags with probability ≥ ``threshold`` (0: all).
 
-  Ties are broken by tag index (the vocabulary order), as in SPEC §6's P@K.
+  Ties are broken by tag index (the vocabulary order), as in the P@K metric.
   """
   order = sorted(range(len(tags)), key=lambda i: (-float(probabilities[i]), i))
   chosen = [(tags[i], float(probabilities[i])) for i in order

@@ -1,4 +1,4 @@
-"""Bag-of-features encoder (SPEC §4) against a NumPy reference written here."""
+"""Bag-of-features encoder against a NumPy reference written here."""
 
 import os
 
@@ -28,7 +28,7 @@ def _encoder_parts(rng, n_mels=N_MELS, block=BLOCK, hidden=HIDDEN):
 
 
 def _reference(log_mel, pca, rbm, block=BLOCK, pool=POOL):
-  """SPEC §4 in NumPy: every stride-1 block → PCA → σ → max per window → mean."""
+  """Bag-of-features in NumPy: every stride-1 block → PCA → σ → max per window → mean."""
   log_mel = np.asarray(log_mel, np.float64)
   t = log_mel.shape[0]
   # The authors' column-major temp(:) of the [mel, frame] patch.

@@ -118,7 +118,7 @@ def test_run_baseline_on_a_tiny_audible_dataset(tmp_path, rng):
   assert summary["p_at_3"] == pytest.approx(result.metrics["p_at_3"])
   assert summary["n_train"] == 28 and summary["n_eval"] == 12
   assert set(summary["per_tag"]) == {"low", "noisy"}
-  # ... and through `python -m deepbof_tf.baselines` (the README's reproduction command).
+  # ... and through `python -m deepbof_tf.baselines` (the baseline step deepbof-demo runs).
   out = tmp_path / "baseline.json"
   assert baselines.main(["--manifest", str(tmp_path / "manifest.csv"), "--audio_root",
                          str(tmp_path), "--num_workers", "1", "--top_n_tags", "0",

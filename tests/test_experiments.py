@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRAIN_STAGES = (plan_lib.LEARN_LOCAL_FEATURES, plan_lib.ENCODE, plan_lib.SONG_LEVEL)
 
-# What the paper's figures vary (SPEC §3–5): the grids must have exactly these cells.
+# What the paper's figures vary (Figs. 4–8): the grids must have exactly these cells.
 EXPECTED_CELLS = {"blocks_sampling": 10, "layers_init": 6, "sparsity_pooling": 20,
                   "weight_cost": 27}
 EXPECTED_VARIED = {
@@ -70,7 +70,7 @@ def test_every_grid_has_the_papers_cells():
     assert len(grid.cells) == count, name
     assert len({c.settings for c in grid.cells}) == count, name
     assert len({c.label for c in grid.cells}) == count, name
-    # Only the grid's own knobs move; everything else stays the SPEC default.
+    # Only the grid's own knobs move; everything else stays the default.
     varied = {f.name for f in dataclasses.fields(grids_lib.Settings)
               if len({getattr(c.settings, f.name) for c in grid.cells}) > 1}
     assert varied == EXPECTED_VARIED[name], name
@@ -270,7 +270,7 @@ def test_grids_in_one_directory_share_nodes(tmp_path):
       nodes[node_name] = node
     default_models |= {r.node for r in plan.cells
                        if r.cell.settings == grids_lib.Settings() and r.seed == 0}
-  # The SPEC default model is one node trained once for all five figures.
+  # The default model is one node trained once for all five figures.
   assert len(default_models) == 1
   assert default_models <= shared
   assert "corpus" in shared and "data/onset-b8-seed0" in shared

@@ -189,7 +189,9 @@ def test_streaming_signatures_equal_one_shot(loaded):
   x[60000:90000] = 0.0  # a stretch of digital silence inside the clip
   one_shot = loaded.signatures["serving_default"](waveform=tf.constant(x[None]))
   source = streaming.InMemoryWaveform(x, SR)
-  plan = streaming.plan_chunks(source.num_samples, windows_per_chunk=2, config=config)
+  # The chunks follow the exported encoder's pooling window (the fixture's 43 frames).
+  plan = streaming.plan_chunks(source.num_samples, windows_per_chunk=2, config=config,
+                               pool_frames=43)
   assert len(plan) >= 4
   segments = [source.read(*streaming.segment_bounds(c, config)) for c in plan]
   peak = max(float(loaded.signatures["stream_peak"](segment=tf.constant(s))["peak"])

@@ -1,9 +1,9 @@
-"""deepbof_tf.frontend against an independent float64 NumPy reference of SPEC §1–2b.
+"""deepbof_tf.frontend against an independent float64 NumPy reference of the front end.
 
-The reference below is written from SPEC (the authors' stft.m framing with explicit
-indices, MATLAB's symmetric Hann by formula, the 1e-4·max floor, the attack/decay AGC
-as a plain loop over frames, Ellis's fft2melmx); librosa's Slaney filterbank is a
-second, external reference for width 1.
+The reference below is written from the processing docs/model.md#front-end describes
+(the authors' stft.m framing with explicit indices, MATLAB's symmetric Hann by
+formula, the 1e-4·max floor, the attack/decay AGC as a plain loop over frames, Ellis's
+fft2melmx); librosa's Slaney filterbank is a second, external reference for width 1.
 
 Tolerances (float32 TensorFlow vs float64 NumPy, measured on the signals below):
 log_mel median relative error <= 1e-4 per cell (measured: 1e-7 … 1e-5) and max
@@ -28,7 +28,7 @@ SR = 22050
 CONFIG = FrontendConfig()
 
 # --------------------------------------------------------------------------------------
-# Independent float64 reference (SPEC §1–2b).
+# Independent float64 reference of the front end.
 # --------------------------------------------------------------------------------------
 
 
@@ -47,7 +47,7 @@ def ref_mel2hz(z):
 
 
 def ref_fft2melmx(nfft, sr, nfilts, width=1.0):
-  """Ellis's fft2melmx as described in SPEC §2b; rows = bands, [nfilts, nfft/2+1]."""
+  """Ellis's fft2melmx (docs/model.md#mel-filterbank); rows = bands, [nfilts, nfft/2+1]."""
   top = ref_hz2mel(sr / 2.0)
   edges = [ref_mel2hz(top * i / (nfilts + 1)) for i in range(nfilts + 2)]
   wts = np.zeros((nfilts, nfft // 2 + 1))
@@ -354,7 +354,7 @@ def test_streaming_building_blocks_equal_one_shot(signals):
     start += size
   bounds.append((start, total_frames))
   chunks = [padded[a * hop:(b - 1) * hop + n_fft] for a, b in bounds]
-  # Pass 1: the clip-wide maximum of the magnitude (SPEC floor).
+  # Pass 1: the clip-wide maximum of the magnitude (for the floor).
   max_value = max(float(tf.reduce_max(frontend.stft_magnitude(c, pad=False))) for c in chunks)
   # Pass 2: carry the AGC state and the last 40-band frame between chunks.
   state, previous, log_mels, novelties = None, None, [], []

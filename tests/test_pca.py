@@ -1,4 +1,4 @@
-"""PCAWhitening against a NumPy eigendecomposition written here (SPEC §3)."""
+"""PCAWhitening against a NumPy eigendecomposition written here."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Block sampling (SPEC §3) against hand-computed cases and a loop reference."""
+"""Block sampling against hand-computed cases and a loop reference."""
 
 import hashlib
 

@@ -1,4 +1,4 @@
-"""SparseRBM and its CD-1 trainer against SPEC §3 written out in NumPy here."""
+"""SparseRBM and its CD-1 trainer against the authors' update written out in NumPy here."""
 
 import csv
 import os
@@ -40,7 +40,7 @@ def _sigmoid(x):
 
 
 def _numpy_cd1(state, v, u, lr, momentum, cfg):
-  """SPEC §3's CD-1 step for a Gaussian–binary RBM, in the authors' [H, D] layout.
+  """The authors' CD-1 step for a Gaussian–binary RBM, in their [H, D] layout.
 
   state: dict of float64 arrays W [H, D], b [D], c [H], dW, db, dc, q.
   """

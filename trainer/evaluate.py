@@ -1,4 +1,4 @@
-"""``deepbof-evaluate``: the paper's metrics of a trained tagger on one split (SPEC §6).
+"""``deepbof-evaluate``: the paper's metrics of a trained tagger on one split.
 
 Prints the paper's table (AUC-T, AUC-C, P@3…P@15) plus PR-AUC for the trained tagger
 and, when the tagger is the DNN, for the per-tag logistic-regression baseline on the

@@ -1,10 +1,11 @@
-"""Stage ``finetune``: supervised training of the song-level tagger (SPEC §5).
+"""Stage ``finetune``: supervised training of the song-level tagger.
 
-``head=dnn``: builds the DNN (standardization → hidden ReLU layers with dropout →
-sigmoid), initialises it from ``pretrain/rbm_*.npz`` (``init=pretrained``) or randomly,
-fine-tunes it with AdaDelta and keeps the best validation epoch. ``head=logreg``: fits
-per-tag logistic regression on the standardized bag-of-features. Both write
-``model_dir/tagger.keras`` and ``model_dir/tags.json``.
+``head=dnn``: builds the DNN (input normalization, none by default → hidden ReLU layers
+with dropout → sigmoid), initialises it from ``pretrain/rbm_*.npz``
+(``init=pretrained``) or randomly, fine-tunes it with AdaDelta and keeps the best
+validation epoch. ``head=logreg``: fits per-tag logistic regression on the
+standardized bag-of-features. Both write ``model_dir/tagger.keras`` and
+``model_dir/tags.json``.
 
 Uses ``tf.distribute.MirroredStrategy`` when more than one GPU is visible, the default
 strategy otherwise. Fine-tuning writes a checkpoint every epoch and a rerun on the

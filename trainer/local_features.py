@@ -1,4 +1,4 @@
-"""Stages ``learn-local-features`` and ``encode`` of ``deepbof-train`` (SPEC §3–4).
+"""Stages ``learn-local-features`` and ``encode`` of ``deepbof-train``.
 
 ``learn_local_features`` reads the sampled blocks (``data_dir/blocks``), fits the PCA
 whitening in one streaming pass, trains the sparse RBM by CD-1 and writes

@@ -1,9 +1,9 @@
-"""Stage ``pretrain``: greedy layer-wise ReLU-RBM pretraining of the song-level DNN (SPEC §5).
+"""Stage ``pretrain``: greedy layer-wise ReLU-RBM pretraining of the song-level DNN.
 
-Reads ``model_dir/bof/train.npz``, normalizes it with the training statistics
-(``dnn.input_normalization``), trains RBM 1 (binary-, Gaussian- or ReLU-visible, ReLU
-hidden) on it and RBMs 2… (ReLU–ReLU) on the ReLU activations of the layer below, and
-writes ``model_dir/pretrain/rbm_{i}.npz``. A layer whose file was
+Reads ``model_dir/bof/train.npz``, applies the input normalization
+(``dnn.input_normalization``, none by default), trains RBM 1 (binary-, Gaussian- or
+ReLU-visible, ReLU hidden) on it and RBMs 2… (ReLU–ReLU) on the ReLU activations of the
+layer below, and writes ``model_dir/pretrain/rbm_{i}.npz``. A layer whose file was
 written by the same configuration on the same input is reused, so a killed run resumes
 at the first unfinished layer.
 """

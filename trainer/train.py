@@ -3,15 +3,18 @@
 Stages, in order (``--stages=all`` runs them all; a comma list runs a subset in this
 order):
 
-  learn-local-features  PCA whitening + sparse RBM on the sampled blocks (SPEC §3)
-  encode                bag-of-features of every clip of every split (SPEC §4)
-  pretrain              ReLU-RBM pretraining of the DNN (SPEC §5)
-  finetune              supervised training of the tagger (SPEC §5)
-  evaluate              the paper's metrics on the test split (SPEC §6)
+  learn-local-features  PCA whitening + sparse RBM on the sampled blocks
+  encode                bag-of-features of every clip of every split
+  pretrain              ReLU-RBM pretraining of the DNN
+  finetune              supervised training of the tagger
+  evaluate              the paper's metrics on the test split
+
+(docs/model.md describes what each stage computes.)
 
 Configuration, later sources win: the defaults of ``deepbof_tf.config.TrainConfig``
-(SPEC values) < ``--config=FILE.json|.yaml`` < ``--set=dotted.key=value`` (repeatable,
-values parsed as YAML: ``--set=finetune.epochs=300 --set=pretrain.weight_costs=[0.001,0.01]``)
+(the authors' configuration) < ``--config=FILE.json|.yaml`` < ``--set=dotted.key=value``
+(repeatable, values parsed as YAML:
+``--set=finetune.epochs=300 --set=pretrain.weight_costs=[0.001,0.01]``)
 < the convenience flags (``--num_hidden_layers``, ``--init``, ``--head`` …). The
 operative config is validated and written to ``model_dir/config.json``. If that file
 already holds a different config, the run refuses (listing the differences) unless

@@ -633,7 +633,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 def mtt_annotations_text(records: Sequence[Mapping[str, Any]], tags: Sequence[str]) -> str:
-  """``annotations_final.csv`` in MagnaTagATune's layout (SPEC §8).
+  """``annotations_final.csv`` in MagnaTagATune's layout.
 
   Tab-separated, every value double-quoted, columns ``clip_id``, one 0/1 column per
   tag, ``mp3_path`` (the path relative to ``audio/``, whatever its extension).

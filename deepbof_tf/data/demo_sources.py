@@ -214,7 +214,7 @@ def order_pieces(pieces: Sequence[PieceRef], seed: int) -> List[PieceRef]:
 
 
 SPLIT_FRACTIONS = (("train", 0.7), ("valid", 0.1), ("test", 0.2))
-# MagnaTagATune's convention (SPEC §7), which the MTT manifest reader applies: the
+# MagnaTagATune's convention, which the MTT manifest reader applies: the
 # first character of the clip's folder decides its split.
 SPLIT_FOLDERS = {"train": "0123456789ab", "valid": "c", "test": "def"}
 

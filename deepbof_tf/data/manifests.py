@@ -1,14 +1,14 @@
 """Dataset manifests: which audio files make up a dataset, their split and their tags.
 
-Two formats (DESIGN.md "Data flow"):
+Two formats:
 
-* **MagnaTagATune** ``annotations_final.csv`` (SPEC §8): *tab*-separated despite its
+* **MagnaTagATune** ``annotations_final.csv``: *tab*-separated despite its
   name, every value double-quoted; columns ``clip_id``, the tag columns (188 in the
   public release, each 0/1) and ``mp3_path`` (e.g. ``f/artist-album-01-title-0-29.mp3``).
   The ``top_n_tags`` most frequent tags are kept (frequency = number of clips with the
   tag over all well-formed rows of the file; ties broken by column order), and the
   split is the standard one by the first character of the mp3's folder: ``0``–``b``
-  train, ``c`` valid, ``d``–``f`` test (SPEC §7).
+  train, ``c`` valid, ``d``–``f`` test.
 * **CSV** with a header naming the columns ``path`` (required), ``split``, ``tags``
   and optionally ``clip_id`` (default: the path as written). ``tags`` is
   ``;``-separated; an empty ``split`` is assigned by a stable ``hashlib`` hash of the
@@ -143,7 +143,7 @@ def _top_tags(names: Sequence[str], counts: Sequence[int],
 
 
 def mtt_split(mp3_path: str) -> str:
-  """The standard MagnaTagATune split of a clip from its folder (SPEC §7).
+  """The standard MagnaTagATune split of a clip from its folder.
 
   Args:
     mp3_path: the ``mp3_path`` column, e.g. ``f/artist-album-01-title-0-29.mp3``.
@@ -166,7 +166,7 @@ def mtt_split(mp3_path: str) -> str:
 
 def read_mtt_annotations(path: str, *, top_n_tags: int = 50, drop_untagged: bool = False,
                          skip_bad_rows: bool = False) -> Manifest:
-  """Reads MagnaTagATune's ``annotations_final.csv`` (SPEC §8).
+  """Reads MagnaTagATune's ``annotations_final.csv``.
 
   Args:
     path: local path or URL of ``annotations_final.csv``.

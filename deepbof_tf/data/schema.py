@@ -1,4 +1,4 @@
-"""The public TFRecord schema of DESIGN.md: one module for the writer and the readers.
+"""The public TFRecord schema (docs/data.md): one module for the writer and the readers.
 
 Clip example (one per clip, gzip TFRecord ``clips/{split}-*.tfrecord.gz``):
   clip_id bytes, path bytes, n_frames int64, n_mels int64, log_mel float list

@@ -20,8 +20,8 @@ stage seeded). Grids run into the same --output_dir share their common nodes.
 
 ``--scale=demo`` (default) builds (once) the demo corpus in DIR/corpus, unless a
 --manifest is given, and uses the ``demo`` preset; ``--scale=paper`` uses the
-``paper`` preset (SPEC defaults) and needs --manifest and --audio_root (e.g.
-MagnaTagATune's annotations_final.csv with --manifest_format=mtt).
+``paper`` preset (the defaults, the authors' configuration) and needs --manifest and
+--audio_root (e.g. MagnaTagATune's annotations_final.csv with --manifest_format=mtt).
 
 Every finished node leaves a stamp in DIR/.stamps (a rerun skips it unless --force)
 and its log in DIR/logs/; a failing node is recorded (DIR/failures.json: command,

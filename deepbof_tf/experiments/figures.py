@@ -3,9 +3,9 @@
 Like Figs. 4–7 of the paper: one box per setting along the grid's x factor, one
 panel per value of its secondary factor (sampling scheme, initialisation, pooling
 window). A box holds the per-tag ROC-AUC of the test split, pooled over the seeds; the
-white diamond is its mean (= AUC-T averaged over seeds) and the SPEC default setting is
-drawn in orange. Drawn on a ``matplotlib.figure.Figure`` with the Agg canvas
-(``deepbof_tf.plots.save_figure``), never through ``pyplot``.
+white diamond is its mean (= AUC-T averaged over seeds) and the default setting (the
+authors' configuration) is drawn in orange. Drawn on a ``matplotlib.figure.Figure``
+with the Agg canvas (``deepbof_tf.plots.save_figure``), never through ``pyplot``.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def plot_grid(grid: grids_lib.Grid, results: Sequence[results_lib.CellResult],
       f"{grid.name} (paper {grid.figure}): {grid.question}\n"
       f"{', '.join(map(str, clips)) or '?'} test clips, seeds "
       f"{', '.join(map(str, seeds)) or '—'}; box = tags (× seeds), ◇ = mean (AUC-T), "
-      "orange = SPEC default", fontsize=10)
+      "orange = default", fontsize=10)
   figure.tight_layout()
   plots.save_figure(figure, path)
   return drawn

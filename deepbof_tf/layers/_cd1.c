@@ -1,4 +1,4 @@
-/* Native CPU kernel for one CD-1 epoch of the Gaussian–binary sparse RBM (SPEC §3).
+/* Native CPU kernel for one CD-1 epoch of the Gaussian–binary sparse RBM.
  *
  * Why a kernel of our own: CD-1 at the paper's sizes (B = 100, D ≈ 150, H = 1024) is a
  * serial chain of five small products per minibatch. Issued one TF op at a time, each

@@ -1,4 +1,4 @@
-"""Bag-of-features encoding of a clip (SPEC §4) as Keras layers.
+"""Bag-of-features encoding of a clip (docs/model.md#bag-of-features) as Keras layers.
 
 ``log_mel [B, F, n_mels]`` → every 8-frame block at stride 1 (``BlockExtraction``)
 → PCA whitening → sparse RBM ``h = σ(Wᵀv + c)`` → max over non-overlapping windows
@@ -7,7 +7,7 @@ windows (``BagOfFeaturesPooling``) → ``bag_of_features [B, num_hidden]``.
 
 Block count: a clip of T frames has ``T − block_frames + 1`` blocks (T − 7 for 8-frame
 blocks: every block that fits). The authors' chunking (``convertToChunk.m``) yields
-one fewer, dropping the last block; we keep it (SPEC §4). A clip shorter than
+one fewer, dropping the last block; we keep it. A clip shorter than
 ``block_frames`` frames has no block and is an error (a graph assertion naming the
 problem). Padded batches: frames at or after a clip's ``n_frames`` never enter a
 block, a window or the mean, so a padded batch gives each clip exactly its unpadded
@@ -31,6 +31,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deepbof_tf.config import DEFAULT_BLOCK_FRAMES, DEFAULT_POOL_FRAMES
+
 # Imported so that a serialized encoder can deserialize its sub-layers.
 from deepbof_tf.layers.pca import PCAWhitening  # noqa: F401
 from deepbof_tf.layers.sparse_rbm import SparseRBM  # noqa: F401
@@ -50,7 +52,7 @@ def num_blocks(n_frames, block_frames: int = 8):
   return max(int(n_frames) - block_frames + 1, 0)
 
 
-def num_windows(n_blocks, pool_frames: int = 43):
+def num_windows(n_blocks, pool_frames: int = DEFAULT_POOL_FRAMES):
   """Number of pooling windows: ``ceil(n_blocks / pool_frames)`` (last may be short).
 
   Args:
@@ -100,7 +102,7 @@ class BlockExtraction(keras.layers.Layer):
     **kwargs: forwarded to ``keras.layers.Layer``.
   """
 
-  def __init__(self, block_frames: int = 8, **kwargs):
+  def __init__(self, block_frames: int = DEFAULT_BLOCK_FRAMES, **kwargs):
     super().__init__(**kwargs)
     if block_frames < 1:
       raise ValueError(f"block_frames must be >= 1, got {block_frames}")
@@ -135,11 +137,12 @@ class BagOfFeaturesPooling(keras.layers.Layer):
   padding and ignored.
 
   Args:
-    pool_frames: window length in block positions (43 ≈ 1 s).
+    pool_frames: window length in block positions (default: the configuration's,
+      86 ≈ 2 s).
     **kwargs: forwarded to ``keras.layers.Layer``.
   """
 
-  def __init__(self, pool_frames: int = 43, **kwargs):
+  def __init__(self, pool_frames: int = DEFAULT_POOL_FRAMES, **kwargs):
     super().__init__(**kwargs)
     if pool_frames < 1:
       raise ValueError(f"pool_frames must be >= 1, got {pool_frames}")
@@ -188,17 +191,18 @@ class BagOfFeaturesPooling(keras.layers.Layer):
 class BagOfFeaturesEncoder(keras.layers.Layer):
   """``log_mel [B, F, n_mels]`` (+ ``n_frames [B]``) → ``bag_of_features [B, H]``.
 
-  Blocks → ``PCAWhitening`` → ``SparseRBM`` → ``BagOfFeaturesPooling`` (SPEC §4).
+  Blocks → ``PCAWhitening`` → ``SparseRBM`` → ``BagOfFeaturesPooling``.
 
   Args:
     pca: an adapted ``PCAWhitening`` (or its serialized config).
     rbm: a ``SparseRBM`` (or its serialized config).
-    pool_frames: pooling window in block positions (43).
+    pool_frames: pooling window in block positions (the configuration's default).
     block_frames: frames per block (8).
     **kwargs: forwarded to ``keras.layers.Layer``.
   """
 
-  def __init__(self, pca, rbm, pool_frames: int = 43, block_frames: int = 8, **kwargs):
+  def __init__(self, pca, rbm, pool_frames: int = DEFAULT_POOL_FRAMES,
+               block_frames: int = DEFAULT_BLOCK_FRAMES, **kwargs):
     super().__init__(**kwargs)
     if isinstance(pca, dict):
       pca = keras.saving.deserialize_keras_object(pca)

@@ -1,4 +1,4 @@
-"""PCA whitening of spectral blocks (SPEC §3) as an adaptable, serializable Keras layer.
+"""PCA whitening of spectral blocks as an adaptable, serializable Keras layer.
 
 The statistics are learned like Keras' ``Normalization`` layer: ``adapt(data)`` streams
 batches through a float64 accumulator (mean and centred scatter merged batch by batch,
@@ -54,7 +54,7 @@ class CovarianceAccumulator:
     self.count = total
 
   def covariance(self) -> np.ndarray:
-    """The population covariance ``XXᵀ/N`` of the centred data (SPEC §3)."""
+    """The population covariance ``XXᵀ/N`` of the centred data."""
     if self.count == 0:
       raise ValueError("no data was accumulated: the adapt() input was empty")
     return self.scatter / self.count
@@ -95,7 +95,7 @@ def pca_statistics(covariance: np.ndarray, retained_variance: float
 
 @keras.saving.register_keras_serializable(package="deepbof")
 class PCAWhitening(keras.layers.Layer):
-  """PCA whitening ``y = diag((d + ε)^-½)·Eᵀ·(x − mean)`` of SPEC §3.
+  """PCA whitening ``y = diag((d + ε)^-½)·Eᵀ·(x − mean)`` (docs/model.md#pca-whitening).
 
   The output dimension is the number of retained components, known only after
   ``adapt``; it is then part of ``get_config`` so a saved layer rebuilds with the

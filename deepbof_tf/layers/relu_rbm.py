@@ -1,4 +1,4 @@
-"""ReLU RBMs for the greedy pretraining of the song-level DNN (SPEC §5).
+"""ReLU RBMs for the greedy pretraining of the song-level DNN.
 
 The flavours of the authors' ``train_rbm.m`` plus a Gaussian-visible one:
   * layer 1: **binary visible / ReLU hidden** (the paper) for inputs in [0, 1], or
@@ -36,6 +36,8 @@ Training runs one ``tf.function`` per epoch (a ``tf.range`` loop over the miniba
 The noise draws are stateless and seeded by (seed, layer, epoch, batch), and the
 epoch's permutation comes from ``numpy.random.default_rng((seed, layer, epoch))``, so
 the same config and seed give the same weights.
+
+See docs/model.md#song-level-dnn.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class ReLURBM(keras.layers.Layer):
 
 @dataclasses.dataclass(frozen=True)
 class ReLURBMSchedule:
-  """Hyperparameters of one ReLU RBM (SPEC §5; defaults: layer 1).
+  """Hyperparameters of one ReLU RBM (defaults: layer 1).
 
   Args:
     epochs: training epochs (200).

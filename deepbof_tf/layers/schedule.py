@@ -1,4 +1,4 @@
-"""Per-epoch schedules of the RBM trainers (SPEC §3 and §5, the authors' code).
+"""Per-epoch schedules of the RBM trainers (the authors' code).
 
 Pure functions of the epoch index, shared by the sparse Gaussian–binary RBM of the
 local features and the ReLU RBMs of the song-level pretraining, so both anneal the

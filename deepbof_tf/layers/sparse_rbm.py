@@ -1,4 +1,4 @@
-"""The Gaussian–binary sparse RBM of SPEC §3: a Keras layer and its CD-1 trainer.
+"""The Gaussian–binary sparse RBM: a Keras layer and its CD-1 trainer.
 
 ``SparseRBM`` is the inference layer (``p(h=1|v) = σ(Wᵀv + c)``), serializable like
 any Keras layer. ``SparseRBMTrainer`` learns its weights with contrastive divergence
@@ -14,12 +14,12 @@ any Keras layer. ``SparseRBMTrainer`` learns its weights with contrastive diverg
                   Δc ← m·Δc − 3·lr·(q − ρ) + lr·mean_batch(p⁺ − p⁻)
                   W += ΔW, b += Δb, c += Δc
 
-As in the authors' code the sparsity term enters the hidden-bias *increment*, so it
-is carried by the momentum too (SPEC's "add −3·lr·(q−ρ) to the hidden bias" read
-with the code's update order). Minibatches are fixed across epochs and a remainder
-smaller than a batch is dropped, as in the code. A whole epoch runs in one
-``tf.function`` (a ``tf.while_loop`` over the device-resident minibatches), with
-statistics and momentum buffers updated by ``assign``.
+As in the authors' code the sparsity term ``−3·lr·(q − ρ)`` enters the hidden-bias
+*increment* (the code's update order), so it is carried by the momentum too.
+Minibatches are fixed across epochs and a remainder smaller than a batch is dropped,
+as in the code. A whole epoch runs in one ``tf.function`` (a ``tf.while_loop`` over
+the device-resident minibatches), with statistics and momentum buffers updated by
+``assign``.
 
 Randomness is stateless: the uniform draws of step s of epoch e use the seed
 ``(seed, e·num_batches + s)``, so a run resumed from a checkpoint draws exactly the
@@ -33,6 +33,8 @@ products per step that CD-1 is. It draws bit-identical uniforms (TF's Philox str
 for the same seeds) and follows the same update order, so the two agree to float
 rounding (tested), and its results do not depend on the number of threads.
 ``auto`` (the default) takes ``native`` when it is available and no GPU is visible.
+
+See docs/model.md#sparse-rbm.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ class SparseRBM(keras.layers.Layer):
 
 
 class SparseRBMTrainer(tf.Module):
-  """CD-1 training of a ``SparseRBM`` with the authors' schedule (SPEC §3).
+  """CD-1 training of a ``SparseRBM`` with the authors' schedule.
 
   The trainer owns the parameters, the momentum increments, the running mean ``q`` of
   the hidden probabilities, the epoch counter and the per-epoch history as
@@ -210,7 +212,7 @@ class SparseRBMTrainer(tf.Module):
 
   Args:
     num_visible: dimension D of the (whitened) input.
-    config: hyperparameters (``SparseRBMConfig``; SPEC §3 defaults).
+    config: hyperparameters (``SparseRBMConfig``; its defaults are the authors').
     seed: seed of the initial weights and of the CD-1 sampling; defaults to
       ``config.seed``.
     jit_compile: compile the TF epoch loop with XLA. Off by default: on CPU, TF's

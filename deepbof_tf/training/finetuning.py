@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of the song-level DNN (SPEC §5), resumable after a kill.
+"""Supervised fine-tuning of the song-level DNN, resumable after a kill.
 
 * AdaDelta (learning rate 1.0, ρ 0.99, ε 1e-8), minibatches of 128, binary
   cross-entropy **summed over tags** and averaged over clips (the authors' objective;
@@ -12,6 +12,8 @@
   early-stopping counter, the history and the epoch.
 * The data order of epoch e is a stateless permutation of (seed, e), so a run resumed
   at epoch k sees exactly the batches an uninterrupted run sees.
+
+See docs/model.md#fine-tuning.
 """
 
 from __future__ import annotations

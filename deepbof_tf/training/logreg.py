@@ -1,4 +1,4 @@
-"""Per-tag logistic regression on the standardized bag-of-features (SPEC §5 "measured here").
+"""Per-tag logistic regression on the standardized bag-of-features.
 
 The built-in baseline head: one L2-regularised logistic regression per tag
 (scikit-learn, lbfgs), the regularisation strength chosen on the validation AUC-tag

@@ -1,4 +1,7 @@
-"""Greedy layer-wise pretraining of the song-level DNN with ReLU RBMs (SPEC §5)."""
+"""Greedy layer-wise pretraining of the song-level DNN with ReLU RBMs.
+
+See docs/model.md#song-level-dnn.
+"""
 
 from __future__ import annotations
 
