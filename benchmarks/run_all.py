@@ -272,6 +272,15 @@ def _git(*args: str) -> str:
     return ""
 
 
+def cpu_isa(flags) -> str:
+  """The vector/matrix extensions that decide which kernels run: "AVX2 + AVX-512 + AMX"."""
+  names = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"),
+                                   ("amx_tile", "AMX")) if flag in flags]
+  if not names and "avx" in flags:
+    names = ["AVX"]
+  return " + ".join(names)
+
+
 def machine_info() -> Dict[str, Any]:
   """CPU model, cores, RAM, versions and commit of this machine and checkout."""
   cpuinfo = _read("/proc/cpuinfo")
@@ -283,8 +292,7 @@ def machine_info() -> Dict[str, Any]:
     elif key.strip() == "flags" and not flags:
       flags = set(value.split())
   model = model or platform.processor() or platform.machine()
-  simd = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
-                                       ("avx", "AVX")) if flag in flags), "")
+  simd = cpu_isa(flags)
   mem_kb = 0
   for line in _read("/proc/meminfo").splitlines():
     if line.startswith("MemTotal:"):

@@ -38,6 +38,10 @@ def define_flags() -> None:
                        "time inside the SavedModel (each goes through the front end and "
                        "the encoder alone, which keeps its intermediates in cache); 2 "
                        "suits 2 cores, raise it for bigger servers.", lower_bound=1)
+  flags.DEFINE_float("max_request_seconds", 600.0, "Longest clip (seconds) the one-shot "
+                     "signatures accept; a longer one is refused with INVALID_ARGUMENT "
+                     "before it is computed (long audio: the stream_* signatures).",
+                     lower_bound=1.0)
   flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 
@@ -47,7 +51,8 @@ def main(argv: Sequence[str]) -> None:
   from serving import export_lib
   path = export_lib.export(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
                            data_dir=FLAGS.data_dir, pool_frames=FLAGS.pool_frames,
-                           clips_in_flight=FLAGS.clips_in_flight)
+                           clips_in_flight=FLAGS.clips_in_flight,
+                           max_request_seconds=FLAGS.max_request_seconds)
   info = export_lib.read_export_info(path)
   logging.info("exported %s", path)
   print(f"{path}\t{len(info['tags'])} tags, embedding {info['embedding_size']}, "

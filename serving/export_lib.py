@@ -64,6 +64,9 @@ TAGS_SIGNATURE = "tags"
 STREAM_PEAK_SIGNATURE = "stream_peak"
 STREAM_ENCODE_SIGNATURE = "stream_encode"
 HEAD_SIGNATURE = "probabilities_from_embedding"
+# The longest clip the one-shot signatures accept by default (deepbof-export
+# --max_request_seconds); longer audio goes through the streaming signatures.
+DEFAULT_MAX_REQUEST_SECONDS = 600.0
 
 
 def min_samples(config: FrontendConfig, block_frames: int) -> int:
@@ -94,15 +97,24 @@ class DeepBofServingModule(tf.Module):
       intermediates for 16 clips (~100 MB) fall out of the CPU caches and the graph
       becomes memory-bound (2.3× slower at batch 16 on 2 cores). 2 was best on 2 cores;
       each clip's ops still use TF's intra-op threads.
+    max_request_seconds: the longest clip the one-shot signatures accept; a longer
+      request fails with INVALID_ARGUMENT before the front end allocates anything for
+      it (a 20-minute clip needs ~1.6 GB of intermediates). Long audio goes through the
+      streaming signatures (``deepbof-tag`` does that by itself).
   """
 
   def __init__(self, encoder, tagger, tag_names: Sequence[str],
                frontend_config: FrontendConfig, tags_asset: Optional[str] = None,
-               info_asset: Optional[str] = None, clips_in_flight: int = 2):
+               info_asset: Optional[str] = None, clips_in_flight: int = 2,
+               max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS):
     super().__init__(name="deepbof")
     if clips_in_flight < 1:
       raise ValueError(f"clips_in_flight must be >= 1, got {clips_in_flight}")
+    if max_request_seconds <= 0:
+      raise ValueError(f"max_request_seconds must be > 0, got {max_request_seconds}")
     self._clips_in_flight = int(clips_in_flight)
+    self._max_request_seconds = float(max_request_seconds)
+    self._max_samples = int(round(max_request_seconds * frontend_config.sample_rate))
     num_tags = int(tagger.outputs[0].shape[-1]) if hasattr(tagger, "outputs") else None
     if num_tags is not None and num_tags != len(tag_names):
       raise ValueError(f"the tagger has {num_tags} outputs but {len(tag_names)} tag "
@@ -159,6 +171,13 @@ class DeepBofServingModule(tf.Module):
     batch = tf.shape(waveform)[0]
     samples = tf.shape(waveform)[1]
     checks = [
+        tf.debugging.assert_less_equal(
+            samples, self._max_samples,
+            message=(f"request too long: at most {self._max_samples} samples "
+                     f"({self._max_request_seconds:g} s at {sr} Hz) per clip in one "
+                     "request; send longer audio through the stream_* signatures "
+                     "(deepbof-tag does) or export with a larger --max_request_seconds; "
+                     "samples =")),
         tf.debugging.assert_positive(
             batch, message="empty batch: waveform must have shape [batch >= 1, samples]"),
         tf.debugging.assert_equal(
@@ -279,8 +298,9 @@ def load_audio_settings(model_dir: str, data_dir: Optional[str] = None
 
 
 def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
-                 pool_frames: Optional[int] = None,
-                 clips_in_flight: int = 2) -> DeepBofServingModule:
+                 pool_frames: Optional[int] = None, clips_in_flight: int = 2,
+                 max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS
+                 ) -> DeepBofServingModule:
   """Builds the serving module of a trained model directory.
 
   Args:
@@ -290,6 +310,7 @@ def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
     data_dir: the dataset the model was trained on, for its front-end settings.
     pool_frames: override the encoder's pooling window (None: as trained).
     clips_in_flight: see ``DeepBofServingModule``.
+    max_request_seconds: see ``DeepBofServingModule``.
   """
   from deepbof_tf import models
   encoder = models.load_bof_encoder(model_dir, pool_frames=pool_frames)
@@ -301,15 +322,18 @@ def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
     f.write("".join(f"{tag}\n" for tag in tag_names))
   info_path = os.path.join(work_dir, EXPORT_INFO_FILE)
   with open(info_path, "w", encoding="utf-8") as f:
-    json.dump(export_info(config, encoder, tag_names, channel_mode, clips_in_flight), f,
-              indent=2, sort_keys=True)
+    json.dump(export_info(config, encoder, tag_names, channel_mode, clips_in_flight,
+                          max_request_seconds), f, indent=2, sort_keys=True)
     f.write("\n")
   return DeepBofServingModule(encoder, tagger, tag_names, config, tags_path, info_path,
-                              clips_in_flight=clips_in_flight)
+                              clips_in_flight=clips_in_flight,
+                              max_request_seconds=max_request_seconds)
 
 
 def export_info(config: FrontendConfig, encoder, tag_names: Sequence[str],
-                channel_mode: str = "first", clips_in_flight: int = 2) -> Dict[str, Any]:
+                channel_mode: str = "first", clips_in_flight: int = 2,
+                max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS
+                ) -> Dict[str, Any]:
   """The JSON description of an export (``assets/deepbof_export.json``)."""
   import deepbof_tf
   return {
@@ -322,6 +346,8 @@ def export_info(config: FrontendConfig, encoder, tag_names: Sequence[str],
       "embedding_size": int(encoder.rbm.num_hidden),
       "min_samples": min_samples(config, int(encoder.block_frames)),
       "clips_in_flight": int(clips_in_flight),
+      "max_request_seconds": float(max_request_seconds),
+      "max_request_samples": int(round(max_request_seconds * config.sample_rate)),
       "tags": list(tag_names),
       "signatures": [DEFAULT_SIGNATURE, PADDED_SIGNATURE, WAV_SIGNATURE, TAGS_SIGNATURE,
                      STREAM_PEAK_SIGNATURE, STREAM_ENCODE_SIGNATURE, HEAD_SIGNATURE],
@@ -362,7 +388,8 @@ def resolve_version_dir(path: str) -> str:
 
 def export(model_dir: str, export_dir: str, version: Optional[int] = None,
            data_dir: Optional[str] = None, pool_frames: Optional[int] = None,
-           clips_in_flight: int = 2) -> str:
+           clips_in_flight: int = 2,
+           max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS) -> str:
   """Exports ``model_dir`` to ``export_dir/<version>/`` and returns that path.
 
   The SavedModel is written to a temporary directory next to the target and renamed
@@ -376,6 +403,8 @@ def export(model_dir: str, export_dir: str, version: Optional[int] = None,
     data_dir: the dataset the model was trained on (front-end settings).
     pool_frames: override the encoder's pooling window.
     clips_in_flight: clips of a request computed at once (``DeepBofServingModule``).
+    max_request_seconds: the longest clip of a one-shot request
+      (``DeepBofServingModule``).
   """
   versions = existing_versions(export_dir)
   if version is None:
@@ -390,7 +419,8 @@ def export(model_dir: str, export_dir: str, version: Optional[int] = None,
   work_dir = tempfile.mkdtemp(prefix="deepbof_export_assets_")
   temp_target = posixpath.join(export_dir, f".tmp-{version}-{os.getpid()}")
   try:
-    module = build_module(model_dir, work_dir, data_dir, pool_frames, clips_in_flight)
+    module = build_module(model_dir, work_dir, data_dir, pool_frames, clips_in_flight,
+                          max_request_seconds)
     tf.saved_model.save(module, temp_target, signatures=module.signatures())
     tf.io.gfile.rename(temp_target, target, overwrite=False)
   finally:

@@ -422,3 +422,11 @@ def test_bench_dir_errors(tmp_path, capsys):
   with pytest.raises(SystemExit):
     run_all.main(["--bench_dir", str(tmp_path)])
   assert "no bench_*.py scripts" in capsys.readouterr().err
+
+
+def test_cpu_isa_names_every_extension_the_kernels_depend_on():
+  assert run_all.cpu_isa({"avx", "avx2", "fma"}) == "AVX2"
+  assert run_all.cpu_isa({"avx2", "avx512f", "avx512bw", "amx_tile", "amx_bf16"}) == (
+      "AVX2 + AVX-512 + AMX")
+  assert run_all.cpu_isa({"avx", "sse4_2"}) == "AVX"
+  assert run_all.cpu_isa({"sse2"}) == ""

@@ -62,6 +62,8 @@ def test_layout_versions_and_assets(exported, tmp_path):
   assert info["tags"] == list(fx.TAGS)
   assert info["embedding_size"] == fx.NUM_HIDDEN
   assert info["clips_in_flight"] == 2
+  assert info["max_request_seconds"] == 600.0  # the documented default: 10 minutes
+  assert info["max_request_samples"] == 600 * SR
   assert info["frontend"]["sample_rate"] == SR
   assert info["min_samples"] == export_lib.min_samples(frontend.FrontendConfig(), 8)
   # frame_count(min_samples) is exactly one block; one sample less has no block.
@@ -180,6 +182,26 @@ def test_bad_requests_are_invalid_argument_with_clear_messages(loaded):
   _invalid(wav, "RIFF", wav=tf.constant([b"not a wav file at all"]))
   # A good request still works after the failures.
   assert serve(waveform=tf.constant(good))["probabilities"].shape == (1, len(fx.TAGS))
+
+
+def test_requests_longer_than_the_maximum_are_refused(loaded, exported, tmp_path):
+  # The default export: 10 minutes per clip. One sample more is INVALID_ARGUMENT.
+  limit = 600 * SR
+  _invalid(loaded.signatures["serving_default"], "request too long: at most 13230000",
+           waveform=tf.zeros([1, limit + 1]))
+  _invalid(loaded.signatures["serving_padded"], "request too long",
+           waveform=tf.zeros([1, limit + 1]), num_samples=tf.constant([SR], tf.int32))
+  # Configurable at export; the WAV signature is checked after decoding.
+  module = export_lib.build_module(exported["model_dir"], str(tmp_path),
+                                   max_request_seconds=2.0)
+  short, long = fx.music_like_signal(1.5, 1), fx.music_like_signal(2.5, 2)
+  assert module.serve(tf.constant(short[None]))["probabilities"].shape == (1, len(fx.TAGS))
+  for call, arg in ((module.serve, tf.constant(long[None])),
+                    (module.serve_wav, tf.constant([fx.wav_bytes(long)]))):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"request too long.*2 s at"):
+      call(arg)
+  with pytest.raises(ValueError, match="max_request_seconds must be > 0"):
+    export_lib.build_module(exported["model_dir"], str(tmp_path), max_request_seconds=0)
 
 
 def test_streaming_signatures_equal_one_shot(loaded):
