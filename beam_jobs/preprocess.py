@@ -58,11 +58,13 @@ flags.DEFINE_enum("channel_mode", "first", ["first", "mean"], "Multi-channel to 
                   "first channel (authors' code) or the mean.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output_dir.")
 flags.DEFINE_integer("intra_op_threads", 1, "TensorFlow threads per Beam worker process.")
+flags.DEFINE_float("progress_seconds", 15.0, "On local runners, print clips done / total, "
+                   "rate and time left this often (0: never).")
 
 _OUR_FLAGS = ("manifest", "audio_root", "output_dir", "manifest_format", "top_n_tags",
               "drop_untagged", "skip_bad_rows", "sampling", "block_frames",
               "segment_frames", "num_blocks", "blocks_per_clip", "seed", "num_shards",
-              "channel_mode", "overwrite", "intra_op_threads")
+              "channel_mode", "overwrite", "intra_op_threads", "progress_seconds")
 
 
 def _parse_flags(argv: List[str]) -> List[str]:
@@ -100,7 +102,7 @@ def config_from_flags() -> preprocess_lib.PreprocessConfig:
                               segment_frames=FLAGS.segment_frames,
                               num_blocks=FLAGS.num_blocks,
                               blocks_per_clip=FLAGS.blocks_per_clip, seed=FLAGS.seed),
-      intra_op_threads=FLAGS.intra_op_threads)
+      intra_op_threads=FLAGS.intra_op_threads, progress_seconds=FLAGS.progress_seconds)
 
 
 def main(argv: Sequence[str]) -> int:

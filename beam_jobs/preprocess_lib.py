@@ -70,6 +70,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from deepbof_tf import __version__
 from deepbof_tf import sampling
+from deepbof_tf import workdirs
 from deepbof_tf.config import FrontendConfig, SamplingConfig, to_dict
 from deepbof_tf.data import manifests
 from deepbof_tf.data import schema
@@ -81,6 +82,7 @@ ERRORS_PREFIX = "errors"
 ERRORS_SUFFIX = ".jsonl"
 STAGES = ("read", "decode", "features", "validate")
 _TMP_FILES_DIR = "_incomplete"
+_PROGRESS_DIR = "_progress"
 GZIP_LEVEL = 1
 
 
@@ -105,6 +107,8 @@ class PreprocessConfig:
     sampling: block sampling (docs/model.md#block-sampling).
     intra_op_threads: TensorFlow threads per worker process; 1 by default because
       Beam parallelises over worker processes (one per core).
+    progress_seconds: on local runners, print clips done / total, rate and time left
+      to stderr this often (0: never). Dataflow has its own monitoring.
   """
 
   manifest: str
@@ -120,6 +124,7 @@ class PreprocessConfig:
   frontend: FrontendConfig = dataclasses.field(default_factory=FrontendConfig)
   sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
   intra_op_threads: int = 1
+  progress_seconds: float = 15.0
 
   def __post_init__(self):
     if self.manifest_format not in ("csv", "mtt"):
@@ -234,7 +239,9 @@ class ComputeFeaturesDoFn(beam.DoFn):
   """
 
   def __init__(self, frontend: FrontendConfig, channel_mode: str = "first",
-               block_frames: int = 8, intra_op_threads: int = 1):
+               block_frames: int = 8, intra_op_threads: int = 1,
+               progress_dir: Optional[str] = None):
+    self._progress_dir = progress_dir
     self._frontend_config = frontend
     self._channel_mode = channel_mode
     self._block_frames = block_frames
@@ -259,6 +266,8 @@ class ComputeFeaturesDoFn(beam.DoFn):
     # compute_features runs one cached tf.function with a [None] signature: one trace
     # per worker for every clip length.
     self._compute_features = frontend.compute_features
+    self._progress = (ProgressCounter(self._progress_dir) if self._progress_dir
+                      else None)
 
   def _fail(self, record, stage, error):
     self._failed.inc()
@@ -267,6 +276,11 @@ class ComputeFeaturesDoFn(beam.DoFn):
     return beam.pvalue.TaggedOutput(ERROR_TAG, _error_record(record, stage, error))
 
   def process(self, record: Dict[str, Any]) -> Iterator[Any]:
+    yield from self._process(record)
+    if self._progress is not None:
+      self._progress.tick()
+
+  def _process(self, record: Dict[str, Any]) -> Iterator[Any]:
     self._read.inc()
     path = record["audio_path"]
     gfile = self._tf.io.gfile
@@ -313,6 +327,83 @@ class ComputeFeaturesDoFn(beam.DoFn):
       return
     self._features_ok.inc()
     yield dict(record, log_mel=log_mel, novelty=novelty)
+
+
+class ProgressCounter:
+  """A worker's count of finished clips in a small file of the progress directory.
+
+  Each DoFn instance owns one file and rewrites its count after every clip; the
+  launching process adds the files up (:class:`ProgressReporter`). Local runs only: the
+  directory is on this machine's disk.
+  """
+
+  def __init__(self, directory: str):
+    os.makedirs(directory, exist_ok=True)
+    self._path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex[:8]}.count")
+    self._done = 0
+
+  def tick(self) -> None:
+    self._done += 1
+    tmp = self._path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(str(self._done))
+    os.replace(tmp, self._path)
+
+
+def count_progress(directory: str) -> int:
+  """Clips finished so far: the sum of the workers' counts."""
+  done = 0
+  for path in glob.glob(os.path.join(directory, "*.count")):
+    try:
+      with open(path) as f:
+        done += int(f.read() or 0)
+    except (OSError, ValueError):
+      continue  # being replaced right now
+  return done
+
+
+def format_progress(done: int, total: int, seconds: float) -> str:
+  """``clips 120/600 (20 %), 4.1 clips/s, about 1 min 57 s left``."""
+  rate = done / seconds if seconds > 0 else 0.0
+  text = f"clips {done}/{total} ({100 * done / max(total, 1):.0f} %), {rate:.1f} clips/s"
+  if 0 < done < total and rate > 0:
+    left = int(round((total - done) / rate))
+    text += f", about {left // 60} min {left % 60:02d} s left" if left >= 60 else (
+        f", about {left} s left")
+  return text
+
+
+class ProgressReporter:
+  """Prints :func:`format_progress` to stderr every ``interval`` seconds, in a thread."""
+
+  def __init__(self, directory: str, total: int, interval: float, stream=None):
+    import threading
+    self._directory, self._total, self._interval = directory, total, interval
+    self._stream = stream
+    self._start = time.time()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="deepbof-progress",
+                                    daemon=True)
+
+  def _print(self) -> None:
+    import sys
+    stream = self._stream or sys.stderr
+    done = count_progress(self._directory)
+    line = format_progress(done, self._total, time.time() - self._start)
+    print(f"deepbof-preprocess: {line}", file=stream, flush=True)
+
+  def _run(self) -> None:
+    while not self._stop.wait(self._interval):
+      self._print()
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *unused):
+    self._stop.set()
+    self._thread.join()
+    self._print()  # the final count
 
 
 def serialize_clip(record: Mapping[str, Any]) -> Tuple[str, str, bytes]:
@@ -600,7 +691,8 @@ def _write_sharded(pcoll, label: str, tmp_files_dir: str, out_dir: str, kind: st
 
 
 def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]],
-                   config: PreprocessConfig, n_tags: int, work_dir: str):
+                   config: PreprocessConfig, n_tags: int, work_dir: str,
+                   progress_dir: Optional[str] = None):
   """Adds the preprocessing steps to ``pipeline``; every output goes under ``work_dir``.
 
   Args:
@@ -609,6 +701,7 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
     config: the run's configuration.
     n_tags: size of the tag vocabulary (length of ``labels``).
     work_dir: the (temporary) dataset directory to write.
+    progress_dir: where the workers count finished clips (None: no progress).
 
   Returns:
     The PCollection of the ``_summary.json`` payload (one element).
@@ -619,7 +712,8 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
              | "ClipRecords" >> beam.Create(list(records))
              | "ComputeFeatures" >> beam.ParDo(ComputeFeaturesDoFn(
                  config.frontend, config.channel_mode, scfg.block_frames,
-                 config.intra_op_threads)).with_outputs(ERROR_TAG, main="clips"))
+                 config.intra_op_threads, progress_dir)).with_outputs(ERROR_TAG,
+                                                                      main="clips"))
   clips, errors = results.clips, results[ERROR_TAG]
 
   clip_files = _write_sharded(
@@ -898,16 +992,27 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
                         if manifest.skipped else ""))
   logging.info("%s: %d clips (%s), %d tags", config.manifest, len(records),
                manifest.split_counts(), len(manifest.tags))
-  work_dir = f"{output_dir}.incomplete-{uuid.uuid4().hex[:8]}"
+  workdirs.remove_stale_work_dirs(output_dir)
+  work_dir = workdirs.claim_work_dir(output_dir)
   fs = _fs(work_dir)
   start = time.time()
   try:
-    fs.makedirs(work_dir)
     options = PipelineOptions(list(beam_args))
-    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-    build_pipeline(pipeline, records, config, len(manifest.tags), work_dir)
-    result = pipeline.run()
-    result.wait_until_finish()
+    runner = make_runner(options)
+    # Progress needs the workers' counts on this machine: local runners, local paths.
+    progress_dir = (_join(work_dir, _PROGRESS_DIR) if runner is not None and
+                    config.progress_seconds > 0 and "://" not in work_dir else None)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_pipeline(pipeline, records, config, len(manifest.tags), work_dir, progress_dir)
+    if progress_dir is None:
+      result = pipeline.run()
+      result.wait_until_finish()
+    else:
+      os.makedirs(progress_dir, exist_ok=True)
+      with ProgressReporter(progress_dir, len(records), config.progress_seconds):
+        result = pipeline.run()
+        result.wait_until_finish()
+      shutil.rmtree(progress_dir, ignore_errors=True)
     counters = _query_counters(result)
     summary_path = _join(work_dir, SUMMARY_FILE)
     with fs.GFile(summary_path, "r") as f:
@@ -915,6 +1020,7 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
     fs.remove(summary_path)
     if fs.exists(_join(work_dir, _TMP_FILES_DIR)):
       fs.rmtree(_join(work_dir, _TMP_FILES_DIR))
+    fs.remove(_join(work_dir, workdirs.OWNER_FILE))
     errors = _read_error_records(work_dir)
     counts = reconcile(summary, errors, len(records), counters)
     metadata = build_metadata(config, manifest, summary, errors, counts,

@@ -16,6 +16,10 @@ compared with it on the same split:
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command line: quiet before TensorFlow loads
+  from deepbof_tf import cli as _cli
+  _cli.quiet_startup()
+
 import dataclasses
 import logging
 import os

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
 import shutil
 import sys
+import threading
 from typing import Callable, List, Optional, Sequence
 
 from absl import app
@@ -56,3 +59,129 @@ def run_console_script(main: Callable[[Sequence[str]], Optional[int]],
     app.run(main)
   else:
     app.run(main, flags_parser=flags_parser)
+
+
+# --- quiet start-up --------------------------------------------------------------------
+# What TensorFlow's C++ runtime, Beam's workers and their type-hint checker print on
+# every start, none of which is about the user's data. Dropped from the console tools'
+# stderr unless --verbosity >= 1 (absl's flag) or DEEPBOF_VERBOSE=1 asks for it.
+_NOISE_LINES = re.compile(
+    r"^(?:"
+    r"[IWE]\d{4} [\d:.]+\s+\d+ (?:port|cudart_stub|cpu_feature_guard|cuda_platform|"
+    r"cuda_executor|cuda_diagnostics|cuda_dnn|cuda_fft|cuda_blas|gpu_device|"
+    r"gpu_timer|dso_loader|tensorrt[\w/]*|computation_placer)\.cc:\d+\]"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|To enable the following instructions:"
+    r"|(?:WARNING|INFO):(?:root|__main__|apache_beam[\w.]*):"
+    r"|[IW]\d{4} [\d:.]+\s+\d+ (?:local_job_service|native_type_compatibility|"
+    r"functional_saver|signature_serialization|fingerprinting_utils|builder_impl|"
+    r"__init__)\.py:\d+\]"
+    r")")
+_QUIET_ENV = "DEEPBOF_VERBOSE"
+
+
+def is_noise(line: str) -> bool:
+  """True for a start-up or harness line of TensorFlow or Beam (see ``_NOISE_LINES``)."""
+  return bool(_NOISE_LINES.match(line))
+
+
+def _wants_verbose(argv: Sequence[str]) -> bool:
+  if os.environ.get(_QUIET_ENV, "") not in ("", "0"):
+    return True
+  for arg in argv[1:]:
+    if arg.startswith("--verbosity=") or arg.startswith("-v="):
+      try:
+        return int(arg.split("=", 1)[1]) >= 1
+      except ValueError:
+        return True
+    if arg in ("--verbosity", "-v"):
+      return True
+  return False
+
+
+def quiet_startup(argv: Optional[Sequence[str]] = None) -> bool:
+  """Filters TensorFlow's and Beam's start-up chatter out of this process's stderr.
+
+  Works at the file-descriptor level (the C++ runtime writes to fd 2 directly, before
+  any Python logging exists), so it must run before TensorFlow is imported; child
+  processes that inherit fd 2 (Beam's workers) are filtered too. Every other line goes
+  through unchanged and in order. Nothing happens when the user asked for verbose
+  output (``--verbosity=1`` or more, or ``DEEPBOF_VERBOSE=1``).
+
+  Args:
+    argv: the command line (default ``sys.argv``).
+
+  Returns:
+    True if the filter was installed.
+  """
+  argv = sys.argv if argv is None else argv
+  if _wants_verbose(argv) or getattr(quiet_startup, "_installed", False):
+    return False
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  try:
+    real_stderr = os.dup(2)
+    read_end, write_end = os.pipe()
+  except OSError:
+    return False
+  sys.stderr.flush()
+  os.dup2(write_end, 2)
+  os.close(write_end)
+
+  def pump():
+    with os.fdopen(read_end, "rb", buffering=0) as source, \
+        os.fdopen(real_stderr, "wb", buffering=0) as sink:
+      pending = b""
+      while True:
+        chunk = source.read(65536)
+        if not chunk:
+          break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        kept = [line for line in lines
+                if not is_noise(line.decode("utf-8", "replace"))]
+        if kept:
+          sink.write(b"\n".join(kept) + b"\n")
+        if b"\r" in pending:  # a progress bar redrawing its line: show it now
+          cut = pending.rindex(b"\r") + 1
+          sink.write(pending[:cut])
+          pending = pending[cut:]
+      if pending and not is_noise(pending.decode("utf-8", "replace")):
+        sink.write(pending)
+
+  thread = threading.Thread(target=pump, name="deepbof-stderr-filter", daemon=True)
+  thread.start()
+
+  def restore():
+    # Hand fd 2 back and let the pump drain what was written before.
+    try:
+      sys.stderr.flush()
+    except (ValueError, OSError):
+      pass
+    saved = os.dup(real_stderr) if _fd_open(real_stderr) else None
+    if saved is not None:
+      os.dup2(saved, 2)
+      os.close(saved)
+    thread.join(timeout=2.0)
+
+  atexit.register(restore)
+  quiet_startup._installed = True  # type: ignore[attr-defined]
+  return True
+
+
+def _fd_open(fd: int) -> bool:
+  try:
+    os.fstat(fd)
+    return True
+  except OSError:
+    return False
+
+
+def quiet_console_script() -> None:
+  """:func:`quiet_startup` when this process is one of the ``deepbof-*`` console tools.
+
+  The tool packages (``beam_jobs``, ``trainer``, ``serving``) call this on import, so
+  the filter is in place before TensorFlow loads; imported as libraries (tests, user
+  code, ``python -m``) they change nothing.
+  """
+  if os.path.basename(sys.argv[0] if sys.argv else "").startswith("deepbof-"):
+    quiet_startup()

@@ -312,9 +312,17 @@ def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
     clips_in_flight: see ``DeepBofServingModule``.
     max_request_seconds: see ``DeepBofServingModule``.
   """
+  import keras
   from deepbof_tf import models
-  encoder = models.load_bof_encoder(model_dir, pool_frames=pool_frames)
-  tagger = models.load_tagger(model_dir)
+  # The export is float32 at its signatures whatever the global policy (a training run
+  # may have set mixed_float16): every layer is built here under float32.
+  previous_policy = keras.config.dtype_policy()
+  keras.config.set_dtype_policy("float32")
+  try:
+    encoder = models.load_bof_encoder(model_dir, pool_frames=pool_frames)
+    tagger = models.load_tagger(model_dir)
+  finally:
+    keras.config.set_dtype_policy(previous_policy)
   tag_names = models.load_tag_names(model_dir)
   config, channel_mode = load_audio_settings(model_dir, data_dir)
   tags_path = os.path.join(work_dir, TAGS_ASSET_FILE)

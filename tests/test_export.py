@@ -184,6 +184,28 @@ def test_bad_requests_are_invalid_argument_with_clear_messages(loaded):
   assert serve(waveform=tf.constant(good))["probabilities"].shape == (1, len(fx.TAGS))
 
 
+def test_export_under_a_global_mixed_float16_policy_is_float32(exported, tmp_path):
+  import keras
+  (tmp_path / "a").mkdir()
+  (tmp_path / "b").mkdir()
+  reference = export_lib.build_module(exported["model_dir"], str(tmp_path / "a"))
+  x = tf.constant(fx.music_like_signal(2.0, 4)[None])
+  expected = reference.serve(x)
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy("mixed_float16")
+  try:
+    module = export_lib.build_module(exported["model_dir"], str(tmp_path / "b"))
+    path = str(tmp_path / "export")
+    tf.saved_model.save(module, path, signatures=module.signatures())
+  finally:
+    keras.config.set_dtype_policy(previous)
+  served = tf.saved_model.load(path).signatures["serving_default"](waveform=x)
+  for name in ("probabilities", "embedding"):
+    assert served[name].dtype == tf.float32
+    np.testing.assert_allclose(served[name].numpy(), expected[name].numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_requests_longer_than_the_maximum_are_refused(loaded, exported, tmp_path):
   # The default export: 10 minutes per clip. One sample more is INVALID_ARGUMENT.
   limit = 600 * SR

@@ -3,6 +3,7 @@ over a generated corpus with broken and awkward inputs, the output-directory pro
 and the absl entry point."""
 
 import io
+import json
 import os
 
 import numpy as np
@@ -379,6 +380,41 @@ def test_failed_run_leaves_no_dataset(corpus, tmp_path, monkeypatch):
   with pytest.raises(Exception, match="injected failure"):
     lib.run(config, beam_args=IN_PROCESS)
   assert os.listdir(tmp_path) == ["small.csv"]
+
+
+def test_a_run_removes_the_work_dir_of_a_killed_run(corpus, tmp_path):
+  from deepbof_tf import workdirs
+  stale = tmp_path / "out.incomplete-deadbeef"  # left by a run killed with SIGKILL
+  (stale / "clips").mkdir(parents=True)
+  record = {**workdirs.owner_record(), "pid": 2 ** 22 + 7}  # no such process
+  (stale / workdirs.OWNER_FILE).write_text(json.dumps(record))
+  small = tmp_path / "small.csv"
+  small.write_text("path,split,tags\nclip_e.wav,train,pop\n")
+  config = lib.PreprocessConfig(manifest=str(small), audio_root=corpus["audio_root"],
+                                output_dir=str(tmp_path / "out"),
+                                sampling=SamplingConfig(num_blocks=3))
+  lib.run(config, beam_args=IN_PROCESS)
+  assert sorted(os.listdir(tmp_path)) == ["out", "small.csv"]
+  assert workdirs.OWNER_FILE not in os.listdir(tmp_path / "out")
+
+
+def test_progress_lines_during_a_local_run(corpus, tmp_path, capsys):
+  small = tmp_path / "small.csv"
+  names = ["tone_a.wav", "clip_e.wav", "noise_c.ogg"]
+  small.write_text("path,split,tags\n" + "".join(f"{n},train,pop\n" for n in names))
+  config = lib.PreprocessConfig(manifest=str(small), audio_root=corpus["audio_root"],
+                                output_dir=str(tmp_path / "out"), progress_seconds=0.2,
+                                sampling=SamplingConfig(num_blocks=3))
+  lib.run(config, beam_args=IN_PROCESS)
+  lines = [l for l in capsys.readouterr().err.splitlines()
+           if l.startswith("deepbof-preprocess: clips ")]
+  assert len(lines) >= 2, lines  # at least one while running, and the final count
+  assert lines[-1].startswith("deepbof-preprocess: clips 3/3 (100 %)")
+  assert "_progress" not in os.listdir(tmp_path / "out")
+  assert lib.format_progress(120, 600, 30.0) == (
+      "clips 120/600 (20 %), 4.0 clips/s, about 2 min 00 s left")
+  assert lib.format_progress(590, 600, 59.0) == (
+      "clips 590/600 (98 %), 10.0 clips/s, about 1 s left")
 
 
 def test_fixed_num_shards(corpus, tmp_path):

@@ -212,8 +212,11 @@ class BagOfFeaturesEncoder(keras.layers.Layer):
     self.rbm = rbm
     self.pool_frames = int(pool_frames)
     self.block_frames = int(block_frames)
-    self.block_extraction = BlockExtraction(block_frames, name="block_extraction")
-    self.pooling = BagOfFeaturesPooling(pool_frames, name="pooling")
+    # The sub-layers compute in this layer's dtype policy, not the global one.
+    self.block_extraction = BlockExtraction(block_frames, name="block_extraction",
+                                            dtype=self.dtype_policy)
+    self.pooling = BagOfFeaturesPooling(pool_frames, name="pooling",
+                                        dtype=self.dtype_policy)
 
   def build(self, input_shape):
     n_mels = input_shape[-1]
