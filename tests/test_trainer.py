@@ -269,6 +269,32 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
   assert finetune_stage.finetune(data_b, model_b, other)["resumed_from"] is None
 
 
+def test_mixed_precision_run_resumes_where_the_gpu_is_gone(tmp_path, monkeypatch):
+  """The checkpoint fingerprint records whether mixed precision ran, not the request.
+
+  A run with --mixed_precision where a GPU is visible (here: a stand-in device list)
+  checkpoints a LossScaleOptimizer's extra variables; resumed where no GPU is visible,
+  the same flag means float32, so the checkpoint must not be loaded into it.
+  """
+  import tensorflow as tf
+  config = _small_config(**{"dnn.num_hidden_layers": 1, "dnn.init": "random",
+                            "finetune.epochs": 3, "finetune.mixed_precision": True})
+  data_dir, model_dir = _write_synthetic(tmp_path, n=(64, 32, 32))
+  real = tf.config.list_logical_devices
+
+  def with_a_gpu(kind=None):
+    if kind == "GPU":
+      return [tf.config.LogicalDevice("/device:GPU:0", "GPU")]
+    return real(kind)
+
+  monkeypatch.setattr(tf.config, "list_logical_devices", with_a_gpu)
+  with pytest.raises(_Killed):
+    finetune_stage.finetune(data_dir, model_dir, config, callbacks=[_KillAfterEpoch(0)])
+  monkeypatch.setattr(tf.config, "list_logical_devices", real)
+  summary = finetune_stage.finetune(data_dir, model_dir, config)  # no GPU any more
+  assert summary["resumed_from"] is None and summary["epochs_run"] == 3
+
+
 @pytest.mark.slow
 def test_command_line_entry_points(tmp_path):
   data_dir, model_dir = _write_synthetic(tmp_path, n=(120, 40, 40))
@@ -326,6 +352,50 @@ with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
   assert all(np.array_equal(p, q) for p, q in zip(weights_a, weights_b))
 print("OK")
 """
+
+
+_MIRRORED_3_SCRIPT = r"""
+import pathlib, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
+sys.path.insert(0, "tests")
+import test_trainer as t
+from trainer import train
+data_dir, model_dir = t._write_synthetic(pathlib.Path(sys.argv[1]), n=(61, 20, 20))
+config = t._small_config(**{"dnn.num_hidden_layers": 1, "dnn.init": "random",
+                            "finetune.epochs": 2, "finetune.batch_size": 32,
+                            "finetune.tensorboard": False})
+summary = train.run_stages(data_dir, model_dir, config, ["finetune", "evaluate"],
+                           strategy="mirrored")
+print("OK", summary["finetune"]["epochs_run"],
+      (pathlib.Path(model_dir) / "metrics.json").exists())
+"""
+
+
+def test_replica_batch_size_always_divides():
+  from deepbof_tf.training import finetuning
+  assert finetuning.replica_batch_size(128, 1, 1000) == 128
+  assert finetuning.replica_batch_size(128, 2, 1000) == 128
+  assert finetuning.replica_batch_size(128, 3, 1000) == 129  # 43 per replica
+  assert finetuning.replica_batch_size(128, 5, 1000) == 130
+  assert finetuning.replica_batch_size(128, 7, 1000) == 126
+  assert finetuning.replica_batch_size(128, 2, 5) == 4       # a tiny, odd training set
+  assert finetuning.replica_batch_size(2, 3, 100) == 3
+  for replicas in range(1, 9):
+    for batch in (1, 7, 32, 100, 128, 255):
+      size = finetuning.replica_batch_size(batch, replicas, 61)
+      assert size % replicas == 0 and size >= replicas
+
+
+@pytest.mark.slow
+def test_finetune_on_three_logical_devices_with_an_uneven_batch(tmp_path):
+  """batch 32 on 3 replicas (and 61 examples) crashed Keras' first step before."""
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", _MIRRORED_3_SCRIPT, str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and "OK 2 True" in result.stdout, result.stderr[-3000:]
+  assert "does not split over 3 replicas; using 33" in result.stderr
 
 
 @pytest.mark.slow

@@ -35,12 +35,26 @@ from deepbof_tf.training import logreg
 from deepbof_tf.training import model_dir as layout
 
 
-def distribution_strategy() -> tf.distribute.Strategy:
-  """MirroredStrategy over all GPUs when there are several, else the default strategy."""
+STRATEGIES = ("auto", "default", "mirrored")
+
+
+def distribution_strategy(kind: str = "auto") -> tf.distribute.Strategy:
+  """The ``tf.distribute`` strategy of fine-tuning.
+
+  Args:
+    kind: "auto" — ``MirroredStrategy`` over all GPUs when there are several, else the
+      default strategy; "default" — the default (one-device) strategy; "mirrored" —
+      ``MirroredStrategy`` over every visible GPU, or over every logical CPU device when
+      there is no GPU (how the tests stand in for several GPUs).
+  """
+  if kind not in STRATEGIES:
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {kind!r}")
   gpus = tf.config.list_logical_devices("GPU")
-  if len(gpus) > 1:
-    logging.info("finetune: MirroredStrategy over %d GPUs", len(gpus))
-    return tf.distribute.MirroredStrategy()
+  if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    logging.info("finetune: MirroredStrategy over %d devices (%s)", len(devices),
+                 ", ".join(devices))
+    return tf.distribute.MirroredStrategy(devices)
   return tf.distribute.get_strategy()
 
 
@@ -63,13 +77,17 @@ def tag_names(data_dir: str, model_dir: str, num_tags: int) -> Sequence[str]:
   return tags
 
 
-def _fingerprint(config: config_lib.TrainConfig, *arrays: np.ndarray) -> str:
+def _fingerprint(config: config_lib.TrainConfig, *arrays: np.ndarray,
+                 mixed_precision_used: bool = False) -> str:
   # Epochs and patience are left out on purpose: raising --finetune_epochs on a
   # finished run continues it instead of starting over (the epoch order does not
-  # depend on the total). TensorBoard is cosmetic.
+  # depend on the total). TensorBoard is cosmetic. Mixed precision enters as what ran,
+  # not as what was asked: without a GPU the request is ignored, and only a run that
+  # really used it has a LossScaleOptimizer's extra variables in its checkpoint.
   finetune = config_lib.to_dict(config.finetune)
   for key in ("epochs", "early_stopping_patience", "tensorboard"):
     finetune.pop(key)
+  finetune["mixed_precision"] = bool(mixed_precision_used)
   payload = {"dnn": config_lib.to_dict(config.dnn), "finetune": finetune}
   digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode())
   for array in arrays:
@@ -104,7 +122,7 @@ def fit_logreg_tagger(config: config_lib.TrainConfig, x_train, y_train,
 
 def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
              callbacks: Sequence[keras.callbacks.Callback] = (),
-             resume: bool = True) -> Dict[str, Any]:
+             resume: bool = True, strategy: str = "auto") -> Dict[str, Any]:
   """Trains the tagger and writes ``model_dir/tagger.keras``; returns a summary.
 
   Args:
@@ -113,6 +131,7 @@ def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
     config: the operative configuration.
     callbacks: extra Keras callbacks for the DNN's fit (tests, custom logging).
     resume: continue from ``finetune/checkpoint.npz`` when it matches the config.
+    strategy: "auto", "default" or "mirrored" (:func:`distribution_strategy`).
   """
   _, x_train, y_train = layout.load_bof(model_dir, "train")
   _, x_valid, y_valid = layout.load_bof(model_dir, "valid")
@@ -138,8 +157,7 @@ def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
   try:
     if use_mixed:
       keras.mixed_precision.set_dtype_policy("mixed_float16")
-    strategy = distribution_strategy()
-    with strategy.scope():
+    with distribution_strategy(strategy).scope():
       model = models.build_song_dnn(len(tags), config.dnn, input_dim=x_train.shape[1],
                                     mean=mean, std=std, seed=config.finetune.seed)
       if rbm_weights is not None:
@@ -149,7 +167,8 @@ def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
       result = finetuning.finetune(
           model, x_train, y_train, x_valid, y_valid, config.finetune,
           work_dir=posixpath.join(model_dir, layout.FINETUNE_DIR),
-          fingerprint=_fingerprint(config, *fingerprint_arrays), resume=resume,
+          fingerprint=_fingerprint(config, *fingerprint_arrays,
+                                   mixed_precision_used=use_mixed), resume=resume,
           callbacks=callbacks)
     best_weights = model.get_weights()
   finally:

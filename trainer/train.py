@@ -241,7 +241,7 @@ def record_audio_settings(data_dir: str, model_dir: str) -> Optional[str]:
 
 def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
                stages: Sequence[str], overwrite: bool = False,
-               rbm_backend: str = "auto") -> Dict[str, Any]:
+               rbm_backend: str = "auto", strategy: str = "auto") -> Dict[str, Any]:
   """Validates and records the config, then runs ``stages`` in order.
 
   Args:
@@ -251,6 +251,7 @@ def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
     stages: stage names (see ``STAGES``).
     overwrite: replace a different ``model_dir/config.json``.
     rbm_backend: CD-1 backend of learn-local-features (auto, native, tensorflow).
+    strategy: the fine-tuning ``tf.distribute`` strategy (auto, default, mirrored).
 
   Returns:
     stage name → the stage's summary dict.
@@ -263,6 +264,8 @@ def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
   for stage in stages:
     logging.info("=== stage %s ===", stage)
     options = {"rbm_backend": rbm_backend} if stage == "learn-local-features" else {}
+    if stage == "finetune":
+      options = {"strategy": strategy}
     summaries[stage] = stage_function(stage)(data_dir, model_dir, config, **options)
     logging.info("stage %s done: %s", stage, json.dumps(
         {k: v for k, v in (summaries[stage] or {}).items() if k != "table"}, default=str))
@@ -322,6 +325,11 @@ def _define_flags() -> None:
                     "(x86-64 CPUs with AVX2/FMA), 'tensorflow' the tf.function (any "
                     "device); 'auto' takes native when built and no GPU is visible. Not "
                     "part of the config: both give the same numbers up to float rounding.")
+  flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"],
+                    "tf.distribute strategy of fine-tuning: 'auto' mirrors over several "
+                    "GPUs when there are, 'default' uses one device, 'mirrored' every "
+                    "visible GPU (or logical CPU device). Not part of the config. Only "
+                    "fine-tuning is distributed so far.")
   flags.mark_flags_as_required(["data_dir", "model_dir"])
   # Console scripts run a wrapper as __main__; make our flags the ones --help shows.
   for name in sorted(set(FLAGS) - before):
@@ -349,7 +357,7 @@ def main(argv) -> None:
         flush=True)
   summaries = run_stages(FLAGS.data_dir, FLAGS.model_dir, config,
                          parse_stages(FLAGS.stages), overwrite=FLAGS.overwrite,
-                         rbm_backend=FLAGS.rbm_backend)
+                         rbm_backend=FLAGS.rbm_backend, strategy=FLAGS.strategy)
   for stage, summary in summaries.items():
     print(format_summary(stage, summary))
 

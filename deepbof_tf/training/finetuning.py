@@ -195,6 +195,26 @@ def make_optimizer(config: FinetuneConfig) -> keras.optimizers.Optimizer:
                                   config.adadelta_rho, config.adadelta_epsilon)
 
 
+def replica_batch_size(batch_size: int, replicas: int, examples: int) -> int:
+  """The global batch size that splits evenly over ``replicas``, nearest to ``batch_size``.
+
+  Under ``MirroredStrategy`` Keras splits every global batch over the replicas and
+  fails on a first batch that does not divide (e.g. 128 on 3 replicas, or a training
+  set smaller than one batch whose size is odd on 2). One replica keeps the size.
+
+  Args:
+    batch_size: the configured global batch size.
+    replicas: replicas in sync.
+    examples: training examples (a first batch is never larger than this).
+  """
+  if replicas <= 1:
+    return batch_size
+  size = max(replicas, int(round(batch_size / replicas)) * replicas)
+  if examples < size:
+    size = max(replicas, examples // replicas * replicas)
+  return size
+
+
 def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
              x_valid: np.ndarray, y_valid: np.ndarray, config: FinetuneConfig,
              work_dir: str, fingerprint: str = "", resume: bool = True,
@@ -260,8 +280,14 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
   all_callbacks.extend(callbacks)
 
   if first_epoch < config.epochs and not stopped:
-    steps = math.ceil(len(x_train) / config.batch_size)
-    dataset = epoch_dataset(x_train, y_train, config.batch_size, config.seed,
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    batch_size = replica_batch_size(config.batch_size, replicas, len(x_train))
+    if batch_size != config.batch_size:
+      logging.warning("finetune: batch size %d does not split over %d replicas; using %d "
+                      "(%d per replica)", config.batch_size, replicas, batch_size,
+                      batch_size // replicas)
+    steps = math.ceil(len(x_train) / batch_size)
+    dataset = epoch_dataset(x_train, y_train, batch_size, config.seed,
                             first_epoch, config.epochs).prefetch(2)
     model.fit(dataset, epochs=config.epochs, initial_epoch=first_epoch, shuffle=False,
               steps_per_epoch=steps, callbacks=all_callbacks, verbose=verbose)
