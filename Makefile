@@ -1,5 +1,5 @@
 # The commands of the README. Each creates .venv if it is missing, installs the
-# package with its dev extra (only when setup.cfg/pyproject.toml changed), then runs.
+# package with its dev and demo extras (only when setup.cfg/pyproject.toml changed), then runs.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -16,7 +16,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64" wheel
 
 $(STAMP): setup.cfg setup.py pyproject.toml deepbof_tf/layers/_cd1.c | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
 
 install: $(STAMP)
