@@ -43,6 +43,7 @@ from absl import app, flags, logging
 
 from deepbof_tf import cli
 from deepbof_tf import config as config_lib
+from deepbof_tf.io_utils import write_atomic
 
 FLAGS = flags.FLAGS
 
@@ -180,10 +181,8 @@ class _Steps:
                        f"(full log: {log_path}): {' '.join(command)}")
     print(f"[demo] {name}: done in {self.timings[name]:.0f} s", flush=True)
     run_id = uuid.uuid4().hex
-    with open(stamp + ".tmp", "w") as f:
-      json.dump({"key": key, "run_id": run_id, "command": list(command),
-                 "seconds": round(self.timings[name], 1)}, f, indent=2)
-    os.replace(stamp + ".tmp", stamp)
+    write_atomic(stamp, json.dumps({"key": key, "run_id": run_id, "command": list(command),
+                                    "seconds": round(self.timings[name], 1)}, indent=2))
     self._upstream.append(run_id)
 
 

@@ -21,6 +21,7 @@ from deepbof_tf.layers.pca import PCAWhitening
 from deepbof_tf.layers.sparse_rbm import SparseRBM
 from deepbof_tf.layers.standardize import ClipMaxNormalization
 from deepbof_tf.layers.standardize import Standardization
+from deepbof_tf.io_utils import write_atomic
 
 # --- Local feature encoder -------------------------------------------------------------
 # The encoder maps log_mel [B, F, n_mels] (+ n_frames [B]) to bag_of_features [B, H];
@@ -97,10 +98,7 @@ def save_local_features(model_dir: str, pca, rbm, *, block_frames: int, n_mels: 
   for name, payload, mode in (
       (LOCAL_FEATURES_FILE, buffer.getvalue(), "wb"),
       (LOCAL_FEATURES_INFO, json.dumps(meta, indent=2, sort_keys=True) + "\n", "w")):
-    path = posixpath.join(directory, name)
-    with tf.io.gfile.GFile(path + ".tmp", mode) as f:
-      f.write(payload)
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    write_atomic(posixpath.join(directory, name), payload)
   return posixpath.join(directory, LOCAL_FEATURES_INFO)
 
 

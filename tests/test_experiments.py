@@ -705,6 +705,41 @@ def test_summarize_gives_the_paired_difference_to_the_default(sweep):
   assert "3 layers, random seed 1 (stale)" in missing
 
 
+def test_findings_measure_effect_spread_paired_difference_and_verdict(sweep, tmp_path):
+  from deepbof_tf.experiments import findings
+  plan, written, _ = sweep
+  results = results_lib.collect(plan)
+  by_name = {f.name: f for f in findings.FINDINGS}
+  finding = by_name["pretrained vs random init, 3 hidden layers"]
+  measured = findings.measure(finding, results)
+  # Seed 1 of "3 layers, random" is stale in the fixture: only seed 0 pairs up.
+  assert measured.seeds == [0]
+  auc = lambda label, seed: written[_run(plan, label, seed).node]["auc_tag"]
+  assert measured.effect == pytest.approx(auc("3 layers, pretrained", 0)
+                                          - auc("3 layers, random", 0))
+  assert math.isnan(measured.effect_std)  # one seed: no spread
+  per_tag = lambda label: written[_run(plan, label, 0).node]["per_tag"]
+  diffs = np.array([per_tag("3 layers, pretrained")[t]["roc_auc"]
+                    - per_tag("3 layers, random")[t]["roc_auc"] for t in TAGS])
+  assert measured.paired[0] == pytest.approx(diffs.mean())
+  assert measured.paired[1] == pytest.approx(diffs.std(ddof=1) / math.sqrt(diffs.size))
+  expected = ("within noise" if abs(diffs.mean()) <= 2 * measured.paired[1] else
+              "holds" if diffs.mean() > 0 else "does not hold")
+  assert measured.verdict == expected
+  # A finding whose cells never ran is listed as not run.
+  path = tmp_path / "findings.md"
+  findings.write_markdown({"layers_init": results}, str(path))
+  text = path.read_text()
+  assert "RBM pretraining helps deeper networks" in text
+  assert "Not run yet:" in text and "onset vs random sampling, 8-frame blocks" in text
+  # Verdict rules.
+  assert findings.verdict(0.01, float("nan"), (0.01, 0.002, 100, 70, 30)) == "holds"
+  assert findings.verdict(-0.01, float("nan"), (-0.01, 0.002, 100, 30, 70)) == (
+      "does not hold")
+  assert findings.verdict(0.01, float("nan"), (0.003, 0.002, 100, 55, 45)) == "within noise"
+  assert findings.verdict(0.01, 0.02, (0.01, 0.002, 100, 70, 30)) == "within noise"
+
+
 def test_weight_cost_families_are_selected_on_validation_and_scored_on_test(tmp_path):
   grid = grids_lib.grid("weight_cost")
   plan = plan_lib.plan_sweep(grid, str(tmp_path / "wc"), seeds=(0, 1))

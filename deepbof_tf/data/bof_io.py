@@ -16,6 +16,8 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
+from deepbof_tf.io_utils import write_atomic
+
 BOF_DIR = "bof"
 KEYS = ("clip_id", "bag_of_features", "labels")
 
@@ -85,13 +87,7 @@ def write_npz(path: str, **arrays: np.ndarray) -> None:
   """
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  directory = posixpath.dirname(path)
-  if directory:
-    tf.io.gfile.makedirs(directory)
-  temporary = path + ".tmp"
-  with tf.io.gfile.GFile(temporary, "wb") as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(temporary, path, overwrite=True)
+  write_atomic(path, buffer.getvalue())
 
 
 def read_npz(path: str) -> Dict[str, np.ndarray]:

@@ -54,6 +54,7 @@ import numpy as np
 
 from deepbof_tf.data import demo_orchestration as orchestration
 from deepbof_tf.data import demo_sources as sources
+from deepbof_tf.io_utils import write_atomic
 
 CORPUS_FORMAT_VERSION = 1
 # How many clips one piece gives at most before the next piece of the style is used:
@@ -626,10 +627,7 @@ def _prepare_output_dir(output_dir: str, overwrite: bool) -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8", newline="") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  write_atomic(path, text.encode("utf-8"))
 
 
 def mtt_annotations_text(records: Sequence[Mapping[str, Any]], tags: Sequence[str]) -> str:

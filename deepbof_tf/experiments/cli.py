@@ -41,6 +41,7 @@ from absl import app, flags, logging
 
 from deepbof_tf import cli
 from deepbof_tf.experiments import figures
+from deepbof_tf.experiments import findings as findings_lib
 from deepbof_tf.experiments import grids as grids_lib
 from deepbof_tf.experiments import plan as plan_lib
 from deepbof_tf.experiments import results as results_lib
@@ -122,7 +123,7 @@ def register(output_dir: str, grid_name: str, args: Dict[str, Any]) -> None:
 
 
 def write_reports(output_dir: str) -> Dict[str, List[results_lib.CellResult]]:
-  """results.csv, results.md, failures.json and <grid>.png over every registered grid."""
+  """results.csv, results.md, findings.md, failures.json and <grid>.png over every grid."""
   registry = read_registry(output_dir)
   collected: Dict[str, List[results_lib.CellResult]] = {}
   sections, failures = [], []
@@ -147,6 +148,7 @@ def write_reports(output_dir: str) -> Dict[str, List[results_lib.CellResult]]:
   scale = {args["scale"] for args in registry.values()}
   results_lib.write_markdown(sections, os.path.join(output_dir, "results.md"),
                              f"Experiments ({', '.join(sorted(scale))} scale)")
+  findings_lib.write_markdown(collected, os.path.join(output_dir, "findings.md"))
   unique = {f["node"]: f for f in failures}
   with open(os.path.join(output_dir, "failures.json"), "w") as f:
     json.dump(list(unique.values()), f, indent=2)

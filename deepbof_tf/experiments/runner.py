@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set
 
 from deepbof_tf import cli
 from deepbof_tf.experiments import plan as plan_lib
+from deepbof_tf.io_utils import write_atomic
 
 DONE = "done"
 UP_TO_DATE = "up to date"
@@ -93,12 +94,8 @@ class Stamps:
       return json.load(f)
 
   def write(self, name: str, record: Dict) -> None:
-    path = self.stamp_path(name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     # Written whole then renamed: a killed sweep never leaves half a stamp.
-    with open(path + ".tmp", "w") as f:
-      json.dump(record, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_atomic(self.stamp_path(name), json.dumps(record, indent=2))
 
   def status(self, node: plan_lib.Node) -> str:
     """"done" (up to date), "failed", "stale" (finished, but inputs changed) or "pending"."""

@@ -54,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from deepbof_tf.config import SparseRBMConfig
+from deepbof_tf.io_utils import write_atomic
 from deepbof_tf.layers import schedule
 
 try:  # The optional native kernel (setup.py builds it where a C compiler exists).
@@ -530,13 +531,7 @@ def write_history(rows: List[Dict[str, float]], directory: str) -> None:
   writer = csv.DictWriter(buffer, fieldnames=list(HISTORY_FIELDS))
   writer.writeheader()
   writer.writerows(rows)
-  _write_atomic(os.path.join(directory, "training_log.csv"), buffer.getvalue())
-  _write_atomic(os.path.join(directory, "training_log.json"),
+  write_atomic(os.path.join(directory, "training_log.csv"), buffer.getvalue())
+  write_atomic(os.path.join(directory, "training_log.json"),
                 json.dumps(rows, indent=1) + "\n")
 
-
-def _write_atomic(path: str, text: str) -> None:
-  temporary = path + ".tmp"
-  with tf.io.gfile.GFile(temporary, "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(temporary, path, overwrite=True)

@@ -32,6 +32,7 @@ from keras import ops
 
 from deepbof_tf import metrics
 from deepbof_tf.config import FinetuneConfig
+from deepbof_tf.io_utils import write_atomic
 from deepbof_tf.training import optimizers
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -139,10 +140,7 @@ class ValidationAUC(keras.callbacks.Callback):
 def _write_npz_atomically(path: str, arrays: Dict[str, np.ndarray]) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  temp = path + ".tmp"
-  with tf.io.gfile.GFile(temp, "wb") as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(temp, path, overwrite=True)
+  write_atomic(path, buffer.getvalue())
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
