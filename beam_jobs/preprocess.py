@@ -31,6 +31,9 @@ from absl import flags
 
 from beam_jobs import preprocess_lib
 from deepbof_tf.config import FrontendConfig, SamplingConfig
+from deepbof_tf.data import manifests
+
+_SAMPLING = SamplingConfig()  # flag defaults come from the config
 
 FLAGS = flags.FLAGS
 
@@ -40,16 +43,18 @@ flags.DEFINE_string("audio_root", "", "Directory (or gs:// prefix) that relative
                     "paths are joined to.")
 flags.DEFINE_string("output_dir", None, "Dataset directory to create (local or gs://…).")
 flags.DEFINE_enum("manifest_format", "csv", ["csv", "mtt"], "Manifest format.")
-flags.DEFINE_integer("top_n_tags", 50, "Keep the N most frequent tags (0 keeps all).")
+flags.DEFINE_integer("top_n_tags", manifests.DEFAULT_TOP_N_TAGS, "Keep the N most frequent tags (0 keeps all).")
 flags.DEFINE_bool("drop_untagged", False, "Drop clips with none of the kept tags.")
 flags.DEFINE_bool("skip_bad_rows", False, "Skip (and count) malformed manifest rows "
                   "instead of failing.")
 flags.DEFINE_enum("sampling", "onset", ["onset", "random"], "Block sampling scheme: "
                   "the novelty maximum of each segment, or a random block.")
-flags.DEFINE_integer("block_frames", 8, "Frames per spectral block.")
-flags.DEFINE_integer("segment_frames", 43, "Block starts per sampling segment (≈1 s).")
-flags.DEFINE_integer("num_blocks", 200_000, "Global block budget over the train split.")
-flags.DEFINE_integer("blocks_per_clip", 0, "Candidate blocks per clip; 0 derives the "
+flags.DEFINE_integer("block_frames", _SAMPLING.block_frames, "Frames per spectral block.")
+flags.DEFINE_integer("segment_frames", _SAMPLING.segment_frames,
+                     "Block starts per sampling segment (≈1 s).")
+flags.DEFINE_integer("num_blocks", _SAMPLING.num_blocks,
+                     "Global block budget over the train split.")
+flags.DEFINE_integer("blocks_per_clip", _SAMPLING.blocks_per_clip, "Candidate blocks per clip; 0 derives the "
                      "passes per clip from the budget like the authors' get_samples.m.")
 flags.DEFINE_integer("seed", 0, "Seed of the random scheme and of the budget subsample.")
 flags.DEFINE_integer("num_shards", 0, "TFRecord files per split; 0 writes one per Beam "
@@ -58,7 +63,7 @@ flags.DEFINE_enum("channel_mode", "first", ["first", "mean"], "Multi-channel to 
                   "first channel (authors' code) or the mean.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output_dir.")
 flags.DEFINE_integer("intra_op_threads", 1, "TensorFlow threads per Beam worker process.")
-flags.DEFINE_float("progress_seconds", 15.0, "On local runners, print clips done / total, "
+flags.DEFINE_float("progress_seconds", preprocess_lib.DEFAULT_PROGRESS_SECONDS, "On local runners, print clips done / total, "
                    "rate and time left this often (0: never).")
 
 _OUR_FLAGS = ("manifest", "audio_root", "output_dir", "manifest_format", "top_n_tags",

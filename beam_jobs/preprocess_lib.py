@@ -83,6 +83,7 @@ ERRORS_SUFFIX = ".jsonl"
 STAGES = ("read", "decode", "features", "validate")
 _TMP_FILES_DIR = "_incomplete"
 _PROGRESS_DIR = "_progress"
+DEFAULT_PROGRESS_SECONDS = 15.0
 GZIP_LEVEL = 1
 
 
@@ -115,7 +116,7 @@ class PreprocessConfig:
   audio_root: str
   output_dir: str
   manifest_format: str = "csv"
-  top_n_tags: int = 50
+  top_n_tags: int = manifests.DEFAULT_TOP_N_TAGS
   drop_untagged: bool = False
   skip_bad_rows: bool = False
   channel_mode: str = "first"
@@ -124,7 +125,7 @@ class PreprocessConfig:
   frontend: FrontendConfig = dataclasses.field(default_factory=FrontendConfig)
   sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
   intra_op_threads: int = 1
-  progress_seconds: float = 15.0
+  progress_seconds: float = DEFAULT_PROGRESS_SECONDS
 
   def __post_init__(self):
     if self.manifest_format not in ("csv", "mtt"):

@@ -266,6 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   """
   import argparse
   import json
+  from deepbof_tf.data import manifests
   parser = argparse.ArgumentParser(
       prog="python -m deepbof_tf.baselines",
       description="MFCC statistics + per-tag logistic regression: trained on the train "
@@ -275,7 +276,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   parser.add_argument("--manifest_format", choices=("csv", "mtt"), default="csv")
   parser.add_argument("--audio_root", required=True,
                       help="folder the manifest's paths are relative to")
-  parser.add_argument("--top_n_tags", type=int, default=50,
+  parser.add_argument("--top_n_tags", type=int, default=manifests.DEFAULT_TOP_N_TAGS,
                       help="keep the N most frequent tags (0: all), as deepbof-preprocess")
   parser.add_argument("--eval_split", default="test", choices=("valid", "test"))
   parser.add_argument("--seed", type=int, default=0)

@@ -43,6 +43,8 @@ from absl import app, flags, logging
 
 from deepbof_tf import cli
 from deepbof_tf import config as config_lib
+from deepbof_tf.data.demo_corpus import DemoCorpusConfig
+from deepbof_tf.data.manifests import DEFAULT_TOP_N_TAGS
 from deepbof_tf.io_utils import write_atomic
 
 FLAGS = flags.FLAGS
@@ -53,13 +55,16 @@ _ECHO = re.compile(r"=== stage |^stage \S+ done|PCA of \d+ blocks|wrote \d+ clip
 _ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ")
 
 
+_CORPUS = DemoCorpusConfig()  # flag defaults come from the corpus config
+
+
 def _define_flags() -> None:
   flags.DEFINE_string("output_dir", "demo_out", "Where the corpus, dataset, model and "
                       "export go.")
   flags.DEFINE_enum("preset", "demo", sorted(config_lib.PRESETS), "Scaling of the "
                     "defaults (deepbof_tf.config.PRESETS).")
-  flags.DEFINE_integer("num_clips", 600, "Clips in the demo corpus.")
-  flags.DEFINE_float("clip_seconds", 15.0, "Seconds per demo clip.")
+  flags.DEFINE_integer("num_clips", _CORPUS.num_clips, "Clips in the demo corpus.")
+  flags.DEFINE_float("clip_seconds", _CORPUS.clip_seconds, "Seconds per demo clip.")
   flags.DEFINE_integer("seed", 0, "Seed of the corpus and of every training stage.")
   flags.DEFINE_integer("num_workers", 2, "Processes for corpus rendering and Beam.")
   flags.DEFINE_integer("num_tag_clips", 3, "Test clips tagged with the exported model.")
@@ -268,7 +273,7 @@ def main(argv: Sequence[str]) -> None:
       cli.console_script("deepbof-preprocess"), "--manifest_format=mtt",
       f"--manifest={os.path.join(corpus, 'annotations_final.csv')}",
       f"--audio_root={os.path.join(corpus, 'audio')}", f"--output_dir={data}",
-      "--top_n_tags=50", f"--num_blocks={preset.num_blocks}", f"--seed={seed}",
+      f"--top_n_tags={DEFAULT_TOP_N_TAGS}", f"--num_blocks={preset.num_blocks}", f"--seed={seed}",
       "--overwrite", "--runner=DirectRunner",
       f"--direct_num_workers={FLAGS.num_workers}",
       "--direct_running_mode=multi_processing"], outputs=[data])
@@ -283,7 +288,7 @@ def main(argv: Sequence[str]) -> None:
   steps.run("baseline", [
       sys.executable, "-m", "deepbof_tf.baselines", "--manifest_format=mtt",
       f"--manifest={os.path.join(corpus, 'annotations_final.csv')}",
-      f"--audio_root={os.path.join(corpus, 'audio')}", "--top_n_tags=50",
+      f"--audio_root={os.path.join(corpus, 'audio')}", f"--top_n_tags={DEFAULT_TOP_N_TAGS}",
       f"--seed={seed}", f"--num_workers={FLAGS.num_workers}",
       f"--output={baseline_path}"])
   steps.run("export", [

@@ -7,15 +7,15 @@ import posixpath
 import uuid
 from typing import Union
 
-import tensorflow as tf
-
 
 def write_atomic(path: str, payload: Union[str, bytes]) -> str:
   """Writes ``payload`` to a temporary sibling of ``path``, then renames it into place.
 
-  Works on every ``tf.io.gfile`` file system (local, ``gs://``, …); the temporary name
-  is unique per process and call, so concurrent writers never share one. A reader (or a
-  run killed half-way) sees the old file or the new one, never a mixture.
+  Local paths use the OS (no TensorFlow import, so light tools and worker processes
+  stay light); other file systems (``gs://`` …) go through ``tf.io.gfile``. The
+  temporary name is unique per process and call, so concurrent writers never share
+  one. A reader (or a run killed half-way) sees the old file or the new one, never a
+  mixture.
 
   Args:
     path: the destination file; its directory is created if needed.
@@ -24,14 +24,27 @@ def write_atomic(path: str, payload: Union[str, bytes]) -> str:
   Returns:
     ``path``.
   """
+  data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+  temporary = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   directory = posixpath.dirname(path)
+  if "://" not in path:
+    if directory:
+      os.makedirs(directory, exist_ok=True)
+    try:
+      with open(temporary, "wb") as f:
+        f.write(data)
+      os.replace(temporary, path)
+    except BaseException:
+      if os.path.exists(temporary):
+        os.remove(temporary)
+      raise
+    return path
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   if directory:
     tf.io.gfile.makedirs(directory)
-  temporary = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  mode = "wb" if isinstance(payload, (bytes, bytearray)) else "w"
   try:
-    with tf.io.gfile.GFile(temporary, mode) as f:
-      f.write(payload)
+    with tf.io.gfile.GFile(temporary, "wb") as f:
+      f.write(data)
     tf.io.gfile.rename(temporary, path, overwrite=True)
   except BaseException:
     if tf.io.gfile.exists(temporary):

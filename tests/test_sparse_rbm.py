@@ -337,3 +337,47 @@ def test_native_rejects_mismatched_buffers():
         num_batches=1, batch_size=2, num_visible=4, num_hidden=3, seed=1, step_offset=0,
         learning_rate=0.1, momentum=0.5, weight_cost=0.0, sparsity_decay=0.9,
         sparsity_gain=3.0, sparsity_target=0.02, num_threads=1)
+
+
+def _cpu_has(flag):
+  try:
+    with open("/proc/cpuinfo") as f:
+      return flag in next((line.split(":", 1)[1].split() for line in f
+                           if line.startswith("flags")), [])
+  except OSError:
+    return False
+
+
+@requires_native
+def test_native_isa_is_chosen_by_cpu_and_can_be_forced(monkeypatch):
+  monkeypatch.delenv("DEEPBOF_CD1_ISA", raising=False)
+  assert sparse_rbm_lib._cd1.isa() == ("avx512" if _cpu_has("avx512f") else "avx2")
+  monkeypatch.setenv("DEEPBOF_CD1_ISA", "avx2")
+  assert sparse_rbm_lib._cd1.isa() == "avx2"
+  monkeypatch.setenv("DEEPBOF_CD1_ISA", "sse2")
+  with pytest.raises(ValueError, match="must be auto, avx2 or avx512"):
+    sparse_rbm_lib._cd1.isa()
+
+
+@requires_native
+@pytest.mark.skipif(not _cpu_has("avx512f"), reason="this CPU has no AVX-512F: only the "
+                    "AVX2 tile kernel can run here")
+@pytest.mark.parametrize("d,h,b,n_batches,threads", [(33, 300, 7, 3, 2), (150, 1024, 100, 2, 2),
+                                                     (20, 47, 5, 2, 1)])
+def test_avx512_and_avx2_tile_kernels_give_bit_identical_epochs(rng, monkeypatch, d, h, b,
+                                                                n_batches, threads):
+  """Every test of the native backend runs on the AVX-512 path here; this extends them
+  to the AVX2 path: both paths compute each output with the same FMAs in the same order."""
+  cfg = SparseRBMConfig(num_hidden=h, batch_size=b, epochs=2)
+  blocks = rng.standard_normal((n_batches * b, d)).astype(np.float32)
+  results = {}
+  for isa in ("avx2", "avx512"):
+    monkeypatch.setenv("DEEPBOF_CD1_ISA", isa)
+    assert sparse_rbm_lib._cd1.isa() == isa
+    trainer = SparseRBMTrainer(d, cfg, seed=3, backend="native", num_threads=threads)
+    history = trainer.fit(blocks)
+    results[isa] = ([getattr(trainer, n).numpy() for n in trainer._NATIVE_STATE],
+                    [r["reconstruction_error"] for r in history])
+  for ours, theirs in zip(results["avx512"][0], results["avx2"][0]):
+    np.testing.assert_array_equal(ours, theirs)
+  assert results["avx512"][1] == results["avx2"][1]

@@ -746,8 +746,8 @@ def _define_flags():
   # deepbof-demo) import this module and may define flags of the same names.
   from absl import flags
   flags.DEFINE_string("output_dir", None, "Folder to write the demo corpus to.")
-  flags.DEFINE_integer("num_clips", 600, "Number of clips.")
-  flags.DEFINE_float("clip_seconds", 15.0, "Clip length in seconds.")
+  flags.DEFINE_integer("num_clips", DemoCorpusConfig.num_clips, "Number of clips.")
+  flags.DEFINE_float("clip_seconds", DemoCorpusConfig.clip_seconds, "Clip length in seconds.")
   flags.DEFINE_integer("seed", 0, "Seed of every random choice.")
   flags.DEFINE_integer("num_workers", 2, "Worker processes (<= 1: in-process).")
   flags.DEFINE_string("cache_dir", None,

@@ -32,6 +32,8 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 SPLITS = ("train", "valid", "test")
+# The tag vocabulary most MagnaTagATune work uses: the 50 most frequent tags.
+DEFAULT_TOP_N_TAGS = 50
 MTT_TRAIN_FOLDERS = frozenset("0123456789ab")
 MTT_VALID_FOLDERS = frozenset("c")
 MTT_TEST_FOLDERS = frozenset("def")
@@ -164,7 +166,7 @@ def mtt_split(mp3_path: str) -> str:
   raise ValueError(f"mp3_path {mp3_path!r} does not start with a folder 0-9 or a-f")
 
 
-def read_mtt_annotations(path: str, *, top_n_tags: int = 50, drop_untagged: bool = False,
+def read_mtt_annotations(path: str, *, top_n_tags: int = DEFAULT_TOP_N_TAGS, drop_untagged: bool = False,
                          skip_bad_rows: bool = False) -> Manifest:
   """Reads MagnaTagATune's ``annotations_final.csv``.
 

@@ -81,11 +81,15 @@ def _cell(**settings) -> Selector:
 
 
 def _family(name: str) -> Selector:
-  """The results of the family member with the best mean validation AUC-tag."""
+  """The results of the family member with the best mean validation AUC-tag.
+
+  Nothing until every member has run: a selection among some members is not the
+  paper's comparison.
+  """
   def select(results):
     chosen = results_lib.select_families(
         results, {name: grids_lib.WEIGHT_COST_FAMILIES[name]})[0]
-    return chosen.results
+    return chosen.results if chosen.members_run == chosen.members else []
   return select
 
 

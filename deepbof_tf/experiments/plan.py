@@ -23,6 +23,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from deepbof_tf import config as config_lib
+from deepbof_tf.data.demo_corpus import DemoCorpusConfig
 from deepbof_tf.experiments import grids as grids_lib
 
 CORPUS = "corpus"
@@ -35,7 +36,8 @@ SONG_LEVEL_STAGES = "pretrain,finetune,evaluate"
 
 SCALES = ("demo", "paper")
 # The demo corpus is a fixed dataset: its seed does not follow --seeds.
-DEMO_CORPUS_ARGS = ("--num_clips=600", "--clip_seconds=15", "--seed=0")
+DEMO_CORPUS_ARGS = (f"--num_clips={DemoCorpusConfig.num_clips}",
+                    f"--clip_seconds={DemoCorpusConfig.clip_seconds:g}", "--seed=0")
 
 
 @dataclasses.dataclass(frozen=True)

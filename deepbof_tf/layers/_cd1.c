@@ -17,8 +17,10 @@
  * The partial sums of hWᵀ are formed over fixed 128-unit chunks and added in chunk
  * order, so the result does not depend on the number of threads.
  *
- * Products use a packed 6×16 AVX2/FMA micro-kernel; the module builds everywhere but
- * reports supported() = False on CPUs without AVX2+FMA (the Python side then uses TF).
+ * Products use packed tiles: a 6×16 AVX2/FMA micro-kernel, and on CPUs with AVX-512F
+ * a 6×32 one with 512-bit registers (chosen at run time, isa(); both give bit-identical
+ * results). The module builds everywhere but reports supported() = False on CPUs
+ * without AVX2+FMA (the Python side then uses TF).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,6 +42,9 @@
 #define CHUNK 128
 #define MR 6
 #define NR 16
+
+/* Which tile kernel gemm_packed uses: set per epoch by select_isa(). */
+static int use_avx512 = 0;
 
 /* ---------------------------------------------------------------------------------
  * Philox4x32-10, as TF's stateless random ops use it (portable C).
@@ -399,13 +404,69 @@ static inline void micro_kernel(int k, const float *restrict a, const float *res
   _mm256_storeu_ps(c + 5 * ldc, c50); _mm256_storeu_ps(c + 5 * ldc + 8, c51);
 }
 
+/* The same tile product on two adjacent B panels (6 × 32) with 512-bit registers. Each
+ * output lane sees exactly the AVX2 kernel's sequence of fused multiply-adds (one per
+ * k, in k order), so both paths give bit-identical results; on CPUs with AVX-512 the
+ * twelve independent accumulators keep both FMA ports busy at twice the width. */
+__attribute__((target("avx512f,avx2,fma")))
+static void micro_kernel_6x32(int k, const float *restrict a, const float *restrict b0p,
+                              const float *restrict b1p, float *restrict c, int64_t ldc) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
+  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
+  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
+  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int kk = 0; kk < k; ++kk) {
+    __m512 b0 = _mm512_load_ps(b0p + kk * NR);
+    __m512 b1 = _mm512_load_ps(b1p + kk * NR);
+    __m512 x;
+    x = _mm512_set1_ps(a[kk * MR + 0]);
+    c00 = _mm512_fmadd_ps(x, b0, c00); c01 = _mm512_fmadd_ps(x, b1, c01);
+    x = _mm512_set1_ps(a[kk * MR + 1]);
+    c10 = _mm512_fmadd_ps(x, b0, c10); c11 = _mm512_fmadd_ps(x, b1, c11);
+    x = _mm512_set1_ps(a[kk * MR + 2]);
+    c20 = _mm512_fmadd_ps(x, b0, c20); c21 = _mm512_fmadd_ps(x, b1, c21);
+    x = _mm512_set1_ps(a[kk * MR + 3]);
+    c30 = _mm512_fmadd_ps(x, b0, c30); c31 = _mm512_fmadd_ps(x, b1, c31);
+    x = _mm512_set1_ps(a[kk * MR + 4]);
+    c40 = _mm512_fmadd_ps(x, b0, c40); c41 = _mm512_fmadd_ps(x, b1, c41);
+    x = _mm512_set1_ps(a[kk * MR + 5]);
+    c50 = _mm512_fmadd_ps(x, b0, c50); c51 = _mm512_fmadd_ps(x, b1, c51);
+  }
+  _mm512_storeu_ps(c + 0 * ldc, c00); _mm512_storeu_ps(c + 0 * ldc + NR, c01);
+  _mm512_storeu_ps(c + 1 * ldc, c10); _mm512_storeu_ps(c + 1 * ldc + NR, c11);
+  _mm512_storeu_ps(c + 2 * ldc, c20); _mm512_storeu_ps(c + 2 * ldc + NR, c21);
+  _mm512_storeu_ps(c + 3 * ldc, c30); _mm512_storeu_ps(c + 3 * ldc + NR, c31);
+  _mm512_storeu_ps(c + 4 * ldc, c40); _mm512_storeu_ps(c + 4 * ldc + NR, c41);
+  _mm512_storeu_ps(c + 5 * ldc, c50); _mm512_storeu_ps(c + 5 * ldc + NR, c51);
+}
+
 static void gemm_packed(int m, int n, int k, const float *a_packed, const float *b_packed,
                         float *c, int64_t ldc) {
-  float edge[MR * NR] __attribute__((aligned(32)));
+  float edge[MR * 2 * NR] __attribute__((aligned(64)));
   int m_panels = (m + MR - 1) / MR, n_panels = (n + NR - 1) / NR;
   for (int q = 0; q < n_panels; ++q) {
     const float *b = b_packed + (int64_t)q * NR * k;
     int cols = n - q * NR < NR ? n - q * NR : NR;
+    if (use_avx512 && q + 1 < n_panels) { /* two panels at once: 6 × 32 tiles */
+      int cols2 = n - q * NR < 2 * NR ? n - q * NR : 2 * NR;
+      for (int p = 0; p < m_panels; ++p) {
+        const float *a = a_packed + (int64_t)p * MR * k;
+        int rows = m - p * MR < MR ? m - p * MR : MR;
+        float *out = c + (int64_t)p * MR * ldc + q * NR;
+        if (rows == MR && cols2 == 2 * NR) {
+          micro_kernel_6x32(k, a, b, b + NR * k, out, ldc);
+        } else {
+          micro_kernel_6x32(k, a, b, b + NR * k, edge, 2 * NR);
+          for (int i = 0; i < rows; ++i)
+            memcpy(out + i * ldc, edge + i * 2 * NR, cols2 * sizeof(float));
+        }
+      }
+      ++q;
+      continue;
+    }
     for (int p = 0; p < m_panels; ++p) {
       const float *a = a_packed + (int64_t)p * MR * k;
       int rows = m - p * MR < MR ? m - p * MR : MR;
@@ -710,6 +771,45 @@ static int cpu_supported(void) {
 #endif
 }
 
+static int avx512_supported(void) {
+#ifdef CD1_X86
+  __builtin_cpu_init();
+  return cpu_supported() && __builtin_cpu_supports("avx512f");
+#else
+  return 0;
+#endif
+}
+
+/* The tile kernel of the next epochs: AVX-512 where the CPU has it, unless
+ * DEEPBOF_CD1_ISA=avx2 asks for the AVX2 one (tests run both; results are equal).
+ * Returns the name of the path, or NULL with a Python error for a bad request. */
+static const char *select_isa(void) {
+  const char *wanted = getenv("DEEPBOF_CD1_ISA");
+  if (!cpu_supported()) {
+    use_avx512 = 0;
+    return "none";
+  }
+  if (wanted && *wanted && strcmp(wanted, "avx2") != 0 && strcmp(wanted, "avx512") != 0 &&
+      strcmp(wanted, "auto") != 0) {
+    PyErr_Format(PyExc_ValueError, "DEEPBOF_CD1_ISA must be auto, avx2 or avx512, got %s",
+                 wanted);
+    return NULL;
+  }
+  if (wanted && strcmp(wanted, "avx512") == 0 && !avx512_supported()) {
+    PyErr_SetString(PyExc_RuntimeError, "DEEPBOF_CD1_ISA=avx512 but this CPU has no "
+                    "AVX-512F");
+    return NULL;
+  }
+  use_avx512 = avx512_supported() && !(wanted && strcmp(wanted, "avx2") == 0);
+  return use_avx512 ? "avx512" : "avx2";
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *unused) {
+  (void)self; (void)unused;
+  const char *name = select_isa();
+  return name ? PyUnicode_FromString(name) : NULL;
+}
+
 static PyObject *py_supported(PyObject *self, PyObject *unused) {
   (void)self; (void)unused;
   return PyBool_FromLong(cpu_supported());
@@ -785,6 +885,7 @@ static PyObject *py_epoch(PyObject *self, PyObject *args, PyObject *kwargs) {
                     "cd1 epoch: this CPU lacks AVX2/FMA; use the TensorFlow backend");
     goto done;
   }
+  if (select_isa() == NULL) goto done;
 #ifdef CD1_X86
   {
     epoch_state state;
@@ -833,6 +934,9 @@ done:
 static PyMethodDef methods[] = {
     {"supported", py_supported, METH_NOARGS,
      "True if this CPU can run the native kernel (x86-64 with AVX2 and FMA)."},
+    {"isa", py_isa, METH_NOARGS,
+     "The tile kernel epochs use now: 'avx512', 'avx2' (DEEPBOF_CD1_ISA=avx2 forces it) "
+     "or 'none'."},
     {"uniform", py_uniform, METH_VARARGS,
      "uniform(seed0, seed1, start, count, out): elements [start, start+count) of "
      "tf.random.stateless_uniform's float32 stream for seed (seed0, seed1)."},
