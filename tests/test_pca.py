@@ -137,3 +137,24 @@ def test_serialization_round_trip(rng, tmp_path):
   clone.build((None, 16))
   clone.set_weights(layer.get_weights())
   np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+
+
+def test_inverse_and_visible_mean_under_a_mixed_float16_policy(rng):
+  import keras
+  from deepbof_tf.layers.sparse_rbm import SparseRBM
+  x = rng.standard_normal((50, 12)).astype(np.float32)
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy("mixed_float16")
+  try:
+    pca = PCAWhitening(retained_variance=0.99)
+    pca.adapt(x)
+    whitened = pca(x)
+    assert whitened.dtype == tf.float16
+    back = pca.inverse(whitened)
+    assert back.dtype == tf.float16 and back.shape == x.shape
+    rbm = SparseRBM(num_hidden=5)
+    hidden = rbm(whitened)
+    mean = rbm.visible_mean(hidden)
+    assert mean.dtype == tf.float16 and mean.shape == whitened.shape
+  finally:
+    keras.config.set_dtype_policy(previous)

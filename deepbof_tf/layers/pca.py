@@ -243,10 +243,11 @@ class PCAWhitening(keras.layers.Layer):
       whitened: [..., k] tensor in the whitened space.
       add_mean: add the block mean back (points) or not (directions).
     """
-    whitened = tf.cast(whitened, self.compute_dtype)
-    scale = tf.sqrt(self.eigenvalues + self.epsilon)
-    out = tf.matmul(whitened * scale, self.eigenvectors, transpose_b=True)
-    return out + self.mean if add_mean else out
+    dtype = self.compute_dtype  # variables are not auto-cast outside call()
+    whitened = tf.cast(whitened, dtype)
+    scale = tf.cast(tf.sqrt(self.eigenvalues + self.epsilon), dtype)
+    out = tf.matmul(whitened * scale, tf.cast(self.eigenvectors, dtype), transpose_b=True)
+    return out + tf.cast(self.mean, dtype) if add_mean else out
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[:-1]) + (self.output_dim,)

@@ -171,8 +171,12 @@ class SparseRBM(keras.layers.Layer):
     Args:
       hidden: hidden states or probabilities.
     """
-    hidden = tf.cast(hidden, self.compute_dtype)
-    return tf.matmul(hidden, self.kernel, transpose_b=True) + self.visible_bias
+    # Outside call() Keras does not cast the variables to the compute dtype: do it here
+    # so that the method works under a mixed_float16 policy too.
+    dtype = self.compute_dtype
+    hidden = tf.cast(hidden, dtype)
+    return (tf.matmul(hidden, tf.cast(self.kernel, dtype), transpose_b=True)
+            + tf.cast(self.visible_bias, dtype))
 
   def set_weights_from(self, kernel: np.ndarray, hidden_bias: np.ndarray,
                        visible_bias: np.ndarray) -> None:
