@@ -12,18 +12,25 @@ compared with it on the same split:
   paper's metrics (``deepbof_tf.metrics.tagging_metrics``: AUC-T, AUC-C, P@K, PR-AUC;
   single-class tags/clips excluded and counted);
   :func:`run_mfcc_baseline` reads the manifest file and returns them JSON-ready.
+
+  deepbof-baseline --manifest=annotations_final.csv --manifest_format=mtt \\
+      --audio_root=mtt/mp3 [--top_n_tags=50] [--eval_split=test] [--output=FILE.json]
 """
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # the command line: quiet before TensorFlow loads
-  from deepbof_tf import cli as _cli
+from deepbof_tf import cli as _cli
+
+# As a command line (deepbof-baseline, python -m): quiet before TensorFlow loads.
+if __name__ == "__main__":
   _cli.quiet_startup()
+else:
+  _cli.quiet_console_script()
 
 import dataclasses
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -258,44 +265,47 @@ def run_mfcc_baseline(manifest_path: str, audio_root: str, *, manifest_format: s
               eval_split=eval_split, tags=result.tags)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-  """``python -m deepbof_tf.baselines``: the MFCC baseline of a manifest, as a table row.
-
-  Args:
-    argv: command-line arguments (default ``sys.argv[1:]``).
-  """
-  import argparse
-  import json
+def _define_flags() -> None:
+  from absl import flags
   from deepbof_tf.data import manifests
-  parser = argparse.ArgumentParser(
-      prog="python -m deepbof_tf.baselines",
-      description="MFCC statistics + per-tag logistic regression: trained on the train "
-                  "split, scored on --eval_split with the paper's metrics.")
-  parser.add_argument("--manifest", required=True,
-                      help="manifest.csv (path,split,tags) or annotations_final.csv")
-  parser.add_argument("--manifest_format", choices=("csv", "mtt"), default="csv")
-  parser.add_argument("--audio_root", required=True,
-                      help="folder the manifest's paths are relative to")
-  parser.add_argument("--top_n_tags", type=int, default=manifests.DEFAULT_TOP_N_TAGS,
-                      help="keep the N most frequent tags (0: all), as deepbof-preprocess")
-  parser.add_argument("--eval_split", default="test", choices=("valid", "test"))
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--num_workers", type=int, default=2)
-  parser.add_argument("--output", default=None, help="write the metrics as JSON here")
-  args = parser.parse_args(argv)
-  result = run_mfcc_baseline(args.manifest, args.audio_root,
-                             manifest_format=args.manifest_format,
-                             top_n_tags=args.top_n_tags, eval_split=args.eval_split,
-                             seed=args.seed, num_workers=args.num_workers)
-  if args.output:
-    with open(args.output, "w") as f:
+  flags.DEFINE_string("manifest", None, "manifest.csv (path,split,tags) or MagnaTagATune "
+                      "annotations_final.csv.")
+  flags.DEFINE_enum("manifest_format", "csv", ["csv", "mtt"], "Manifest format.")
+  flags.DEFINE_string("audio_root", None, "Folder the manifest's paths are relative to.")
+  flags.DEFINE_integer("top_n_tags", manifests.DEFAULT_TOP_N_TAGS, "Keep the N most "
+                       "frequent tags (0: all), as deepbof-preprocess does.")
+  flags.DEFINE_enum("eval_split", "test", ["valid", "test"], "Split the metrics are on.")
+  flags.DEFINE_integer("seed", 0, "Seed of the logistic regressions.")
+  flags.DEFINE_integer("num_workers", 2, "Decoding processes.")
+  flags.DEFINE_string("output", None, "Write the metrics as JSON here.")
+  flags.mark_flags_as_required(["manifest", "audio_root"])
+
+
+def main(argv: Sequence[str]) -> None:
+  """``deepbof-baseline``: the MFCC baseline of a manifest, printed as a table row."""
+  import json
+  from absl import app, flags
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  values = flags.FLAGS
+  result = run_mfcc_baseline(values.manifest, values.audio_root,
+                             manifest_format=values.manifest_format,
+                             top_n_tags=values.top_n_tags, eval_split=values.eval_split,
+                             seed=values.seed, num_workers=values.num_workers)
+  if values.output:
+    with open(values.output, "w") as f:
       json.dump(result, f, indent=2, sort_keys=True)
   columns = ("auc_tag", "auc_clip", "p_at_3", "p_at_6", "p_at_9", "p_at_12", "p_at_15",
              "pr_auc")
   print("\t".join(columns))
   print("\t".join(f"{result[c]:.3f}" for c in columns))
-  return 0
+
+
+def run() -> None:
+  """Console-script entry point ``deepbof-baseline``."""
+  from deepbof_tf import cli
+  cli.run_console_script(main, _define_flags, __doc__)
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  run()

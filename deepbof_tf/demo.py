@@ -10,7 +10,7 @@ imports none of ``beam_jobs``, ``trainer`` or ``serving``):
 3. ``deepbof-train``: learn local features (PCA + sparse RBM) → encode
    (bag-of-features) → pretrain (stacked ReLU RBMs) → fine-tune (DNN);
 4. ``deepbof-evaluate`` on the test split (the paper's table + PR-AUC);
-5. ``python -m deepbof_tf.baselines``: MFCC + logistic regression on the same split;
+5. ``deepbof-baseline``: MFCC + logistic regression on the same split;
 6. ``deepbof-export`` (a TF Serving SavedModel) and ``deepbof-tag`` on three test clips.
 
 The ``demo`` preset (``deepbof_tf.config.PRESETS``) scales the block budget and the
@@ -286,7 +286,7 @@ def main(argv: Sequence[str]) -> None:
       "--split=test"])
   baseline_path = os.path.join(out, "baseline_mfcc.json")
   steps.run("baseline", [
-      sys.executable, "-m", "deepbof_tf.baselines", "--manifest_format=mtt",
+      cli.console_script("deepbof-baseline"), "--manifest_format=mtt",
       f"--manifest={os.path.join(corpus, 'annotations_final.csv')}",
       f"--audio_root={os.path.join(corpus, 'audio')}", f"--top_n_tags={DEFAULT_TOP_N_TAGS}",
       f"--seed={seed}", f"--num_workers={FLAGS.num_workers}",

@@ -118,11 +118,16 @@ def test_run_baseline_on_a_tiny_audible_dataset(tmp_path, rng):
   assert summary["p_at_3"] == pytest.approx(result.metrics["p_at_3"])
   assert summary["n_train"] == 28 and summary["n_eval"] == 12
   assert set(summary["per_tag"]) == {"low", "noisy"}
-  # ... and through `python -m deepbof_tf.baselines` (the baseline step deepbof-demo runs).
+  # ... and through the deepbof-baseline command (the baseline step deepbof-demo runs).
+  import subprocess
+  from deepbof_tf import cli
   out = tmp_path / "baseline.json"
-  assert baselines.main(["--manifest", str(tmp_path / "manifest.csv"), "--audio_root",
-                         str(tmp_path), "--num_workers", "1", "--top_n_tags", "0",
-                         "--output", str(out)]) == 0
+  result = subprocess.run(
+      [cli.console_script("deepbof-baseline"), f"--manifest={tmp_path / 'manifest.csv'}",
+       f"--audio_root={tmp_path}", "--num_workers=1", "--top_n_tags=0", f"--output={out}"],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.splitlines()[0].startswith("auc_tag\tauc_clip")
   written = json.loads(out.read_text())
   assert written["auc_tag"] == pytest.approx(summary["auc_tag"])
   assert written["p_at_3"] == pytest.approx(summary["p_at_3"])
