@@ -128,9 +128,20 @@ def quiet_startup(argv: Optional[Sequence[str]] = None) -> bool:
   os.close(write_end)
 
   def pump():
+    # Reads until every writer has closed fd 2; never stops early, so a writer can
+    # never block on a full pipe (even when our own stderr has gone away).
     with os.fdopen(read_end, "rb", buffering=0) as source, \
         os.fdopen(real_stderr, "wb", buffering=0) as sink:
-      pending = b""
+      pending, sink_ok = b"", True
+
+      def emit(data: bytes) -> None:
+        nonlocal sink_ok
+        if sink_ok and data:
+          try:
+            sink.write(data)
+          except OSError:  # e.g. the reader of our stderr went away: drop, keep draining
+            sink_ok = False
+
       while True:
         chunk = source.read(65536)
         if not chunk:
@@ -140,13 +151,13 @@ def quiet_startup(argv: Optional[Sequence[str]] = None) -> bool:
         kept = [line for line in lines
                 if not is_noise(line.decode("utf-8", "replace"))]
         if kept:
-          sink.write(b"\n".join(kept) + b"\n")
+          emit(b"\n".join(kept) + b"\n")
         if b"\r" in pending:  # a progress bar redrawing its line: show it now
           cut = pending.rindex(b"\r") + 1
-          sink.write(pending[:cut])
+          emit(pending[:cut])
           pending = pending[cut:]
       if pending and not is_noise(pending.decode("utf-8", "replace")):
-        sink.write(pending)
+        emit(pending)
 
   thread = threading.Thread(target=pump, name="deepbof-stderr-filter", daemon=True)
   thread.start()
