@@ -81,3 +81,20 @@ def test_clip_dataset_shuffle_is_seeded(dataset_dir):
 def test_read_errors(dataset_dir):
   assert readers.read_errors(dataset_dir[0]) == [
       {"path": "x.mp3", "stage": "decode", "error": "bad"}]
+
+
+def test_uncompressed_and_gzip_shards_read_alike(dataset_dir, tmp_path):
+  data_dir, clips, _ = dataset_dir
+  # Rewrite the second train shard uncompressed: the reader takes both, in name order.
+  import os
+  gz = os.path.join(data_dir, "clips", "train-00001-of-00002.tfrecord.gz")
+  serialized = list(tf.data.TFRecordDataset(gz, compression_type="GZIP").as_numpy_iterator())
+  os.remove(gz)
+  with tf.io.TFRecordWriter(gz[:-len(".gz")]) as writer:
+    for record in serialized:
+      writer.write(record)
+  got = list(readers.clip_dataset(data_dir, "train"))
+  assert [g["clip_id"].numpy().decode() for g in got] == [c[0] for c in clips]
+  np.testing.assert_array_equal(got[-1]["log_mel"].numpy(), clips[-1][1])
+  assert schema.compression_of("x.tfrecord.gz") == "GZIP"
+  assert schema.compression_of("x.tfrecord") == ""

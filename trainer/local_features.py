@@ -210,7 +210,8 @@ def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig
                        tf.TensorSpec([None], tf.int32)])
   summary: Dict[str, Any] = {"splits": {}}
   for split in schema.SPLITS:
-    if not tf.io.gfile.glob(schema.clip_pattern(data_dir, split)):
+    if not (tf.io.gfile.glob(schema.clip_pattern(data_dir, split)) or tf.io.gfile.glob(
+        schema.clip_pattern(data_dir, split, schema.UNCOMPRESSED_SUFFIX))):
       logging.info("encode: no clips for split %r; skipped", split)
       continue
     path = bof_io.bof_path(model_dir, split)

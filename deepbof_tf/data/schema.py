@@ -38,16 +38,25 @@ BLOCKS_DIR = "blocks"
 ERRORS_DIR = "errors"
 METADATA_FILE = "metadata.json"
 SPLITS = ("train", "valid", "test")
-TFRECORD_SUFFIX = ".tfrecord.gz"
+TFRECORD_SUFFIX = ".tfrecord.gz"  # what deepbof-preprocess writes
 COMPRESSION = "GZIP"
+# Readers also take uncompressed shards (``.tfrecord``): log-mel floats shrink by only
+# ~9 % under gzip, so other writers may prefer to skip it (docs/benchmarks.md).
+UNCOMPRESSED_SUFFIX = ".tfrecord"
 
 
-def clip_pattern(data_dir: str, split: str) -> str:
-  return posixpath.join(data_dir, CLIPS_DIR, f"{split}-*{TFRECORD_SUFFIX}")
+def compression_of(path: str) -> str:
+  """The ``tf.data.TFRecordDataset`` compression type of a shard, from its name."""
+  return COMPRESSION if path.endswith(TFRECORD_SUFFIX) else ""
 
 
-def block_pattern(data_dir: str, split: str = "train") -> str:
-  return posixpath.join(data_dir, BLOCKS_DIR, f"{split}-*{TFRECORD_SUFFIX}")
+def clip_pattern(data_dir: str, split: str, suffix: str = TFRECORD_SUFFIX) -> str:
+  return posixpath.join(data_dir, CLIPS_DIR, f"{split}-*{suffix}")
+
+
+def block_pattern(data_dir: str, split: str = "train", suffix: str = TFRECORD_SUFFIX
+                  ) -> str:
+  return posixpath.join(data_dir, BLOCKS_DIR, f"{split}-*{suffix}")
 
 
 def _bytes(values: Iterable[bytes]):
