@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from deepbof_tf.config import DEFAULT_BLOCK_FRAMES, DEFAULT_POOL_FRAMES, DNNConfig
 from deepbof_tf.layers.bag_of_features import BagOfFeaturesEncoder
+from deepbof_tf.layers.dropout import ReplicaDropout
 from deepbof_tf.layers.pca import PCAWhitening
 from deepbof_tf.layers.sparse_rbm import SparseRBM
 from deepbof_tf.layers.standardize import ClipMaxNormalization
@@ -192,14 +193,14 @@ def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
   elif config.input_normalization == "clip_max":
     x = ClipMaxNormalization(dtype="float32", name="clip_max")(x)
   if config.input_dropout > 0:
-    x = keras.layers.Dropout(config.input_dropout, seed=seed * 1000 + 999,
-                             name="input_dropout")(x)
+    x = ReplicaDropout(config.input_dropout, seed=seed * 1000 + 999,
+                       name="input_dropout")(x)
   for i in range(config.num_hidden_layers):
     x = keras.layers.Dense(
         config.hidden_units, activation="relu", name=hidden_layer_name(i),
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed * 1000 + 2 * i))(x)
-    x = keras.layers.Dropout(config.dropout, seed=seed * 1000 + 2 * i + 1,
-                             name=f"dropout_{i + 1}")(x)
+    x = ReplicaDropout(config.dropout, seed=seed * 1000 + 2 * i + 1,
+                       name=f"dropout_{i + 1}")(x)
   outputs = keras.layers.Dense(
       num_tags, activation="sigmoid", dtype="float32", name=PROBABILITIES,
       kernel_initializer=keras.initializers.GlorotUniform(seed=seed * 1000 + 500))(x)

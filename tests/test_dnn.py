@@ -245,3 +245,15 @@ def test_validation_callback_keeps_best_weights_and_stops_early(rng):
   callback.restore_best()
   np.testing.assert_array_equal(model.get_layer("hidden_1").bias.numpy(), np.full(4, 1.0))
   assert callback.history["val_auc_tag"] == [0.6, 0.8, 0.7, 0.75]
+
+
+def test_replica_dropout_is_keras_dropout_on_one_device():
+  from deepbof_tf.layers.dropout import ReplicaDropout
+  x = np.random.default_rng(0).random((7, 11)).astype(np.float32)
+  ours, theirs = ReplicaDropout(0.5, seed=3), keras.layers.Dropout(0.5, seed=3)
+  for _ in range(3):  # the seed generators advance alike
+    np.testing.assert_array_equal(ours(x, training=True).numpy(),
+                                  theirs(x, training=True).numpy())
+  np.testing.assert_array_equal(ours(x, training=False).numpy(), x)
+  clone = ReplicaDropout.from_config(ours.get_config())
+  assert (clone.rate, clone.seed) == (0.5, 3)

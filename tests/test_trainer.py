@@ -373,6 +373,54 @@ print("OK", summary["finetune"]["epochs_run"],
 """
 
 
+_REPLICAS_SCRIPT = r"""
+import sys, tempfile
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
+import numpy as np
+from deepbof_tf import models
+from deepbof_tf.config import DNNConfig, FinetuneConfig
+from deepbof_tf.training import finetuning
+replicas, out = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+x = rng.random((180, 16)).astype(np.float32)
+y = (x[:, :3] > 0.5).astype(np.float32)
+strategy = (tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+            if replicas > 1 else tf.distribute.get_strategy())
+with strategy.scope(), tempfile.TemporaryDirectory() as work_dir:
+  model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=8,
+                                             dropout=0.5), input_dim=16, seed=0)
+  finetuning.finetune(model, x, y, x, y, FinetuneConfig(epochs=3, batch_size=30,
+                                                        tensorboard=False), work_dir)
+  np.savez(out, *model.get_weights())
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_fine_tuning_with_dropout_reproduces_one_device(tmp_path):
+  """Each replica applies its rows of the one-device dropout mask (ReplicaDropout).
+
+  Every batch divides over 2 and 3 replicas here (180 clips, batch 30): then the only
+  differences are the order of the replicas' gradient sums (Keras averages each
+  replica's loss, so an uneven last batch would be weighted per replica).
+  """
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHONPATH=REPO)
+  weights = {}
+  for replicas in (1, 2, 3):
+    path = tmp_path / f"w{replicas}.npz"
+    result = subprocess.run([sys.executable, "-c", _REPLICAS_SCRIPT, str(replicas),
+                             str(path)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = np.load(path)
+    weights[replicas] = [stored[k] for k in stored.files]
+  for replicas in (2, 3):
+    for ours, one in zip(weights[replicas], weights[1]):
+      np.testing.assert_allclose(ours, one, rtol=0, atol=1e-6)
+
+
 def test_replica_batch_size_always_divides():
   from deepbof_tf.training import finetuning
   assert finetuning.replica_batch_size(128, 1, 1000) == 128
