@@ -7,8 +7,9 @@ validation epoch. ``head=logreg``: fits per-tag logistic regression on the
 standardized bag-of-features. Both write ``model_dir/tagger.keras`` and
 ``model_dir/tags.json``.
 
-Uses ``tf.distribute.MirroredStrategy`` when more than one GPU is visible, the default
-strategy otherwise. Fine-tuning writes a checkpoint every epoch and a rerun on the
+The ``tf.distribute`` strategy is ``deepbof-train --strategy`` (:func:`distribution_strategy`:
+by default ``MirroredStrategy`` when more than one GPU is visible, the default strategy
+otherwise). Fine-tuning writes a checkpoint every epoch and a rerun on the
 same model_dir continues from it (see ``deepbof_tf.training.finetuning``).
 """
 
