@@ -63,13 +63,14 @@ flags.DEFINE_enum("channel_mode", "first", ["first", "mean"], "Multi-channel to 
                   "first channel (authors' code) or the mean.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output_dir.")
 flags.DEFINE_integer("intra_op_threads", 1, "TensorFlow threads per Beam worker process.")
-flags.DEFINE_float("progress_seconds", preprocess_lib.DEFAULT_PROGRESS_SECONDS, "On local runners, print clips done / total, "
-                   "rate and time left this often (0: never).")
+flags.DEFINE_float("progress_seconds", preprocess_lib.DEFAULT_PROGRESS_SECONDS,
+                   "On local runners, print clips done / total, rate and time left this "
+                   "often (0: never).")
 
-_OUR_FLAGS = ("manifest", "audio_root", "output_dir", "manifest_format", "top_n_tags",
-              "drop_untagged", "skip_bad_rows", "sampling", "block_frames",
-              "segment_frames", "num_blocks", "blocks_per_clip", "seed", "num_shards",
-              "channel_mode", "overwrite", "intra_op_threads", "progress_seconds")
+
+def _our_flags() -> List[str]:
+  """The names of the flags this module defines (everything else goes to Beam)."""
+  return [f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])]
 
 
 def _parse_flags(argv: List[str]) -> List[str]:
@@ -82,7 +83,8 @@ def _parse_flags(argv: List[str]) -> List[str]:
     print("\nBeam pipeline options: see --helpfull or Beam's documentation.")
     sys.exit(0)
   rest = FLAGS(argv, known_only=True)
-  known = [f"--{name}" for name in _OUR_FLAGS] + [f"--no{name}" for name in _OUR_FLAGS]
+  ours = _our_flags()
+  known = [f"--{name}" for name in ours] + [f"--no{name}" for name in ours]
   for arg in rest[1:]:
     name = arg.split("=", 1)[0]
     # A near-miss of one of our flags (--num_block) would silently become an ignored
