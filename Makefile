@@ -15,7 +15,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64" wheel
 
-$(STAMP): setup.cfg setup.py pyproject.toml deepbof_tf/layers/_cd1.c | $(PY)
+$(STAMP): setup.cfg setup.py pyproject.toml deepbof_tf/native/_cd1.c | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
 

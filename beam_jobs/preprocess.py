@@ -21,6 +21,7 @@ Dataflow needs ``pip install 'deepbof[gcp]'`` on the launching machine.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import sys
@@ -30,51 +31,65 @@ from absl import app
 from absl import flags
 
 from beam_jobs import preprocess_lib
+from deepbof_tf import cli
 from deepbof_tf.config import FrontendConfig, SamplingConfig
-from deepbof_tf.data import manifests
-
-_SAMPLING = SamplingConfig()  # flag defaults come from the config
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("manifest", None, "Manifest: CSV 'path,split,tags' or MagnaTagATune "
-                    "annotations_final.csv (local path or gs://…).")
-flags.DEFINE_string("audio_root", "", "Directory (or gs:// prefix) that relative manifest "
-                    "paths are joined to.")
-flags.DEFINE_string("output_dir", None, "Dataset directory to create (local or gs://…).")
-flags.DEFINE_enum("manifest_format", "csv", ["csv", "mtt"], "Manifest format.")
-flags.DEFINE_integer("top_n_tags", manifests.DEFAULT_TOP_N_TAGS, "Keep the N most frequent tags (0 keeps all).")
-flags.DEFINE_bool("drop_untagged", False, "Drop clips with none of the kept tags.")
-flags.DEFINE_bool("skip_bad_rows", False, "Skip (and count) malformed manifest rows "
-                  "instead of failing.")
-flags.DEFINE_enum("sampling", "onset", ["onset", "random"], "Block sampling scheme: "
-                  "the novelty maximum of each segment, or a random block.")
-flags.DEFINE_integer("block_frames", _SAMPLING.block_frames, "Frames per spectral block.")
-flags.DEFINE_integer("segment_frames", _SAMPLING.segment_frames,
-                     "Block starts per sampling segment (≈1 s).")
-flags.DEFINE_integer("num_blocks", _SAMPLING.num_blocks,
-                     "Global block budget over the train split.")
-flags.DEFINE_integer("blocks_per_clip", _SAMPLING.blocks_per_clip, "Candidate blocks per clip; 0 derives the "
-                     "passes per clip from the budget like the authors' get_samples.m.")
-flags.DEFINE_integer("seed", 0, "Seed of the random scheme and of the budget subsample.")
-flags.DEFINE_integer("num_shards", 0, "TFRecord files per split; 0 writes one per Beam "
-                     "bundle (streaming), > 0 regroups the records (a shuffle).")
-flags.DEFINE_enum("channel_mode", "first", ["first", "mean"], "Multi-channel to mono: the "
-                  "first channel (authors' code) or the mean.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output_dir.")
-flags.DEFINE_integer("intra_op_threads", 1, "TensorFlow threads per Beam worker process.")
-flags.DEFINE_float("progress_seconds", preprocess_lib.DEFAULT_PROGRESS_SECONDS,
-                   "On local runners, print clips done / total, rate and time left this "
-                   "often (0: never).")
+# Names of the flags _define_flags adds (everything else on the command line goes to Beam).
+_OUR_FLAGS: List[str] = []
 
 
-def _our_flags() -> List[str]:
-  """The names of the flags this module defines (everything else goes to Beam)."""
-  return [f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])]
+def _define_flags() -> None:
+  """Defines the tool's flags (once), with the defaults of the config dataclasses."""
+  if _OUR_FLAGS:
+    return
+  before = set(FLAGS)
+  defaults = {f.name: f.default for f in dataclasses.fields(preprocess_lib.PreprocessConfig)}
+  sampling = SamplingConfig()
+  flags.DEFINE_string("manifest", None, "Manifest: CSV 'path,split,tags' or MagnaTagATune "
+                      "annotations_final.csv (local path or gs://…).")
+  flags.DEFINE_string("audio_root", "", "Directory (or gs:// prefix) that relative "
+                      "manifest paths are joined to.")
+  flags.DEFINE_string("output_dir", None, "Dataset directory to create (local or gs://…).")
+  flags.DEFINE_enum("manifest_format", defaults["manifest_format"], ["csv", "mtt"],
+                    "Manifest format.")
+  flags.DEFINE_integer("top_n_tags", defaults["top_n_tags"],
+                       "Keep the N most frequent tags (0 keeps all).")
+  flags.DEFINE_bool("drop_untagged", defaults["drop_untagged"],
+                    "Drop clips with none of the kept tags.")
+  flags.DEFINE_bool("skip_bad_rows", defaults["skip_bad_rows"], "Skip (and count) "
+                    "malformed manifest rows instead of failing.")
+  flags.DEFINE_enum("sampling", sampling.scheme, ["onset", "random"], "Block sampling "
+                    "scheme: the novelty maximum of each segment, or a random block.")
+  flags.DEFINE_integer("block_frames", sampling.block_frames, "Frames per spectral block.")
+  flags.DEFINE_integer("segment_frames", sampling.segment_frames,
+                       "Block starts per sampling segment (≈1 s).")
+  flags.DEFINE_integer("num_blocks", sampling.num_blocks,
+                       "Global block budget over the train split.")
+  flags.DEFINE_integer("blocks_per_clip", sampling.blocks_per_clip, "Candidate blocks "
+                       "per clip; 0 derives the passes per clip from the budget like the "
+                       "authors' get_samples.m.")
+  flags.DEFINE_integer("seed", sampling.seed,
+                       "Seed of the random scheme and of the budget subsample.")
+  flags.DEFINE_integer("num_shards", defaults["num_shards"], "TFRecord files per split; "
+                       "0 writes one per Beam bundle (streaming), > 0 regroups the "
+                       "records (a shuffle).")
+  flags.DEFINE_enum("channel_mode", defaults["channel_mode"], ["first", "mean"],
+                    "Multi-channel to mono: the first channel (authors' code) or the mean.")
+  flags.DEFINE_bool("overwrite", defaults["overwrite"],
+                    "Replace an existing non-empty --output_dir.")
+  flags.DEFINE_integer("intra_op_threads", defaults["intra_op_threads"],
+                       "TensorFlow threads per Beam worker process.")
+  flags.DEFINE_float("progress_seconds", defaults["progress_seconds"],
+                     "On local runners, print clips done / total, rate and time left "
+                     "this often (0: never).")
+  _OUR_FLAGS.extend(sorted(set(FLAGS) - before))
 
 
 def _parse_flags(argv: List[str]) -> List[str]:
   """Parses our flags and returns ``[argv0] + the rest`` (the Beam options)."""
+  _define_flags()
   if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in argv[1:]):
     # absl's --help lists the flags of the main module, which for a console script is
     # the generated wrapper, not this module.
@@ -83,8 +98,7 @@ def _parse_flags(argv: List[str]) -> List[str]:
     print("\nBeam pipeline options: see --helpfull or Beam's documentation.")
     sys.exit(0)
   rest = FLAGS(argv, known_only=True)
-  ours = _our_flags()
-  known = [f"--{name}" for name in ours] + [f"--no{name}" for name in ours]
+  known = [f"--{name}" for name in _OUR_FLAGS] + [f"--no{name}" for name in _OUR_FLAGS]
   for arg in rest[1:]:
     name = arg.split("=", 1)[0]
     # A near-miss of one of our flags (--num_block) would silently become an ignored
@@ -130,7 +144,7 @@ def main(argv: Sequence[str]) -> int:
 
 def console_main() -> None:
   """Console-script entry point (``deepbof-preprocess``)."""
-  app.run(main, flags_parser=_parse_flags)
+  cli.run_console_script(main, _define_flags, __doc__, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,21 @@ Data flow (the output's schema is in docs/data.md):
    front end (``deepbof_tf.frontend``) and validates the result. A failing input
    becomes one error record ``{path, stage, error}`` on a tagged output; the pipeline
    goes on.
-3. Clips are serialized (``schema.serialize_clip_example``) and written by
-   :class:`WriteBundleShardsDoFn`, one gzip TFRecord file per bundle and split, so the
-   payloads stream through each worker and no step holds the dataset in memory.
-   :class:`FinalizeShardsDoFn` names the files ``clips/{split}-SSSSS-of-NNNNN``.
+3. Clips are serialized (``schema.serialize_clip_example``) and written by Beam's own
+   TFRecord file sink, one per split (:func:`write_records`): gzip files
+   ``clips/{split}-SSSSS-of-NNNNN.tfrecord.gz``, by default one per bundle so the
+   payloads stream through each worker and no step holds the dataset in memory. The
+   sink writes temporary files and renames them once their bundles are committed, so
+   a retried bundle never leaves a duplicate; an empty split still gets one empty
+   file; shards are numbered by their smallest clip id (``beam_jobs.sinks``), so the
+   same bundles give the same files whatever order they finished in.
 4. Block sampling needs two global numbers: the passes per clip (from the
    segments of the whole training split) and the budget threshold (the
    ``num_blocks``-th smallest candidate key; see ``deepbof_tf.sampling``). Both are
    computed from per-clip segment counts only. The block payloads are then sampled by
    :class:`SampleBlocksDoFn` from the *written* train shards, so they too stream, and
    the blocks are cut from exactly the stored ``log_mel``.
-5. Error records go to ``errors/errors-*.jsonl``; a ``_summary.json`` with the counts
+5. Error records go to ``errors/errors-*.jsonl`` (Beam's ``WriteToText``); a ``_summary.json`` with the counts
    computed from the outputs lets the launcher write ``metadata.json`` and reconcile
    them with the Beam counters.
 
@@ -37,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -51,8 +54,8 @@ import numpy as np
 
 
 class _DropCrcmodWarning(logging.Filter):
-  """Beam's TFRecord module warns at import that crcmod is missing; we do not use it
-  (TFRecords are written and read with TensorFlow's C++ implementation)."""
+  """Beam's TFRecord module warns at import that crcmod is missing; its sink uses
+  google-crc32c (a dependency) instead."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     return "crcmod package not found" not in record.getMessage()
@@ -66,8 +69,8 @@ finally:
   logging.getLogger().removeFilter(_crcmod_filter)
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.transforms.window import GlobalWindows
 
+from beam_jobs import sinks
 from deepbof_tf import __version__
 from deepbof_tf import sampling
 from deepbof_tf import workdirs
@@ -81,10 +84,10 @@ SUMMARY_FILE = "_summary.json"
 ERRORS_PREFIX = "errors"
 ERRORS_SUFFIX = ".jsonl"
 STAGES = ("read", "decode", "features", "validate")
-_TMP_FILES_DIR = "_incomplete"
 _PROGRESS_DIR = "_progress"
 DEFAULT_PROGRESS_SECONDS = 15.0
-GZIP_LEVEL = 1
+# Beam's file sinks: {prefix}-SSSSS-of-NNNNN{suffix}, the dataset's file names.
+SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +105,8 @@ class PreprocessConfig:
     channel_mode: how multi-channel audio becomes mono: "first" (the authors' code)
       or "mean".
     num_shards: TFRecord files per split; 0 (default) writes one file per Beam bundle,
-      which streams; > 0 regroups the records by a hash of the clip id (a shuffle).
+      which streams; > 0 regroups the records into that many files (a shuffle; Beam
+      deals them out round-robin, so shard membership varies between runs).
     overwrite: replace an existing non-empty ``output_dir``.
     frontend: the audio front end (docs/model.md#front-end).
     sampling: block sampling (docs/model.md#block-sampling).
@@ -424,168 +428,76 @@ def clip_stats(record: Mapping[str, Any], block_frames: int,
 
 
 # --------------------------------------------------------------------------------------
-# Sharded writing: temporary files per bundle, then final names.
+# Sharded writing with Beam's file sinks.
 # --------------------------------------------------------------------------------------
 
 
-class _RecordFile:
-  """One open output file: gzip TFRecord or JSON lines."""
+class _CountWritten(beam.DoFn):
+  """Counts the records handed to a sink (the counter ``{kind}_written``)."""
 
-  def __init__(self, path: str, file_format: str):
-    import tensorflow as tf
-    self.path = path
-    self.count = 0
-    self.first_id: Optional[str] = None
-    self._format = file_format
-    if file_format == "tfrecord":
-      # Log-mel floats shrink by only ~13 % at any gzip level; level 1 is the fastest
-      # (about a third less CPU than the default 6 for a 0.7 % larger file).
-      self._writer = tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(
-          compression_type=schema.COMPRESSION, compression_level=GZIP_LEVEL))
-    else:
-      self._writer = tf.io.gfile.GFile(path, "w")
-
-  def write(self, key: str, payload: Any) -> None:
-    if self._format == "tfrecord":
-      self._writer.write(payload)
-    else:
-      self._writer.write(json.dumps(payload, sort_keys=True) + "\n")
-    self.count += 1
-    if self.first_id is None or key < self.first_id:
-      self.first_id = key
-
-  def close(self) -> Dict[str, Any]:
-    self._writer.close()
-    return {"path": self.path, "count": self.count, "first_id": self.first_id or ""}
-
-
-def _temp_file_name(tmp_files_dir: str, kind: str, split: str, suffix: str) -> str:
-  return _join(tmp_files_dir, f"{kind}-{split}-{uuid.uuid4().hex}{suffix}")
-
-
-class WriteBundleShardsDoFn(beam.DoFn):
-  """Writes ``(split, key, payload)`` elements to one temporary file per bundle and split.
-
-  Emits ``{kind, split, path, count, first_id}`` per file when the bundle finishes.
-  Files of a failed (retried) bundle attempt are never emitted, so
-  :class:`FinalizeShardsDoFn` only publishes committed data (the same protocol as
-  Beam's file sinks, with TensorFlow's C++ TFRecord writer).
-
-  Args:
-    tmp_files_dir: directory of the temporary files.
-    kind: "clips", "blocks" or "errors" (also the counter ``{kind}_written``).
-    file_format: "tfrecord" (gzip) or "jsonl".
-  """
-
-  def __init__(self, tmp_files_dir: str, kind: str, file_format: str = "tfrecord"):
-    self._tmp_files_dir = tmp_files_dir
-    self._kind = kind
-    self._format = file_format
-    self._suffix = schema.TFRECORD_SUFFIX if file_format == "tfrecord" else ERRORS_SUFFIX
+  def __init__(self, kind: str):
     self._written = _counter(f"{kind}_written")
-    self._files: Dict[str, _RecordFile] = {}
 
-  def setup(self):
-    _gfile().makedirs(self._tmp_files_dir)
-
-  def start_bundle(self):
-    self._files = {}
-
-  def process(self, element: Tuple[str, str, Any]) -> None:
-    split, key, payload = element
-    out = self._files.get(split)
-    if out is None:
-      out = self._files[split] = _RecordFile(
-          _temp_file_name(self._tmp_files_dir, self._kind, split, self._suffix),
-          self._format)
-    out.write(key, payload)
+  def process(self, element):
     self._written.inc()
-
-  def finish_bundle(self):
-    for split, out in sorted(self._files.items()):
-      info = dict(out.close(), kind=self._kind, split=split)
-      yield GlobalWindows.windowed_value(info)
-    self._files = {}
+    yield element
 
 
-class WriteGroupShardDoFn(beam.DoFn):
-  """Writes one ``((split, shard), [(key, payload), …])`` group to one temporary file.
-
-  The fixed-``num_shards`` path: after a GroupByKey each group is one output shard.
-
-  Args:
-    tmp_files_dir: directory of the temporary files.
-    kind: "clips" or "blocks".
-  """
-
-  def __init__(self, tmp_files_dir: str, kind: str):
-    self._tmp_files_dir = tmp_files_dir
-    self._kind = kind
-    self._written = _counter(f"{kind}_written")
-
-  def setup(self):
-    _gfile().makedirs(self._tmp_files_dir)
-
-  def process(self, element) -> Iterator[Dict[str, Any]]:
-    (split, _), items = element
-    out = _RecordFile(_temp_file_name(self._tmp_files_dir, self._kind, split,
-                                      schema.TFRECORD_SUFFIX), "tfrecord")
-    for key, payload in items:
-      out.write(key, payload)
-      self._written.inc()
-    yield dict(out.close(), kind=self._kind, split=split)
+def _shard_index(element: Tuple[str, str, Any], num_partitions: int,
+                 splits: Sequence[str]) -> int:
+  return list(splits).index(element[0])
 
 
-def _shard_of(key: str, num_shards: int) -> int:
-  return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % num_shards
+def write_records(pcoll, label: str, out_dir: str, kind: str, splits: Sequence[str],
+                  num_shards: int = 0, file_format: str = "tfrecord",
+                  prefix: Optional[str] = None):
+  """Writes ``(split, key, payload)`` elements with Beam's file sinks, one per split.
 
-
-def _empty_file(path: str, file_format: str) -> None:
-  _RecordFile(path, file_format).close()
-
-
-class FinalizeShardsDoFn(beam.DoFn):
-  """Renames the committed temporary files to ``{dir}/{split}-SSSSS-of-NNNNN{suffix}``.
-
-  Runs once (on a single element), with every file description as a side input.
-  Files are numbered in the order of their smallest key, so names do not depend on
-  the order bundles finished. A split without data gets one empty file, so readers
-  always find a (possibly empty) shard.
+  Files are ``{out_dir}/{split}-SSSSS-of-NNNNN`` + ``.tfrecord.gz`` (Beam's TFRecord
+  sink, gzip, shards numbered by their smallest key: ``beam_jobs.sinks``) or
+  ``.jsonl`` (``WriteToText``, one JSON object per line, keys sorted).
 
   Args:
+    pcoll: the ``(split, key, payload)`` elements (payload: serialized bytes, or a dict
+      for JSON lines).
+    label: a unique prefix of the transforms' labels.
     out_dir: the final directory (``clips``, ``blocks`` or ``errors`` of the dataset).
-    splits: the splits that must exist.
+    kind: "clips", "blocks" or "errors" (also the counter ``{kind}_written``).
+    splits: every split the elements may name; each gets at least one (empty) file.
+    num_shards: files per split; 0 lets the runner write one per bundle (streaming),
+      > 0 regroups the records into exactly that many files (a shuffle; Beam deals
+      the records to the shards round-robin, so which shard holds a record varies
+      from run to run).
     file_format: "tfrecord" or "jsonl".
-    prefix: file name prefix; None uses the split name.
+    prefix: the file name prefix when ``splits`` has one element (None: the split).
+
+  Returns:
+    ``(files, counts)``: a PCollection of ``{split, path}`` per written file and one of
+    ``(split, records)`` per split that has records.
   """
-
-  def __init__(self, out_dir: str, splits: Sequence[str], file_format: str = "tfrecord",
-               prefix: Optional[str] = None):
-    self._out_dir = out_dir
-    self._splits = tuple(splits)
-    self._format = file_format
-    self._prefix = prefix
-    self._suffix = schema.TFRECORD_SUFFIX if file_format == "tfrecord" else ERRORS_SUFFIX
-
-  def process(self, unused_element, infos: Sequence[Mapping[str, Any]]):
-    gfile = _gfile()
-    gfile.makedirs(self._out_dir)
-    by_split: Dict[str, List[Mapping[str, Any]]] = {s: [] for s in self._splits}
-    for info in infos:
-      by_split.setdefault(info["split"], []).append(info)
-    for split, files in sorted(by_split.items()):
-      files = sorted(files, key=lambda i: (i["first_id"], i["path"]))
-      total = max(1, len(files))
-      name = self._prefix or split
-      for index in range(total):
-        final = _join(self._out_dir, f"{name}-{index:05d}-of-{total:05d}{self._suffix}")
-        if files:
-          gfile.rename(files[index]["path"], final, overwrite=True)
-          count = files[index]["count"]
-        else:
-          _empty_file(final, self._format)
-          count = 0
-        yield {"split": split, "path": final, "count": count}
+  counted = pcoll | f"{label}Count" >> beam.ParDo(_CountWritten(kind))
+  counts = (counted
+            | f"{label}SplitOf" >> beam.Map(lambda e: e[0])
+            | f"{label}PerSplit" >> beam.combiners.Count.PerElement())
+  parts = counted | f"{label}BySplit" >> beam.Partition(_shard_index, len(splits), splits)
+  files = []
+  for split, part in zip(splits, parts):
+    path_prefix = _join(out_dir, prefix or split)
+    if file_format == "tfrecord":
+      names = (part
+               | f"{label}{split}Keyed" >> beam.Map(lambda e: (e[1], e[2]))
+               | f"{label}{split}Write" >> sinks.write_key_ordered_tfrecords(
+                   path_prefix, schema.TFRECORD_SUFFIX, num_shards, SHARD_NAME_TEMPLATE))
+    else:
+      names = (part
+               | f"{label}{split}Json" >> beam.Map(
+                   lambda e: json.dumps(e[2], sort_keys=True))
+               | f"{label}{split}Write" >> beam.io.WriteToText(
+                   path_prefix, file_name_suffix=ERRORS_SUFFIX, num_shards=num_shards,
+                   shard_name_template=SHARD_NAME_TEMPLATE))
+    files.append(names | f"{label}{split}Files" >> beam.Map(
+        lambda path, split: {"split": split, "path": path}, split))
+  return files | f"{label}Files" >> beam.Flatten(), counts
 
 
 # --------------------------------------------------------------------------------------
@@ -655,11 +567,14 @@ class _WriteSummaryDoFn(beam.DoFn):
   def __init__(self, path: str):
     self._path = path
 
-  def process(self, unused_element, clip_files, block_files, error_files, num_passes,
-              total_segments, num_candidates, threshold, featurized_by_split):
+  def process(self, unused_element, clip_files, clip_counts, block_files, block_counts,
+              error_files, num_passes, total_segments, num_candidates, threshold,
+              featurized_by_split):
     summary = {
         "clip_files": sorted(clip_files, key=lambda f: f["path"]),
+        "clip_counts": dict(clip_counts),
         "block_files": sorted(block_files, key=lambda f: f["path"]),
+        "num_blocks": sum(count for _, count in block_counts),
         "error_files": sorted(error_files, key=lambda f: f["path"]),
         "num_passes": num_passes,
         "total_segments": total_segments,
@@ -669,26 +584,6 @@ class _WriteSummaryDoFn(beam.DoFn):
     }
     schema.write_json(self._path, summary)
     yield summary
-
-
-def _write_sharded(pcoll, label: str, tmp_files_dir: str, out_dir: str, kind: str,
-                   splits: Sequence[str], num_shards: int, file_format: str = "tfrecord",
-                   prefix: Optional[str] = None):
-  """``(split, key, payload)`` → finalized files; returns the final file descriptions."""
-  if num_shards > 0:
-    files = (pcoll
-             | f"{label}Key" >> beam.Map(
-                 lambda e, n: ((e[0], _shard_of(e[1], n)), (e[1], e[2])), num_shards)
-             | f"{label}Group" >> beam.GroupByKey()
-             | f"{label}Write" >> beam.ParDo(WriteGroupShardDoFn(tmp_files_dir, kind)))
-  else:
-    files = pcoll | f"{label}Write" >> beam.ParDo(
-        WriteBundleShardsDoFn(tmp_files_dir, kind, file_format))
-  return (pcoll.pipeline
-          | f"{label}Once" >> beam.Create([None])
-          | f"{label}Finalize" >> beam.ParDo(
-              FinalizeShardsDoFn(out_dir, splits, file_format, prefix),
-              beam.pvalue.AsList(files)))
 
 
 def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]],
@@ -708,7 +603,6 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
     The PCollection of the ``_summary.json`` payload (one element).
   """
   scfg = config.sampling
-  tmp_files_dir = _join(work_dir, _TMP_FILES_DIR)
   results = (pipeline
              | "ClipRecords" >> beam.Create(list(records))
              | "ComputeFeatures" >> beam.ParDo(ComputeFeaturesDoFn(
@@ -717,12 +611,12 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
                                                                       main="clips"))
   clips, errors = results.clips, results[ERROR_TAG]
 
-  clip_files = _write_sharded(
-      clips | "SerializeClips" >> beam.Map(serialize_clip), "Clips", tmp_files_dir,
+  clip_files, clip_counts = write_records(
+      clips | "SerializeClips" >> beam.Map(serialize_clip), "Clips",
       _join(work_dir, schema.CLIPS_DIR), "clips", schema.SPLITS, config.num_shards)
-  error_files = _write_sharded(
+  error_files, _ = write_records(
       errors | "KeyErrors" >> beam.Map(lambda e: ("errors", e["path"], e)), "Errors",
-      tmp_files_dir, _join(work_dir, schema.ERRORS_DIR), "errors", ["errors"], 0,
+      _join(work_dir, schema.ERRORS_DIR), "errors", ["errors"], 0,
       file_format="jsonl", prefix=ERRORS_PREFIX)
 
   stats = clips | "ClipStats" >> beam.Map(clip_stats, scfg.block_frames,
@@ -745,21 +639,21 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
                | "Threshold" >> beam.Map(_threshold_of, scfg.num_blocks))
 
   train_shards = (clip_files
-                  | "TrainShards" >> beam.Filter(
-                      lambda f: f["split"] == "train" and f["count"] > 0)
+                  | "TrainShards" >> beam.Filter(lambda f: f["split"] == "train")
                   | "SpreadShards" >> beam.Reshuffle())
   blocks = train_shards | "SampleBlocks" >> beam.ParDo(
       SampleBlocksDoFn(scfg, n_tags, config.frontend.n_mels),
       beam.pvalue.AsSingleton(num_passes), beam.pvalue.AsSingleton(threshold))
-  block_files = _write_sharded(blocks, "Blocks", tmp_files_dir,
-                               _join(work_dir, schema.BLOCKS_DIR), "blocks", ["train"],
-                               config.num_shards)
+  block_files, block_counts = write_records(
+      blocks, "Blocks", _join(work_dir, schema.BLOCKS_DIR), "blocks", ["train"],
+      config.num_shards)
 
   return (pipeline
           | "SummaryOnce" >> beam.Create([None])
           | "Summary" >> beam.ParDo(
               _WriteSummaryDoFn(_join(work_dir, SUMMARY_FILE)),
-              beam.pvalue.AsList(clip_files), beam.pvalue.AsList(block_files),
+              beam.pvalue.AsList(clip_files), beam.pvalue.AsList(clip_counts),
+              beam.pvalue.AsList(block_files), beam.pvalue.AsList(block_counts),
               beam.pvalue.AsList(error_files), beam.pvalue.AsSingleton(num_passes),
               beam.pvalue.AsSingleton(total_segments),
               beam.pvalue.AsSingleton(num_candidates), beam.pvalue.AsSingleton(threshold),
@@ -862,10 +756,9 @@ def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
     ``clips_read``, ``clips_written``, ``clips_failed``, ``blocks_written``, the
     source of each (``counters_source``) and whether they reconcile.
   """
-  written = sum(f["count"] for f in summary["clip_files"])
+  written = sum(summary["clip_counts"].values())
   from_outputs = {"clips_read": num_inputs, "clips_written": written,
-                  "clips_failed": len(errors),
-                  "blocks_written": sum(f["count"] for f in summary["block_files"])}
+                  "clips_failed": len(errors), "blocks_written": summary["num_blocks"]}
   if counters:
     used = {name: int(counters.get(name, 0)) for name in from_outputs}
     source = "beam_metrics"
@@ -895,8 +788,8 @@ def build_metadata(config: PreprocessConfig, manifest: manifests.Manifest,
   """The dataset's ``metadata.json`` (docs/data.md)."""
   fe = config.frontend
   split_counts = {split: 0 for split in schema.SPLITS}
-  for f in summary["clip_files"]:
-    split_counts[f["split"]] = split_counts.get(f["split"], 0) + f["count"]
+  for split, count in summary["clip_counts"].items():
+    split_counts[split] = split_counts.get(split, 0) + count
   failed_by_stage: Dict[str, int] = {}
   for e in errors:
     failed_by_stage[e["stage"]] = failed_by_stage.get(e["stage"], 0) + 1
@@ -924,7 +817,7 @@ def build_metadata(config: PreprocessConfig, manifest: manifests.Manifest,
       "n_tags": len(manifest.tags),
       "split_counts": split_counts,
       "num_clips": sum(split_counts.values()),
-      "num_blocks": sum(f["count"] for f in summary["block_files"]),
+      "num_blocks": summary["num_blocks"],
       "num_failed": len(errors),
       "failed_by_stage": failed_by_stage,
       "counters": dict(counts),
@@ -1019,8 +912,6 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
     with fs.GFile(summary_path, "r") as f:
       summary = json.load(f)
     fs.remove(summary_path)
-    if fs.exists(_join(work_dir, _TMP_FILES_DIR)):
-      fs.rmtree(_join(work_dir, _TMP_FILES_DIR))
     fs.remove(_join(work_dir, workdirs.OWNER_FILE))
     errors = _read_error_records(work_dir)
     counts = reconcile(summary, errors, len(records), counters)

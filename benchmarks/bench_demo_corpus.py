@@ -33,9 +33,9 @@ import time
 
 import numpy as np
 
-from deepbof_tf import baselines
-from deepbof_tf.data import demo_corpus
-from deepbof_tf.data import demo_orchestration as orchestration
+from deepbof_tf.baseline import mfcc as baselines
+from deepbof_tf.demo import corpus as demo_corpus
+from deepbof_tf.demo import orchestration
 from deepbof_tf.data import manifests
 import result_line  # (benchmarks/, the script's own folder)
 

@@ -1,4 +1,4 @@
-"""Tests of the MFCC + logistic-regression baseline (deepbof_tf.baselines)."""
+"""Tests of the MFCC + logistic-regression baseline (deepbof_tf.baseline.mfcc)."""
 
 import json
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepbof_tf import baselines
+from deepbof_tf.baseline import mfcc as baselines
 from deepbof_tf import metrics
 from deepbof_tf.data import manifests
 

@@ -174,35 +174,113 @@ def test_compute_features_dofn_rejects_non_finite_and_front_end_errors(corpus):
   assert "InvalidArgumentError" in errors[0]["error"]
 
 
-def test_write_and_finalize_shards(tmp_path, rng):
-  tmp_files = str(tmp_path / "tmp")
-  writer = lib.WriteBundleShardsDoFn(tmp_files, "clips")
-  writer.setup()
+def _write_with_beam_sinks(tmp_path, elements, splits, num_shards=0, file_format="tfrecord",
+                           prefix=None, expected_counts=None):
+  """Runs :func:`preprocess_lib.write_records` in a small local pipeline.
+
+  Checks inside the pipeline that the ``files`` output names exactly the files in the
+  directory afterwards (checked by the caller) and that ``counts`` is
+  ``expected_counts``; returns the output directory.
+  """
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from apache_beam.testing.util import assert_that, equal_to
+  out_dir = str(tmp_path / "out")
+  options = PipelineOptions(IN_PROCESS)
+  with beam.Pipeline(runner=lib.make_runner(options), options=options) as pipeline:
+    files, counts = lib.write_records(
+        pipeline | beam.Create(elements), "W", out_dir, "clips", splits, num_shards,
+        file_format=file_format, prefix=prefix)
+
+    def split_matches_name(found):
+      for f in found:
+        name = os.path.basename(f["path"])
+        assert name.startswith(f["split"] + "-") or prefix, f
+      assert len(found) == len({f["path"] for f in found})
+
+    assert_that(files, split_matches_name, label="Files")
+    if expected_counts is not None:
+      assert_that(counts, equal_to(expected_counts), label="Counts")
+  return out_dir
+
+
+def test_write_records_uses_beams_sinks_with_the_datasets_names(tmp_path, rng):
   clips = {}
-  infos = []
-  for bundle in (["b", "a", "c"], ["d"]):
-    writer.start_bundle()
-    for clip_id in bundle:
-      split = "valid" if clip_id == "c" else "train"
-      log_mel = rng.normal(size=(10, 128)).astype(np.float32)
-      clips[clip_id] = log_mel
-      assert writer.process((split, clip_id, schema.serialize_clip_example(
-          clip_id, clip_id, log_mel, np.zeros(10), [1.0]))) is None
-    infos += [wv.value for wv in writer.finish_bundle()]
-  assert sorted((i["split"], i["count"], i["first_id"]) for i in infos) == [
-      ("train", 1, "d"), ("train", 2, "a"), ("valid", 1, "c")]
-  final = list(lib.FinalizeShardsDoFn(str(tmp_path / "clips"), schema.SPLITS)
-               .process(None, infos))
-  names = sorted(os.path.basename(f["path"]) for f in final)
-  assert names == ["test-00000-of-00001.tfrecord.gz", "train-00000-of-00002.tfrecord.gz",
-                   "train-00001-of-00002.tfrecord.gz", "valid-00000-of-00001.tfrecord.gz"]
-  assert os.listdir(tmp_files) == []  # every committed temporary file was moved
+  elements = []
+  for clip_id in ["b", "a", "c", "d"]:
+    split = "valid" if clip_id == "c" else "train"
+    log_mel = rng.normal(size=(10, 128)).astype(np.float32)
+    clips[clip_id] = log_mel
+    elements.append((split, clip_id, schema.serialize_clip_example(
+        clip_id, clip_id, log_mel, np.zeros(10), [1.0])))
+  out_dir = _write_with_beam_sinks(tmp_path, elements, schema.SPLITS,
+                                   expected_counts=[("train", 3), ("valid", 1)])
+  names = sorted(os.listdir(out_dir))
+  # One file per bundle and split (one bundle here); an empty split gets one empty file;
+  # no temporary file or directory is left behind.
+  assert names == ["test-00000-of-00001.tfrecord.gz", "train-00000-of-00001.tfrecord.gz",
+                   "valid-00000-of-00001.tfrecord.gz"]
   schema.write_json(str(tmp_path / "metadata.json"), {"tags": ["x"], "n_mels": 128})
-  train = [g["clip_id"].numpy().decode() for g in readers.clip_dataset(str(tmp_path),
-                                                                        "train")]
-  # Shards are numbered by their smallest clip id; records keep their arrival order.
-  assert train == ["b", "a", "d"]
+  os.rename(out_dir, tmp_path / schema.CLIPS_DIR)
+  train = {g["clip_id"].numpy().decode(): g["log_mel"].numpy()
+           for g in readers.clip_dataset(str(tmp_path), "train")}
+  assert sorted(train) == ["a", "b", "d"]
+  for clip_id, log_mel in train.items():
+    np.testing.assert_array_equal(log_mel, clips[clip_id])
   assert list(readers.clip_dataset(str(tmp_path), "test")) == []
+
+
+def test_key_ordered_sink_numbers_shards_by_their_smallest_key(tmp_path, rng):
+  """Beam's sink protocol (temporary files, then finalize) driven by hand with two
+  bundles; whatever order they finish in, shard 0 is the one with the smallest key."""
+  from beam_jobs import sinks
+  clips = {c: rng.normal(size=(4, 128)).astype(np.float32) for c in "abd"}
+
+  def record(clip_id):
+    return schema.serialize_clip_example(clip_id, clip_id, clips[clip_id], np.zeros(4),
+                                         [1.0])
+
+  for bundles in ([["d"], ["b", "a"]], [["b", "a"], ["d"]]):
+    out = tmp_path / f"run{len(os.listdir(tmp_path))}" / "clips"
+    sink = sinks.KeyOrderedTFRecordSink(str(out / "train"), schema.TFRECORD_SUFFIX, 0,
+                                        lib.SHARD_NAME_TEMPLATE)
+    init = sink.initialize_write()
+    temp_paths = []
+    for index, bundle in enumerate(bundles):
+      writer = sink.open_writer(init, f"uid-{9 - index}")  # later bundle, smaller uid
+      for clip_id in bundle:
+        writer.write((clip_id, record(clip_id)))
+      temp_paths.append(writer.close())
+    final = list(sink.finalize_write(init, temp_paths, sink.pre_finalize(init, temp_paths)))
+    assert sorted(os.path.basename(f) for f in final) == [
+        "train-00000-of-00002.tfrecord.gz", "train-00001-of-00002.tfrecord.gz"]
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(f) for f in final)
+    schema.write_json(str(out.parent / "metadata.json"), {"tags": ["x"], "n_mels": 128})
+    train = [g["clip_id"].numpy().decode()
+             for g in readers.clip_dataset(str(out.parent), "train")]
+    # Shard 0 holds "a" (the smallest key); records keep their arrival order.
+    assert train == ["b", "a", "d"]
+
+
+def test_write_records_fixed_shards_and_json_lines(tmp_path):
+  elements = [("train", f"k{i}", schema.serialize_block_example("c", i, np.zeros((8, 128))))
+              for i in range(7)]
+  out_dir = _write_with_beam_sinks(tmp_path / "blocks", elements, ["train"],
+                                   num_shards=3, expected_counts=[("train", 7)])
+  assert sorted(os.listdir(out_dir)) == [f"train-{i:05d}-of-00003.tfrecord.gz"
+                                         for i in range(3)]
+  stored = sum(1 for _ in tf.data.TFRecordDataset(
+      [os.path.join(out_dir, n) for n in os.listdir(out_dir)], compression_type="GZIP"))
+  assert stored == 7
+  errors = [("errors", f"p{i}", {"path": f"p{i}", "stage": "decode", "error": "bad"})
+            for i in range(2)]
+  out_dir = _write_with_beam_sinks(tmp_path / "errors", errors, ["errors"],
+                                   file_format="jsonl", prefix=lib.ERRORS_PREFIX,
+                                   expected_counts=[("errors", 2)])
+  (name,) = os.listdir(out_dir)
+  assert name == "errors-00000-of-00001.jsonl"
+  with open(os.path.join(out_dir, name)) as f:
+    assert sorted(json.loads(line)["path"] for line in f) == ["p0", "p1"]
 
 
 def test_sample_blocks_dofn_reads_a_shard(tmp_path, rng):
@@ -426,11 +504,10 @@ def test_fixed_num_shards(corpus, tmp_path):
                                 sampling=SamplingConfig(num_blocks=4))
   metadata = lib.run(config, beam_args=IN_PROCESS)
   clip_files = sorted(os.listdir(tmp_path / "out" / "clips"))
-  # 3 clips hashed (sha256 of the clip id) into 2 shards; an empty shard is not written.
-  n = len({lib._shard_of(name, 2) for name in ["tone_a.wav", "clip_e.wav", "noise_c.ogg"]})
-  assert [f for f in clip_files if f.startswith("train")] == [
-      f"train-{i:05d}-of-{n:05d}.tfrecord.gz" for i in range(n)]
-  assert "valid-00000-of-00001.tfrecord.gz" in clip_files
+  # Exactly num_shards files per split, as Beam's sink writes them (empty ones too).
+  for split in schema.SPLITS:
+    assert [f for f in clip_files if f.startswith(split)] == [
+        f"{split}-{i:05d}-of-00002.tfrecord.gz" for i in range(2)]
   assert metadata["split_counts"]["train"] == 3 and metadata["num_blocks"] == 4
   assert len(list(readers.clip_dataset(str(tmp_path / "out"), "train"))) == 3
   assert len(list(readers.block_dataset(str(tmp_path / "out")))) == 4

@@ -1,1 +1,1 @@
-"""Datasets: the TFRecord schema and readers, dataset manifests, the demo corpus."""
+"""Datasets: the TFRecord schema and readers, dataset manifests, bag-of-features files."""

@@ -23,8 +23,10 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from deepbof_tf import config as config_lib
-from deepbof_tf.data.demo_corpus import DemoCorpusConfig
+from deepbof_tf.demo.corpus import DemoCorpusConfig
+from deepbof_tf.experiments import commands
 from deepbof_tf.experiments import grids as grids_lib
+from deepbof_tf.experiments.commands import DataSource
 
 CORPUS = "corpus"
 PREPROCESS = "preprocess"
@@ -36,8 +38,7 @@ SONG_LEVEL_STAGES = "pretrain,finetune,evaluate"
 
 SCALES = ("demo", "paper")
 # The demo corpus is a fixed dataset: its seed does not follow --seeds.
-DEMO_CORPUS_ARGS = (f"--num_clips={DemoCorpusConfig.num_clips}",
-                    f"--clip_seconds={DemoCorpusConfig.clip_seconds:g}", "--seed=0")
+DEMO_CORPUS_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Node:
     name: unique, path-like (``data/onset-b8-seed0``); names the stamp and the log.
     stage: one of ``STAGES``.
     command: argv; a leading ``deepbof-*`` name is resolved to the console script.
-    output_dir: the directory the node owns.
+    output_dir: the directory the node owns (None: it writes into a parent's).
     deps: names of the nodes that must have finished first.
     copies: (source, destination) files copied in before the command runs.
     resumable: keep a partial ``output_dir`` of an interrupted run (the trainer
@@ -58,7 +59,7 @@ class Node:
   name: str
   stage: str
   command: Tuple[str, ...]
-  output_dir: str
+  output_dir: Optional[str]
   deps: Tuple[str, ...] = ()
   copies: Tuple[Tuple[str, str], ...] = ()
   resumable: bool = False
@@ -81,21 +82,6 @@ class CellRun:
   seed: int
   node: str
   model_dir: str
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSource:
-  """Where the clips come from.
-
-  Args:
-    manifest: a manifest for ``deepbof-preprocess``; None builds the demo corpus.
-    manifest_format: "csv" or "mtt".
-    audio_root: directory of the audio files the manifest names.
-  """
-
-  manifest: Optional[str] = None
-  manifest_format: str = "csv"
-  audio_root: str = ""
 
 
 @dataclasses.dataclass
@@ -133,6 +119,27 @@ class Plan:
     return out
 
 
+@dataclasses.dataclass
+class Chain:
+  """Nodes that run one after the other, each depending on all before it (the demo).
+
+  Args:
+    output_dir: where the stamps and logs go.
+    nodes: name → node, in order.
+  """
+
+  output_dir: str
+  nodes: Dict[str, Node] = dataclasses.field(default_factory=dict)
+
+  def add(self, name: str, command: Sequence[str], output_dir: Optional[str] = None
+          ) -> None:
+    """Appends a step that runs after (and is redone after a rerun of) every earlier one."""
+    if name in self.nodes:
+      raise ValueError(f"chain: step {name!r} added twice")
+    self.nodes[name] = Node(name, name, tuple(command), output_dir,
+                            deps=tuple(self.nodes))
+
+
 def _g(value: float) -> str:
   return f"{value:g}"
 
@@ -164,10 +171,10 @@ class _Builder:
     if self.source.manifest is not None:
       return None, self.source
     directory = os.path.join(self.out, "corpus")
-    name = self.add(Node(
-        "corpus", CORPUS, ("deepbof-make-demo-corpus", f"--output_dir={directory}",
-                           *DEMO_CORPUS_ARGS, f"--num_workers={self.num_workers}"),
-        directory))
+    name = self.add(Node("corpus", CORPUS, commands.demo_corpus(
+        directory, num_clips=DemoCorpusConfig.num_clips,
+        clip_seconds=DemoCorpusConfig.clip_seconds, seed=DEMO_CORPUS_SEED,
+        num_workers=self.num_workers), directory))
     return name, DataSource(os.path.join(directory, "annotations_final.csv"), "mtt",
                             os.path.join(directory, "audio"))
 
@@ -175,25 +182,17 @@ class _Builder:
     corpus, source = self.corpus()
     key = f"{settings.sampling}-b{settings.block_frames}-seed{seed}"
     directory = os.path.join(self.out, "data", key)
-    runner = ()
-    # Direct runner with worker processes unless the caller picked a runner (Dataflow).
-    if not any(a.startswith("--runner") for a in self.preprocess_args):
-      runner = ("--runner=DirectRunner", f"--direct_num_workers={self.num_workers}",
-                "--direct_running_mode=multi_processing")
-    command = ("deepbof-preprocess", f"--manifest={source.manifest}",
-               f"--manifest_format={source.manifest_format}",
-               f"--audio_root={source.audio_root}", f"--output_dir={directory}",
-               f"--sampling={settings.sampling}", f"--block_frames={settings.block_frames}",
-               f"--num_blocks={self.preset.num_blocks}", f"--seed={seed}", "--overwrite",
-               *runner, *self.preprocess_args)
+    command = commands.preprocess(
+        source, directory, sampling=settings.sampling, block_frames=settings.block_frames,
+        num_blocks=self.preset.num_blocks, seed=seed, num_workers=self.num_workers,
+        extra=self.preprocess_args)
     return self.add(Node(f"data/{key}", PREPROCESS, command, directory,
                          deps=(corpus,) if corpus else ()))
 
   def _train(self, data_node: str, model_dir: str, stages: str, seed: int,
              flags: Sequence[str]) -> Tuple[str, ...]:
-    return ("deepbof-train", f"--data_dir={self.nodes[data_node].output_dir}",
-            f"--model_dir={model_dir}", f"--stages={stages}", f"--preset={self.scale}",
-            f"--seed={seed}", *flags, "--overwrite", *self.train_args)
+    return commands.train(self.nodes[data_node].output_dir, model_dir, stages=stages,
+                          preset=self.scale, seed=seed, flags=flags, extra=self.train_args)
 
   def local_features(self, settings: grids_lib.Settings, seed: int) -> str:
     data = self.preprocess(settings, seed)

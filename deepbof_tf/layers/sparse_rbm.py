@@ -26,7 +26,7 @@ Randomness is stateless: the uniform draws of step s of epoch e use the seed
 numbers an uninterrupted run would, without storing generator state.
 
 Two backends run the same epoch. ``tensorflow`` is the ``tf.function`` above (any
-device; the one used on GPU). ``native`` is the C kernel ``deepbof_tf.layers._cd1``
+device; the one used on GPU). ``native`` is the C kernel ``deepbof_tf.native._cd1``
 (x86-64 with AVX2/FMA, built at install): each thread owns a range of hidden units
 for the whole epoch, which more than doubles the CPU rate of the chain of five small
 products per step that CD-1 is. It draws bit-identical uniforms (TF's Philox stream
@@ -58,7 +58,7 @@ from deepbof_tf.io_utils import write_atomic
 from deepbof_tf.layers import schedule
 
 try:  # The optional native kernel (setup.py builds it where a C compiler exists).
-  from deepbof_tf.layers import _cd1
+  from deepbof_tf.native import _cd1
 except ImportError:  # pragma: no cover - exercised only where the build was skipped
   _cd1 = None
 
@@ -97,7 +97,7 @@ def resolve_backend(backend: str) -> str:
   if backend == "native":
     if _cd1 is None:
       raise ValueError("SparseRBMTrainer: backend='native' but the extension "
-                       "deepbof_tf.layers._cd1 was not built (reinstall with a C compiler: "
+                       "deepbof_tf.native._cd1 was not built (reinstall with a C compiler: "
                        "pip install -e .), or use backend='tensorflow'")
     if not _cd1.supported():
       raise ValueError("SparseRBMTrainer: backend='native' needs an x86-64 CPU with "
@@ -107,7 +107,7 @@ def resolve_backend(backend: str) -> str:
     if native_available() and not tf.config.list_physical_devices("GPU"):
       return "native"
     if _cd1 is None:
-      warnings.warn("deepbof_tf.layers._cd1 is not built; the sparse RBM trains with "
+      warnings.warn("deepbof_tf.native._cd1 is not built; the sparse RBM trains with "
                     "the slower TensorFlow CPU path", RuntimeWarning, stacklevel=3)
     return "tensorflow"
   return backend

@@ -11,12 +11,12 @@
 
 How a clip is made (one concern per module):
 
-1. ``demo_orchestration.plan_clips`` fixes each clip's tag-deciding categories with
+1. ``orchestration.plan_clips`` fixes each clip's tag-deciding categories with
    stratified counts (so every tag has >= 15 clips at 600 clips).
-2. ``demo_sources`` picks pieces of ``music21.corpus`` per style in a seeded order,
+2. ``sources`` picks pieces of ``music21.corpus`` per style in a seeded order,
    converts each to MIDI once (cached under ``--cache_dir``) in worker processes.
 3. Here, per clip, in a worker: an excerpt window on the beat grid, the arrangement
-   (``demo_orchestration.arrange``), tempo, rendering of every track with ``symusic``
+   (``orchestration.arrange``), tempo, rendering of every track with ``symusic``
    and pretty_midi's ``TimGM6mb.sf2``, mixing, dynamics, checks, encoding.
 
 Dynamics. symusic 0.5.9's synthesizer ignores note velocity (measured: identical
@@ -52,8 +52,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from deepbof_tf.data import demo_orchestration as orchestration
-from deepbof_tf.data import demo_sources as sources
+from deepbof_tf.demo import orchestration
+from deepbof_tf.demo import sources
 from deepbof_tf.io_utils import write_atomic
 
 CORPUS_FORMAT_VERSION = 1
@@ -245,7 +245,7 @@ def _mix(arrangement: orchestration.Arrangement, qpm: float, sample_rate: int,
   Rendering always happens at 44.1 kHz because symusic 0.5.9 loops forever on a note
   whose sample loop shrinks below one frame after pitch shifting, and the loop is
   shortest at low output rates (e.g. the accordion's B♭6 hangs at 16 kHz but not at
-  22.05 kHz); see ``demo_orchestration.MAX_RENDER_PITCH`` for the pitch cap.
+  22.05 kHz); see ``orchestration.MAX_RENDER_PITCH`` for the pitch cap.
   """
   n_render = int(round(n_samples * RENDER_SAMPLE_RATE / sample_rate))
   mix = np.zeros(n_render, dtype=np.float64)
@@ -685,7 +685,7 @@ def make_demo_corpus(output_dir: str, config: DemoCorpusConfig = DemoCorpusConfi
     config: number of clips, clip length, seed.
     num_workers: worker processes for score parsing and rendering (<= 1: in-process).
       The result does not depend on it.
-    cache_dir: MIDI cache folder (default :func:`demo_sources.default_cache_dir`).
+    cache_dir: MIDI cache folder (default :func:`sources.default_cache_dir`).
     overwrite: replace an existing corpus in ``output_dir``.
     progress: show tqdm progress bars.
 
@@ -713,7 +713,7 @@ def make_demo_corpus(output_dir: str, config: DemoCorpusConfig = DemoCorpusConfi
   import symusic
   corpus = {
       "format_version": CORPUS_FORMAT_VERSION,
-      "generator": "deepbof_tf.data.demo_corpus",
+      "generator": "deepbof_tf.demo.corpus",
       "config": dataclasses.asdict(config),
       "versions": {"music21": sources.music21_version(),
                    "symusic": getattr(symusic, "__version__", "unknown"),

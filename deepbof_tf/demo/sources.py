@@ -1,6 +1,6 @@
 """Source pieces of the demo corpus: real scores of ``music21.corpus`` turned into MIDI.
 
-The demo corpus (``deepbof_tf.data.demo_corpus``) renders excerpts of real compositions.
+The demo corpus (``deepbof_tf.demo.corpus``) renders excerpts of real compositions.
 This module owns the *score* side of it:
 
 * the **catalogue**: which pieces of the corpus that ships with music21 are used, and

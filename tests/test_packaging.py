@@ -1,0 +1,75 @@
+"""The Dataflow recipe of docs/usage.md: the wheel it builds holds what a worker imports.
+
+A Dataflow worker installs the wheel passed as ``--extra_package`` and unpickles the
+pipeline's DoFns, which import the project's modules in ``setup()``. This builds the
+wheel exactly as the recipe says (``pip wheel --no-deps -w dist .``), finds it with the
+recipe's glob, and checks that every project module a worker of each Beam job imports
+(the job's library module, then every DoFn's ``setup()``) is a file of that wheel.
+"""
+
+import fnmatch
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_PACKAGES = ("deepbof_tf", "beam_jobs", "trainer", "serving")
+RECIPE_GLOB = "deepbof-*.whl"  # --extra_package="$(ls dist/deepbof-*.whl)"
+
+# What a worker of the preprocessing job runs: the library module, every DoFn's setup().
+_WORKER = r"""
+import json, sys
+from beam_jobs import preprocess_lib as lib
+from deepbof_tf.config import FrontendConfig, SamplingConfig
+lib.ComputeFeaturesDoFn(FrontendConfig()).setup()
+lib.SampleBlocksDoFn(SamplingConfig(), 1, 128).setup()
+print(json.dumps(sorted(
+    (name, getattr(module, "__file__", None) or "") for name, module in sys.modules.items()
+    if name.split(".")[0] in %r)))
+"""
+
+
+def test_recipe_commands_are_the_ones_tested():
+  with open(os.path.join(ROOT, "docs", "usage.md")) as f:
+    usage = f.read()
+  assert "pip wheel --no-deps -w dist ." in usage
+  assert '--extra_package="$(ls dist/deepbof-*.whl)"' in usage
+
+
+@pytest.mark.slow
+def test_the_recipes_wheel_holds_every_module_a_worker_imports(tmp_path):
+  dist = tmp_path / "dist"
+  build = subprocess.run(
+      [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+       "-w", str(dist), ROOT], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert build.returncode == 0, build.stderr[-3000:]
+  wheels = [name for name in os.listdir(dist) if fnmatch.fnmatch(name, RECIPE_GLOB)]
+  assert len(wheels) == 1, os.listdir(dist)  # the recipe's glob finds exactly one
+  # The C extension makes it a platform wheel of this Python (docs/usage.md says so).
+  tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+  assert re.fullmatch(rf"deepbof-[\d.]+-{tag}-{tag}-linux_\w+\.whl", wheels[0]), wheels[0]
+  with zipfile.ZipFile(dist / wheels[0]) as wheel:
+    files = set(wheel.namelist())
+
+  worker = subprocess.run([sys.executable, "-c", _WORKER % (PROJECT_PACKAGES,)],
+                          capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert worker.returncode == 0, worker.stderr[-3000:]
+  imported = json.loads(worker.stdout.strip().splitlines()[-1])
+  assert any(name == "deepbof_tf.frontend" for name, _ in imported)  # setup() ran
+  missing = []
+  for name, path in imported:
+    if not path:
+      continue  # a namespace without files
+    # The editable install of the tests imports the modules from the source tree.
+    relative = os.path.relpath(path, ROOT)
+    if relative not in files:
+      missing.append((name, relative))
+  assert not missing, f"modules a worker imports that the wheel lacks: {missing}"
+  # The package data the serving tools read at run time ships too.
+  assert any(f.startswith("serving/") and f.endswith(".config") for f in files)
