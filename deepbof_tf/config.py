@@ -443,6 +443,23 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """Execution settings of the exported SavedModel (``deepbof-export``'s flags).
+
+  Args:
+    clips_in_flight: clips of one request computed at the same time inside the
+      SavedModel; each goes through the front end and the encoder alone, which keeps
+      its intermediates in cache (2 suits 2 cores).
+    max_request_seconds: the longest clip the one-shot signatures accept; a longer one
+      is refused with INVALID_ARGUMENT before it is computed (long audio goes through
+      the streaming signatures).
+  """
+
+  clips_in_flight: int = 2
+  max_request_seconds: float = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
   """A named configuration for a dataset size.
 

@@ -18,8 +18,10 @@ from absl import flags
 from absl import logging
 
 from deepbof_tf import cli
+from deepbof_tf.config import ExportConfig
 
 FLAGS = flags.FLAGS
+_DEFAULTS = ExportConfig()  # flag defaults come from the config
 
 
 def define_flags() -> None:
@@ -34,14 +36,15 @@ def define_flags() -> None:
                       "MODEL_DIR/frontend.json, else the default front end).")
   flags.DEFINE_integer("pool_frames", None, "Override the pooling window (block "
                        "positions) stored with the local features.", lower_bound=1)
-  flags.DEFINE_integer("clips_in_flight", 2, "Clips of one request computed at the same "
-                       "time inside the SavedModel (each goes through the front end and "
-                       "the encoder alone, which keeps its intermediates in cache); 2 "
-                       "suits 2 cores, raise it for bigger servers.", lower_bound=1)
-  flags.DEFINE_float("max_request_seconds", 600.0, "Longest clip (seconds) the one-shot "
-                     "signatures accept; a longer one is refused with INVALID_ARGUMENT "
-                     "before it is computed (long audio: the stream_* signatures).",
-                     lower_bound=1.0)
+  flags.DEFINE_integer("clips_in_flight", _DEFAULTS.clips_in_flight,
+                       "Clips of one request computed at the same time inside the "
+                       "SavedModel (each goes through the front end and the encoder "
+                       "alone, which keeps its intermediates in cache); 2 suits 2 "
+                       "cores, raise it for bigger servers.", lower_bound=1)
+  flags.DEFINE_float("max_request_seconds", _DEFAULTS.max_request_seconds,
+                     "Longest clip (seconds) the one-shot signatures accept; a longer "
+                     "one is refused with INVALID_ARGUMENT before it is computed (long "
+                     "audio: the stream_* signatures).", lower_bound=1.0)
   flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 

@@ -50,7 +50,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from deepbof_tf import frontend, streaming
-from deepbof_tf.config import FrontendConfig
+from deepbof_tf.config import ExportConfig, FrontendConfig
 from deepbof_tf.training import model_dir as model_dir_layout
 
 EXPORT_INFO_FILE = "deepbof_export.json"
@@ -66,7 +66,8 @@ STREAM_ENCODE_SIGNATURE = "stream_encode"
 HEAD_SIGNATURE = "probabilities_from_embedding"
 # The longest clip the one-shot signatures accept by default (deepbof-export
 # --max_request_seconds); longer audio goes through the streaming signatures.
-DEFAULT_MAX_REQUEST_SECONDS = 600.0
+DEFAULT_MAX_REQUEST_SECONDS = ExportConfig.max_request_seconds
+DEFAULT_CLIPS_IN_FLIGHT = ExportConfig.clips_in_flight
 
 
 def min_samples(config: FrontendConfig, block_frames: int) -> int:
@@ -105,7 +106,8 @@ class DeepBofServingModule(tf.Module):
 
   def __init__(self, encoder, tagger, tag_names: Sequence[str],
                frontend_config: FrontendConfig, tags_asset: Optional[str] = None,
-               info_asset: Optional[str] = None, clips_in_flight: int = 2,
+               info_asset: Optional[str] = None,
+               clips_in_flight: int = DEFAULT_CLIPS_IN_FLIGHT,
                max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS):
     super().__init__(name="deepbof")
     if clips_in_flight < 1:
@@ -298,7 +300,8 @@ def load_audio_settings(model_dir: str, data_dir: Optional[str] = None
 
 
 def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
-                 pool_frames: Optional[int] = None, clips_in_flight: int = 2,
+                 pool_frames: Optional[int] = None,
+                 clips_in_flight: int = DEFAULT_CLIPS_IN_FLIGHT,
                  max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS
                  ) -> DeepBofServingModule:
   """Builds the serving module of a trained model directory.
@@ -339,7 +342,8 @@ def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
 
 
 def export_info(config: FrontendConfig, encoder, tag_names: Sequence[str],
-                channel_mode: str = "first", clips_in_flight: int = 2,
+                channel_mode: str = "first",
+                clips_in_flight: int = DEFAULT_CLIPS_IN_FLIGHT,
                 max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS
                 ) -> Dict[str, Any]:
   """The JSON description of an export (``assets/deepbof_export.json``)."""
@@ -396,7 +400,7 @@ def resolve_version_dir(path: str) -> str:
 
 def export(model_dir: str, export_dir: str, version: Optional[int] = None,
            data_dir: Optional[str] = None, pool_frames: Optional[int] = None,
-           clips_in_flight: int = 2,
+           clips_in_flight: int = DEFAULT_CLIPS_IN_FLIGHT,
            max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS) -> str:
   """Exports ``model_dir`` to ``export_dir/<version>/`` and returns that path.
 
