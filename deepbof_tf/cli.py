@@ -30,6 +30,9 @@ def console_script(name: str) -> str:
   return found
 
 
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
 def run_console_script(main: Callable[[Sequence[str]], Optional[int]],
                        define_flags: Optional[Callable[[], None]], doc: str,
                        flags_parser: Optional[Callable[[List[str]], List[str]]] = None
@@ -55,10 +58,16 @@ def run_console_script(main: Callable[[Sequence[str]], Optional[int]],
   main_module = sys.modules["__main__"]
   if not main_module.__doc__:
     main_module.__doc__ = doc
-  if flags_parser is None:
-    app.run(main)
-  else:
-    app.run(main, flags_parser=flags_parser)
+  try:
+    if flags_parser is None:
+      app.run(main)
+    else:
+      app.run(main, flags_parser=flags_parser)
+  except SystemExit as stop:
+    # absl exits with 1 after printing --help; asking for help is not an error.
+    if stop.code == 1 and any(a in HELP_FLAGS for a in sys.argv[1:]):
+      raise SystemExit(0) from None
+    raise
 
 
 # --- quiet start-up --------------------------------------------------------------------
