@@ -224,7 +224,9 @@ def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
       input_signature=[tf.TensorSpec([None, None, n_mels], tf.float32),
                        tf.TensorSpec([None], tf.int32)])
   if distribute.num_replicas(distribution) > 1:
-    encode_fn = distribute.ReplicaMap(distribution, encode_fn)
+    # ReplicaMap wraps the replicas' run in its own tf.function.
+    encode_fn = distribute.ReplicaMap(
+        distribution, lambda log_mel, n_frames: encoder(log_mel, n_frames))
   summary: Dict[str, Any] = {"splits": {},
                              "replicas": distribute.num_replicas(distribution)}
   for split in schema.SPLITS:

@@ -160,7 +160,8 @@ class ReplicaMap:
 
   Args:
     strategy: the strategy (variables ``fn`` reads should be created in its scope).
-    fn: maps tensors of [rows, ...] to one [rows, ...] tensor.
+    fn: maps tensors of [rows, ...] to one [rows, ...] tensor (a plain function, not a
+      ``tf.function``: the replicas' run is wrapped in one here).
   """
 
   def __init__(self, strategy: tf.distribute.Strategy, fn: Callable[..., tf.Tensor]):
