@@ -138,6 +138,9 @@ def sparse(strategy, checkpoint_dir, kill_after=None):
     history = trainer.fit(blocks, checkpoint_dir=checkpoint_dir, on_epoch_end=stop)
   except Killed:
     return None
+  copies = [v.numpy() for v in strategy.experimental_local_results(trainer.kernel)]
+  report.setdefault("sparse_copies_agree", []).append(
+      identical(copies, copies[:1] * len(copies)))
   return [trainer.kernel.numpy(), trainer.hidden_bias.numpy(),
           trainer.visible_bias.numpy(), trainer.running_activation.numpy(),
           np.array([[r["reconstruction_error"], r["mean_activation"]] for r in history])]
@@ -221,8 +224,12 @@ def test_pretrain_stage_retrains_a_lost_layer_to_the_same_bits(report):
 
 @pytest.mark.slow
 def test_sparse_rbm_trainer_created_in_a_strategy_scope_matches_one_device(report):
-  """Its update used the variables' handles, which mirrored variables do not expose."""
+  """Its update went through the variables' raw handles, which a mirrored variable only
+  has per replica."""
   assert report["sparse_rows"] == _shares(25, report["replicas"]), report["sparse_rows"]
+  # Every replica's copy of the weights holds the trained values (updating through the
+  # raw variable handle changed the first copy only).
+  assert report["sparse_copies_agree"] == [True] * 3, report["sparse_copies_agree"]
   assert report["sparse_max_abs"] <= 1e-6, report["sparse_max_abs"]
   # Reconstruction errors are ~16, summed over 25 rows: relative 1e-6.
   assert report["sparse_history_max_abs"] <= 2e-5, report["sparse_history_max_abs"]

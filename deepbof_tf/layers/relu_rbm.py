@@ -35,7 +35,10 @@ active features standardize to values in the hundreds).
 Training runs one ``tf.function`` per epoch (a ``tf.range`` loop over the minibatches).
 The noise draws are stateless and seeded by (seed, layer, epoch, batch), and the
 epoch's permutation comes from ``numpy.random.default_rng((seed, layer, epoch))``, so
-the same config and seed give the same weights.
+the same config and seed give the same weights. Under a multi-replica
+``tf.distribute`` strategy every minibatch is split over the replicas, each drawing the
+noise of the whole minibatch and keeping its rows (``ReLURBMTrainer``;
+docs/multi-device.md).
 
 See docs/model.md#song-level-dnn.
 """
