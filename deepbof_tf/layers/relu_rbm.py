@@ -342,7 +342,7 @@ class ReLURBMTrainer:
     total = tf.distribute.ReduceOp.SUM
 
     @tf.function(reduce_retracing=True)
-    def run_epoch(replica_batches, num_batches, epoch, learning_rate, momentum):
+    def run_distributed_epoch(replica_batches, num_batches, epoch, learning_rate, momentum):
       # replica_batches: per replica its rows of every minibatch, [num_batches, rows, D].
       total_error = tf.constant(0.0)
       batch = tf.constant(float(batch_size))
@@ -374,7 +374,7 @@ class ReLURBMTrainer:
         total_error += sums[3] / batch
       return total_error / tf.cast(num_batches, tf.float32)
 
-    return run_epoch
+    return run_distributed_epoch
 
   def fit(self, data: np.ndarray, log_every: int = 10,
           on_epoch_end: Optional[Callable[[int, float], None]] = None) -> Dict[str, Any]:
