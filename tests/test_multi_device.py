@@ -18,7 +18,7 @@ import pytest
 import multi_device
 
 _SCRIPT = r"""
-import json, os, shutil, sys, tempfile
+import json, os, pathlib, shutil, sys
 import keras
 import numpy as np
 import tensorflow as tf
@@ -86,7 +86,7 @@ config = synthetic._small_config(**{"dnn.num_hidden_layers": 2, "pretrain.epochs
                                     "finetune.batch_size": 32, "dnn.dropout": 0.5,
                                     "finetune.tensorboard": False})
 data_dir, model_dir = synthetic._write_synthetic(
-    __import__("pathlib").Path(root) / "pretrain", n=(103, 40, 40))
+    pathlib.Path(root) / "pretrain", n=(103, 40, 40))
 first = pretrain.pretrain(data_dir, model_dir, config, strategy="mirrored")
 layer_2 = os.path.join(model_dir, "pretrain", "rbm_2.npz")
 before = dict(np.load(layer_2))
@@ -117,7 +117,6 @@ report["finetune_resume_identical"] = identical(
     uninterrupted, models.load_tagger(model_dir).get_weights())
 
 # --- predictions of the evaluate stage: 103 rows in batches of 32 (last: 7) -----------------
-path = os.path.join(model_dir, models.TAGGER_FILE)
 scores_one = evaluate._predict(lambda: models.load_tagger(model_dir), x[:103].repeat(2, 1),
                                one, batch_size=32)
 scores_many = evaluate._predict(lambda: models.load_tagger(model_dir),
