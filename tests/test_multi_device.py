@@ -123,6 +123,10 @@ scores_many = evaluate._predict(lambda: models.load_tagger(model_dir),
                                 x[:103].repeat(2, 1), mirrored, batch_size=32)
 report["predict_shape"] = list(scores_many.shape)
 report["predict_max_abs"] = max_abs([scores_one], [scores_many])
+# Batches of 2 and 1 rows: some replicas hold no row at all.
+tiny_many = evaluate._predict(lambda: models.load_tagger(model_dir),
+                              x[:5].repeat(2, 1), mirrored, batch_size=2)
+report["predict_tiny_max_abs"] = max_abs([scores_one[:5]], [tiny_many])
 
 # --- sparse RBM, TensorFlow path, trainer created inside the strategy scope --------------
 blocks = rng.normal(size=(130, 16)).astype(np.float32)
@@ -269,6 +273,7 @@ def test_learn_local_features_and_encode_stages_on_replicas(report):
 def test_evaluation_predictions_on_replicas(report):
   assert report["predict_shape"] == [103, 5]
   assert report["predict_max_abs"] <= 1e-6, report["predict_max_abs"]
+  assert report["predict_tiny_max_abs"] <= 1e-6, report["predict_tiny_max_abs"]
 
 
 def test_logical_cpu_switch_is_validated():
