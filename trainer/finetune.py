@@ -9,8 +9,8 @@ standardized bag-of-features. Both write ``model_dir/tagger.keras`` and
 
 The ``tf.distribute`` strategy is ``deepbof-train --strategy`` (:func:`distribution_strategy`:
 by default ``MirroredStrategy`` when more than one GPU is visible, the default strategy
-otherwise; docs/multi-device.md). Fine-tuning writes a checkpoint every epoch and a rerun on the
-same model_dir continues from it (see ``deepbof_tf.training.finetuning``).
+otherwise; docs/multi-device.md). Fine-tuning writes a checkpoint every epoch and a
+rerun on the same model_dir continues from it (see ``deepbof_tf.training.finetuning``).
 """
 
 from __future__ import annotations

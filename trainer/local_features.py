@@ -15,9 +15,10 @@ whitening in one streaming pass, trains the sparse RBM by CD-1 and writes
 ``model_dir/bof/{split}.npz`` (``deepbof_tf.data.bof_io``).
 
 Both stages take the ``tf.distribute`` strategy of ``deepbof-train --strategy``
-(docs/multi-device.md). Both stages are resumable and fingerprinted: a finished step whose configuration and
-inputs are unchanged is reused; a killed RBM run continues from its last epoch
-checkpoint with the same final weights; a changed configuration recomputes.
+(docs/multi-device.md). Both stages are resumable and fingerprinted: a finished step
+whose configuration and inputs are unchanged is reused; a killed RBM run continues from
+its last epoch checkpoint with the same final weights; a changed configuration
+recomputes.
 """
 
 from __future__ import annotations
