@@ -38,15 +38,19 @@ def _write(path, examples):
       writer.write(example.SerializeToString())
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-  rng = np.random.default_rng(5)
-  root = str(tmp_path_factory.mktemp("data"))
+def write_tiny_dataset(root, counts=(("train", 12), ("valid", 3), ("test", 4)), seed=5):
+  """A preprocessed dataset in ``root``: clips of every split, train blocks, metadata.
+
+  Returns (root, {clip_id: (log_mel, labels)}, number of blocks). The first test clip
+  is shorter than one block (skipped by encode).
+  """
+  rng = np.random.default_rng(seed)
+  root = str(root)
   os.makedirs(os.path.join(root, schema.CLIPS_DIR))
   os.makedirs(os.path.join(root, schema.BLOCKS_DIR))
   clips = {}
   blocks = []
-  for split, count in (("train", 12), ("valid", 3), ("test", 4)):
+  for split, count in counts:
     examples = []
     for i in range(count):
       frames = int(rng.integers(60, 200))
@@ -68,6 +72,11 @@ def dataset(tmp_path_factory):
   schema.write_json(os.path.join(root, schema.METADATA_FILE),
                     {"tags": TAGS, "block_frames": BLOCK_FRAMES, "n_mels": N_MELS})
   return root, clips, len(blocks)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  return write_tiny_dataset(tmp_path_factory.mktemp("data"))
 
 
 def _config(epochs=3, **rbm):

@@ -23,7 +23,7 @@ import json
 import logging
 import posixpath
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +35,7 @@ from deepbof_tf import config as config_lib
 from deepbof_tf import metrics
 from deepbof_tf import models
 from deepbof_tf import plots
+from deepbof_tf.training import distribute
 from deepbof_tf.training import evaluation
 from deepbof_tf.training import model_dir as layout
 
@@ -75,8 +76,20 @@ def _logreg_baseline(model_dir: str, config: config_lib.TrainConfig):
   return fitted["model"]
 
 
+def _predict(load: Callable[[], Any], x: np.ndarray, strategy: tf.distribute.Strategy,
+             batch_size: int = 1024) -> np.ndarray:
+  """``load()``'s predictions on ``x``; under several replicas each batch is split."""
+  if distribute.num_replicas(strategy) == 1:
+    return load().predict(x, verbose=0)
+  with strategy.scope():
+    model = load()
+  return distribute.map_in_batches(strategy, lambda rows: model(rows, training=False),
+                                   [np.asarray(x, np.float32)], batch_size)
+
+
 def evaluate(data_dir: str, model_dir: str, config: Optional[config_lib.TrainConfig] = None,
-             split: str = "test", baseline: bool = True) -> Dict[str, Any]:
+             split: str = "test", baseline: bool = True,
+             strategy: str = "auto") -> Dict[str, Any]:
   """Evaluates ``model_dir/tagger.keras`` on ``split``; writes and returns the report.
 
   Args:
@@ -87,6 +100,9 @@ def evaluate(data_dir: str, model_dir: str, config: Optional[config_lib.TrainCon
     split: "train", "valid" or "test".
     baseline: also evaluate per-tag logistic regression on the same features when the
       tagger is the DNN.
+    strategy: "auto", "default" or "mirrored" (``distribute.distribution_strategy``):
+      under several replicas every prediction batch is split over them; the scores are
+      the one-device scores up to float rounding.
   """
   del data_dir
   config = config or read_config(model_dir)
@@ -95,13 +111,14 @@ def evaluate(data_dir: str, model_dir: str, config: Optional[config_lib.TrainCon
   if y.shape[1] != len(tags):
     raise ValueError(f"{layout.bof_path(model_dir, split)}: {y.shape[1]} label columns, "
                      f"{model_dir}/tags.json has {len(tags)} tags")
-  tagger = models.load_tagger(model_dir)
+  distribution = distribute.distribution_strategy(strategy)
   main_row = DNN_ROW if config.dnn.head == "dnn" else LOGREG_ROW
-  results = {main_row: metrics.tagging_metrics(y, tagger.predict(x, verbose=0), tags)}
+  scores = _predict(lambda: models.load_tagger(model_dir), x, distribution)
+  results = {main_row: metrics.tagging_metrics(y, scores, tags)}
   if baseline and config.dnn.head == "dnn":
-    baseline_model = _logreg_baseline(model_dir, config)
-    results[LOGREG_ROW] = metrics.tagging_metrics(
-        y, baseline_model.predict(x, verbose=0), tags)
+    baseline_scores = _predict(lambda: _logreg_baseline(model_dir, config), x,
+                               distribution)
+    results[LOGREG_ROW] = metrics.tagging_metrics(y, baseline_scores, tags)
 
   table = metrics.format_table(results)
   first = results[main_row]
@@ -126,14 +143,16 @@ def evaluate(data_dir: str, model_dir: str, config: Optional[config_lib.TrainCon
       reference=reference["per_tag"] if reference else None,
       labels=(main_row, LOGREG_ROW))
   return {"split": split, "table": table,
+          "replicas": distribute.num_replicas(distribution),
           **{name: {k: v for k, v in m.items() if k != "per_tag"}
              for name, m in results.items()}}
 
 
-def evaluate_stage(data_dir: str, model_dir: str, config: config_lib.TrainConfig
-                   ) -> Dict[str, Any]:
+def evaluate_stage(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
+                   strategy: str = "auto") -> Dict[str, Any]:
   """The ``evaluate`` stage of deepbof-train: the test split with the baseline."""
-  return evaluate(data_dir, model_dir, config, split="test", baseline=True)
+  return evaluate(data_dir, model_dir, config, split="test", baseline=True,
+                  strategy=strategy)
 
 
 FLAGS = flags.FLAGS
@@ -146,6 +165,9 @@ def _define_flags() -> None:
   flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split to evaluate.")
   flags.DEFINE_bool("baseline", True, "Also report per-tag logistic regression on the "
                     "same bag-of-features (fitted once, then cached).")
+  flags.DEFINE_enum("strategy", "auto", list(distribute.STRATEGIES),
+                    "tf.distribute strategy of the predictions (as deepbof-train's; "
+                    "docs/multi-device.md).")
   flags.mark_flags_as_required(["model_dir"])
   # Console scripts run a wrapper as __main__; make our flags the ones --help shows.
   for name in sorted(set(FLAGS) - before):
@@ -155,7 +177,9 @@ def _define_flags() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  evaluate(FLAGS.data_dir, FLAGS.model_dir, split=FLAGS.split, baseline=FLAGS.baseline)
+  distribute.split_cpu_from_environment()
+  evaluate(FLAGS.data_dir, FLAGS.model_dir, split=FLAGS.split, baseline=FLAGS.baseline,
+           strategy=FLAGS.strategy)
 
 
 def run() -> None:

@@ -9,8 +9,8 @@ standardized bag-of-features. Both write ``model_dir/tagger.keras`` and
 
 The ``tf.distribute`` strategy is ``deepbof-train --strategy`` (:func:`distribution_strategy`:
 by default ``MirroredStrategy`` when more than one GPU is visible, the default strategy
-otherwise). Fine-tuning writes a checkpoint every epoch and a rerun on the
-same model_dir continues from it (see ``deepbof_tf.training.finetuning``).
+otherwise; docs/multi-device.md). Fine-tuning writes a checkpoint every epoch and a
+rerun on the same model_dir continues from it (see ``deepbof_tf.training.finetuning``).
 """
 
 from __future__ import annotations
@@ -31,32 +31,15 @@ from deepbof_tf import config as config_lib
 from deepbof_tf import models
 from deepbof_tf.data import schema
 from deepbof_tf.layers.standardize import standardization_statistics
+from deepbof_tf.training import distribute
 from deepbof_tf.training import finetuning
 from deepbof_tf.training import logreg
 from deepbof_tf.training import model_dir as layout
 
 
-STRATEGIES = ("auto", "default", "mirrored")
-
-
-def distribution_strategy(kind: str = "auto") -> tf.distribute.Strategy:
-  """The ``tf.distribute`` strategy of fine-tuning.
-
-  Args:
-    kind: "auto" — ``MirroredStrategy`` over all GPUs when there are several, else the
-      default strategy; "default" — the default (one-device) strategy; "mirrored" —
-      ``MirroredStrategy`` over every visible GPU, or over every logical CPU device when
-      there is no GPU (how the tests stand in for several GPUs).
-  """
-  if kind not in STRATEGIES:
-    raise ValueError(f"strategy must be one of {STRATEGIES}, got {kind!r}")
-  gpus = tf.config.list_logical_devices("GPU")
-  if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
-    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-    logging.info("finetune: MirroredStrategy over %d devices (%s)", len(devices),
-                 ", ".join(devices))
-    return tf.distribute.MirroredStrategy(devices)
-  return tf.distribute.get_strategy()
+STRATEGIES = distribute.STRATEGIES
+# The strategy choice is shared by every stage (deepbof_tf.training.distribute).
+distribution_strategy = distribute.distribution_strategy
 
 
 def save_keras_model(model: keras.Model, path: str) -> None:
@@ -158,7 +141,8 @@ def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
   try:
     if use_mixed:
       keras.mixed_precision.set_dtype_policy("mixed_float16")
-    with distribution_strategy(strategy).scope():
+    distribution = distribution_strategy(strategy)
+    with distribution.scope():
       model = models.build_song_dnn(len(tags), config.dnn, input_dim=x_train.shape[1],
                                     mean=mean, std=std, seed=config.finetune.seed)
       if rbm_weights is not None:
@@ -185,4 +169,4 @@ def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
   return {"head": "dnn", "init": config.dnn.init, "best_epoch": result["best_epoch"],
           "best_val_auc_tag": result["best_val_auc_tag"],
           "epochs_run": result["epochs_run"], "resumed_from": result["resumed_from"],
-          "num_tags": len(tags)}
+          "num_tags": len(tags), "replicas": distribute.num_replicas(distribution)}

@@ -14,9 +14,11 @@ whitening in one streaming pass, trains the sparse RBM by CD-1 and writes
 ``encode`` writes the bag-of-features of every clip of every split to
 ``model_dir/bof/{split}.npz`` (``deepbof_tf.data.bof_io``).
 
-Both stages are resumable and fingerprinted: a finished step whose configuration and
-inputs are unchanged is reused; a killed RBM run continues from its last epoch
-checkpoint with the same final weights; a changed configuration recomputes.
+Both stages take the ``tf.distribute`` strategy of ``deepbof-train --strategy``
+(docs/multi-device.md). Both stages are resumable and fingerprinted: a finished step
+whose configuration and inputs are unchanged is reused; a killed RBM run continues from
+its last epoch checkpoint with the same final weights; a changed configuration
+recomputes.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from deepbof_tf.data import readers
 from deepbof_tf.data import schema
 from deepbof_tf.layers import sparse_rbm as sparse_rbm_lib
 from deepbof_tf.layers.pca import PCAWhitening
+from deepbof_tf.training import distribute
 
 PCA_FILE = "pca.npz"
 CHECKPOINT_DIR = "checkpoints"
@@ -90,7 +93,8 @@ def _fit_pca(data_dir: str, path: str, config: config_lib.PCAConfig,
 
 def learn_local_features(data_dir: str, model_dir: str,
                          config: config_lib.TrainConfig,
-                         rbm_backend: str = "auto") -> Dict[str, Any]:
+                         rbm_backend: str = "auto", strategy: str = "auto"
+                         ) -> Dict[str, Any]:
   """PCA whitening + sparse RBM on the sampled blocks; returns a summary.
 
   Args:
@@ -100,6 +104,10 @@ def learn_local_features(data_dir: str, model_dir: str,
     rbm_backend: how CD-1 runs (``SparseRBMTrainer`` backends: auto, native,
       tensorflow). An execution choice like the device, so not part of the config or
       of the fingerprints: a checkpoint of one backend resumes on the other.
+    strategy: "auto", "default" or "mirrored" (``distribute.distribution_strategy``):
+      the TensorFlow backend splits every minibatch over the replicas; the native
+      kernel is CPU-only and runs on one device (``auto`` picks the TensorFlow backend
+      under several replicas). Also an execution choice outside the fingerprints.
   """
   local = config.local
   metadata = schema.read_metadata(data_dir)
@@ -138,8 +146,9 @@ def learn_local_features(data_dir: str, model_dir: str,
 
   logging.info("learn-local-features: sparse RBM %d → %d units on %d blocks, %d epochs",
                pca.output_dim, local.rbm.num_hidden, len(blocks), local.rbm.epochs)
-  trainer = sparse_rbm_lib.SparseRBMTrainer(pca.output_dim, local.rbm,
-                                            backend=rbm_backend)
+  trainer = sparse_rbm_lib.SparseRBMTrainer(
+      pca.output_dim, local.rbm, backend=rbm_backend,
+      strategy=distribute.distribution_strategy(strategy))
   history = trainer.fit(blocks, checkpoint_dir=checkpoint_dir,
                         tensorboard_dir=posixpath.join(directory, "tensorboard"),
                         history_dir=directory)
@@ -172,6 +181,7 @@ def learn_local_features(data_dir: str, model_dir: str,
       "sample_mean_activation": float(mean_activation.mean()),
       "sparsity_target": target,
       "rbm_backend": trainer.backend,
+      "replicas": trainer.replicas,
       "local_dir": directory,
   }
   models.save_local_features(
@@ -183,8 +193,8 @@ def learn_local_features(data_dir: str, model_dir: str,
   return summary
 
 
-def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig
-           ) -> Dict[str, Any]:
+def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
+           strategy: str = "auto") -> Dict[str, Any]:
   """Writes ``model_dir/bof/{split}.npz`` for every split with clips; returns a summary.
 
   Clips shorter than one block (``n_frames < block_frames``) have no bag-of-features;
@@ -194,10 +204,16 @@ def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig
     data_dir: output directory of ``deepbof-preprocess`` (clips + metadata.json).
     model_dir: the model directory (reads ``local/``, writes ``bof/``).
     config: the operative configuration (``config.local``).
+    strategy: "auto", "default" or "mirrored" (``distribute.distribution_strategy``):
+      under several replicas each batch of clips is split over them
+      (``distribute.ReplicaMap``); every clip's bag-of-features is computed alone, so
+      the output is the one-device output up to float rounding.
   """
   local = config.local
   pool_frames = local.pooling.pool_frames
-  encoder = models.load_bof_encoder(model_dir, pool_frames=pool_frames)
+  distribution = distribute.distribution_strategy(strategy)
+  with distribution.scope():
+    encoder = models.load_bof_encoder(model_dir, pool_frames=pool_frames)
   metadata = schema.read_metadata(data_dir)
   n_mels = int(metadata.get("n_mels", 128))
   block_frames = encoder.block_frames
@@ -208,7 +224,12 @@ def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig
       lambda log_mel, n_frames: encoder(log_mel, n_frames),
       input_signature=[tf.TensorSpec([None, None, n_mels], tf.float32),
                        tf.TensorSpec([None], tf.int32)])
-  summary: Dict[str, Any] = {"splits": {}}
+  if distribute.num_replicas(distribution) > 1:
+    # ReplicaMap wraps the replicas' run in its own tf.function.
+    encode_fn = distribute.ReplicaMap(
+        distribution, lambda log_mel, n_frames: encoder(log_mel, n_frames))
+  summary: Dict[str, Any] = {"splits": {},
+                             "replicas": distribute.num_replicas(distribution)}
   for split in schema.SPLITS:
     if not (tf.io.gfile.glob(schema.clip_pattern(data_dir, split)) or tf.io.gfile.glob(
         schema.clip_pattern(data_dir, split, schema.UNCOMPRESSED_SUFFIX))):
@@ -243,7 +264,7 @@ def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig
                .prefetch(2))
     clip_ids, bags, labels = [], [], []
     for batch in batches:
-      bags.append(encode_fn(batch[schema.LOG_MEL], batch[schema.N_FRAMES]).numpy())
+      bags.append(np.asarray(encode_fn(batch[schema.LOG_MEL], batch[schema.N_FRAMES])))
       clip_ids.extend(c.decode("utf-8") for c in batch[schema.CLIP_ID].numpy())
       labels.append(batch[schema.LABELS].numpy())
     if not clip_ids:

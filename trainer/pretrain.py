@@ -5,7 +5,8 @@ Reads ``model_dir/bof/train.npz``, applies the input normalization
 ReLU-visible, ReLU hidden) on it and RBMs 2… (ReLU–ReLU) on the ReLU activations of the
 layer below, and writes ``model_dir/pretrain/rbm_{i}.npz``. A layer whose file was
 written by the same configuration on the same input is reused, so a killed run resumes
-at the first unfinished layer.
+at the first unfinished layer. Under ``--strategy=mirrored`` (or several GPUs) every
+minibatch is split over the replicas (``ReLURBMTrainer``, docs/multi-device.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tensorflow as tf
 from deepbof_tf import config as config_lib
 from deepbof_tf.training import model_dir as layout
 from deepbof_tf.layers.standardize import normalize_inputs
+from deepbof_tf.training import distribute
 from deepbof_tf.training import pretraining
 
 
@@ -35,14 +37,16 @@ def _layer_fingerprint(config: config_lib.TrainConfig, layer_index: int,
   return digest.hexdigest()
 
 
-def pretrain(data_dir: str, model_dir: str, config: config_lib.TrainConfig
-             ) -> Dict[str, Any]:
+def pretrain(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
+             strategy: str = "auto") -> Dict[str, Any]:
   """Pretrains ``config.dnn.num_hidden_layers`` RBMs; returns a summary.
 
   Args:
     data_dir: the preprocessed dataset (unused here; kept for the stage signature).
     model_dir: the model directory (reads ``bof/train.npz``).
     config: the operative configuration.
+    strategy: "auto", "default" or "mirrored" (``distribute.distribution_strategy``);
+      an execution choice, not part of the layers' fingerprints.
   """
   del data_dir
   if config.dnn.head != "dnn" or config.dnn.init != "pretrained":
@@ -55,6 +59,7 @@ def pretrain(data_dir: str, model_dir: str, config: config_lib.TrainConfig
   first_visible = pretraining.first_layer_visible(config.pretrain,
                                                   config.dnn.input_normalization)
   summary: Dict[str, Any] = {"layers": []}
+  distribution = None
   for i in range(config.dnn.num_hidden_layers):
     path = layout.rbm_path(model_dir, i)
     fingerprint = _layer_fingerprint(config, i, inputs)
@@ -68,8 +73,11 @@ def pretrain(data_dir: str, model_dir: str, config: config_lib.TrainConfig
       logging.info("pretrain: RBM %d (%s visible, %d → %d units) on %d examples", i + 1,
                    first_visible if i == 0 else "ReLU", inputs.shape[1],
                    config.dnn.hidden_units, inputs.shape[0])
+      if distribution is None:
+        distribution = distribute.distribution_strategy(strategy)
       rbm, history = pretraining.pretrain_layer(inputs, i, config.dnn.hidden_units,
-                                                config.pretrain, first_visible=first_visible)
+                                                config.pretrain, first_visible=first_visible,
+                                                strategy=distribution)
       layer = {"kernel": rbm.kernel.numpy(), "hidden_bias": rbm.hidden_bias.numpy(),
                "visible_bias": rbm.visible_bias.numpy(),
                "reconstruction_error": np.asarray(history["reconstruction_error"],
@@ -80,4 +88,6 @@ def pretrain(data_dir: str, model_dir: str, config: config_lib.TrainConfig
     summary["layers"].append({"path": path, "final_reconstruction_error":
                               float(errors[-1]) if errors.size else None})
     inputs = pretraining.up_pass(layer["kernel"], layer["hidden_bias"], inputs)
+  if distribution is not None:
+    summary["replicas"] = distribute.num_replicas(distribution)
   return summary

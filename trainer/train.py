@@ -9,7 +9,9 @@ order):
   finetune              supervised training of the tagger
   evaluate              the paper's metrics on the test split
 
-(docs/model.md describes what each stage computes.)
+(docs/model.md describes what each stage computes.) ``--strategy`` distributes every
+stage over several GPUs (docs/multi-device.md); ``DEEPBOF_LOGICAL_CPUS=N`` splits the CPU
+into N logical devices for ``--strategy=mirrored`` (how the tests stand in for GPUs).
 
 Configuration, later sources win: the defaults of ``deepbof_tf.config.TrainConfig``
 (the authors' configuration) < ``--config=FILE.json|.yaml`` < ``--set=dotted.key=value``
@@ -46,6 +48,7 @@ from absl import flags
 
 from deepbof_tf import cli
 from deepbof_tf import config as config_lib
+from deepbof_tf.training import distribute
 from deepbof_tf.training import model_dir as layout
 
 STAGES = ("learn-local-features", "encode", "pretrain", "finetune", "evaluate")
@@ -251,7 +254,8 @@ def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
     stages: stage names (see ``STAGES``).
     overwrite: replace a different ``model_dir/config.json``.
     rbm_backend: CD-1 backend of learn-local-features (auto, native, tensorflow).
-    strategy: the fine-tuning ``tf.distribute`` strategy (auto, default, mirrored).
+    strategy: the ``tf.distribute`` strategy of every stage (auto, default, mirrored;
+      docs/multi-device.md).
 
   Returns:
     stage name → the stage's summary dict.
@@ -263,9 +267,9 @@ def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
   summaries: Dict[str, Any] = {}
   for stage in stages:
     logging.info("=== stage %s ===", stage)
-    options = {"rbm_backend": rbm_backend} if stage == "learn-local-features" else {}
-    if stage == "finetune":
-      options = {"strategy": strategy}
+    options = {"strategy": strategy}
+    if stage == "learn-local-features":
+      options["rbm_backend"] = rbm_backend
     summaries[stage] = stage_function(stage)(data_dir, model_dir, config, **options)
     logging.info("stage %s done: %s", stage, json.dumps(
         {k: v for k, v in (summaries[stage] or {}).items() if k != "table"}, default=str))
@@ -326,10 +330,11 @@ def _define_flags() -> None:
                     "device); 'auto' takes native when built and no GPU is visible. Not "
                     "part of the config: both give the same numbers up to float rounding.")
   flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"],
-                    "tf.distribute strategy of fine-tuning: 'auto' mirrors over several "
+                    "tf.distribute strategy of every stage: 'auto' mirrors over several "
                     "GPUs when there are, 'default' uses one device, 'mirrored' every "
-                    "visible GPU (or logical CPU device). Not part of the config. Only "
-                    "fine-tuning is distributed so far.")
+                    "visible GPU (or logical CPU device: DEEPBOF_LOGICAL_CPUS=N splits "
+                    "the CPU into N). The native sparse-RBM kernel stays on one device. "
+                    "Not part of the config (docs/multi-device.md).")
   flags.mark_flags_as_required(["data_dir", "model_dir"])
   # Console scripts run a wrapper as __main__; make our flags the ones --help shows.
   for name in sorted(set(FLAGS) - before):
@@ -351,6 +356,8 @@ def _convenience_values() -> Dict[str, Any]:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Before anything initialises TensorFlow's devices (docs/multi-device.md).
+  distribute.split_cpu_from_environment()
   config = build_config(FLAGS.config, FLAGS.set, _convenience_values(), FLAGS.seed,
                         preset=FLAGS.preset)
   print("operative configuration:\n  " + config_lib.describe(config).replace("\n", "\n  "),

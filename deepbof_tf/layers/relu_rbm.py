@@ -35,7 +35,10 @@ active features standardize to values in the hundreds).
 Training runs one ``tf.function`` per epoch (a ``tf.range`` loop over the minibatches).
 The noise draws are stateless and seeded by (seed, layer, epoch, batch), and the
 epoch's permutation comes from ``numpy.random.default_rng((seed, layer, epoch))``, so
-the same config and seed give the same weights.
+the same config and seed give the same weights. Under a multi-replica
+``tf.distribute`` strategy every minibatch is split over the replicas, each drawing the
+noise of the whole minibatch and keeping its rows (``ReLURBMTrainer``;
+docs/multi-device.md).
 
 See docs/model.md#song-level-dnn.
 """
@@ -52,6 +55,7 @@ import tensorflow as tf
 from keras import ops
 
 from deepbof_tf.layers import schedule
+from deepbof_tf.training import distribute
 
 VISIBLE_TYPES = ("binary", "relu", "gaussian")
 
@@ -177,6 +181,32 @@ def cd1_update(kernel: tf.Tensor, hidden_bias: tf.Tensor, visible_bias: tf.Tenso
     visible_bias_inc), reconstruction error = mean over the batch of Σ(v − v⁻)²).
   """
   batch = tf.cast(tf.shape(visible_data)[0], visible_data.dtype)
+  statistics = cd1_statistics(kernel, hidden_bias, visible_bias, visible_data, noise,
+                              visible=visible)
+  state = apply_cd1_statistics(
+      kernel, hidden_bias, visible_bias, kernel_inc, hidden_bias_inc, visible_bias_inc,
+      statistics[:3], batch, learning_rate=learning_rate, momentum=momentum,
+      weight_cost=weight_cost)
+  return state, tf.reduce_mean(statistics[3])
+
+
+def cd1_statistics(kernel: tf.Tensor, hidden_bias: tf.Tensor, visible_bias: tf.Tensor,
+                   visible_data: tf.Tensor, noise: tf.Tensor, *, visible: str
+                   ) -> Tuple[tf.Tensor, ...]:
+  """The batch sums of one CD-1 step (additive over any split of the batch's rows).
+
+  Args:
+    kernel: W, [visible, hidden].
+    hidden_bias: c, [hidden].
+    visible_bias: b, [visible].
+    visible_data: v, [rows, visible].
+    noise: standard-normal draws, [rows, hidden].
+    visible: the visible type (see ``cd1_update``).
+
+  Returns:
+    (vᵀrelu(a) − v⁻ᵀh⁻ [visible, hidden], Σ(v − v⁻) [visible], Σ(relu(a) − h⁻) [hidden],
+    per-row squared reconstruction error Σ_j (v − v⁻)² [rows]).
+  """
   pre_hidden = tf.matmul(visible_data, kernel) + hidden_bias
   positive_hidden = tf.nn.relu(pre_hidden)
   hidden_sample = tf.nn.relu(pre_hidden + tf.sqrt(tf.sigmoid(pre_hidden)) * noise)
@@ -186,16 +216,38 @@ def cd1_update(kernel: tf.Tensor, hidden_bias: tf.Tensor, visible_bias: tf.Tenso
 
   positive_prods = tf.matmul(visible_data, positive_hidden, transpose_a=True)
   negative_prods = tf.matmul(negative_visible, negative_hidden, transpose_a=True)
+  return (positive_prods - negative_prods,
+          tf.reduce_sum(visible_data - negative_visible, axis=0),
+          tf.reduce_sum(positive_hidden - negative_hidden, axis=0),
+          tf.reduce_sum(tf.square(visible_data - negative_visible), axis=1))
+
+
+def apply_cd1_statistics(kernel, hidden_bias, visible_bias, kernel_inc, hidden_bias_inc,
+                         visible_bias_inc, statistics, batch, *, learning_rate,
+                         momentum, weight_cost) -> Tuple[tf.Tensor, ...]:
+  """The momentum update of ``cd1_update`` from the (summed) batch statistics.
+
+  Args:
+    kernel, hidden_bias, visible_bias: the parameters.
+    kernel_inc, hidden_bias_inc, visible_bias_inc: their momentum buffers.
+    statistics: the first three outputs of ``cd1_statistics``, summed over the batch.
+    batch: the (global) batch size B, as a float tensor.
+    learning_rate: step size of this epoch.
+    momentum: momentum of this epoch.
+    weight_cost: L2 weight cost on W.
+
+  Returns:
+    (new kernel, hidden_bias, visible_bias, kernel_inc, hidden_bias_inc,
+    visible_bias_inc).
+  """
+  prods, visible_sum, hidden_sum = statistics
   kernel_inc = momentum * kernel_inc + learning_rate * (
-      (positive_prods - negative_prods) / batch - weight_cost * kernel)
-  visible_bias_inc = momentum * visible_bias_inc + (learning_rate / batch) * tf.reduce_sum(
-      visible_data - negative_visible, axis=0)
-  hidden_bias_inc = momentum * hidden_bias_inc + (learning_rate / batch) * tf.reduce_sum(
-      positive_hidden - negative_hidden, axis=0)
-  error = tf.reduce_mean(tf.reduce_sum(tf.square(visible_data - negative_visible), axis=1))
-  return ((kernel + kernel_inc, hidden_bias + hidden_bias_inc,
-           visible_bias + visible_bias_inc, kernel_inc, hidden_bias_inc,
-           visible_bias_inc), error)
+      prods / batch - weight_cost * kernel)
+  visible_bias_inc = momentum * visible_bias_inc + (learning_rate / batch) * visible_sum
+  hidden_bias_inc = momentum * hidden_bias_inc + (learning_rate / batch) * hidden_sum
+  return (kernel + kernel_inc, hidden_bias + hidden_bias_inc,
+          visible_bias + visible_bias_inc, kernel_inc, hidden_bias_inc,
+          visible_bias_inc)
 
 
 def noise_seed(seed: int, layer_index: int, epoch, batch) -> tf.Tensor:
@@ -218,29 +270,45 @@ def noise_seed(seed: int, layer_index: int, epoch, batch) -> tf.Tensor:
 class ReLURBMTrainer:
   """CD-1 training of one :class:`ReLURBM` (one ``tf.function`` per epoch).
 
+  Under a multi-replica ``strategy`` (docs/multi-device.md) the RBM's variables and
+  momentum buffers are mirrored and every minibatch is split over the replicas
+  (``distribute.replica_rows``; any batch size works). Each replica draws the noise of
+  the *whole* minibatch from the one-device seed and keeps its rows, computes the
+  additive CD-1 statistics of its rows (``cd1_statistics``), the statistics are summed
+  over the replicas and the update divides by the global batch size: the same update as
+  on one device up to the order of float additions.
+
   Args:
-    rbm: the layer to train (built here from the data's width if needed).
+    rbm: the layer to train (built here from the data's width if needed; build it
+      inside ``strategy.scope()`` yourself, or leave it unbuilt).
     config: its hyperparameters.
     seed: seed of the noise draws and of the per-epoch shuffles.
     layer_index: position in the stack, folded into the seeds so layers differ.
+    strategy: a ``tf.distribute`` strategy (None: the current one).
   """
 
   def __init__(self, rbm: ReLURBM, config: ReLURBMSchedule, seed: int = 0,
-               layer_index: int = 0):
+               layer_index: int = 0,
+               strategy: Optional[tf.distribute.Strategy] = None):
     self.rbm = rbm
     self.config = config
     self.seed = int(seed)
     self.layer_index = int(layer_index)
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self.replicas = distribute.num_replicas(self.strategy)
     self._epoch_fn: Optional[Callable] = None
 
   def _build_epoch_fn(self, num_visible: int) -> Callable:
     rbm = self.rbm
     hidden = rbm.units
-    kernel_inc = tf.Variable(tf.zeros((num_visible, hidden)), trainable=False)
-    hidden_bias_inc = tf.Variable(tf.zeros((hidden,)), trainable=False)
-    visible_bias_inc = tf.Variable(tf.zeros((num_visible,)), trainable=False)
+    with self.strategy.scope():
+      kernel_inc = tf.Variable(tf.zeros((num_visible, hidden)), trainable=False)
+      hidden_bias_inc = tf.Variable(tf.zeros((hidden,)), trainable=False)
+      visible_bias_inc = tf.Variable(tf.zeros((num_visible,)), trainable=False)
     self._increments = (kernel_inc, hidden_bias_inc, visible_bias_inc)
     weight_cost = float(self.config.weight_cost)
+    if self.replicas > 1:
+      return self._build_distributed_epoch_fn(hidden, weight_cost)
 
     @tf.function(reduce_retracing=True)
     def run_epoch(batches, epoch, learning_rate, momentum):
@@ -266,6 +334,48 @@ class ReLURBMTrainer:
 
     return run_epoch
 
+  def _build_distributed_epoch_fn(self, hidden: int, weight_cost: float) -> Callable:
+    """The epoch of ``_build_epoch_fn`` with every minibatch split over the replicas."""
+    rbm, strategy, replicas = self.rbm, self.strategy, self.replicas
+    kernel_inc, hidden_bias_inc, visible_bias_inc = self._increments
+    batch_size = int(self.config.batch_size)
+    total = tf.distribute.ReduceOp.SUM
+
+    @tf.function(reduce_retracing=True)
+    def run_distributed_epoch(replica_batches, num_batches, epoch, learning_rate, momentum):
+      # replica_batches: per replica its rows of every minibatch, [num_batches, rows, D].
+      total_error = tf.constant(0.0)
+      batch = tf.constant(float(batch_size))
+      for b in tf.range(num_batches):
+        batch_seed = noise_seed(self.seed, self.layer_index, epoch, b)
+
+        def replica_statistics(batches):
+          context = tf.distribute.get_replica_context()
+          data = batches[b]
+          start = distribute.replica_row_start(batch_size,
+                                               context.replica_id_in_sync_group, replicas)
+          # The one-device draw for the whole minibatch; this replica keeps its rows.
+          noise = tf.random.stateless_normal((batch_size, hidden), seed=batch_seed)
+          noise = noise[start:start + tf.shape(data)[0]]
+          prods, visible_sum, hidden_sum, errors = cd1_statistics(
+              rbm.kernel.value, rbm.hidden_bias.value, rbm.visible_bias.value, data,
+              noise, visible=rbm.visible)
+          return prods, visible_sum, hidden_sum, tf.reduce_sum(errors)
+
+        sums = [strategy.reduce(total, value, axis=None)
+                for value in strategy.run(replica_statistics, args=(replica_batches,))]
+        state = apply_cd1_statistics(
+            rbm.kernel.value, rbm.hidden_bias.value, rbm.visible_bias.value,
+            kernel_inc, hidden_bias_inc, visible_bias_inc, sums[:3], batch,
+            learning_rate=learning_rate, momentum=momentum, weight_cost=weight_cost)
+        for variable, value in zip((rbm.kernel, rbm.hidden_bias, rbm.visible_bias,
+                                    kernel_inc, hidden_bias_inc, visible_bias_inc), state):
+          variable.assign(value)
+        total_error += sums[3] / batch
+      return total_error / tf.cast(num_batches, tf.float32)
+
+    return run_distributed_epoch
+
   def fit(self, data: np.ndarray, log_every: int = 10,
           on_epoch_end: Optional[Callable[[int, float], None]] = None) -> Dict[str, Any]:
     """Trains the RBM on ``data`` ([examples, visible], float32).
@@ -288,9 +398,12 @@ class ReLURBMTrainer:
       raise ValueError(f"RBM pretraining needs at least batch_size={config.batch_size} "
                        f"examples, got {data.shape[0]}; lower pretrain.batch_size")
     if not self.rbm.built:
-      self.rbm.build((None, data.shape[1]))
+      with self.strategy.scope():
+        self.rbm.build((None, data.shape[1]))
     if self._epoch_fn is None:
       self._epoch_fn = self._build_epoch_fn(data.shape[1])
+      distribute.log_replica_split(f"RBM layer {self.layer_index + 1}",
+                                   config.batch_size, self.replicas)
     data_tensor = tf.constant(data)
     used = num_batches * config.batch_size
     errors = []
@@ -306,9 +419,14 @@ class ReLURBMTrainer:
                                   config.min_learning_rate)
       mom = schedule.momentum(epoch, config.epochs, config.initial_momentum,
                               config.final_momentum, config.momentum_switch_fraction)
-      error = float(self._epoch_fn(batches, tf.constant(epoch, tf.int64),
-                                   tf.constant(lr, tf.float32),
-                                   tf.constant(mom, tf.float32)))
+      args = (tf.constant(epoch, tf.int64), tf.constant(lr, tf.float32),
+              tf.constant(mom, tf.float32))
+      if self.replicas > 1:
+        args = (distribute.distribute_rows(self.strategy, batches, axis=1),
+                tf.constant(num_batches)) + args
+      else:
+        args = (batches,) + args
+      error = float(self._epoch_fn(*args))
       if not np.isfinite(error):
         raise FloatingPointError(
             f"RBM layer {self.layer_index + 1} diverged at epoch {epoch} "

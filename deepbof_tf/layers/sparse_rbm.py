@@ -32,7 +32,16 @@ for the whole epoch, which more than doubles the CPU rate of the chain of five s
 products per step that CD-1 is. It draws bit-identical uniforms (TF's Philox stream
 for the same seeds) and follows the same update order, so the two agree to float
 rounding (tested), and its results do not depend on the number of threads.
-``auto`` (the default) takes ``native`` when it is available and no GPU is visible.
+``auto`` (the default) takes ``native`` when it is available, no GPU is visible and
+the strategy has one replica.
+
+Several devices (docs/multi-device.md): under a multi-replica ``tf.distribute``
+strategy the TensorFlow backend mirrors the training state and splits every minibatch
+by rows over the replicas (any batch size, e.g. 100 on 3 replicas as 33/33/34). Each
+replica draws the uniforms of the whole minibatch from the one-device seed and keeps its
+rows, the CD-1 sums are added over the replicas and divided by the global batch size,
+so the run reproduces the one-device one up to the order of float additions. The
+native kernel is CPU-only and stays on one device.
 
 See docs/model.md#sparse-rbm.
 """
@@ -56,6 +65,7 @@ import tensorflow as tf
 from deepbof_tf.config import SparseRBMConfig
 from deepbof_tf.io_utils import write_atomic
 from deepbof_tf.layers import schedule
+from deepbof_tf.training import distribute
 
 try:  # The optional native kernel (setup.py builds it where a C compiler exists).
   from deepbof_tf.native import _cd1
@@ -85,11 +95,15 @@ def default_num_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def resolve_backend(backend: str) -> str:
-  """``auto`` → ``native`` if available and no GPU is visible, else ``tensorflow``.
+def resolve_backend(backend: str, replicas: int = 1) -> str:
+  """``auto`` → ``native`` if available, no GPU is visible and one replica, else ``tensorflow``.
+
+  The native kernel is CPU-only and single-device: under a multi-replica strategy
+  ``auto`` takes the TensorFlow path, which is distributed.
 
   Args:
     backend: one of ``BACKENDS``.
+    replicas: replicas in sync of the strategy the trainer runs under.
   """
   if backend not in BACKENDS:
     raise ValueError(f"SparseRBMTrainer: backend must be one of {BACKENDS}, got "
@@ -104,7 +118,8 @@ def resolve_backend(backend: str) -> str:
                        "AVX2 and FMA; use backend='tensorflow'")
     return backend
   if backend == "auto":
-    if native_available() and not tf.config.list_physical_devices("GPU"):
+    if (native_available() and not tf.config.list_physical_devices("GPU")
+        and replicas == 1):
       return "native"
     if _cd1 is None:
       warnings.warn("deepbof_tf.native._cd1 is not built; the sparse RBM trains with "
@@ -224,14 +239,28 @@ class SparseRBMTrainer(tf.Module):
       oneDNN matmuls plus the fused momentum kernels were faster than XLA's.
     backend: ``auto``, ``native`` or ``tensorflow`` (see the module docstring).
     num_threads: threads of the native backend (None: ``default_num_threads()``).
+    strategy: a ``tf.distribute`` strategy (None: the current one). Under several
+      replicas the TensorFlow backend mirrors the training state and splits every
+      minibatch over the replicas (see "Several devices" in the module docstring);
+      the native kernel is CPU-only and runs on one device whatever the strategy.
   """
 
   def __init__(self, num_visible: int, config: SparseRBMConfig = SparseRBMConfig(),
                seed: Optional[int] = None, jit_compile: bool = False,
-               backend: str = "auto", num_threads: Optional[int] = None):
+               backend: str = "auto", num_threads: Optional[int] = None,
+               strategy: Optional[tf.distribute.Strategy] = None):
     super().__init__(name="sparse_rbm_trainer")
     self.config = config
-    self.backend = resolve_backend(backend)
+    strategy = strategy or tf.distribute.get_strategy()
+    self.backend = resolve_backend(backend, distribute.num_replicas(strategy))
+    if self.backend == "native" and distribute.num_replicas(strategy) > 1:
+      logging.warning("SparseRBM: the native CD-1 kernel is CPU-only and runs on one "
+                      "device; the %d-replica strategy is not used for this stage "
+                      "(backend='tensorflow' distributes it)",
+                      distribute.num_replicas(strategy))
+      strategy = tf.distribute.get_strategy()
+    self.strategy = strategy
+    self.replicas = 1 if self.backend == "native" else distribute.num_replicas(strategy)
     if num_threads is not None and num_threads < 1:
       raise ValueError(f"SparseRBMTrainer: num_threads must be >= 1, got {num_threads}")
     self.num_threads = num_threads
@@ -240,6 +269,14 @@ class SparseRBMTrainer(tf.Module):
     self._sample_seed = stable_seed("sparse_rbm", "cd1", self.seed)
     d, h = self.num_visible, config.num_hidden
     init_seed = [stable_seed("sparse_rbm", "init", self.seed) % (2**31), 0]
+    with strategy.scope():
+      self._create_variables(d, h, init_seed)
+    self._epoch_fn = tf.function(
+        self._train_epoch_distributed if self.replicas > 1 else self._train_epoch,
+        jit_compile=jit_compile)
+
+  def _create_variables(self, d: int, h: int, init_seed) -> None:
+    config = self.config
     self.kernel = tf.Variable(
         config.init_stddev * tf.random.stateless_normal([d, h], seed=init_seed),
         name="kernel")
@@ -254,7 +291,6 @@ class SparseRBMTrainer(tf.Module):
     self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
     self.history = tf.Variable(tf.zeros([max(config.epochs, 1), len(HISTORY_FIELDS)],
                                         tf.float64), name="history")
-    self._epoch_fn = tf.function(self._train_epoch, jit_compile=jit_compile)
 
   # -- one CD-1 step ---------------------------------------------------------------
   def step(self, visible, uniform, learning_rate, momentum):
@@ -342,6 +378,97 @@ class SparseRBMTrainer(tf.Module):
     n = tf.cast(num_batches, tf.float32)
     return error_sum / n, activation_sum / n
 
+  # -- one epoch over several replicas --------------------------------------------
+  def _replica_statistics(self, visible, uniform, learning_rate, batch):
+    """The additive CD-1 sums of one replica's rows (the rows of ``step``'s batch).
+
+    Args:
+      visible: [rows, D] this replica's rows of the minibatch.
+      uniform: [rows, H] its rows of the minibatch's U(0, 1) draws.
+      learning_rate: scalar learning rate of this epoch.
+      batch: the global batch size B (float).
+
+    Returns:
+      (lr/B·(vᵀp⁺ − v⁻ᵀp⁻) [D, H], Σ(p⁺ − p⁻) [H], Σp⁺ [H], Σ(v − v⁻) [D],
+      Σ‖v − v⁻‖²), each summed over the rows.
+    """
+    kernel = self.kernel.read_value()
+    hidden_bias = self.hidden_bias.read_value()
+    positive = tf.sigmoid(tf.nn.bias_add(tf.matmul(visible, kernel), hidden_bias))
+    hidden_states = tf.cast(positive > uniform, tf.float32)
+    negative_visible = tf.nn.bias_add(
+        tf.matmul(hidden_states, kernel, transpose_b=True), self.visible_bias.read_value())
+    negative = tf.sigmoid(tf.nn.bias_add(tf.matmul(negative_visible, kernel),
+                                         hidden_bias))
+    correlation = tf.matmul(
+        tf.concat([visible, -negative_visible], axis=0) * (learning_rate / batch),
+        tf.concat([positive, negative], axis=0), transpose_a=True)
+    difference = visible - negative_visible
+    return (correlation, tf.reduce_sum(positive - negative, axis=0),
+            tf.reduce_sum(positive, axis=0), tf.reduce_sum(difference, axis=0),
+            tf.reduce_sum(tf.square(difference)))
+
+  def _train_epoch_distributed(self, replica_batches, num_batches, epoch, learning_rate,
+                               momentum):
+    """``_train_epoch`` with every minibatch split over the replicas.
+
+    Each replica holds its ``distribute.replica_rows`` of every minibatch
+    (``replica_batches``), draws the uniforms of the *whole* minibatch from the
+    one-device seed and keeps its rows, and returns its sums; the sums are added over
+    the replicas and the update (``step``'s, in its order) divides by the global batch
+    size, so every block weighs the same whichever replica holds it.
+    """
+    cfg = self.config
+    strategy, replicas = self.strategy, self.replicas
+    batch_size = int(cfg.batch_size)
+    batch = tf.constant(float(batch_size))
+    num_batches = tf.cast(num_batches, tf.int64)
+    epoch = tf.cast(epoch, tf.int64)
+    sample_seed = tf.constant(self._sample_seed, tf.int64)
+    learning_rate = tf.cast(learning_rate, tf.float32)
+    momentum = tf.cast(momentum, tf.float32)
+    total = tf.distribute.ReduceOp.SUM
+
+    def body(i, error_sum, activation_sum):
+      seed = tf.stack([sample_seed, epoch * num_batches + i])
+
+      def replica_fn(batches):
+        context = tf.distribute.get_replica_context()
+        visible = batches[i]
+        start = distribute.replica_row_start(batch_size,
+                                             context.replica_id_in_sync_group, replicas)
+        uniform = tf.random.stateless_uniform([batch_size, cfg.num_hidden], seed=seed,
+                                              dtype=tf.float32)
+        uniform = uniform[start:start + tf.shape(visible)[0]]
+        return self._replica_statistics(visible, uniform, learning_rate, batch)
+
+      sums = [strategy.reduce(total, value, axis=None)
+              for value in strategy.run(replica_fn, args=(replica_batches,))]
+      correlation, hidden_delta_sum, positive_sum, visible_delta_sum, error = sums
+      mean_positive = positive_sum / batch
+      running = (cfg.sparsity_decay * self.running_activation
+                 + (1.0 - cfg.sparsity_decay) * mean_positive)
+      self.running_activation.assign(running)
+      sparsity_increment = -cfg.sparsity_gain * learning_rate * (running
+                                                                 - cfg.sparsity_target)
+      kernel_step = correlation - (learning_rate * cfg.weight_cost) * self.kernel
+      visible_step = learning_rate * (visible_delta_sum / batch)
+      hidden_step = sparsity_increment + learning_rate * (hidden_delta_sum / batch)
+      for variable, increment, step_value in (
+          (self.kernel, self.kernel_increment, kernel_step),
+          (self.visible_bias, self.visible_bias_increment, visible_step),
+          (self.hidden_bias, self.hidden_bias_increment, hidden_step)):
+        increment.assign(momentum * increment + step_value)
+        variable.assign(variable + increment)
+      return (i + 1, error_sum + error / batch,
+              activation_sum + tf.reduce_mean(mean_positive))
+
+    _, error_sum, activation_sum = tf.while_loop(
+        lambda i, *_: i < num_batches, body,
+        (tf.constant(0, tf.int64), tf.constant(0.0), tf.constant(0.0)))
+    n = tf.cast(num_batches, tf.float32)
+    return error_sum / n, activation_sum / n
+
   # The training state the native kernel updates in place, in its argument order.
   _NATIVE_STATE = ("kernel", "hidden_bias", "visible_bias", "kernel_increment",
                    "hidden_bias_increment", "visible_bias_increment",
@@ -386,6 +513,12 @@ class SparseRBMTrainer(tf.Module):
     start = time.perf_counter()
     if self.backend == "native":
       error, activation = self._native_epoch(batches, epoch, learning_rate, momentum)
+    elif self.replicas > 1:
+      num_batches = int(batches.shape[0])
+      error, activation = self._epoch_fn(
+          distribute.distribute_rows(self.strategy, batches, axis=1),
+          tf.constant(num_batches, tf.int64), tf.constant(epoch, tf.int64),
+          tf.constant(learning_rate, tf.float32), tf.constant(momentum, tf.float32))
     else:
       error, activation = self._epoch_fn(batches, tf.constant(epoch, tf.int64),
                                          tf.constant(learning_rate, tf.float32),
@@ -450,7 +583,9 @@ class SparseRBMTrainer(tf.Module):
       batches = batches.numpy()  # converted once, not every epoch
     logging.info("SparseRBM: CD-1 on the %s backend%s", self.backend,
                  f" ({self.num_threads or default_num_threads()} threads)"
-                 if self.backend == "native" else "")
+                 if self.backend == "native" else
+                 f" ({self.replicas} replicas)" if self.replicas > 1 else "")
+    distribute.log_replica_split("SparseRBM", self.config.batch_size, self.replicas)
     manager = None
     if checkpoint_dir:
       checkpoint = tf.train.Checkpoint(trainer=self)
@@ -462,7 +597,9 @@ class SparseRBMTrainer(tf.Module):
     writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
     for epoch in range(int(self.epoch.numpy()), self.config.epochs):
       metrics = self.train_epoch(batches, epoch)
-      self.history[epoch].assign([metrics[k] for k in HISTORY_FIELDS])
+      # A scatter rather than a sliced assign: the history may be a mirrored variable.
+      self.history.assign(tf.tensor_scatter_nd_update(
+          self.history, [[epoch]], [[float(metrics[k]) for k in HISTORY_FIELDS]]))
       self.epoch.assign(epoch + 1)
       if manager is not None:
         manager.save(checkpoint_number=epoch + 1)

@@ -2,7 +2,9 @@
 
 * AdaDelta (learning rate 1.0, ρ 0.99, ε 1e-8), minibatches of 128, binary
   cross-entropy **summed over tags** and averaged over clips (the authors' objective;
-  Keras' built-in loss averages over tags too, a 1/n_tags rescaling).
+  Keras' built-in loss averages over tags too, a 1/n_tags rescaling). Under several
+  replicas the average is over the global batch (``GlobalBatchLoss``), so a last batch
+  that does not split evenly weighs every clip the same (docs/multi-device.md).
 * ``ValidationAUC`` computes the validation AUC-tag after every epoch, keeps the best
   epoch's weights, stops early after ``patience`` epochs without improvement (0 = never)
   and puts the best weights back at the end (the authors keep the best epoch too).
@@ -44,6 +46,40 @@ def tag_cross_entropy(y_true, y_pred):
   """Binary cross-entropy summed over tags (per clip); Keras then averages over clips."""
   num_tags = ops.cast(ops.shape(y_true)[-1], y_pred.dtype)
   return keras.losses.binary_crossentropy(y_true, y_pred) * num_tags
+
+
+@keras.saving.register_keras_serializable(package="deepbof")
+class GlobalBatchLoss(keras.losses.Loss):
+  """A per-example loss averaged over the *global* batch under a multi-replica strategy.
+
+  Keras averages each replica's loss over that replica's examples and sums the replicas'
+  gradients divided by their number, so when a batch does not split evenly (the last
+  batch of an epoch; 25 rows on 2 replicas are 13 + 12) a replica with fewer examples
+  weighs as much as a full one. Here every replica returns the *sum* of its examples'
+  losses divided by the global batch size (its rows all-reduced over the replicas), so
+  the summed gradient is the one-device mean over the batch: every example weighs the
+  same. Only used with several replicas; one device keeps Keras' mean.
+
+  Args:
+    fn: ``fn(y_true, y_pred)`` → per-example losses [rows].
+    name: the loss name.
+  """
+
+  def __init__(self, fn=None, name: str = "global_batch_loss", **kwargs):
+    kwargs.pop("reduction", None)
+    super().__init__(name=name, reduction="sum", **kwargs)
+    self.fn = fn or tag_cross_entropy
+
+  def call(self, y_true, y_pred):
+    values = self.fn(y_true, y_pred)
+    rows = tf.cast(tf.shape(values)[0], values.dtype)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+      rows = context.all_reduce(tf.distribute.ReduceOp.SUM, rows)
+    return values / rows
+
+  def get_config(self):
+    return {"name": self.name}
 
 
 def epoch_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
@@ -239,8 +275,10 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
   """
   tf.io.gfile.makedirs(work_dir)
   checkpoint_path = posixpath.join(work_dir, CHECKPOINT_FILE)
-  model.compile(optimizer=make_optimizer(config), loss=tag_cross_entropy,
-                jit_compile=False)
+  replicas = tf.distribute.get_strategy().num_replicas_in_sync
+  model.compile(optimizer=make_optimizer(config),
+                loss=GlobalBatchLoss(tag_cross_entropy) if replicas > 1
+                else tag_cross_entropy, jit_compile=False)
   validation = ValidationAUC(x_valid, y_valid, patience=config.early_stopping_patience)
 
   first_epoch, resumed_from, stopped = 0, None, False
@@ -278,7 +316,6 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
   all_callbacks.extend(callbacks)
 
   if first_epoch < config.epochs and not stopped:
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     batch_size = replica_batch_size(config.batch_size, replicas, len(x_train))
     if batch_size != config.batch_size:
       logging.warning("finetune: batch size %d does not split over %d replicas; using %d "

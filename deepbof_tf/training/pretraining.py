@@ -5,9 +5,10 @@ See docs/model.md#song-level-dnn.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 from deepbof_tf.config import PretrainConfig
 from deepbof_tf.layers.relu_rbm import ReLURBM, ReLURBMSchedule, ReLURBMTrainer
@@ -67,7 +68,9 @@ def first_layer_visible(config: PretrainConfig, input_normalization: str) -> str
 
 def pretrain_layer(data: np.ndarray, layer_index: int, units: int,
                    config: PretrainConfig, log_every: int = 10,
-                   first_visible: str = "binary") -> Tuple[ReLURBM, Dict[str, Any]]:
+                   first_visible: str = "binary",
+                   strategy: Optional[tf.distribute.Strategy] = None
+                   ) -> Tuple[ReLURBM, Dict[str, Any]]:
   """Trains RBM ``layer_index`` of the stack on ``data`` (the input of that layer).
 
   Args:
@@ -78,6 +81,8 @@ def pretrain_layer(data: np.ndarray, layer_index: int, units: int,
     config: the pretraining config.
     log_every: log every this many epochs (0: never).
     first_visible: visible type of layer 0 (see ``first_layer_visible``).
+    strategy: the ``tf.distribute`` strategy (None: the current one); under several
+      replicas every minibatch is split over them (``ReLURBMTrainer``).
 
   Returns:
     (the trained layer, {"reconstruction_error": [...per epoch]}).
@@ -88,7 +93,7 @@ def pretrain_layer(data: np.ndarray, layer_index: int, units: int,
                 init_stddev=config.init_stddev, seed=seed * 1000 + layer_index,
                 name=f"rbm_{layer_index + 1}")
   trainer = ReLURBMTrainer(rbm, rbm_schedule(config, layer_index, visible), seed=seed,
-                           layer_index=layer_index)
+                           layer_index=layer_index, strategy=strategy)
   history = trainer.fit(data, log_every=log_every)
   return rbm, history
 
