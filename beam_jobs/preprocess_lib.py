@@ -463,7 +463,9 @@ def write_records(pcoll, label: str, out_dir: str, kind: str, splits: Sequence[s
     label: a unique prefix of the transforms' labels.
     out_dir: the final directory (``clips``, ``blocks`` or ``errors`` of the dataset).
     kind: "clips", "blocks" or "errors" (also the counter ``{kind}_written``).
-    splits: every split the elements may name; each gets at least one (empty) file.
+    splits: every split the elements may name; each TFRecord split gets at least one
+      (empty) file, while JSON lines are written only when there are some (a run
+      without failures has no error file).
     num_shards: files per split; 0 lets the runner write one per bundle (streaming),
       > 0 regroups the records into exactly that many files (a shuffle; Beam deals
       the records to the shards round-robin, so which shard holds a record varies
@@ -494,7 +496,7 @@ def write_records(pcoll, label: str, out_dir: str, kind: str, splits: Sequence[s
                    lambda e: json.dumps(e[2], sort_keys=True))
                | f"{label}{split}Write" >> beam.io.WriteToText(
                    path_prefix, file_name_suffix=ERRORS_SUFFIX, num_shards=num_shards,
-                   shard_name_template=SHARD_NAME_TEMPLATE))
+                   shard_name_template=SHARD_NAME_TEMPLATE, skip_if_empty=True))
     files.append(names | f"{label}{split}Files" >> beam.Map(
         lambda path, split: {"split": split, "path": path}, split))
   return files | f"{label}Files" >> beam.Flatten(), counts
