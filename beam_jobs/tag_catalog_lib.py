@@ -57,7 +57,6 @@ from beam_jobs.preprocess_lib import beam  # imported there with crcmod's warnin
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base as inference_base
-from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerTensor
 
 from deepbof_tf import __version__
 from deepbof_tf import exported
@@ -270,14 +269,18 @@ def embedding_inference_fn(model: exported.ExportedModel,
           for e, out in zip(batch, outputs)]
 
 
-class DeepBofModelHandler(TFModelHandlerTensor):
-  """Beam's TensorFlow model handler on a ``deepbof-export`` SavedModel.
+class DeepBofModelHandler(inference_base.ModelHandler):
+  """RunInference's model handler for a ``deepbof-export`` SavedModel.
 
-  ``TFModelHandlerTensor.load_model`` reads Keras models (``tf.keras.models.load_model``,
-  which with Keras 3 cannot load a plain SavedModel); this handler loads the export with
+  Beam's ``TFModelHandlerTensor`` loads with ``tf.keras.models.load_model`` (with
+  Keras 3 it cannot read a plain SavedModel, and its module imports tensorflow_hub,
+  which needs setuptools' ``pkg_resources``); this small handler loads the export with
   ``tf.saved_model.load`` (``deepbof_tf.exported.ExportedModel``) and runs one of its
-  signatures through the handler's ``inference_fn``. Batching, model sharing between
-  the threads of a worker and the inference metrics are RunInference's own.
+  signatures through ``inference_fn``, with the same contract as the TF handler's
+  ``inference_fn`` (``(model, batch, inference_args, model_id) → PredictionResults``).
+  Batching (``BatchElements`` with ``min_batch_size``/``max_batch_size``), sharing the
+  model between a worker's threads, the dead-letter output and the inference metrics
+  are RunInference's own.
 
   Args:
     model_uri: the export (version or base directory).
@@ -288,13 +291,22 @@ class DeepBofModelHandler(TFModelHandlerTensor):
 
   def __init__(self, model_uri: str, inference_fn, intra_op_threads: int = 1,
                min_batch_size: int = 1, max_batch_size: int = DEFAULT_TAG_BATCH_SIZE):
-    super().__init__(model_uri, inference_fn=inference_fn, min_batch_size=min_batch_size,
-                     max_batch_size=max_batch_size)
+    super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+    self._model_uri = model_uri
+    self._inference_fn = inference_fn
     self._intra_op_threads = intra_op_threads
 
   def load_model(self) -> exported.ExportedModel:
     _set_threads(self._intra_op_threads)
     return exported.ExportedModel(self._model_uri)
+
+  def run_inference(self, batch: Sequence[Any], model: exported.ExportedModel,
+                    inference_args: Optional[Dict[str, Any]] = None
+                    ) -> Iterable[inference_base.PredictionResult]:
+    return self._inference_fn(model, batch, inference_args or {}, self._model_uri)
+
+  def update_model_path(self, model_path: Optional[str] = None):
+    self._model_uri = model_path or self._model_uri
 
   def get_num_bytes(self, batch: Sequence[Any]) -> int:
     return sum(int(getattr(e, "nbytes", 0)) or 8 for e in batch)
@@ -585,7 +597,6 @@ class _WriteSummaryDoFn(beam.DoFn):
     summary = {"files_matched": matched, "files_tagged": tagged, "files_failed": failed,
                "failed_by_stage": dict(failed_by_stage)}
     schema.write_json(self._path, summary)
-    yield summary
 
 
 # --------------------------------------------------------------------------------------
