@@ -45,7 +45,7 @@ def define_flags() -> None:
   flags.DEFINE_string("model", None, "deepbof-export output: a version directory or the "
                       "export base directory (its newest version is used).")
   flags.DEFINE_string("input", None, "A file pattern (local or gs://; a directory means "
-                      "every file in it) or a manifest (see --input_format).")
+                      "every file under it) or a manifest (see --input_format).")
   flags.DEFINE_string("output_dir", None, "Catalogue directory to create (local or "
                       "gs://…).")
   flags.DEFINE_enum("input_format", "auto", list(lib.INPUT_FORMATS), "pattern, csv "

@@ -96,7 +96,7 @@ class TagCatalogConfig:
   Args:
     model: a ``deepbof-export`` version directory or base directory (newest version).
     input: a file pattern (``dir/*.mp3``, ``gs://bucket/audio/**``; a directory means
-      every file in it) or a manifest.
+      every file under it) or a manifest.
     output_dir: the catalogue directory to create.
     input_format: "pattern", "csv" (``path,split,tags``), "mtt" (MagnaTagATune
       ``annotations_final.csv``) or "auto" (a ``.csv`` file is a manifest, MTT if
@@ -158,10 +158,11 @@ def resolved_input_format(config: TagCatalogConfig) -> str:
 
 
 def input_pattern(path: str) -> str:
-  """The ``MatchFiles`` pattern of an input: a directory means all the files in it."""
+  """The ``MatchFiles`` pattern of an input: a directory means every file under it
+  (``**`` matches across subdirectories, ``*`` within one)."""
   fs = plib._fs(path)
   if not any(c in path for c in "*?[") and fs.isdir(path):
-    return plib._join(path.rstrip("/"), "**" if plib._is_url(path) else "*")
+    return plib._join(path.rstrip("/"), "**")
   return path
 
 

@@ -206,7 +206,7 @@ def test_input_formats(tmp_path):
   assert lib.resolved_input_format(config("x/list.csv")) == "csv"
   assert lib.resolved_input_format(config("x/*.csv")) == "pattern"
   assert lib.resolved_input_format(config("x/list.csv", "pattern")) == "pattern"
-  assert lib.input_pattern(str(tmp_path / "d")) == str(tmp_path / "d" / "*")
+  assert lib.input_pattern(str(tmp_path / "d")) == str(tmp_path / "d" / "**")
   assert lib.input_pattern(str(tmp_path / "*.mp3")) == str(tmp_path / "*.mp3")
   with pytest.raises(ValueError, match="chunk_seconds"):
     lib.TagCatalogConfig(model="m", input="i", output_dir="o", chunk_seconds=0.5)
