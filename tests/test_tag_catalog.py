@@ -32,7 +32,7 @@ _GOOD = {
     "clip_b.mp3": (4.0, 44100, 1, "MP3"),
     "clip_c.ogg": (3.0, 32000, 1, None),
     "stereo44k_45s.flac": (45.0, 44100, 2, None),   # chunked, resampled, stereo
-    "ten_minutes.flac": (600.0, 22050, 1, None),    # chunked: 20 chunks of ~30 s
+    "ten_minutes.flac": (600.0, 22050, 1, None),    # chunked: 21 chunks of ~30 s
 }
 
 
@@ -231,3 +231,51 @@ def test_entry_point_with_a_manifest(exported, folder, tmp_path):
        f"--input={manifest}", f"--output_dir={out}", "--chunk_second=3"],
       capture_output=True, text=True, env=env, timeout=300)
   assert proc.returncode != 0 and "did you mean --chunk_seconds" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["stereo48k.flac", "clip_b.mp3", "clip_a.wav"])
+def test_native_random_access_equals_whole_file_decoding(folder, name, rng):
+  from deepbof_tf import audio, streaming
+  path = str(folder / name)
+  whole = audio.load_audio(path)
+  source = streaming.ResampledNativeWaveform(path, 22050)
+  assert source.num_samples == whole.size
+  for start in [-700, 0, 12345, whole.size - 1000] + list(rng.integers(0, whole.size, 4)):
+    stop = int(start) + 20000
+    expected = np.zeros(stop - start, np.float32)
+    lo, hi = max(int(start), 0), min(stop, whole.size)
+    expected[lo - start:hi - start] = whole[lo:hi]
+    np.testing.assert_allclose(source.read(int(start), stop), expected, rtol=0,
+                               atol=1e-6, err_msg=f"{name} [{start}, {stop})")
+
+
+def test_a_long_file_is_read_one_chunk_at_a_time(exported, folder, monkeypatch):
+  """EncodeChunksDoFn on the 10-minute file: no read asks for more than one chunk's
+  samples, and the combined chunks are deepbof-tag's bag-of-features."""
+  from deepbof_tf import streaming
+  reads = []
+  original = streaming.ResampledNativeWaveform.read
+
+  def recording_read(self, start, stop):
+    reads.append(stop - start)
+    return original(self, start, stop)
+
+  monkeypatch.setattr(streaming.ResampledNativeWaveform, "read", recording_read)
+  dofn = lib.EncodeChunksDoFn(exported["export_dir"], CHUNK_SECONDS, "first")
+  dofn.setup()
+  path = str(folder / "ten_minutes.flac")
+  partials = [value for key, value in dofn.process((path, 0)) if key == path]
+  window = 43 * 512 / 22050
+  chunk_samples = (round(CHUNK_SECONDS / window) * 43 + 8) * 512 + 2048
+  plan = streaming.plan_chunks(600 * 22050, round(CHUNK_SECONDS / window), pool_frames=43)
+  assert len(plan) == 21  # 30 windows of 0.998 s per chunk
+  assert len(partials) == len(plan) and 0 < max(reads) <= chunk_samples
+  assert len(reads) == 2 * len(partials)  # two passes, one read per chunk each
+  fn = lib.BagOfFeaturesCombineFn()
+  acc = fn.create_accumulator()
+  for p in partials:
+    acc = fn.add_input(acc, p)
+  embedding = fn.extract_output(acc)["embedding"]
+  tagger = tag.ExportedTagger(exported["export_dir"])
+  (result,) = tag.tag_files(tagger, [path], chunk_seconds=CHUNK_SECONDS, progress=False)
+  np.testing.assert_allclose(embedding, result.embedding, rtol=0, atol=1e-6)
