@@ -231,6 +231,10 @@ def test_entry_point_with_a_manifest(exported, folder, tmp_path):
        f"--input={manifest}", f"--output_dir={out}", "--chunk_second=3"],
       capture_output=True, text=True, env=env, timeout=300)
   assert proc.returncode != 0 and "did you mean --chunk_seconds" in proc.stderr
+  shown = subprocess.run([sys.executable, "-m", "beam_jobs.tag_catalog", "--help"],
+                         capture_output=True, text=True, env=env, timeout=300)
+  assert shown.returncode == 0 and "--chunk_seconds" in shown.stdout
+  assert "Traceback" not in shown.stderr
 
 
 @pytest.mark.parametrize("name", ["stereo48k.flac", "clip_b.mp3", "clip_a.wav"])
@@ -279,3 +283,22 @@ def test_a_long_file_is_read_one_chunk_at_a_time(exported, folder, monkeypatch):
   tagger = tag.ExportedTagger(exported["export_dir"])
   (result,) = tag.tag_files(tagger, [path], chunk_seconds=CHUNK_SECONDS, progress=False)
   np.testing.assert_allclose(embedding, result.embedding, rtol=0, atol=1e-6)
+
+
+def test_manifest_paths_of_both_formats(tmp_path):
+  tags = ["guitar", "slow"]
+  rows = [["clip_id"] + tags + ["mp3_path"], ["1", "1", "0", "0/a.mp3"],
+          ["2", "0", "0", "c/b.mp3"], ["3", "1", "1", "0/a.mp3"]]
+  mtt = tmp_path / "annotations_final.csv"
+  mtt.write_text("".join("\t".join(f'"{v}"' for v in row) + "\n" for row in rows))
+  config = lib.TagCatalogConfig(model="m", input=str(mtt), output_dir="o",
+                                audio_root="/data/mtt")
+  assert lib.resolved_input_format(config) == "mtt"
+  # Untagged clips are kept (tags do not matter here); a file listed twice once.
+  assert lib.manifest_paths(config, "mtt") == ["/data/mtt/0/a.mp3", "/data/mtt/c/b.mp3"]
+  csv = tmp_path / "list.csv"
+  csv.write_text("path,split,tags\nx.wav,,\n/abs/y.flac,test,rock\ngs://b/z.mp3,,\n")
+  config = lib.TagCatalogConfig(model="m", input=str(csv), output_dir="o",
+                                audio_root="/root")
+  assert lib.manifest_paths(config, "csv") == ["/root/x.wav", "/abs/y.flac",
+                                               "gs://b/z.mp3"]
