@@ -36,6 +36,7 @@ from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
                                DEFAULT_TAG_BATCH_SIZE)
 
 FLAGS = flags.FLAGS
+MAX_ERROR_LINES = 20  # failed files named on stderr; all of them are in errors/*.jsonl
 _OUR_FLAGS = []  # the names define_flags adds; every other flag goes to Beam
 
 
@@ -117,6 +118,13 @@ def main(argv: Sequence[str]) -> int:
   except (FileExistsError, FileNotFoundError, ValueError) as e:
     print(f"deepbof-tag-catalog: error: {e}", file=sys.stderr)
     return 1
+  errors = lib.read_errors(config.output_dir)
+  for record in errors[:MAX_ERROR_LINES]:
+    print(f"deepbof-tag-catalog: error: {record['error']} (stage {record['stage']})",
+          file=sys.stderr)
+  if len(errors) > MAX_ERROR_LINES:
+    print(f"deepbof-tag-catalog: … and {len(errors) - MAX_ERROR_LINES} more in "
+          f"{config.output_dir}/{lib.ERRORS_DIR}/", file=sys.stderr)
   print(lib.format_counts(metadata))
   print(f"wrote {config.output_dir}")
   return 0 if metadata["counters"]["reconciled"] else 2

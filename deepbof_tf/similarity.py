@@ -42,6 +42,14 @@ PATHS_FILE = "paths.json"
 INFO_FILE = "index.json"
 
 
+def _faiss():
+  """faiss, imported without its loader's INFO lines about CPU-specific builds."""
+  import logging
+  logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+  import faiss
+  return faiss
+
+
 def _is_url(path: str) -> bool:
   return "://" in path
 
@@ -167,6 +175,9 @@ class SimilarityIndex:
     self.paths = list(paths)
     self.info = dict(info)
     self._row = {p: i for i, p in enumerate(self.paths)}
+    for i, p in enumerate(self.paths):  # local paths also by their absolute form
+      if not _is_url(p):
+        self._row.setdefault(os.path.abspath(p), i)
 
   @property
   def kind(self) -> str:
@@ -185,7 +196,7 @@ class SimilarityIndex:
       exact_max_items: the largest catalogue searched exactly.
       m, ef_construction, ef_search: HNSW parameters (above the threshold).
     """
-    import faiss
+    faiss = _faiss()
     x = normalized(embeddings)
     if x.shape[0] != len(paths):
       raise ValueError(f"{x.shape[0]} embeddings but {len(paths)} paths")
@@ -245,7 +256,7 @@ class SimilarityIndex:
 
   def save(self, directory: str) -> None:
     """Writes ``embeddings.faiss``, ``paths.json`` and ``index.json`` (last)."""
-    import faiss
+    faiss = _faiss()
     _makedirs(directory)
     _write_bytes(_join(directory, INDEX_FILE), faiss.serialize_index(self.index).tobytes())
     _write_bytes(_join(directory, PATHS_FILE), json.dumps(self.paths).encode("utf-8"))
@@ -255,7 +266,7 @@ class SimilarityIndex:
   @classmethod
   def load(cls, directory: str) -> "SimilarityIndex":
     """Reads an index written by :meth:`save`."""
-    import faiss
+    faiss = _faiss()
     try:
       info = json.loads(_read_bytes(_join(directory, INFO_FILE)).decode("utf-8"))
     except FileNotFoundError:

@@ -194,3 +194,13 @@ def test_command_line_build_and_queries(demo_catalog, tmp_path):
   proc = subprocess.run(command + ["--query=/no/such/file.wav"], capture_output=True,
                         text=True, env=env, timeout=300)
   assert proc.returncode == 1 and "neither a path of the catalogue" in proc.stderr
+
+
+def test_catalogue_paths_are_found_relative_or_absolute(rng):
+  x = _clustered(rng, 10, 8)
+  index = similarity.SimilarityIndex.build(x, ["music/a.mp3", "/abs/b.mp3",
+                                               "gs://bucket/c.mp3"] + list("defghij"))
+  assert index.row_of("music/a.mp3") == 0
+  assert index.row_of(os.path.abspath("music/a.mp3")) == 0
+  assert index.row_of("/abs/b.mp3") == 1 and index.row_of("gs://bucket/c.mp3") == 2
+  assert index.row_of("music/none.mp3") is None

@@ -226,6 +226,7 @@ def test_entry_point_with_a_manifest(exported, folder, tmp_path):
   assert "files matched 3 = tagged 2 + failed 1: reconciled" in proc.stdout
   (error,) = lib.read_errors(out)
   assert error["stage"] == "read" and "missing.wav: file not found" in error["error"]
+  assert f"deepbof-tag-catalog: error: {error['error']} (stage read)" in proc.stderr
   proc = subprocess.run(
       [sys.executable, "-m", "beam_jobs.tag_catalog", f"--model={exported['export_dir']}",
        f"--input={manifest}", f"--output_dir={out}", "--chunk_second=3"],
