@@ -274,8 +274,9 @@ class DeepBofModelHandler(inference_base.ModelHandler):
   """RunInference's model handler for a ``deepbof-export`` SavedModel.
 
   Beam's ``TFModelHandlerTensor`` loads with ``tf.keras.models.load_model`` (with
-  Keras 3 it cannot read a plain SavedModel, and its module imports tensorflow_hub,
-  which needs setuptools' ``pkg_resources``); this small handler loads the export with
+  Keras 3 it cannot read a plain SavedModel), and its module imports tensorflow_hub,
+  which needs setuptools' ``pkg_resources`` (absent from the setuptools 84 installed
+  here) and pulls in tf-keras; this small handler loads the export with
   ``tf.saved_model.load`` (``deepbof_tf.exported.ExportedModel``) and runs one of its
   signatures through ``inference_fn``, with the same contract as the TF handler's
   ``inference_fn`` (``(model, batch, inference_args, model_id) → PredictionResults``).

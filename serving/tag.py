@@ -50,6 +50,7 @@ import numpy as np
 
 from deepbof_tf import cli
 from deepbof_tf import exported
+from deepbof_tf.config import DEFAULT_CHUNK_SECONDS, DEFAULT_TAG_BATCH_SIZE
 
 DEFAULT_EXTENSIONS = ".wav,.wave,.flac,.ogg,.oga,.mp3"
 # Above this estimated decoded size (float32 at the native rate, all channels; ~90 s of
@@ -144,8 +145,9 @@ def open_waveform(path: str, sample_rate: int, channel_mode: str,
   return streaming.SpooledWaveform.from_file(path, sample_rate, channel_mode)
 
 
-def tag_files(tagger: ExportedTagger, paths: Sequence[str], batch_size: int = 16,
-              chunk_seconds: float = 30.0, channel_mode: str = "first",
+def tag_files(tagger: ExportedTagger, paths: Sequence[str],
+              batch_size: int = DEFAULT_TAG_BATCH_SIZE,
+              chunk_seconds: float = DEFAULT_CHUNK_SECONDS, channel_mode: str = "first",
               taggram_seconds: Optional[float] = None, progress: bool = True,
               in_memory_limit: float = IN_MEMORY_LIMIT_BYTES,
               on_error=None) -> List[FileResult]:
@@ -327,8 +329,9 @@ def define_flags() -> None:
                       "to this JSON-lines file (one line per file).")
   flags.DEFINE_float("taggram_seconds", 10.0, "Taggram segment length (rounded to whole "
                      "~1-s pooling windows).", lower_bound=0.0)
-  flags.DEFINE_integer("batch_size", 16, "Clips per one-shot batch.", lower_bound=1)
-  flags.DEFINE_float("chunk_seconds", 30.0, "Recordings longer than this are streamed in "
+  flags.DEFINE_integer("batch_size", DEFAULT_TAG_BATCH_SIZE, "Clips per one-shot batch.",
+                       lower_bound=1)
+  flags.DEFINE_float("chunk_seconds", DEFAULT_CHUNK_SECONDS, "Recordings longer than this are streamed in "
                      "chunks of about this length.", lower_bound=1.0)
   flags.DEFINE_enum("channel_mode", None, ["first", "mean"], "Multi-channel audio: the "
                     "first channel (the authors' code) or the mean of all channels "

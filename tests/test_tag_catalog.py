@@ -303,3 +303,32 @@ def test_manifest_paths_of_both_formats(tmp_path):
                                 audio_root="/root")
   assert lib.manifest_paths(config, "csv") == ["/root/x.wav", "/abs/y.flac",
                                                "gs://b/z.mp3"]
+
+
+class _PickyModel:
+  """Tags any batch, unless a clip in it is all zeros (then the whole batch fails)."""
+
+  def tag_batch(self, waveforms):
+    if any(not np.any(w) for w in waveforms):
+      raise ValueError("waveform is silent")
+    return (np.stack([np.full(2, w.mean()) for w in waveforms]),
+            np.stack([np.full(3, w.size, np.float32) for w in waveforms]))
+
+
+def test_a_failing_batch_is_retried_file_by_file():
+  batch = [np.ones(5, np.float32), np.zeros(7, np.float32), np.full(9, 2.0, np.float32)]
+  results = list(lib.waveform_inference_fn(_PickyModel(), batch, {}, "m"))
+  assert [r.example for r in results] == [5, 7, 9]
+  assert "error" not in results[0].inference and "error" not in results[2].inference
+  np.testing.assert_array_equal(results[2].inference["embedding"], [9, 9, 9])
+  assert results[1].inference == {"error": "waveform is silent"}
+  fmt = lib.FormatRecordDoFn(["a", "b"], 1, 22050)
+  (error,) = list(fmt.process(("x/silent.wav", results[1])))
+  assert error.tag == lib.ERROR_TAG
+  assert error.value == {"path": "x/silent.wav", "stage": "inference",
+                         "error": "x/silent.wav: waveform is silent"}
+  (record,) = list(fmt.process(("x/two.wav", results[2])))
+  assert record["top_tags"] == ["a"] and record["duration_seconds"] == 9 / 22050
+  dead = list(lib._failed_batch_errors(([("p1", 0), ("p2", 0)], RuntimeError("boom"))))
+  assert [d["path"] for d in dead] == ["p1", "p2"]
+  assert dead[0]["error"] == "p1: RuntimeError: boom" and dead[0]["stage"] == "inference"
