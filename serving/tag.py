@@ -331,8 +331,8 @@ def define_flags() -> None:
                      "~1-s pooling windows).", lower_bound=0.0)
   flags.DEFINE_integer("batch_size", DEFAULT_TAG_BATCH_SIZE, "Clips per one-shot batch.",
                        lower_bound=1)
-  flags.DEFINE_float("chunk_seconds", DEFAULT_CHUNK_SECONDS, "Recordings longer than this are streamed in "
-                     "chunks of about this length.", lower_bound=1.0)
+  flags.DEFINE_float("chunk_seconds", DEFAULT_CHUNK_SECONDS, "Recordings longer than "
+                     "this are streamed in chunks of about this length.", lower_bound=1.0)
   flags.DEFINE_enum("channel_mode", None, ["first", "mean"], "Multi-channel audio: the "
                     "first channel (the authors' code) or the mean of all channels "
                     "(default: as the model's training data, recorded in the export).")
