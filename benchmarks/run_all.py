@@ -47,7 +47,8 @@ sys.path.insert(0, HERE)
 import result_line  # noqa: E402
 
 # Order of a full run: short ones first, so a broken setup shows within a minute.
-ORDER = ("frontend", "local_features", "song_dnn", "serving", "demo_corpus", "preprocess")
+ORDER = ("frontend", "local_features", "song_dnn", "serving", "demo_corpus", "preprocess",
+         "catalog")
 
 # Smaller sizes for --quick, through each script's own flags.
 QUICK_ARGS: Dict[str, List[str]] = {
@@ -57,11 +58,13 @@ QUICK_ARGS: Dict[str, List[str]] = {
     "song_dnn": ["--clips=500", "--repeats=1", "--metric_clips=500"],
     "serving": ["--runs", "2", "--hour_seconds", "120"],
     "demo_corpus": ["--num_clips", "24", "--clip_seconds", "5", "--no_progress"],
+    "catalog": ["--clips=3,6", "--seconds=10", "--index_items=5000", "--index_dim=128",
+                "--queries=100"],
 }
 
 # Seconds before a script is stopped (a quiet 2-core machine needs about a quarter of
 # this; preprocess ~4 min, demo corpus ~2.5 min).
-TIMEOUTS = {"preprocess": 1200.0, "demo_corpus": 900.0}
+TIMEOUTS = {"preprocess": 1200.0, "demo_corpus": 900.0, "catalog": 1800.0}
 DEFAULT_TIMEOUT = 600.0
 QUICK_TIMEOUT = 300.0
 

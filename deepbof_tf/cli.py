@@ -84,7 +84,7 @@ _NOISE_LINES = re.compile(
     r"|(?:WARNING|INFO):(?:root|__main__|apache_beam[\w.]*):"
     r"|[IW]\d{4} [\d:.]+\s+\d+ (?:local_job_service|native_type_compatibility|"
     r"functional_saver|signature_serialization|fingerprinting_utils|builder_impl|"
-    r"__init__)\.py:\d+\]"
+    r"__init__|iobase|worker_handlers)\.py:\d+\]"
     r")")
 _QUIET_ENV = "DEEPBOF_VERBOSE"
 

@@ -227,6 +227,13 @@ class PoolingConfig:
 DEFAULT_BLOCK_FRAMES = SamplingConfig().block_frames
 DEFAULT_POOL_FRAMES = PoolingConfig().pool_frames
 
+# Tagging with an export (deepbof-tag, deepbof-tag-catalog, deepbof-similar): clips up
+# to this long go through the one-shot signature, longer ones are streamed in chunks of
+# about this length; clips per one-shot batch; tags kept per file in a catalogue.
+DEFAULT_CHUNK_SECONDS = 30.0
+DEFAULT_TAG_BATCH_SIZE = 16
+DEFAULT_CATALOG_TOP_K = 10
+
 
 @dataclasses.dataclass(frozen=True)
 class LocalFeatureConfig:

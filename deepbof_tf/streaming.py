@@ -319,6 +319,66 @@ class SpooledWaveform:
     return spool
 
 
+class ResampledNativeWaveform:
+  """Random access to a file's mono samples at ``sample_rate``, decoded on demand.
+
+  Nothing is decoded ahead: :meth:`read` asks libsndfile for the native samples a range
+  needs (``deepbof_tf.audio.open_native``) and resamples just that range
+  (``deepbof_tf.audio.resample_segment``, equal to the one-shot ``load_audio``). Memory
+  is one range, whatever the recording's length, and there is no spool file: the
+  chunked passes of ``deepbof_tf.exported`` read each chunk twice from the file.
+
+  Args:
+    path: a WAV, FLAC, Ogg Vorbis or MP3 file (``tf.io.gfile`` paths work).
+    sample_rate: the output rate.
+    channel_mode: ``"first"`` (the authors' code) or ``"mean"``.
+
+  Raises:
+    deepbof_tf.audio.AudioDecodeError: missing, empty, not audio, corrupt header (on
+      construction); truncated stream or NaN/Inf samples (from :meth:`read`).
+  """
+
+  def __init__(self, path: str, sample_rate: int = 22050, channel_mode: str = "first"):
+    from deepbof_tf import audio
+    self.path = path
+    self.sample_rate = int(sample_rate)
+    self._num_in, self._rate_in, self._read = audio.open_native(path, channel_mode)
+    self.native_rate = self._rate_in
+    self.num_samples = audio.resampled_length(self._num_in, self._rate_in, self.sample_rate)
+
+  def _read_zero_filled(self, lo: int, hi: int) -> np.ndarray:
+    out = np.zeros(hi - lo, np.float32)
+    a, b = max(lo, 0), min(hi, self._num_in)
+    if b > a:
+      out[a - lo:b - lo] = self._read(a, b)
+    return out
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    """Samples ``[start, stop)``, zeros where the range lies outside the waveform."""
+    from deepbof_tf import audio
+    out = np.zeros(max(stop - start, 0), np.float32)
+    lo, hi = max(start, 0), min(stop, self.num_samples)
+    if hi > lo:
+      out[lo - start:hi - start] = audio.resample_segment(
+          self._read_zero_filled, self._num_in, self._rate_in, self.sample_rate, lo, hi)
+    finite = np.isfinite(out)
+    if not finite.all():
+      bad = int(out.size - np.count_nonzero(finite))
+      raise audio.AudioDecodeError(
+          self.path, f"{bad} NaN/Inf samples after decoding (corrupt file), in samples "
+          f"[{start}, {stop}) at {self.sample_rate} Hz")
+    return out
+
+  def close(self) -> None:
+    self._read = None
+
+  def __enter__(self) -> "ResampledNativeWaveform":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
 def native_blocks(path: str, channel_mode: str = "first"
                   ) -> Tuple[int, int, Callable[[int, int], np.ndarray]]:
   """Random access to a file's mono samples at its native rate, without loading it.

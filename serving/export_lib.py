@@ -53,17 +53,15 @@ from deepbof_tf import frontend, streaming
 from deepbof_tf.config import ExportConfig, FrontendConfig
 from deepbof_tf.training import model_dir as model_dir_layout
 
-EXPORT_INFO_FILE = "deepbof_export.json"
+# The layout and the signature names are the export's contract with its clients; they
+# live in deepbof_tf.exported (the tagging tools read exports without this module).
+from deepbof_tf.exported import (  # noqa: E402,F401  (re-exported)
+    DEFAULT_SIGNATURE, EXPORT_INFO_FILE, HEAD_SIGNATURE, PADDED_SIGNATURE,
+    STREAM_ENCODE_SIGNATURE, STREAM_PEAK_SIGNATURE, TAGS_SIGNATURE, WAV_SIGNATURE,
+    existing_versions, read_export_info, resolve_version_dir)
+
 TAGS_ASSET_FILE = "tags.txt"
 FRONTEND_FILE = model_dir_layout.FRONTEND_FILE  # written by deepbof-train
-
-DEFAULT_SIGNATURE = "serving_default"
-PADDED_SIGNATURE = "serving_padded"
-WAV_SIGNATURE = "predict_wav"
-TAGS_SIGNATURE = "tags"
-STREAM_PEAK_SIGNATURE = "stream_peak"
-STREAM_ENCODE_SIGNATURE = "stream_encode"
-HEAD_SIGNATURE = "probabilities_from_embedding"
 # The longest clip the one-shot signatures accept by default (deepbof-export
 # --max_request_seconds); longer audio goes through the streaming signatures.
 DEFAULT_MAX_REQUEST_SECONDS = ExportConfig.max_request_seconds
@@ -369,33 +367,12 @@ def export_info(config: FrontendConfig, encoder, tag_names: Sequence[str],
 # --- versions and writing ---------------------------------------------------------------
 
 
-def existing_versions(export_dir: str) -> List[int]:
-  """Integer version subdirectories of a TF Serving model base path, ascending."""
-  if not tf.io.gfile.isdir(export_dir):
-    return []
-  names = [name.rstrip("/") for name in tf.io.gfile.listdir(export_dir)]
-  return sorted(int(name) for name in names if name.isdigit())
-
 
 def next_version(export_dir: str) -> int:
   """One more than the newest existing version (1 for a new model base path)."""
   versions = existing_versions(export_dir)
   return versions[-1] + 1 if versions else 1
 
-
-def resolve_version_dir(path: str) -> str:
-  """A SavedModel directory: ``path`` itself, or its newest integer version.
-
-  Args:
-    path: a version directory (with ``saved_model.pb``) or a model base path.
-  """
-  if tf.io.gfile.exists(posixpath.join(path, "saved_model.pb")):
-    return path
-  versions = existing_versions(path)
-  if not versions:
-    raise FileNotFoundError(f"{path}: neither a SavedModel (no saved_model.pb) nor a "
-                            "directory of integer versions; run deepbof-export first")
-  return posixpath.join(path, str(versions[-1]))
 
 
 def export(model_dir: str, export_dir: str, version: Optional[int] = None,
@@ -442,10 +419,3 @@ def export(model_dir: str, export_dir: str, version: Optional[int] = None,
   return target
 
 
-def read_export_info(version_dir: str) -> Dict[str, Any]:
-  """The ``assets/deepbof_export.json`` of an export version directory."""
-  path = posixpath.join(version_dir, "assets", EXPORT_INFO_FILE)
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path}: not a deepbof export (no {EXPORT_INFO_FILE})")
-  with tf.io.gfile.GFile(path, "r") as f:
-    return json.load(f)

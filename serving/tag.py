@@ -49,6 +49,8 @@ from absl import flags
 import numpy as np
 
 from deepbof_tf import cli
+from deepbof_tf import exported
+from deepbof_tf.config import DEFAULT_CHUNK_SECONDS, DEFAULT_TAG_BATCH_SIZE
 
 DEFAULT_EXTENSIONS = ".wav,.wave,.flac,.ogg,.oga,.mp3"
 # Above this estimated decoded size (float32 at the native rate, all channels; ~90 s of
@@ -99,97 +101,15 @@ def find_audio_files(inputs: Sequence[str], extensions: Sequence[str]) -> List[s
   return [p for p in found if not (p in seen or seen.add(p))]
 
 
-class ExportedTagger:
+class ExportedTagger(exported.ExportedModel):
   """Tags waveforms with a ``deepbof-export`` SavedModel (see the module docstring).
+
+  The one-shot and chunked paths are ``deepbof_tf.exported.ExportedModel``'s, shared
+  with ``deepbof-tag-catalog`` and ``deepbof-similar``.
 
   Args:
     model: an export version directory or base directory (newest version).
   """
-
-  def __init__(self, model: str):
-    import tensorflow as tf
-    from deepbof_tf.config import FrontendConfig
-    from serving import export_lib
-    self.version_dir = export_lib.resolve_version_dir(model)
-    self.info = export_lib.read_export_info(self.version_dir)
-    self.config = FrontendConfig(**self.info["frontend"])
-    self.block_frames = int(self.info["block_frames"])
-    self.pool_frames = int(self.info["pool_frames"])
-    self.min_samples = int(self.info["min_samples"])
-    loaded = tf.saved_model.load(self.version_dir)
-    self._loaded = loaded  # keeps the signatures' variables alive
-    signatures = loaded.signatures
-    self._padded = signatures[export_lib.PADDED_SIGNATURE]
-    self._peak = signatures[export_lib.STREAM_PEAK_SIGNATURE]
-    self._encode = signatures[export_lib.STREAM_ENCODE_SIGNATURE]
-    self._head = signatures[export_lib.HEAD_SIGNATURE]
-    self.tags = [t.decode("utf-8") for t in
-                 signatures[export_lib.TAGS_SIGNATURE]()["tags"].numpy()]
-
-  @property
-  def sample_rate(self) -> int:
-    return self.config.sample_rate
-
-  def windows_per_seconds(self, seconds: float) -> int:
-    """Pooling windows in about ``seconds`` (at least 1)."""
-    window = self.pool_frames * self.config.hop_length / self.config.sample_rate
-    return max(1, int(round(seconds / window)))
-
-  def check_length(self, num_samples: int, path: str) -> None:
-    if num_samples < self.min_samples:
-      raise ValueError(
-          f"{path}: too short: {num_samples} samples ({num_samples / self.sample_rate:.3f} s)"
-          f"; the model needs at least {self.min_samples} samples (one "
-          f"{self.block_frames}-frame block)")
-
-  def tag_batch(self, waveforms: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-    """One-shot tagging of in-memory clips: ``(probabilities [B, T], embedding [B, H])``."""
-    import tensorflow as tf
-    lengths = np.array([w.shape[0] for w in waveforms], np.int32)
-    batch = np.zeros([len(waveforms), int(lengths.max())], np.float32)
-    for i, w in enumerate(waveforms):
-      batch[i, :w.shape[0]] = w
-    out = self._padded(waveform=tf.constant(batch), num_samples=tf.constant(lengths))
-    return out["probabilities"].numpy(), out["embedding"].numpy()
-
-  def pooled_windows(self, source, windows_per_chunk: int,
-                     progress: Optional[Any] = None) -> np.ndarray:
-    """All max-pooling windows ``[W, H]`` of a recording, computed chunk by chunk.
-
-    Args:
-      source: a ``deepbof_tf.streaming`` waveform (``num_samples``, ``read``).
-      windows_per_chunk: pooling windows per streaming step.
-      progress: optional tqdm bar advanced by one per chunk and pass.
-    """
-    import tensorflow as tf
-    from deepbof_tf import streaming
-    plan = streaming.plan_chunks(source.num_samples, windows_per_chunk, self.config,
-                                 self.block_frames, self.pool_frames)
-    if progress is not None:
-      progress.reset(total=2 * len(plan))
-    peak = 0.0
-    for chunk in plan:  # pass 1: the whole recording's STFT maximum (the floor's max)
-      segment = source.read(*streaming.segment_bounds(chunk, self.config))
-      peak = max(peak, float(self._peak(segment=tf.constant(segment))["peak"]))
-      if progress is not None:
-        progress.update()
-    state = tf.zeros([self.config.agc_n_bands], tf.float32)
-    context = tf.zeros([0, self.config.n_mels], tf.float32)
-    pooled = []
-    for chunk in plan:  # pass 2: floor, AGC, log-mel, blocks, encoder, window maxima
-      segment = source.read(*streaming.segment_bounds(chunk, self.config))
-      out = self._encode(segment=tf.constant(segment), peak=tf.constant(peak, tf.float32),
-                         agc_state=state, context=context)
-      state, context = out["agc_state"], out["context"]
-      pooled.append(out["pooled"].numpy())
-      if progress is not None:
-        progress.update()
-    return np.concatenate(pooled, axis=0)
-
-  def probabilities(self, embedding: np.ndarray) -> np.ndarray:
-    """The DNN on bag-of-features ``[N, H]`` → ``[N, n_tags]``."""
-    import tensorflow as tf
-    return self._head(embedding=tf.constant(embedding, tf.float32))["probabilities"].numpy()
 
 
 def estimated_decoded_bytes(path: str) -> float:
@@ -225,8 +145,9 @@ def open_waveform(path: str, sample_rate: int, channel_mode: str,
   return streaming.SpooledWaveform.from_file(path, sample_rate, channel_mode)
 
 
-def tag_files(tagger: ExportedTagger, paths: Sequence[str], batch_size: int = 16,
-              chunk_seconds: float = 30.0, channel_mode: str = "first",
+def tag_files(tagger: ExportedTagger, paths: Sequence[str],
+              batch_size: int = DEFAULT_TAG_BATCH_SIZE,
+              chunk_seconds: float = DEFAULT_CHUNK_SECONDS, channel_mode: str = "first",
               taggram_seconds: Optional[float] = None, progress: bool = True,
               in_memory_limit: float = IN_MEMORY_LIMIT_BYTES,
               on_error=None) -> List[FileResult]:
@@ -335,16 +256,7 @@ def _clean(error: BaseException) -> BaseException:
 # --- output ------------------------------------------------------------------------------
 
 
-def top_tags(probabilities: np.ndarray, tags: Sequence[str], top_k: int,
-             threshold: float) -> List[Tuple[str, float]]:
-  """The ``top_k`` most probable tags with probability ≥ ``threshold`` (0: all).
-
-  Ties are broken by tag index (the vocabulary order), as in the P@K metric.
-  """
-  order = sorted(range(len(tags)), key=lambda i: (-float(probabilities[i]), i))
-  chosen = [(tags[i], float(probabilities[i])) for i in order
-            if float(probabilities[i]) >= threshold]
-  return chosen[:top_k] if top_k > 0 else chosen
+top_tags = exported.top_tags
 
 
 def format_results(results: Sequence[FileResult], tags: Sequence[str], output: str,
@@ -417,9 +329,10 @@ def define_flags() -> None:
                       "to this JSON-lines file (one line per file).")
   flags.DEFINE_float("taggram_seconds", 10.0, "Taggram segment length (rounded to whole "
                      "~1-s pooling windows).", lower_bound=0.0)
-  flags.DEFINE_integer("batch_size", 16, "Clips per one-shot batch.", lower_bound=1)
-  flags.DEFINE_float("chunk_seconds", 30.0, "Recordings longer than this are streamed in "
-                     "chunks of about this length.", lower_bound=1.0)
+  flags.DEFINE_integer("batch_size", DEFAULT_TAG_BATCH_SIZE, "Clips per one-shot batch.",
+                       lower_bound=1)
+  flags.DEFINE_float("chunk_seconds", DEFAULT_CHUNK_SECONDS, "Recordings longer than "
+                     "this are streamed in chunks of about this length.", lower_bound=1.0)
   flags.DEFINE_enum("channel_mode", None, ["first", "mean"], "Multi-channel audio: the "
                     "first channel (the authors' code) or the mean of all channels "
                     "(default: as the model's training data, recorded in the export).")

@@ -1,0 +1,139 @@
+r"""deepbof-tag-catalog: a catalogue of audio files → tags and embeddings (Apache Beam).
+
+Tags every file of a pattern or a manifest with an exported model (``deepbof-export``)
+and writes, per file, the path, the duration, every tag probability, the top-k tags and
+the bag-of-features embedding, as TFRecords (``tfrecord/``) and Parquet (``parquet/``),
+plus ``errors/*.jsonl`` (one line per failed file) and ``metadata.json``
+(docs/catalog.md). Recordings longer than ``--chunk_seconds`` are read and encoded
+chunk by chunk, with exactly the numbers of ``deepbof-tag``. Flags not defined here are
+Beam pipeline options:
+
+  deepbof-tag-catalog --model=EXPORT --input='music/*.mp3' --output_dir=CATALOG \
+      --direct_num_workers=2 --direct_running_mode=multi_processing
+
+  rm -rf dist && pip wheel --no-deps -w dist .   # deepbof_tf + beam_jobs for the workers
+  deepbof-tag-catalog --model=gs://bucket/export/1 --input='gs://bucket/audio/**' \
+      --output_dir=gs://bucket/catalog --runner=DataflowRunner --project=my-project \
+      --region=us-central1 --temp_location=gs://bucket/tmp \
+      --extra_package="$(ls dist/deepbof-*.whl)"
+
+Dataflow needs ``pip install 'deepbof[gcp]'`` on the launching machine.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+from typing import List, Sequence
+
+from absl import app
+from absl import flags
+
+from beam_jobs import tag_catalog_lib as lib
+from deepbof_tf import cli
+from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
+                               DEFAULT_TAG_BATCH_SIZE)
+
+FLAGS = flags.FLAGS
+MAX_ERROR_LINES = 20  # failed files named on stderr; all of them are in errors/*.jsonl
+_OUR_FLAGS = []  # the names define_flags adds; every other flag goes to Beam
+
+
+def define_flags() -> None:
+  """Defines the tool's flags (at run time: importing the module defines nothing)."""
+  before = set(FLAGS)
+  flags.DEFINE_string("model", None, "deepbof-export output: a version directory or the "
+                      "export base directory (its newest version is used).")
+  flags.DEFINE_string("input", None, "A file pattern (local or gs://; a directory means "
+                      "every file under it) or a manifest (see --input_format).")
+  flags.DEFINE_string("output_dir", None, "Catalogue directory to create (local or "
+                      "gs://…).")
+  flags.DEFINE_enum("input_format", "auto", list(lib.INPUT_FORMATS), "pattern, csv "
+                    "('path,split,tags'), mtt (annotations_final.csv) or auto (a .csv "
+                    "file is a manifest, anything else a pattern).")
+  flags.DEFINE_string("audio_root", "", "Directory (or gs:// prefix) that relative "
+                      "manifest paths are joined to.")
+  flags.DEFINE_integer("top_k", DEFAULT_CATALOG_TOP_K, "Tags kept per file in top_tags "
+                       "(every probability is stored).", lower_bound=0)
+  flags.DEFINE_float("chunk_seconds", DEFAULT_CHUNK_SECONDS, "Recordings longer than "
+                     "this are read and encoded in chunks of about this length.",
+                     lower_bound=1.0)
+  flags.DEFINE_enum("channel_mode", None, ["first", "mean"], "Multi-channel audio: the "
+                    "first channel or the mean (default: as the model's training data).")
+  flags.DEFINE_integer("min_batch_size", 1, "RunInference's smallest batch.",
+                       lower_bound=1)
+  flags.DEFINE_integer("max_batch_size", DEFAULT_TAG_BATCH_SIZE, "RunInference's largest "
+                       "batch (clips, or combined bags-of-features).", lower_bound=1)
+  flags.DEFINE_integer("num_shards", 0, "Files per output format; 0 lets the runner "
+                       "choose.", lower_bound=0)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output_dir.")
+  flags.DEFINE_integer("intra_op_threads", 1, "TensorFlow threads per Beam worker "
+                       "process.")
+  _OUR_FLAGS[:] = sorted(set(FLAGS) - before)
+
+
+def _parse_flags(argv: List[str]) -> List[str]:
+  """Parses our flags and returns ``[argv0] + the rest`` (the Beam options)."""
+  if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in argv[1:]):
+    print(__doc__)
+    for name in _OUR_FLAGS:
+      flag = FLAGS[name]
+      print(f"  --{name}: {flag.help}\n    (default: {flag.default!r})")
+    print("\nBeam pipeline options: see --helpfull or Beam's documentation.")
+    sys.exit(0)
+  rest = FLAGS(argv, known_only=True)
+  known = [f"--{name}" for name in _OUR_FLAGS] + [f"--no{name}" for name in _OUR_FLAGS]
+  for arg in rest[1:]:
+    name = arg.split("=", 1)[0]
+    # A near-miss of one of our flags (--chunk_second) would silently become an ignored
+    # Beam option; refuse it instead.
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+    if close and name not in known:
+      raise app.UsageError(f"unknown flag {name}; did you mean {close[0]}?")
+  return rest
+
+
+def config_from_flags() -> lib.TagCatalogConfig:
+  """The :class:`TagCatalogConfig` of the parsed flags."""
+  if not FLAGS.model or not FLAGS.input or not FLAGS.output_dir:
+    raise app.UsageError("--model, --input and --output_dir are required")
+  return lib.TagCatalogConfig(
+      model=FLAGS.model, input=FLAGS.input, output_dir=FLAGS.output_dir,
+      input_format=FLAGS.input_format, audio_root=FLAGS.audio_root, top_k=FLAGS.top_k,
+      chunk_seconds=FLAGS.chunk_seconds, channel_mode=FLAGS.channel_mode,
+      min_batch_size=FLAGS.min_batch_size, max_batch_size=FLAGS.max_batch_size,
+      num_shards=FLAGS.num_shards, overwrite=FLAGS.overwrite,
+      intra_op_threads=FLAGS.intra_op_threads)
+
+
+def main(argv: Sequence[str]) -> int:
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    config = config_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  try:
+    metadata = lib.run(config, beam_args=list(argv[1:]))
+  except (FileExistsError, FileNotFoundError, ValueError) as e:
+    print(f"deepbof-tag-catalog: error: {e}", file=sys.stderr)
+    return 1
+  errors = lib.read_errors(config.output_dir)
+  for record in errors[:MAX_ERROR_LINES]:
+    print(f"deepbof-tag-catalog: error: {record['error']} (stage {record['stage']})",
+          file=sys.stderr)
+  if len(errors) > MAX_ERROR_LINES:
+    print(f"deepbof-tag-catalog: … and {len(errors) - MAX_ERROR_LINES} more in "
+          f"{config.output_dir}/{lib.ERRORS_DIR}/", file=sys.stderr)
+  print(lib.format_counts(metadata))
+  print(f"wrote {config.output_dir}")
+  return 0 if metadata["counters"]["reconciled"] else 2
+
+
+def console_main() -> None:
+  """Console-script entry point (``deepbof-tag-catalog``)."""
+  cli.run_console_script(main, define_flags, __doc__, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  console_main()

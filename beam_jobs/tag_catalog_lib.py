@@ -1,0 +1,897 @@
+"""The catalogue tagging pipeline: audio files → tags and embeddings (Apache Beam).
+
+Library module of ``deepbof-tag-catalog`` (the absl entry point is ``tag_catalog.py``;
+the output's schema is in docs/catalog.md). Every number comes from the exported
+SavedModel (``deepbof-export``), loaded in the workers with ``tf.saved_model.load``,
+so the catalogue holds what ``deepbof-tag`` prints for the same files.
+
+Data flow:
+
+1. The inputs are a file pattern (``fileio.MatchFiles``, local or ``gs://``) or a
+   manifest (``deepbof_tf.data.manifests``, the preprocess CSV and MagnaTagATune
+   formats); the paths are spread over the workers (``Reshuffle``).
+2. :class:`ProbeAudioDoFn` opens each file for random access at its native rate
+   (``deepbof_tf.streaming.ResampledNativeWaveform``: libsndfile, resampled range by
+   range). A clip up to ``chunk_seconds`` is decoded whole and goes to the one-shot
+   branch; a longer one goes to the chunked branch as its path only.
+3. One-shot: Beam's ``RunInference`` with its TensorFlow model handler
+   (:class:`DeepBofModelHandler`, batched by ``min_batch_size``/``max_batch_size``)
+   runs ``serving_padded`` on padded batches: probabilities and the bag-of-features.
+4. Chunked: :class:`EncodeChunksDoFn` runs the export's two streaming passes
+   (``stream_peak`` then ``stream_encode``, the AGC state and the last block's frames
+   carried from chunk to chunk, which is why one file's chunks run in order on one
+   worker) reading one chunk of samples at a time, and emits one partial result per
+   chunk, keyed by path: the chunk index, the sum of its max-pooling windows and their
+   count. :class:`BagOfFeaturesCombineFn` (``CombinePerKey``) adds them up and checks
+   that every chunk arrived; sum / count is exactly the one-shot bag-of-features (the
+   mean of all pooling windows). ``RunInference`` then runs the model's head
+   (``probabilities_from_embedding``) on the combined bag-of-features, batched.
+5. Both branches give ``(path, num_samples, probabilities, embedding)``;
+   :class:`FormatRecordDoFn` adds the top-k tags and the records are written twice,
+   as sharded gzip TFRecords of ``tf.train.Example`` (``WriteToTFRecord``) and as
+   Parquet (``WriteToParquet`` with :func:`parquet_schema`).
+6. A failing input becomes one error record ``{path, stage, error}`` (stages
+   :data:`STAGES`) written to ``errors/errors-*.jsonl``; a ``_summary.json`` with the
+   counts of inputs, records and errors lets the launcher reconcile them
+   (matched = tagged + failed) with the Beam counters and write ``metadata.json``.
+
+Everything is written into a work directory (``deepbof_tf.workdirs``) that is renamed
+to ``output_dir`` only when the run is complete, as ``deepbof-preprocess`` does. DoFns
+take every setting as a constructor argument and import TensorFlow in ``setup()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from beam_jobs import preprocess_lib as plib
+from beam_jobs.preprocess_lib import beam  # imported there with crcmod's warning dropped
+from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference import base as inference_base
+
+from deepbof_tf import __version__
+from deepbof_tf import exported
+from deepbof_tf import workdirs
+from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
+                               DEFAULT_TAG_BATCH_SIZE)
+from deepbof_tf.data import manifests
+
+ERROR_TAG = "errors"
+LONG_TAG = "long"
+STAGES = ("read", "decode", "validate", "encode", "combine", "inference")
+METADATA_FILE = "metadata.json"
+SUMMARY_FILE = "_summary.json"
+PARQUET_DIR = "parquet"
+TFRECORD_DIR = "tfrecord"
+ERRORS_DIR = "errors"
+SHARD_PREFIX = "tags"
+PARQUET_SUFFIX = ".parquet"
+TFRECORD_SUFFIX = ".tfrecord.gz"
+ERRORS_SUFFIX = ".jsonl"
+INPUT_FORMATS = ("auto", "pattern", "csv", "mtt")
+FORMAT_VERSION = 1
+
+# The record fields (Parquet columns and tf.train.Example keys alike).
+PATH = "path"
+DURATION = "duration_seconds"
+PROBABILITIES = "probabilities"
+TOP_TAGS = "top_tags"
+TOP_PROBABILITIES = "top_probabilities"
+EMBEDDING = "embedding"
+
+
+@dataclasses.dataclass(frozen=True)
+class TagCatalogConfig:
+  """Everything one catalogue run depends on (the flags of ``deepbof-tag-catalog``).
+
+  Args:
+    model: a ``deepbof-export`` version directory or base directory (newest version).
+    input: a file pattern (``dir/*.mp3``, ``gs://bucket/audio/**``; a directory means
+      every file under it) or a manifest.
+    output_dir: the catalogue directory to create.
+    input_format: "pattern", "csv" (``path,split,tags``), "mtt" (MagnaTagATune
+      ``annotations_final.csv``) or "auto" (a ``.csv`` file is a manifest, MTT if
+      named ``annotations_final.csv``; anything else is a pattern).
+    audio_root: prefix of relative manifest paths.
+    top_k: tags kept per file in ``top_tags`` (every probability is stored anyway).
+    chunk_seconds: clips up to this long are tagged in one piece; longer ones are
+      read and encoded in chunks of about this length.
+    channel_mode: "first" or "mean"; None: as the model's training data (the export).
+    min_batch_size: RunInference's smallest batch.
+    max_batch_size: RunInference's largest batch (clips or bags-of-features).
+    num_shards: output files per format; 0 lets the runner choose.
+    overwrite: replace an existing non-empty ``output_dir``.
+    intra_op_threads: TensorFlow threads per worker process (Beam parallelises over
+      processes).
+  """
+
+  model: str
+  input: str
+  output_dir: str
+  input_format: str = "auto"
+  audio_root: str = ""
+  top_k: int = DEFAULT_CATALOG_TOP_K
+  chunk_seconds: float = DEFAULT_CHUNK_SECONDS
+  channel_mode: Optional[str] = None
+  min_batch_size: int = 1
+  max_batch_size: int = DEFAULT_TAG_BATCH_SIZE
+  num_shards: int = 0
+  overwrite: bool = False
+  intra_op_threads: int = 1
+
+  def __post_init__(self):
+    if self.input_format not in INPUT_FORMATS:
+      raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got "
+                       f"{self.input_format!r}")
+    if self.channel_mode not in (None, "first", "mean"):
+      raise ValueError(f"channel_mode must be 'first' or 'mean', got {self.channel_mode!r}")
+    if self.chunk_seconds < 1.0:
+      raise ValueError(f"chunk_seconds must be >= 1, got {self.chunk_seconds}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if not 1 <= self.min_batch_size <= self.max_batch_size:
+      raise ValueError(f"need 1 <= min_batch_size <= max_batch_size, got "
+                       f"{self.min_batch_size}, {self.max_batch_size}")
+    if self.num_shards < 0:
+      raise ValueError(f"num_shards must be >= 0, got {self.num_shards}")
+    if not self.model or not self.input or not self.output_dir:
+      raise ValueError("model, input and output_dir must not be empty")
+
+
+def resolved_input_format(config: TagCatalogConfig) -> str:
+  """``config.input_format`` with "auto" decided from the input's name."""
+  if config.input_format != "auto":
+    return config.input_format
+  name = config.input.rstrip("/").rsplit("/", 1)[-1].lower()
+  if name.endswith(".csv") and not any(c in config.input for c in "*?["):
+    return "mtt" if name == "annotations_final.csv" else "csv"
+  return "pattern"
+
+
+def input_pattern(path: str) -> str:
+  """The ``MatchFiles`` pattern of an input: a directory means every file under it
+  (``**`` matches across subdirectories, ``*`` within one)."""
+  fs = plib._fs(path)
+  if not any(c in path for c in "*?[") and fs.isdir(path):
+    return plib._join(path.rstrip("/"), "**")
+  return path
+
+
+# --------------------------------------------------------------------------------------
+# Errors and counters.
+# --------------------------------------------------------------------------------------
+
+
+def error_record(path: str, stage: str, error: Any) -> Dict[str, str]:
+  """``{path, stage, error}``; the message starts with the path and says the problem."""
+  message = str(error) or type(error).__name__
+  if isinstance(error, BaseException):
+    import tensorflow as tf
+    if isinstance(error, tf.errors.OpError):
+      from deepbof_tf import audio
+      message = audio._short(error)
+    elif not isinstance(error, ValueError):
+      message = f"{type(error).__name__}: {message}"
+  if not message.startswith(path):
+    message = f"{path}: {message}"
+  return {"path": path, "stage": stage, "error": message}
+
+
+def _counter(name: str):
+  return Metrics.counter(plib.METRICS_NAMESPACE, name)
+
+
+def _stage_of(error: BaseException, path: str) -> str:
+  """"read" for a missing or unreadable file, "decode" for anything about its content."""
+  text = str(error)
+  if text.startswith(f"{path}: file not found") or "cannot read file" in text or (
+      "is a directory" in text):
+    return "read"
+  return "decode"
+
+
+# --------------------------------------------------------------------------------------
+# RunInference's model handler on the export.
+# --------------------------------------------------------------------------------------
+
+
+def _set_threads(intra_op_threads: int) -> None:
+  import tensorflow as tf
+  if intra_op_threads > 0:
+    try:
+      tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+      tf.config.threading.set_inter_op_parallelism_threads(intra_op_threads)
+    except RuntimeError:
+      pass  # this process's context is already initialised: keep its settings
+
+
+def _attributed(model, batch, run_batch, run_one) -> List[Any]:
+  """Runs a whole batch; if it fails, each example alone, so only a bad one fails."""
+  try:
+    return run_batch(batch)
+  except Exception:  # pylint: disable=broad-except
+    out = []
+    for example in batch:
+      try:
+        out.extend(run_batch([example]))
+      except Exception as error:  # pylint: disable=broad-except
+        out.append({"error": run_one(error)})
+    return out
+
+
+def waveform_inference_fn(model: exported.ExportedModel, batch: Sequence[np.ndarray],
+                          inference_args: Dict[str, Any],
+                          model_id: Optional[str] = None
+                          ) -> Iterable[inference_base.PredictionResult]:
+  """RunInference on whole clips: ``serving_padded`` on the zero-padded batch.
+
+  Each example is a float32 waveform at the model's rate; the result's ``example`` is
+  its length (the waveform itself is not carried on) and its ``inference`` a dict of
+  ``probabilities`` and ``embedding`` (or ``error``).
+  """
+  del inference_args
+
+  def run_batch(waveforms):
+    probabilities, embeddings = model.tag_batch(list(waveforms))
+    return [{"probabilities": p, "embedding": e} for p, e in zip(probabilities, embeddings)]
+
+  outputs = _attributed(model, batch, run_batch, str)
+  return [inference_base.PredictionResult(int(w.shape[0]), out, model_id)
+          for w, out in zip(batch, outputs)]
+
+
+def embedding_inference_fn(model: exported.ExportedModel,
+                           batch: Sequence[Mapping[str, Any]],
+                           inference_args: Dict[str, Any],
+                           model_id: Optional[str] = None
+                           ) -> Iterable[inference_base.PredictionResult]:
+  """RunInference on combined bags-of-features: the model's head, batched.
+
+  Each example is ``{"embedding": float32 [H], "num_samples": int}``.
+  """
+  del inference_args
+
+  def run_batch(examples):
+    probabilities = model.probabilities(np.stack([e["embedding"] for e in examples]))
+    return [{"probabilities": p, "embedding": e["embedding"]}
+            for p, e in zip(probabilities, examples)]
+
+  outputs = _attributed(model, batch, run_batch, str)
+  return [inference_base.PredictionResult(int(e["num_samples"]), out, model_id)
+          for e, out in zip(batch, outputs)]
+
+
+class DeepBofModelHandler(inference_base.ModelHandler):
+  """RunInference's model handler for a ``deepbof-export`` SavedModel.
+
+  Beam's ``TFModelHandlerTensor`` loads with ``tf.keras.models.load_model`` (with
+  Keras 3 it cannot read a plain SavedModel), and its module imports tensorflow_hub,
+  which needs setuptools' ``pkg_resources`` (absent from the setuptools 84 installed
+  here) and pulls in tf-keras; this small handler loads the export with
+  ``tf.saved_model.load`` (``deepbof_tf.exported.ExportedModel``) and runs one of its
+  signatures through ``inference_fn``, with the same contract as the TF handler's
+  ``inference_fn`` (``(model, batch, inference_args, model_id) → PredictionResults``).
+  Batching (``BatchElements`` with ``min_batch_size``/``max_batch_size``), sharing the
+  model between a worker's threads, the dead-letter output and the inference metrics
+  are RunInference's own.
+
+  Args:
+    model_uri: the export (version or base directory).
+    inference_fn: :func:`waveform_inference_fn` or :func:`embedding_inference_fn`.
+    intra_op_threads: TensorFlow threads of the worker process.
+    min_batch_size, max_batch_size: RunInference's batching.
+  """
+
+  def __init__(self, model_uri: str, inference_fn, intra_op_threads: int = 1,
+               min_batch_size: int = 1, max_batch_size: int = DEFAULT_TAG_BATCH_SIZE):
+    super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+    self._model_uri = model_uri
+    self._inference_fn = inference_fn
+    self._intra_op_threads = intra_op_threads
+
+  def load_model(self) -> exported.ExportedModel:
+    _set_threads(self._intra_op_threads)
+    return exported.ExportedModel(self._model_uri)
+
+  def run_inference(self, batch: Sequence[Any], model: exported.ExportedModel,
+                    inference_args: Optional[Dict[str, Any]] = None
+                    ) -> Iterable[inference_base.PredictionResult]:
+    return self._inference_fn(model, batch, inference_args or {}, self._model_uri)
+
+  def update_model_path(self, model_path: Optional[str] = None):
+    self._model_uri = model_path or self._model_uri
+
+  def get_num_bytes(self, batch: Sequence[Any]) -> int:
+    return sum(int(getattr(e, "nbytes", 0)) or 8 for e in batch)
+
+  def get_metrics_namespace(self) -> str:
+    return "deepbof_RunInference"
+
+
+# --------------------------------------------------------------------------------------
+# DoFns.
+# --------------------------------------------------------------------------------------
+
+
+class ProbeAudioDoFn(beam.DoFn):
+  """Opens one file: a short clip is decoded whole, a long one is passed on by path.
+
+  Main output: ``(path, waveform float32)`` for clips up to ``one_shot_samples``.
+  Tagged output ``long``: ``(path, num_samples)``. Tagged output ``errors``: one
+  record per failed input ("read": missing/unreadable; "decode": empty, not audio,
+  truncated, NaN/Inf samples; "validate": shorter than one block).
+
+  Args:
+    sample_rate: the model's rate.
+    channel_mode: "first" or "mean".
+    min_samples: the shortest clip the model takes.
+    one_shot_samples: the longest clip decoded whole.
+  """
+
+  def __init__(self, sample_rate: int, channel_mode: str, min_samples: int,
+               one_shot_samples: int):
+    self._sample_rate = sample_rate
+    self._channel_mode = channel_mode
+    self._min_samples = min_samples
+    self._one_shot_samples = one_shot_samples
+    self._matched = _counter("files_matched")
+    self._short = _counter("files_one_shot")
+    self._long = _counter("files_chunked")
+
+  def setup(self):
+    from deepbof_tf import streaming
+    self._streaming = streaming
+
+  def _fail(self, path, stage, error):
+    logging.warning("%s: %s failed: %s", path, stage, error)
+    return beam.pvalue.TaggedOutput(ERROR_TAG, error_record(path, stage, error))
+
+  def process(self, path: str) -> Iterator[Any]:
+    self._matched.inc()
+    try:
+      source = self._streaming.ResampledNativeWaveform(path, self._sample_rate,
+                                                       self._channel_mode)
+    except Exception as e:  # pylint: disable=broad-except
+      yield self._fail(path, _stage_of(e, path), e)
+      return
+    try:
+      n = source.num_samples
+      if n < self._min_samples:
+        yield self._fail(path, "validate", ValueError(
+            f"{path}: too short: {n} samples ({n / self._sample_rate:.3f} s); the model "
+            f"needs at least {self._min_samples} samples (one block)"))
+        return
+      if n > self._one_shot_samples:
+        self._long.inc()
+        yield beam.pvalue.TaggedOutput(LONG_TAG, (path, n))
+        return
+      try:
+        waveform = source.read(0, n)
+      except Exception as e:  # pylint: disable=broad-except
+        yield self._fail(path, "decode", e)
+        return
+      self._short.inc()
+      yield path, waveform
+    finally:
+      source.close()
+
+
+class EncodeChunksDoFn(beam.DoFn):
+  """Streams one long recording through the export: one partial sum per chunk.
+
+  Main output: ``(path, {"chunk", "num_chunks", "window_sum" float64 [H],
+  "num_windows", "num_samples"})`` per chunk, emitted once the whole file has been
+  encoded (a file that fails half-way emits only its error record). Only one chunk of
+  samples is in memory at a time; the partial sums are ``H`` numbers per chunk.
+
+  Args:
+    model_uri: the export.
+    chunk_seconds: chunk length (rounded to whole pooling windows).
+    channel_mode: "first" or "mean".
+    intra_op_threads: TensorFlow threads of the worker process.
+  """
+
+  def __init__(self, model_uri: str, chunk_seconds: float, channel_mode: str,
+               intra_op_threads: int = 1):
+    self._model_uri = model_uri
+    self._chunk_seconds = chunk_seconds
+    self._channel_mode = channel_mode
+    self._intra_op_threads = intra_op_threads
+    self._chunks = _counter("chunks_encoded")
+
+  def setup(self):
+    _set_threads(self._intra_op_threads)
+    from deepbof_tf import streaming
+    self._streaming = streaming
+    self._model = exported.ExportedModel(self._model_uri)
+    self._windows_per_chunk = self._model.windows_per_seconds(self._chunk_seconds)
+
+  def process(self, element) -> Iterator[Any]:
+    path, _ = element
+    partials = []
+    try:
+      source = self._streaming.ResampledNativeWaveform(
+          path, self._model.sample_rate, self._channel_mode)
+      try:
+        for pooled in self._model.iter_pooled_windows(source, self._windows_per_chunk):
+          partials.append((np.asarray(pooled, np.float64).sum(axis=0), pooled.shape[0]))
+        num_samples = source.num_samples
+      finally:
+        source.close()
+    except Exception as e:  # pylint: disable=broad-except
+      stage = "decode" if isinstance(e, ValueError) else "encode"
+      logging.warning("%s: %s failed: %s", path, stage, e)
+      yield beam.pvalue.TaggedOutput(ERROR_TAG, error_record(path, stage, e))
+      return
+    for index, (window_sum, count) in enumerate(partials):
+      self._chunks.inc()
+      yield path, {"chunk": index, "num_chunks": len(partials), "window_sum": window_sum,
+                   "num_windows": int(count), "num_samples": int(num_samples)}
+
+
+class BagOfFeaturesCombineFn(beam.CombineFn):
+  """Per file: the chunks' window sums and counts → the bag-of-features.
+
+  The accumulator is ``[window_sum float64 [H] | None, num_windows, chunks seen (set),
+  num_chunks, num_samples]``. The output is ``{"embedding": float32 [H], "num_samples"}``
+  (sum / count, the mean of all pooling windows as one-shot), or ``{"error": …}`` when
+  a chunk is missing or repeated.
+  """
+
+  def create_accumulator(self):
+    return [None, 0, [], 0, 0]
+
+  def add_input(self, acc, partial):
+    acc[0] = partial["window_sum"] if acc[0] is None else acc[0] + partial["window_sum"]
+    acc[1] += partial["num_windows"]
+    acc[2].append(partial["chunk"])
+    acc[3] = partial["num_chunks"]
+    acc[4] = partial["num_samples"]
+    return acc
+
+  def merge_accumulators(self, accumulators):
+    out = self.create_accumulator()
+    for acc in accumulators:
+      if acc[0] is not None:
+        out[0] = acc[0] if out[0] is None else out[0] + acc[0]
+      out[1] += acc[1]
+      out[2].extend(acc[2])
+      out[3] = max(out[3], acc[3])
+      out[4] = max(out[4], acc[4])
+    return out
+
+  def extract_output(self, acc):
+    window_sum, count, chunks, num_chunks, num_samples = acc
+    if sorted(chunks) != list(range(num_chunks)) or count == 0:
+      return {"error": f"chunks {sorted(chunks)} received of {num_chunks} expected",
+              "num_samples": num_samples}
+    return {"embedding": (window_sum / count).astype(np.float32),
+            "num_samples": num_samples}
+
+
+def _split_combined(element):
+  path, combined = element
+  if "error" in combined:
+    yield beam.pvalue.TaggedOutput(ERROR_TAG, error_record(path, "combine",
+                                                           combined["error"]))
+  else:
+    yield path, combined
+
+
+class FormatRecordDoFn(beam.DoFn):
+  """``(path, PredictionResult)`` → the catalogue record, or an ``inference`` error.
+
+  Args:
+    tags: the model's tag vocabulary.
+    top_k: tags kept in ``top_tags``.
+    sample_rate: the model's rate (for ``duration_seconds``).
+  """
+
+  def __init__(self, tags: Sequence[str], top_k: int, sample_rate: int):
+    self._tags = list(tags)
+    self._top_k = top_k
+    self._sample_rate = sample_rate
+    self._tagged = _counter("files_tagged")
+
+  def process(self, element) -> Iterator[Any]:
+    path, result = element
+    out = result.inference
+    if "error" in out:
+      yield beam.pvalue.TaggedOutput(ERROR_TAG, error_record(path, "inference",
+                                                             out["error"]))
+      return
+    probabilities = np.asarray(out["probabilities"], np.float32)
+    embedding = np.asarray(out["embedding"], np.float32)
+    if not (np.isfinite(probabilities).all() and np.isfinite(embedding).all()):
+      yield beam.pvalue.TaggedOutput(ERROR_TAG, error_record(
+          path, "inference", "non-finite probabilities or embedding"))
+      return
+    chosen = exported.top_tags(probabilities, self._tags, self._top_k)
+    self._tagged.inc()
+    yield {PATH: path, DURATION: float(result.example) / self._sample_rate,
+           PROBABILITIES: probabilities.tolist(), TOP_TAGS: [t for t, _ in chosen],
+           TOP_PROBABILITIES: [p for _, p in chosen], EMBEDDING: embedding.tolist()}
+
+
+def _failed_batch_errors(element) -> Iterator[Dict[str, str]]:
+  """RunInference's dead letters ``(batch, exception)`` → one error per file."""
+  batch, error = element
+  for item in batch:
+    path = item[0] if isinstance(item, tuple) else str(item)
+    yield error_record(path, "inference", error)
+
+
+class CountFailuresDoFn(beam.DoFn):
+  """Counts the error records (Beam counter ``files_failed``), whatever stage made them."""
+
+  def __init__(self):
+    self._failed = _counter("files_failed")
+
+  def process(self, record):
+    self._failed.inc()
+    yield record
+
+
+class SerializeExampleDoFn(beam.DoFn):
+  """A catalogue record → a serialized ``tf.train.Example`` (keys as the Parquet columns)."""
+
+  def setup(self):
+    import tensorflow as tf
+    self._tf = tf
+
+  def process(self, record):
+    train = self._tf.train
+
+    def floats(values):
+      return train.Feature(float_list=train.FloatList(value=values))
+
+    def strings(values):
+      return train.Feature(bytes_list=train.BytesList(value=[v.encode("utf-8")
+                                                           for v in values]))
+
+    yield train.Example(features=train.Features(feature={
+        PATH: strings([record[PATH]]), DURATION: floats([record[DURATION]]),
+        PROBABILITIES: floats(record[PROBABILITIES]), TOP_TAGS: strings(record[TOP_TAGS]),
+        TOP_PROBABILITIES: floats(record[TOP_PROBABILITIES]),
+        EMBEDDING: floats(record[EMBEDDING])})).SerializeToString()
+
+
+def parquet_schema():
+  """The Parquet schema of a catalogue (docs/catalog.md)."""
+  import pyarrow as pa
+  return pa.schema([
+      (PATH, pa.string()), (DURATION, pa.float64()),
+      (PROBABILITIES, pa.list_(pa.float32())), (TOP_TAGS, pa.list_(pa.string())),
+      (TOP_PROBABILITIES, pa.list_(pa.float32())), (EMBEDDING, pa.list_(pa.float32())),
+  ])
+
+
+def tfrecord_feature_spec(n_tags: int, embedding_size: int) -> Dict[str, Any]:
+  """``tf.io.parse_single_example`` features of a catalogue TFRecord."""
+  import tensorflow as tf
+  return {
+      PATH: tf.io.FixedLenFeature([], tf.string),
+      DURATION: tf.io.FixedLenFeature([], tf.float32),
+      PROBABILITIES: tf.io.FixedLenFeature([n_tags], tf.float32),
+      TOP_TAGS: tf.io.VarLenFeature(tf.string),
+      TOP_PROBABILITIES: tf.io.VarLenFeature(tf.float32),
+      EMBEDDING: tf.io.FixedLenFeature([embedding_size], tf.float32),
+  }
+
+
+class _WriteSummaryDoFn(beam.DoFn):
+  """Writes the counts computed from the pipeline's outputs to ``_summary.json``."""
+
+  def __init__(self, path: str):
+    self._path = path
+
+  def process(self, unused, matched, tagged, failed, failed_by_stage):
+    from deepbof_tf.data import schema
+    summary = {"files_matched": matched, "files_tagged": tagged, "files_failed": failed,
+               "failed_by_stage": dict(failed_by_stage)}
+    schema.write_json(self._path, summary)
+
+
+# --------------------------------------------------------------------------------------
+# The pipeline.
+# --------------------------------------------------------------------------------------
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
+                   paths: Optional[Sequence[str]], info: Mapping[str, Any],
+                   version_dir: str, work_dir: str):
+  """Adds the catalogue steps to ``pipeline``; every output goes under ``work_dir``.
+
+  Args:
+    pipeline: the Beam pipeline.
+    config: the run's configuration.
+    paths: the files of a manifest, or None to match ``config.input`` as a pattern.
+    info: the export's ``deepbof_export.json``.
+    version_dir: the export's version directory.
+    work_dir: the (temporary) catalogue directory.
+  """
+  sample_rate = int(info["frontend"]["sample_rate"])
+  channel_mode = config.channel_mode or info.get("channel_mode", "first")
+  one_shot = int(config.chunk_seconds * sample_rate)
+  if info.get("max_request_samples"):
+    one_shot = min(one_shot, int(info["max_request_samples"]))
+  tags = list(info["tags"])
+  if paths is None:
+    files = (pipeline
+             | "Match" >> fileio.MatchFiles(input_pattern(config.input))
+             | "Paths" >> beam.Map(lambda m: m.path))
+  else:
+    files = pipeline | "Paths" >> beam.Create(list(paths))
+  files = files | "SpreadFiles" >> beam.Reshuffle()
+
+  probed = files | "Probe" >> beam.ParDo(ProbeAudioDoFn(
+      sample_rate, channel_mode, int(info["min_samples"]), one_shot)).with_outputs(
+          ERROR_TAG, LONG_TAG, main="short")
+
+  def handler(inference_fn):
+    return inference_base.KeyedModelHandler(DeepBofModelHandler(
+        version_dir, inference_fn, config.intra_op_threads, config.min_batch_size,
+        config.max_batch_size))
+
+  short_results, short_dlq = (
+      probed.short
+      | "TagClips" >> inference_base.RunInference(
+          handler(waveform_inference_fn)).with_exception_handling())
+
+  encoded = (probed[LONG_TAG]
+             | "SpreadLong" >> beam.Reshuffle()
+             | "EncodeChunks" >> beam.ParDo(EncodeChunksDoFn(
+                 version_dir, config.chunk_seconds, channel_mode,
+                 config.intra_op_threads)).with_outputs(ERROR_TAG, main="partials"))
+  combined = (encoded.partials
+              | "CombineChunks" >> beam.CombinePerKey(BagOfFeaturesCombineFn())
+              | "CheckChunks" >> beam.FlatMap(_split_combined).with_outputs(
+                  ERROR_TAG, main="embeddings"))
+  long_results, long_dlq = (
+      combined.embeddings
+      | "TagEmbeddings" >> inference_base.RunInference(
+          handler(embedding_inference_fn)).with_exception_handling())
+
+  formatted = ((short_results, long_results)
+               | "AllResults" >> beam.Flatten()
+               | "Format" >> beam.ParDo(FormatRecordDoFn(
+                   tags, config.top_k, sample_rate)).with_outputs(ERROR_TAG,
+                                                                  main="records"))
+  records = formatted.records
+  dead_letters = ((short_dlq.failed_inferences, long_dlq.failed_inferences)
+                  | "DeadLetters" >> beam.Flatten()
+                  | "DeadLetterErrors" >> beam.FlatMap(_failed_batch_errors))
+  errors = ((probed[ERROR_TAG], encoded[ERROR_TAG], combined[ERROR_TAG],
+             formatted[ERROR_TAG], dead_letters)
+            | "AllErrors" >> beam.Flatten()
+            | "CountFailures" >> beam.ParDo(CountFailuresDoFn()))
+
+  _ = (records
+       | "WriteParquet" >> beam.io.WriteToParquet(
+           plib._join(work_dir, PARQUET_DIR, SHARD_PREFIX), parquet_schema(),
+           file_name_suffix=PARQUET_SUFFIX, num_shards=config.num_shards))
+  _ = (records
+       | "ToExamples" >> beam.ParDo(SerializeExampleDoFn())
+       | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+           plib._join(work_dir, TFRECORD_DIR, SHARD_PREFIX),
+           file_name_suffix=TFRECORD_SUFFIX, num_shards=config.num_shards))
+  _ = (errors
+       | "ErrorLines" >> beam.Map(lambda e: json.dumps(e, sort_keys=True))
+       | "WriteErrors" >> beam.io.WriteToText(
+           plib._join(work_dir, ERRORS_DIR, ERRORS_DIR), file_name_suffix=ERRORS_SUFFIX,
+           num_shards=config.num_shards))
+
+  matched = files | "CountMatched" >> beam.combiners.Count.Globally()
+  tagged = records | "CountTagged" >> beam.combiners.Count.Globally()
+  failed = errors | "CountFailed" >> beam.combiners.Count.Globally()
+  by_stage = (errors
+              | "StageOf" >> beam.Map(lambda e: e["stage"])
+              | "CountStages" >> beam.combiners.Count.PerElement())
+  return (pipeline
+          | "SummaryOnce" >> beam.Create([None])
+          | "Summary" >> beam.ParDo(
+              _WriteSummaryDoFn(plib._join(work_dir, SUMMARY_FILE)),
+              beam.pvalue.AsSingleton(matched), beam.pvalue.AsSingleton(tagged),
+              beam.pvalue.AsSingleton(failed), beam.pvalue.AsList(by_stage)))
+
+
+# --------------------------------------------------------------------------------------
+# Launcher.
+# --------------------------------------------------------------------------------------
+
+
+def manifest_paths(config: TagCatalogConfig, input_format: str) -> List[str]:
+  """The audio files a manifest lists (relative paths joined to ``audio_root``)."""
+  manifest = manifests.read_manifest(config.input, input_format, top_n_tags=0)
+  paths = [plib.resolve_audio_path(config.audio_root, e.path) for e in manifest.entries]
+  return list(dict.fromkeys(paths))
+
+
+def _output_files(work_dir: str, directory: str, suffix: str) -> List[str]:
+  fs = plib._fs(work_dir)
+  return sorted(fs.glob(plib._join(work_dir, directory, f"*{suffix}")))
+
+
+def read_errors(catalog_dir: str) -> List[Dict[str, Any]]:
+  """The error records of a catalogue (or of its work directory)."""
+  fs = plib._fs(catalog_dir)
+  records = []
+  for path in _output_files(catalog_dir, ERRORS_DIR, ERRORS_SUFFIX):
+    with fs.GFile(path, "r") as f:
+      records.extend(json.loads(line) for line in f if line.strip())
+  return records
+
+
+def _parquet_rows(paths: Sequence[str]) -> int:
+  import pyarrow.parquet as pq
+  total = 0
+  for path in paths:
+    if plib._is_url(path):
+      import tensorflow as tf
+      with tf.io.gfile.GFile(path, "rb") as f:
+        import io as _io
+        total += pq.read_metadata(_io.BytesIO(f.read())).num_rows
+    else:
+      total += pq.read_metadata(path).num_rows
+  return total
+
+
+def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
+              parquet_rows: int, counters: Optional[Mapping[str, int]]) -> Dict[str, Any]:
+  """The counts (Beam counters when the runner reports them) checked against the outputs.
+
+  Returns:
+    ``files_matched``, ``files_tagged``, ``files_failed``, ``reconciled`` (matched =
+    tagged + failed), ``matches_outputs`` (the counts equal the written rows and error
+    lines) and where the counts came from.
+  """
+  from_outputs = {"files_matched": int(summary["files_matched"]),
+                  "files_tagged": int(parquet_rows), "files_failed": len(errors)}
+  if counters:
+    used = {name: int(counters.get(name, 0)) for name in from_outputs}
+    source = "beam_metrics"
+  else:
+    used = dict(from_outputs)
+    source = "outputs (the runner reported no Beam counters)"
+  used["reconciled"] = used["files_matched"] == used["files_tagged"] + used["files_failed"]
+  used["matches_outputs"] = (all(used[k] == from_outputs[k] for k in from_outputs)
+                             and summary["files_tagged"] == parquet_rows
+                             and summary["files_failed"] == len(errors))
+  used["counters_source"] = source
+  used["beam_counters"] = dict(sorted((counters or {}).items()))
+  return used
+
+
+def build_metadata(config: TagCatalogConfig, input_format: str, info: Mapping[str, Any],
+                   version_dir: str, work_dir: str, errors: Sequence[Mapping[str, Any]],
+                   counts: Mapping[str, Any], elapsed_seconds: float) -> Dict[str, Any]:
+  """The catalogue's ``metadata.json`` (docs/catalog.md)."""
+  failed_by_stage: Dict[str, int] = {}
+  for e in errors:
+    failed_by_stage[e["stage"]] = failed_by_stage.get(e["stage"], 0) + 1
+  sample_rate = int(info["frontend"]["sample_rate"])
+  window = int(info["pool_frames"]) * int(info["frontend"]["hop_length"]) / sample_rate
+  model = config.model if plib._is_url(config.model) else os.path.abspath(config.model)
+  version = version_dir if plib._is_url(version_dir) else os.path.abspath(version_dir)
+
+  def rel(paths):
+    return [p[len(work_dir):].lstrip("/") for p in paths]
+
+  return {
+      "format_version": FORMAT_VERSION,
+      "package_version": __version__,
+      "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "model": model,
+      "model_version_dir": version,
+      "tags": list(info["tags"]),
+      "n_tags": len(info["tags"]),
+      "embedding_size": int(info["embedding_size"]),
+      "sample_rate": sample_rate,
+      "channel_mode": config.channel_mode or info.get("channel_mode", "first"),
+      "chunk_seconds": config.chunk_seconds,
+      "windows_per_chunk": max(1, int(round(config.chunk_seconds / window))),
+      "top_k": config.top_k,
+      "input": config.input,
+      "input_format": input_format,
+      "audio_root": config.audio_root,
+      "num_files": counts["files_tagged"],
+      "num_failed": counts["files_failed"],
+      "failed_by_stage": failed_by_stage,
+      "counters": dict(counts),
+      "files": {"parquet": rel(_output_files(work_dir, PARQUET_DIR, PARQUET_SUFFIX)),
+                "tfrecord": rel(_output_files(work_dir, TFRECORD_DIR, TFRECORD_SUFFIX)),
+                "errors": rel(_output_files(work_dir, ERRORS_DIR, ERRORS_SUFFIX))},
+      "elapsed_seconds": round(elapsed_seconds, 3),
+  }
+
+
+def read_metadata(catalog_dir: str) -> Dict[str, Any]:
+  """A catalogue's ``metadata.json`` (its presence marks a complete catalogue)."""
+  fs = plib._fs(catalog_dir)
+  path = plib._join(catalog_dir, METADATA_FILE)
+  if not fs.exists(path):
+    raise FileNotFoundError(f"{catalog_dir}: not a catalogue (no {METADATA_FILE}); run "
+                            "deepbof-tag-catalog first")
+  with fs.GFile(path, "r") as f:
+    return json.load(f)
+
+
+def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, Any]:
+  """Runs the whole catalogue job and returns the written ``metadata.json``.
+
+  Args:
+    config: the run's configuration.
+    beam_args: Beam pipeline options (``--runner``, ``--direct_num_workers``, …).
+
+  Raises:
+    FileExistsError: ``output_dir`` exists (without ``overwrite``).
+    FileNotFoundError: the model is not an export, or the manifest is missing.
+    ValueError: no input matched, or a bad manifest.
+  """
+  from apache_beam.options.pipeline_options import PipelineOptions
+  output_dir = config.output_dir.rstrip("/")
+  plib.check_output_dir(output_dir, config.overwrite)
+  version_dir = exported.resolve_version_dir(config.model)
+  info = exported.read_export_info(version_dir)
+  input_format = resolved_input_format(config)
+  paths = None
+  if input_format != "pattern":
+    paths = manifest_paths(config, input_format)
+    if not paths:
+      raise ValueError(f"{config.input}: the manifest lists no files")
+  workdirs.remove_stale_work_dirs(output_dir)
+  work_dir = workdirs.claim_work_dir(output_dir)
+  fs = plib._fs(work_dir)
+  start = time.time()
+  try:
+    options = PipelineOptions(list(beam_args))
+    pipeline = beam.Pipeline(runner=plib.make_runner(options), options=options)
+    build_pipeline(pipeline, config, paths, info, version_dir, work_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = plib._query_counters(result)
+    summary_path = plib._join(work_dir, SUMMARY_FILE)
+    with fs.GFile(summary_path, "r") as f:
+      summary = json.load(f)
+    fs.remove(summary_path)
+    if summary["files_matched"] == 0:
+      raise ValueError(f"{config.input}: matched no files")
+    fs.remove(plib._join(work_dir, workdirs.OWNER_FILE))
+    errors = read_errors(work_dir)
+    rows = _parquet_rows(_output_files(work_dir, PARQUET_DIR, PARQUET_SUFFIX))
+    counts = reconcile(summary, errors, rows, counters)
+    metadata = build_metadata(config, input_format, info, version_dir, work_dir,
+                              errors, counts, time.time() - start)
+    # metadata.json last: it marks a complete catalogue.
+    with fs.GFile(plib._join(work_dir, METADATA_FILE), "w") as f:
+      f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    plib.publish(work_dir, output_dir, config.overwrite)
+  except BaseException:
+    if fs.exists(work_dir):
+      try:
+        fs.rmtree(work_dir)
+      except Exception:  # pylint: disable=broad-except
+        logging.exception("could not remove %s", work_dir)
+    raise
+  return metadata
+
+
+def format_counts(metadata: Mapping[str, Any]) -> str:
+  """A short human-readable report of a finished run."""
+  c = metadata["counters"]
+  return "\n".join([
+      f"files matched {c['files_matched']} = tagged {c['files_tagged']} + failed "
+      f"{c['files_failed']}: {'reconciled' if c['reconciled'] else 'NOT RECONCILED'} "
+      f"(source: {c['counters_source']}; match the outputs: {c['matches_outputs']})",
+      f"failed inputs {metadata['num_failed']}: {metadata['failed_by_stage']}",
+  ])
