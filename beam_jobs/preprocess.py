@@ -22,7 +22,6 @@ Dataflow needs ``pip install 'deepbof[gcp]'`` on the launching machine.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import sys
 from typing import List, Sequence
@@ -87,26 +86,8 @@ def _define_flags() -> None:
   _OUR_FLAGS.extend(sorted(set(FLAGS) - before))
 
 
-def _parse_flags(argv: List[str]) -> List[str]:
-  """Parses our flags and returns ``[argv0] + the rest`` (the Beam options)."""
-  _define_flags()
-  if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in argv[1:]):
-    # absl's --help lists the flags of the main module, which for a console script is
-    # the generated wrapper, not this module.
-    print(__doc__)
-    print(FLAGS.module_help(sys.modules[__name__]))
-    print("\nBeam pipeline options: see --helpfull or Beam's documentation.")
-    sys.exit(0)
-  rest = FLAGS(argv, known_only=True)
-  known = [f"--{name}" for name in _OUR_FLAGS] + [f"--no{name}" for name in _OUR_FLAGS]
-  for arg in rest[1:]:
-    name = arg.split("=", 1)[0]
-    # A near-miss of one of our flags (--num_block) would silently become an ignored
-    # Beam option; refuse it instead.
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
-    if close and name not in known:
-      raise app.UsageError(f"unknown flag {name}; did you mean {close[0]}?")
-  return rest
+# Our flags parsed (defined first), the rest left to Beam; near misses refused.
+_parse_flags = cli.beam_flags_parser(__doc__, _OUR_FLAGS, _define_flags)
 
 
 def config_from_flags() -> preprocess_lib.PreprocessConfig:

@@ -38,6 +38,7 @@ so they run unchanged on the DirectRunner (also ``multi_processing``) and on Dat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import glob
@@ -698,6 +699,49 @@ def _copy_tree(src: str, dst: str, last: str) -> None:
     gfile.copy(*final_copy, overwrite=True)
 
 
+@contextlib.contextmanager
+def work_dir_of(output_dir: str) -> Iterator[str]:
+  """A fresh work directory next to ``output_dir``, removed if the body fails.
+
+  Work directories of earlier runs that were killed (their owner is gone) are removed
+  first (``deepbof_tf.workdirs``); the body writes everything into the yielded one and
+  ends with :func:`finish_and_publish`.
+  """
+  workdirs.remove_stale_work_dirs(output_dir)
+  work_dir = workdirs.claim_work_dir(output_dir)
+  try:
+    yield work_dir
+  except BaseException:
+    fs = _fs(work_dir)
+    if fs.exists(work_dir):
+      try:
+        fs.rmtree(work_dir)
+      except Exception:  # pylint: disable=broad-except
+        logging.exception("could not remove %s", work_dir)
+    raise
+
+
+def pop_summary(work_dir: str) -> Dict[str, Any]:
+  """Reads and removes the pipeline's ``_summary.json`` from ``work_dir``."""
+  fs = _fs(work_dir)
+  path = _join(work_dir, SUMMARY_FILE)
+  with fs.GFile(path, "r") as f:
+    summary = json.load(f)
+  fs.remove(path)
+  return summary
+
+
+def finish_and_publish(work_dir: str, output_dir: str, metadata: Mapping[str, Any],
+                       overwrite: bool, metadata_file: str = schema.METADATA_FILE
+                       ) -> None:
+  """Writes ``metadata.json`` last (it marks a complete output), then publishes."""
+  fs = _fs(work_dir)
+  fs.remove(_join(work_dir, workdirs.OWNER_FILE))
+  with fs.GFile(_join(work_dir, metadata_file), "w") as f:
+    f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+  publish(work_dir, output_dir, overwrite)
+
+
 def publish(work_dir: str, output_dir: str, overwrite: bool) -> None:
   """Moves the finished ``work_dir`` to ``output_dir``.
 
@@ -888,11 +932,8 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
                         if manifest.skipped else ""))
   logging.info("%s: %d clips (%s), %d tags", config.manifest, len(records),
                manifest.split_counts(), len(manifest.tags))
-  workdirs.remove_stale_work_dirs(output_dir)
-  work_dir = workdirs.claim_work_dir(output_dir)
-  fs = _fs(work_dir)
   start = time.time()
-  try:
+  with work_dir_of(output_dir) as work_dir:
     options = PipelineOptions(list(beam_args))
     runner = make_runner(options)
     # Progress needs the workers' counts on this machine: local runners, local paths.
@@ -910,26 +951,12 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
         result.wait_until_finish()
       shutil.rmtree(progress_dir, ignore_errors=True)
     counters = _query_counters(result)
-    summary_path = _join(work_dir, SUMMARY_FILE)
-    with fs.GFile(summary_path, "r") as f:
-      summary = json.load(f)
-    fs.remove(summary_path)
-    fs.remove(_join(work_dir, workdirs.OWNER_FILE))
+    summary = pop_summary(work_dir)
     errors = _read_error_records(work_dir)
     counts = reconcile(summary, errors, len(records), counters)
     metadata = build_metadata(config, manifest, summary, errors, counts,
                               time.time() - start)
-    # metadata.json last: it marks a complete dataset.
-    with fs.GFile(_join(work_dir, schema.METADATA_FILE), "w") as f:
-      f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    publish(work_dir, output_dir, config.overwrite)
-  except BaseException:
-    if fs.exists(work_dir):
-      try:
-        fs.rmtree(work_dir)
-      except Exception:  # pylint: disable=broad-except
-        logging.exception("could not remove %s", work_dir)
-    raise
+    finish_and_publish(work_dir, output_dir, metadata, config.overwrite)
   return metadata
 
 

@@ -22,10 +22,9 @@ Dataflow needs ``pip install 'deepbof[gcp]'`` on the launching machine.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import sys
-from typing import List, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -73,25 +72,8 @@ def define_flags() -> None:
   _OUR_FLAGS[:] = sorted(set(FLAGS) - before)
 
 
-def _parse_flags(argv: List[str]) -> List[str]:
-  """Parses our flags and returns ``[argv0] + the rest`` (the Beam options)."""
-  if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in argv[1:]):
-    print(__doc__)
-    for name in _OUR_FLAGS:
-      flag = FLAGS[name]
-      print(f"  --{name}: {flag.help}\n    (default: {flag.default!r})")
-    print("\nBeam pipeline options: see --helpfull or Beam's documentation.")
-    sys.exit(0)
-  rest = FLAGS(argv, known_only=True)
-  known = [f"--{name}" for name in _OUR_FLAGS] + [f"--no{name}" for name in _OUR_FLAGS]
-  for arg in rest[1:]:
-    name = arg.split("=", 1)[0]
-    # A near-miss of one of our flags (--chunk_second) would silently become an ignored
-    # Beam option; refuse it instead.
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
-    if close and name not in known:
-      raise app.UsageError(f"unknown flag {name}; did you mean {close[0]}?")
-  return rest
+# Our flags parsed, the rest left to Beam; near misses (--chunk_second) refused.
+_parse_flags = cli.beam_flags_parser(__doc__, _OUR_FLAGS)
 
 
 def config_from_flags() -> lib.TagCatalogConfig:

@@ -60,7 +60,6 @@ from apache_beam.ml.inference import base as inference_base
 
 from deepbof_tf import __version__
 from deepbof_tf import exported
-from deepbof_tf import workdirs
 from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
                                DEFAULT_TAG_BATCH_SIZE)
 from deepbof_tf.data import manifests
@@ -69,7 +68,7 @@ ERROR_TAG = "errors"
 LONG_TAG = "long"
 STAGES = ("read", "decode", "validate", "encode", "combine", "inference")
 METADATA_FILE = "metadata.json"
-SUMMARY_FILE = "_summary.json"
+SUMMARY_FILE = plib.SUMMARY_FILE  # read back by plib.pop_summary
 PARQUET_DIR = "parquet"
 TFRECORD_DIR = "tfrecord"
 ERRORS_DIR = "errors"
@@ -849,40 +848,24 @@ def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, An
     paths = manifest_paths(config, input_format)
     if not paths:
       raise ValueError(f"{config.input}: the manifest lists no files")
-  workdirs.remove_stale_work_dirs(output_dir)
-  work_dir = workdirs.claim_work_dir(output_dir)
-  fs = plib._fs(work_dir)
   start = time.time()
-  try:
+  with plib.work_dir_of(output_dir) as work_dir:
     options = PipelineOptions(list(beam_args))
     pipeline = beam.Pipeline(runner=plib.make_runner(options), options=options)
     build_pipeline(pipeline, config, paths, info, version_dir, work_dir)
     result = pipeline.run()
     result.wait_until_finish()
     counters = plib._query_counters(result)
-    summary_path = plib._join(work_dir, SUMMARY_FILE)
-    with fs.GFile(summary_path, "r") as f:
-      summary = json.load(f)
-    fs.remove(summary_path)
+    summary = plib.pop_summary(work_dir)
     if summary["files_matched"] == 0:
       raise ValueError(f"{config.input}: matched no files")
-    fs.remove(plib._join(work_dir, workdirs.OWNER_FILE))
     errors = read_errors(work_dir)
     rows = _parquet_rows(_output_files(work_dir, PARQUET_DIR, PARQUET_SUFFIX))
     counts = reconcile(summary, errors, rows, counters)
     metadata = build_metadata(config, input_format, info, version_dir, work_dir,
                               errors, counts, time.time() - start)
-    # metadata.json last: it marks a complete catalogue.
-    with fs.GFile(plib._join(work_dir, METADATA_FILE), "w") as f:
-      f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    plib.publish(work_dir, output_dir, config.overwrite)
-  except BaseException:
-    if fs.exists(work_dir):
-      try:
-        fs.rmtree(work_dir)
-      except Exception:  # pylint: disable=broad-except
-        logging.exception("could not remove %s", work_dir)
-    raise
+    plib.finish_and_publish(work_dir, output_dir, metadata, config.overwrite,
+                            METADATA_FILE)
   return metadata
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import difflib
 import os
 import re
 import shutil
@@ -68,6 +69,43 @@ def run_console_script(main: Callable[[Sequence[str]], Optional[int]],
     if stop.code == 1 and any(a in HELP_FLAGS for a in sys.argv[1:]):
       raise SystemExit(0) from None
     raise
+
+
+def beam_flags_parser(doc: str, our_flags: Sequence[str],
+                      define_flags: Optional[Callable[[], None]] = None
+                      ) -> Callable[[List[str]], List[str]]:
+  """The absl flags parser of a Beam job: the tool's flags parsed, the rest for Beam.
+
+  Every flag the tool does not define is a Beam pipeline option, so a near miss of one
+  of the tool's own flags (``--num_block``) would be silently ignored; it is refused
+  instead. ``--help`` prints the tool's docstring and its flags.
+
+  Args:
+    doc: the tool's usage text.
+    our_flags: the names of the tool's flags (filled in by ``define_flags``).
+    define_flags: defines the tool's flags first (idempotent), or None.
+  """
+
+  def parse(argv: List[str]) -> List[str]:
+    if define_flags is not None:
+      define_flags()
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+      print(doc)
+      for name in our_flags:
+        flag = flags.FLAGS[name]
+        print(f"  --{name}: {flag.help}\n    (default: {flag.default!r})")
+      print("\nBeam pipeline options: see --helpfull or Beam's documentation.")
+      sys.exit(0)
+    rest = flags.FLAGS(argv, known_only=True)
+    known = [f"--{name}" for name in our_flags] + [f"--no{name}" for name in our_flags]
+    for arg in rest[1:]:
+      name = arg.split("=", 1)[0]
+      close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+      if close and name not in known:
+        raise app.UsageError(f"unknown flag {name}; did you mean {close[0]}?")
+    return rest
+
+  return parse
 
 
 # --- quiet start-up --------------------------------------------------------------------

@@ -42,7 +42,7 @@ import io
 import json
 import os
 import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags

@@ -1,5 +1,7 @@
 """The Dataflow recipe of docs/usage.md: the wheel it builds holds what a worker imports.
 
+(The same wheel serves both Beam jobs: preprocessing and catalogue tagging.)
+
 A Dataflow worker installs the wheel passed as ``--extra_package`` and unpickles the
 pipeline's DoFns, which import the project's modules in ``setup()``. This builds the
 wheel exactly as the recipe says (``pip wheel --no-deps -w dist .``), finds it with the
@@ -21,13 +23,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_PACKAGES = ("deepbof_tf", "beam_jobs", "trainer", "serving")
 RECIPE_GLOB = "deepbof-*.whl"  # --extra_package="$(ls dist/deepbof-*.whl)"
 
-# What a worker of the preprocessing job runs: the library module, every DoFn's setup().
+# What a worker of each Beam job runs: the library modules, the DoFns' setup() (those
+# that need an export import what loading it imports: deepbof_tf.exported).
 _WORKER = r"""
 import json, sys
 from beam_jobs import preprocess_lib as lib
+from beam_jobs import tag_catalog_lib as catalog
+from deepbof_tf import exported
 from deepbof_tf.config import FrontendConfig, SamplingConfig
 lib.ComputeFeaturesDoFn(FrontendConfig()).setup()
 lib.SampleBlocksDoFn(SamplingConfig(), 1, 128).setup()
+catalog.ProbeAudioDoFn(22050, "first", 1, 1).setup()
+catalog.SerializeExampleDoFn().setup()
 print(json.dumps(sorted(
     (name, getattr(module, "__file__", None) or "") for name, module in sys.modules.items()
     if name.split(".")[0] in %r)))
