@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from deepbof_tf.io_utils import write_atomic
+
 EXACT_MAX_ITEMS = 10_000
 DEFAULT_NEIGHBOURS = 10
 HNSW_M = 32
@@ -65,18 +67,6 @@ def _read_bytes(path: str) -> bytes:
       return f.read()
   with open(path, "rb") as f:
     return f.read()
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-  if _is_url(path):
-    import tensorflow as tf
-    with tf.io.gfile.GFile(path, "wb") as f:
-      f.write(data)
-    return
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 def _makedirs(path: str) -> None:
@@ -258,9 +248,9 @@ class SimilarityIndex:
     """Writes ``embeddings.faiss``, ``paths.json`` and ``index.json`` (last)."""
     faiss = _faiss()
     _makedirs(directory)
-    _write_bytes(_join(directory, INDEX_FILE), faiss.serialize_index(self.index).tobytes())
-    _write_bytes(_join(directory, PATHS_FILE), json.dumps(self.paths).encode("utf-8"))
-    _write_bytes(_join(directory, INFO_FILE),
+    write_atomic(_join(directory, INDEX_FILE), faiss.serialize_index(self.index).tobytes())
+    write_atomic(_join(directory, PATHS_FILE), json.dumps(self.paths).encode("utf-8"))
+    write_atomic(_join(directory, INFO_FILE),
                  (json.dumps(self.info, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
   @classmethod
