@@ -22,6 +22,7 @@ Dataflow needs ``pip install 'deepbof[gcp]'`` on the launching machine.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from typing import Sequence
@@ -31,8 +32,6 @@ from absl import flags
 
 from beam_jobs import tag_catalog_lib as lib
 from deepbof_tf import cli
-from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
-                               DEFAULT_TAG_BATCH_SIZE)
 
 FLAGS = flags.FLAGS
 MAX_ERROR_LINES = 20  # failed files named on stderr; all of them are in errors/*.jsonl
@@ -42,33 +41,38 @@ _OUR_FLAGS = []  # the names define_flags adds; every other flag goes to Beam
 def define_flags() -> None:
   """Defines the tool's flags (at run time: importing the module defines nothing)."""
   before = set(FLAGS)
-  flags.DEFINE_string("model", None, "deepbof-export output: a version directory or the "
-                      "export base directory (its newest version is used).")
+  # Flag defaults are the config's.
+  defaults = {f.name: f.default for f in dataclasses.fields(lib.TagCatalogConfig)}
+  flags.DEFINE_string("model", None, "deepbof-export output: a version directory or "
+                      "the export base directory (its newest version is used).")
   flags.DEFINE_string("input", None, "A file pattern (local or gs://; a directory means "
                       "every file under it) or a manifest (see --input_format).")
   flags.DEFINE_string("output_dir", None, "Catalogue directory to create (local or "
                       "gs://…).")
-  flags.DEFINE_enum("input_format", "auto", list(lib.INPUT_FORMATS), "pattern, csv "
-                    "('path,split,tags'), mtt (annotations_final.csv) or auto (a .csv "
-                    "file is a manifest, anything else a pattern).")
-  flags.DEFINE_string("audio_root", "", "Directory (or gs:// prefix) that relative "
-                      "manifest paths are joined to.")
-  flags.DEFINE_integer("top_k", DEFAULT_CATALOG_TOP_K, "Tags kept per file in top_tags "
+  flags.DEFINE_enum("input_format", defaults["input_format"], list(lib.INPUT_FORMATS),
+                    "pattern, csv ('path,split,tags'), mtt (annotations_final.csv) or "
+                    "auto (a .csv file is a manifest, anything else a pattern).")
+  flags.DEFINE_string("audio_root", defaults["audio_root"], "Directory (or gs:// "
+                      "prefix) that relative manifest paths are joined to.")
+  flags.DEFINE_integer("top_k", defaults["top_k"], "Tags kept per file in top_tags "
                        "(every probability is stored).", lower_bound=0)
-  flags.DEFINE_float("chunk_seconds", DEFAULT_CHUNK_SECONDS, "Recordings longer than "
-                     "this are read and encoded in chunks of about this length.",
+  flags.DEFINE_float("chunk_seconds", defaults["chunk_seconds"], "Recordings longer "
+                     "than this are read and encoded in chunks of about this length.",
                      lower_bound=1.0)
-  flags.DEFINE_enum("channel_mode", None, ["first", "mean"], "Multi-channel audio: the "
-                    "first channel or the mean (default: as the model's training data).")
-  flags.DEFINE_integer("min_batch_size", 1, "RunInference's smallest batch.",
+  flags.DEFINE_enum("channel_mode", defaults["channel_mode"], ["first", "mean"],
+                    "Multi-channel audio: the first channel or the mean (default: as "
+                    "the model's training data).")
+  flags.DEFINE_integer("min_batch_size", defaults["min_batch_size"],
+                       "RunInference's smallest batch.", lower_bound=1)
+  flags.DEFINE_integer("max_batch_size", defaults["max_batch_size"], "RunInference's "
+                       "largest batch (clips, or combined bags-of-features).",
                        lower_bound=1)
-  flags.DEFINE_integer("max_batch_size", DEFAULT_TAG_BATCH_SIZE, "RunInference's largest "
-                       "batch (clips, or combined bags-of-features).", lower_bound=1)
-  flags.DEFINE_integer("num_shards", 0, "Files per output format; 0 lets the runner "
-                       "choose.", lower_bound=0)
-  flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output_dir.")
-  flags.DEFINE_integer("intra_op_threads", 1, "TensorFlow threads per Beam worker "
-                       "process.")
+  flags.DEFINE_integer("num_shards", defaults["num_shards"], "Files per output format; "
+                       "0 lets the runner choose.", lower_bound=0)
+  flags.DEFINE_bool("overwrite", defaults["overwrite"],
+                    "Replace an existing non-empty --output_dir.")
+  flags.DEFINE_integer("intra_op_threads", defaults["intra_op_threads"],
+                       "TensorFlow threads per Beam worker process.")
   _OUR_FLAGS[:] = sorted(set(FLAGS) - before)
 
 
