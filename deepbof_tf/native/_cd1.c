@@ -548,6 +548,22 @@ static float *aligned_floats(int64_t count) {
   return (float *)p;
 }
 
+#ifdef CD1_PROFILE
+/* Cycle counts per phase of the step (build with -DCD1_PROFILE; printed to stderr). */
+#include <stdio.h>
+#include <x86intrin.h>
+#define PROF_BEGIN uint64_t prof_t = __rdtsc(), prof_acc[16] = {0}
+#define PROF(i) do { uint64_t prof_now = __rdtsc(); prof_acc[i] += prof_now - prof_t; \
+                     prof_t = prof_now; } while (0)
+#define PROF_END do { uint64_t prof_total = 0; for (int i = 0; i < 16; ++i) prof_total += prof_acc[i]; \
+  for (int i = 0; i < 16; ++i) if (prof_acc[i]) fprintf(stderr, "thread %d phase %2d %5.1f%%\n", \
+    args->thread, i, 100.0 * prof_acc[i] / prof_total); } while (0)
+#else
+#define PROF_BEGIN
+#define PROF(i)
+#define PROF_END
+#endif
+
 static void *run_worker(void *argument) {
   worker_args *args = (worker_args *)argument;
   epoch_state *s = args->state;
@@ -588,6 +604,7 @@ static void *run_worker(void *argument) {
   barrier_wait(&s->barrier);
   for (int t = 0; t < s->num_threads; ++t) ok = ok && !s->failed[t];
 
+  PROF_BEGIN;
   const float lr = s->learning_rate, momentum = s->momentum;
   const float scale = lr / (float)B;
   double activation_sum = 0.0, error_sum = 0.0;
@@ -601,11 +618,15 @@ static void *run_worker(void *argument) {
 
     if (hc > 0) {
       /* G1: p⁺ = σ(vW + c) on this thread's units; h = 1[p⁺ > u]. */
+      PROF(0);
       pack_b(w_packed, s->kernel + h0, D, hc, H);
       pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
+      PROF(1);
       gemm_packed(B, hc, D, a_packed, w_packed, positive, hc);
+      PROF(2);
       logistic_rows(positive, s->hidden_bias + h0, B, hc, positive_sum, states, key,
                     counter, H, h0, uniform);
+      PROF(3);
       /* G2, per chunk: the partial hWᵀ over the chunk's units. */
       for (int chunk = args->chunk_begin; chunk < args->chunk_end; ++chunk) {
         int c0 = chunk * CHUNK - h0;
@@ -613,10 +634,13 @@ static void *run_worker(void *argument) {
         int kc = c1 - c0;
         pack_a(a_packed, kc, 0, states + c0, B, kc, hc, 1, 1.0f);
         pack_transposed_w(wt_packed, w_packed, D, c0, kc);
+        PROF(4);
         gemm_packed(B, D, kc, a_packed, wt_packed, partials + chunk * slice, D);
+        PROF(5);
       }
     }
     barrier_wait(&s->barrier);
+    PROF(6);
 
     /* v⁻ = Σ_chunks (hWᵀ)_chunk + b, in chunk order (every thread, the same way). */
     memcpy(negative_visible, partials, slice * sizeof(float));
@@ -629,16 +653,22 @@ static void *run_worker(void *argument) {
 
     if (hc > 0) {
       /* G3: p⁻ = σ(v⁻W + c). */
+      PROF(7);
       pack_a(a_packed, D, 0, negative_visible, B, D, D, 1, 1.0f);
+      PROF(1);
       gemm_packed(B, hc, D, a_packed, w_packed, negative, hc);
+      PROF(8);
       logistic_rows(negative, s->hidden_bias + h0, B, hc, negative_sum, NULL, NULL,
                     NULL, 0, 0, NULL);
+      PROF(9);
 
       /* G4: lr·(vᵀp⁺ − v⁻ᵀp⁻)/B as one [D × 2B]·[2B × hc] product. */
       pack_a(g_a_packed, 2 * B, 0, v, D, B, 1, D, scale);
       pack_a(g_a_packed, 2 * B, B, negative_visible, D, B, 1, D, -scale);
       pack_b(g_b_packed, probabilities, 2 * B, hc, hc);
+      PROF(10);
       gemm_packed(D, hc, 2 * B, g_a_packed, g_b_packed, gradient, hc);
+      PROF(11);
 
       /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update). */
       const __m256 m8 = _mm256_set1_ps(momentum);
@@ -662,6 +692,7 @@ static void *run_worker(void *argument) {
           w[j] += inc;
         }
       }
+      PROF(12);
       /* q ← decay·q + (1 − decay)·mean p⁺; Δc ← m·Δc − gain·lr·(q − ρ) + lr·mean(p⁺ − p⁻). */
       for (int j = 0; j < hc; ++j) {
         int unit = h0 + j;
@@ -677,6 +708,7 @@ static void *run_worker(void *argument) {
         activation_sum += positive_sum[j];
       }
     }
+    PROF(13);
     /* Δb ← m·Δb + lr·mean(v − v⁻); b ← b + Δb (private copy); reconstruction error. */
     double error = 0.0;
     for (int d = 0; d < D; ++d) {
@@ -693,7 +725,9 @@ static void *run_worker(void *argument) {
       }
       error_sum += error / (double)B;
     }
+    PROF(14);
   }
+  PROF_END;
 
   if (ok && args->thread == 0) {
     memcpy(s->visible_bias, visible_bias, D * sizeof(float));
