@@ -18,7 +18,7 @@
  * order, so the result does not depend on the number of threads.
  *
  * Products use packed tiles: a 6×16 AVX2/FMA micro-kernel, and on CPUs with AVX-512F
- * a 6×32 one with 512-bit registers (chosen at run time, isa(); both give bit-identical
+ * a 10×32 one with 512-bit registers (chosen at run time, isa(); both give bit-identical
  * results). The module builds everywhere but reports supported() = False on CPUs
  * without AVX2+FMA (the Python side then uses TF).
  */
@@ -40,11 +40,14 @@
 
 /* Hidden units per partial sum of hWᵀ: fixed, so results do not depend on threads. */
 #define CHUNK 128
-#define MR 6
+#define MR 6      /* rows of an A panel for the AVX2 tiles (6 × 16) */
+#define MR512 10  /* rows of an A panel for the AVX-512 tiles (10 × 32) */
 #define NR 16
 
-/* Which tile kernel gemm_packed uses: set per epoch by select_isa(). */
+/* Which tile kernel gemm_packed uses: set per epoch by select_isa(), with the panel
+ * height of A that goes with it. */
 static int use_avx512 = 0;
+static int mr = MR;
 
 /* ---------------------------------------------------------------------------------
  * Philox4x32-10, as TF's stateless random ops use it (portable C).
@@ -289,16 +292,16 @@ static void logistic_rows(float *p, const float *bias, int rows, int cols, float
  * ------------------------------------------------------------------------------- */
 static void pack_a(float *dst, int k_total, int k_offset, const float *src, int m,
                    int k, int64_t row_stride, int64_t col_stride, float scale) {
-  int panels = (m + MR - 1) / MR;
+  int panels = (m + mr - 1) / mr;
   for (int p = 0; p < panels; ++p) {
-    float *panel = dst + (int64_t)p * MR * k_total + (int64_t)k_offset * MR;
-    for (int i = 0; i < MR; ++i) {
-      int row = p * MR + i;
+    float *panel = dst + (int64_t)p * mr * k_total + (int64_t)k_offset * mr;
+    for (int i = 0; i < mr; ++i) {
+      int row = p * mr + i;
       if (row < m) {
         const float *s = src + row * row_stride;
-        for (int kk = 0; kk < k; ++kk) panel[kk * MR + i] = scale * s[kk * col_stride];
+        for (int kk = 0; kk < k; ++kk) panel[kk * mr + i] = scale * s[kk * col_stride];
       } else {
-        for (int kk = 0; kk < k; ++kk) panel[kk * MR + i] = 0.0f;
+        for (int kk = 0; kk < k; ++kk) panel[kk * mr + i] = 0.0f;
       }
     }
   }
@@ -404,69 +407,75 @@ static inline void micro_kernel(int k, const float *restrict a, const float *res
   _mm256_storeu_ps(c + 5 * ldc, c50); _mm256_storeu_ps(c + 5 * ldc + 8, c51);
 }
 
-/* The same tile product on two adjacent B panels (6 × 32) with 512-bit registers. Each
- * output lane sees exactly the AVX2 kernel's sequence of fused multiply-adds (one per
- * k, in k order), so both paths give bit-identical results; on CPUs with AVX-512 the
- * twelve independent accumulators keep both FMA ports busy at twice the width. */
+/* The same tile product on 10 rows and two adjacent B panels (10 × 32) with 512-bit
+ * registers. Each output lane sees exactly the AVX2 kernel's sequence of fused
+ * multiply-adds (one per k, in k order), so both paths give bit-identical results. The
+ * twenty accumulators keep both FMA ports busy; per k, two loads of B and ten
+ * broadcasts of A feed twenty FMAs. A is packed in panels of MR512 rows. */
+#define ROW512(i)                                                     \
+  x = _mm512_set1_ps(a[i]);                                           \
+  c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                          \
+  c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1)
+#define STORE512(i)                                                   \
+  _mm512_storeu_ps(c + i * ldc, c##i##0);                             \
+  _mm512_storeu_ps(c + i * ldc + NR, c##i##1)
 __attribute__((target("avx512f,avx2,fma")))
-static void micro_kernel_6x32(int k, const float *restrict a, const float *restrict b0p,
-                              const float *restrict b1p, float *restrict c, int64_t ldc) {
+static void micro_kernel_10x32(int k, const float *restrict a, const float *restrict b0p,
+                               const float *restrict b1p, float *restrict c, int64_t ldc) {
   __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
   __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
   __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
   __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
   __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
   __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
-#pragma GCC unroll 4
-  for (int kk = 0; kk < k; ++kk) {
-    __m512 b0 = _mm512_load_ps(b0p + kk * NR);
-    __m512 b1 = _mm512_load_ps(b1p + kk * NR);
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+  __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+  __m512 c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps();
+  __m512 c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps();
+  const float *a_end = a + (int64_t)k * MR512;
+#pragma GCC unroll 2
+  for (; a < a_end; a += MR512, b0p += NR, b1p += NR) {
+    __m512 b0 = _mm512_load_ps(b0p);
+    __m512 b1 = _mm512_load_ps(b1p);
     __m512 x;
-    x = _mm512_set1_ps(a[kk * MR + 0]);
-    c00 = _mm512_fmadd_ps(x, b0, c00); c01 = _mm512_fmadd_ps(x, b1, c01);
-    x = _mm512_set1_ps(a[kk * MR + 1]);
-    c10 = _mm512_fmadd_ps(x, b0, c10); c11 = _mm512_fmadd_ps(x, b1, c11);
-    x = _mm512_set1_ps(a[kk * MR + 2]);
-    c20 = _mm512_fmadd_ps(x, b0, c20); c21 = _mm512_fmadd_ps(x, b1, c21);
-    x = _mm512_set1_ps(a[kk * MR + 3]);
-    c30 = _mm512_fmadd_ps(x, b0, c30); c31 = _mm512_fmadd_ps(x, b1, c31);
-    x = _mm512_set1_ps(a[kk * MR + 4]);
-    c40 = _mm512_fmadd_ps(x, b0, c40); c41 = _mm512_fmadd_ps(x, b1, c41);
-    x = _mm512_set1_ps(a[kk * MR + 5]);
-    c50 = _mm512_fmadd_ps(x, b0, c50); c51 = _mm512_fmadd_ps(x, b1, c51);
+    ROW512(0); ROW512(1); ROW512(2); ROW512(3); ROW512(4);
+    ROW512(5); ROW512(6); ROW512(7); ROW512(8); ROW512(9);
   }
-  _mm512_storeu_ps(c + 0 * ldc, c00); _mm512_storeu_ps(c + 0 * ldc + NR, c01);
-  _mm512_storeu_ps(c + 1 * ldc, c10); _mm512_storeu_ps(c + 1 * ldc + NR, c11);
-  _mm512_storeu_ps(c + 2 * ldc, c20); _mm512_storeu_ps(c + 2 * ldc + NR, c21);
-  _mm512_storeu_ps(c + 3 * ldc, c30); _mm512_storeu_ps(c + 3 * ldc + NR, c31);
-  _mm512_storeu_ps(c + 4 * ldc, c40); _mm512_storeu_ps(c + 4 * ldc + NR, c41);
-  _mm512_storeu_ps(c + 5 * ldc, c50); _mm512_storeu_ps(c + 5 * ldc + NR, c51);
+  STORE512(0); STORE512(1); STORE512(2); STORE512(3); STORE512(4);
+  STORE512(5); STORE512(6); STORE512(7); STORE512(8); STORE512(9);
 }
+#undef ROW512
+#undef STORE512
 
 static void gemm_packed(int m, int n, int k, const float *a_packed, const float *b_packed,
                         float *c, int64_t ldc) {
-  float edge[MR * 2 * NR] __attribute__((aligned(64)));
-  int m_panels = (m + MR - 1) / MR, n_panels = (n + NR - 1) / NR;
-  for (int q = 0; q < n_panels; ++q) {
-    const float *b = b_packed + (int64_t)q * NR * k;
-    int cols = n - q * NR < NR ? n - q * NR : NR;
-    if (use_avx512 && q + 1 < n_panels) { /* two panels at once: 6 × 32 tiles */
+  float edge[MR512 * 2 * NR] __attribute__((aligned(64)));
+  int n_panels = (n + NR - 1) / NR;
+  if (use_avx512) { /* 10 × 32 tiles; an odd last panel goes through them twice */
+    int m_panels = (m + MR512 - 1) / MR512;
+    for (int q = 0; q < n_panels; q += 2) {
+      const float *b = b_packed + (int64_t)q * NR * k;
+      const float *b1 = q + 1 < n_panels ? b + NR * k : b;
       int cols2 = n - q * NR < 2 * NR ? n - q * NR : 2 * NR;
       for (int p = 0; p < m_panels; ++p) {
-        const float *a = a_packed + (int64_t)p * MR * k;
-        int rows = m - p * MR < MR ? m - p * MR : MR;
-        float *out = c + (int64_t)p * MR * ldc + q * NR;
-        if (rows == MR && cols2 == 2 * NR) {
-          micro_kernel_6x32(k, a, b, b + NR * k, out, ldc);
+        const float *a = a_packed + (int64_t)p * MR512 * k;
+        int rows = m - p * MR512 < MR512 ? m - p * MR512 : MR512;
+        float *out = c + (int64_t)p * MR512 * ldc + q * NR;
+        if (rows == MR512 && cols2 == 2 * NR) {
+          micro_kernel_10x32(k, a, b, b1, out, ldc);
         } else {
-          micro_kernel_6x32(k, a, b, b + NR * k, edge, 2 * NR);
+          micro_kernel_10x32(k, a, b, b1, edge, 2 * NR);
           for (int i = 0; i < rows; ++i)
             memcpy(out + i * ldc, edge + i * 2 * NR, cols2 * sizeof(float));
         }
       }
-      ++q;
-      continue;
     }
+    return;
+  }
+  int m_panels = (m + MR - 1) / MR;
+  for (int q = 0; q < n_panels; ++q) {
+    const float *b = b_packed + (int64_t)q * NR * k;
+    int cols = n - q * NR < NR ? n - q * NR : NR;
     for (int p = 0; p < m_panels; ++p) {
       const float *a = a_packed + (int64_t)p * MR * k;
       int rows = m - p * MR < MR ? m - p * MR : MR;
@@ -574,7 +583,7 @@ static void *run_worker(void *argument) {
   const int h0 = args->chunk_begin * CHUNK;
   const int h1 = args->chunk_end * CHUNK < H ? args->chunk_end * CHUNK : H;
   const int hc = h1 - h0; /* may be 0 for a thread with no chunk */
-  const int ceil_b = (B + MR - 1) / MR * MR, ceil_d = (D + MR - 1) / MR * MR;
+  const int ceil_b = B + MR512, ceil_d = D + MR512; /* rows of A panels, either height */
   const int ceil_hc = (hc + NR - 1) / NR * NR, ceil_dn = (D + NR - 1) / NR * NR;
   const int64_t slice = (int64_t)B * D;
 
@@ -821,6 +830,7 @@ static const char *select_isa(void) {
   const char *wanted = getenv("DEEPBOF_CD1_ISA");
   if (!cpu_supported()) {
     use_avx512 = 0;
+    mr = MR;
     return "none";
   }
   if (wanted && *wanted && strcmp(wanted, "avx2") != 0 && strcmp(wanted, "avx512") != 0 &&
@@ -835,6 +845,7 @@ static const char *select_isa(void) {
     return NULL;
   }
   use_avx512 = avx512_supported() && !(wanted && strcmp(wanted, "avx2") == 0);
+  mr = use_avx512 ? MR512 : MR;
   return use_avx512 ? "avx512" : "avx2";
 }
 
