@@ -211,10 +211,15 @@ static void uniform_range(const uint32_t key[2], const uint32_t counter[4],
 }
 
 /* ---------------------------------------------------------------------------------
- * exp and the logistic function, 8 lanes (range reduction by ln 2 and a degree-6
- * polynomial on [−ln2/2, ln2/2]; about 1 ulp).
+ * The logistic function, 8 lanes: σ(x) = 1 / (1 + e^−x) with e^−x = 2^n · p(r) (range
+ * reduction by ln 2, a degree-6 polynomial on [−ln2/2, ln2/2]; about 1 ulp), and
+ * 1 + 2^n · p as one fused multiply-add. Every rounding step is an explicit intrinsic
+ * (no a·b + c left for the compiler to fuse or not), so sigmoid16 below can repeat it
+ * operation for operation and give the same floats.
  * ------------------------------------------------------------------------------- */
-static inline __m256 exp8(__m256 x) {
+static inline __m256 sigmoid8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  x = _mm256_sub_ps(_mm256_setzero_ps(), x);
   x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
   __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -227,15 +232,10 @@ static inline __m256 exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
   __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
                                                  _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-static inline __m256 sigmoid8(__m256 x) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+  return _mm256_div_ps(one, _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), one));
 }
 
 /* p[r][j] ← σ(p[r][j] + bias[j]) for r < rows, j < cols, and sums[j] = Σ_r p[r][j].
@@ -283,6 +283,168 @@ static void logistic_rows(float *p, const float *bias, int rows, int cols, float
         }
       }
     }
+  }
+}
+
+/* ΔW ← m·ΔW + (g − decay·W); W ← W + ΔW over n contiguous units, 8 lanes with a masked
+ * tail (so every unit goes through the same fused operations). */
+static void update_weights8(float *w, float *dw, const float *g, int n, float momentum,
+                            float decay) {
+  const __m256 m8 = _mm256_set1_ps(momentum), decay8 = _mm256_set1_ps(decay);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int j = 0; j < n; j += 8) {
+    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - j), lane);
+    __m256 wj = _mm256_maskload_ps(w + j, mask);
+    __m256 step_value = _mm256_fnmadd_ps(decay8, wj, _mm256_maskload_ps(g + j, mask));
+    __m256 inc = _mm256_fmadd_ps(m8, _mm256_maskload_ps(dw + j, mask), step_value);
+    _mm256_maskstore_ps(dw + j, mask, inc);
+    _mm256_maskstore_ps(w + j, mask, _mm256_add_ps(wj, inc));
+  }
+}
+
+/* ---------------------------------------------------------------------------------
+ * The element-wise steps with 512-bit registers: the same operations as the 8-lane
+ * code above, in the same order, on 16 lanes (so the same floats; the tests compare
+ * both paths bit for bit). Used when use_avx512 is set.
+ * ------------------------------------------------------------------------------- */
+#define TARGET512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+
+TARGET512 static inline void mul_hi_lo16(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
+  __m512i even = _mm512_mul_epu32(a, m);
+  __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+/* Uniforms of blocks group0 … group0+15 (64 floats) when no carry leaves counter[0..1]. */
+TARGET512 static inline void philox16_uniform(const uint32_t key[2],
+                                              const uint32_t counter[4], uint64_t group0,
+                                              float *out) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+                                         15);
+  uint64_t base = ((uint64_t)counter[1] << 32 | counter[0]) + group0;
+  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)base), lane);
+  __m512i c1 = _mm512_set1_epi32((int)(uint32_t)(base >> 32));
+  __m512i c2 = _mm512_set1_epi32((int)counter[2]);
+  __m512i c3 = _mm512_set1_epi32((int)counter[3]);
+  const __m512i ma = _mm512_set1_epi32((int)PHILOX_M4x32A);
+  const __m512i mb = _mm512_set1_epi32((int)PHILOX_M4x32B);
+  uint32_t k0 = key[0], k1 = key[1];
+  for (int round = 0; round < 10; ++round) {
+    __m512i hi0, lo0, hi1, lo1;
+    mul_hi_lo16(c0, ma, &hi0, &lo0);
+    mul_hi_lo16(c2, mb, &hi1, &lo1);
+    __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32((int)k0));
+    __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32((int)k1));
+    c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+    k0 += PHILOX_W32A;
+    k1 += PHILOX_W32B;
+  }
+  const __m512i mantissa = _mm512_set1_epi32(0x7fffff);
+  const __m512i one_bits = _mm512_set1_epi32(0x3f800000);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 f0 = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_and_si512(c0, mantissa), one_bits)), one);
+  __m512 f1 = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_and_si512(c1, mantissa), one_bits)), one);
+  __m512 f2 = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_and_si512(c2, mantissa), one_bits)), one);
+  __m512 f3 = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_and_si512(c3, mantissa), one_bits)), one);
+  /* [word][block] → [block][word]: within each 128-bit lane as in philox8_uniform, which
+     leaves block b in lane b / 4 of s(b % 4); then a 4 × 4 transpose of the lanes. */
+  __m512 t0 = _mm512_unpacklo_ps(f0, f1), t1 = _mm512_unpackhi_ps(f0, f1);
+  __m512 t2 = _mm512_unpacklo_ps(f2, f3), t3 = _mm512_unpackhi_ps(f2, f3);
+  __m512 s0 = _mm512_shuffle_ps(t0, t2, 0x44); /* blocks 0 | 4 | 8 | 12 */
+  __m512 s1 = _mm512_shuffle_ps(t0, t2, 0xEE); /* blocks 1 | 5 | 9 | 13 */
+  __m512 s2 = _mm512_shuffle_ps(t1, t3, 0x44); /* blocks 2 | 6 | 10 | 14 */
+  __m512 s3 = _mm512_shuffle_ps(t1, t3, 0xEE); /* blocks 3 | 7 | 11 | 15 */
+  __m512 a = _mm512_shuffle_f32x4(s0, s1, 0x44); /* 0 4 1 5 */
+  __m512 b = _mm512_shuffle_f32x4(s2, s3, 0x44); /* 2 6 3 7 */
+  __m512 c = _mm512_shuffle_f32x4(s0, s1, 0xEE); /* 8 12 9 13 */
+  __m512 d = _mm512_shuffle_f32x4(s2, s3, 0xEE); /* 10 14 11 15 */
+  _mm512_storeu_ps(out + 0, _mm512_shuffle_f32x4(a, b, 0x88));
+  _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(a, b, 0xDD));
+  _mm512_storeu_ps(out + 32, _mm512_shuffle_f32x4(c, d, 0x88));
+  _mm512_storeu_ps(out + 48, _mm512_shuffle_f32x4(c, d, 0xDD));
+}
+
+/* uniform_range with 16 blocks at a time. */
+TARGET512 static void uniform_range16(const uint32_t key[2], const uint32_t counter[4],
+                                      uint64_t start, int64_t count, float *out) {
+  uint64_t low = ((uint64_t)counter[1] << 32 | counter[0]);
+  int64_t i = (int64_t)((4 - start % 4) % 4);
+  if (i > count) i = count;
+  if (i) uniform_range_scalar(key, counter, start, i, out);
+  for (; i + 64 <= count; i += 64) {
+    uint64_t base = low + (start + (uint64_t)i) / 4;
+    if (base < low || (uint32_t)base > UINT32_MAX - 15u) break;
+    philox16_uniform(key, counter, (start + (uint64_t)i) / 4, out + i);
+  }
+  if (i < count) uniform_range(key, counter, start + (uint64_t)i, count - i, out + i);
+}
+
+TARGET512 static inline __m512 sigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  x = _mm512_sub_ps(_mm512_setzero_ps(), x);
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, one));
+  __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n),
+                                                 _mm512_set1_epi32(127)), 23);
+  return _mm512_div_ps(one, _mm512_fmadd_ps(p, _mm512_castsi512_ps(e), one));
+}
+
+/* logistic_rows on 16 lanes (masked tail). */
+TARGET512 static void logistic_rows16(float *p, const float *bias, int rows, int cols,
+                                      float *sums, float *states, const uint32_t *key,
+                                      const uint32_t *counter, int64_t stream_row,
+                                      int64_t stream_offset, float *uniform) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int j = 0; j < cols; ++j) sums[j] = 0.0f;
+  for (int r = 0; r < rows; ++r) {
+    float *row = p + (int64_t)r * cols;
+    float *state_row = states ? states + (int64_t)r * cols : NULL;
+    if (states)
+      uniform_range16(key, counter, (uint64_t)(r * stream_row + stream_offset), cols,
+                      uniform);
+    for (int j = 0; j < cols; j += 16) {
+      __mmask16 m = cols - j >= 16 ? (__mmask16)0xFFFF
+                                   : (__mmask16)((1u << (cols - j)) - 1u);
+      __m512 prob = sigmoid16(_mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j),
+                                            _mm512_maskz_loadu_ps(m, bias + j)));
+      _mm512_mask_storeu_ps(row + j, m, prob);
+      _mm512_mask_storeu_ps(sums + j, m,
+                            _mm512_add_ps(_mm512_maskz_loadu_ps(m, sums + j), prob));
+      if (states) {
+        __mmask16 on = _mm512_cmp_ps_mask(prob, _mm512_maskz_loadu_ps(m, uniform + j),
+                                          _CMP_GT_OQ);
+        _mm512_mask_storeu_ps(state_row + j, m, _mm512_maskz_mov_ps(on, one));
+      }
+    }
+  }
+}
+
+/* update_weights8 on 16 lanes. */
+TARGET512 static void update_weights16(float *w, float *dw, const float *g, int n,
+                                       float momentum, float decay) {
+  const __m512 m16 = _mm512_set1_ps(momentum), decay16 = _mm512_set1_ps(decay);
+  for (int j = 0; j < n; j += 16) {
+    __mmask16 m = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
+    __m512 wj = _mm512_maskz_loadu_ps(m, w + j);
+    __m512 step_value = _mm512_fnmadd_ps(decay16, wj, _mm512_maskz_loadu_ps(m, g + j));
+    __m512 inc = _mm512_fmadd_ps(m16, _mm512_maskz_loadu_ps(m, dw + j), step_value);
+    _mm512_mask_storeu_ps(dw + j, m, inc);
+    _mm512_mask_storeu_ps(w + j, m, _mm512_add_ps(wj, inc));
   }
 }
 
@@ -633,8 +795,12 @@ static void *run_worker(void *argument) {
       PROF(1);
       gemm_packed(B, hc, D, a_packed, w_packed, positive, hc);
       PROF(2);
-      logistic_rows(positive, s->hidden_bias + h0, B, hc, positive_sum, states, key,
-                    counter, H, h0, uniform);
+      if (use_avx512)
+        logistic_rows16(positive, s->hidden_bias + h0, B, hc, positive_sum, states, key,
+                        counter, H, h0, uniform);
+      else
+        logistic_rows(positive, s->hidden_bias + h0, B, hc, positive_sum, states, key,
+                      counter, H, h0, uniform);
       PROF(3);
       /* G2, per chunk: the partial hWᵀ over the chunk's units. */
       for (int chunk = args->chunk_begin; chunk < args->chunk_end; ++chunk) {
@@ -667,8 +833,12 @@ static void *run_worker(void *argument) {
       PROF(1);
       gemm_packed(B, hc, D, a_packed, w_packed, negative, hc);
       PROF(8);
-      logistic_rows(negative, s->hidden_bias + h0, B, hc, negative_sum, NULL, NULL,
-                    NULL, 0, 0, NULL);
+      if (use_avx512)
+        logistic_rows16(negative, s->hidden_bias + h0, B, hc, negative_sum, NULL, NULL,
+                        NULL, 0, 0, NULL);
+      else
+        logistic_rows(negative, s->hidden_bias + h0, B, hc, negative_sum, NULL, NULL,
+                      NULL, 0, 0, NULL);
       PROF(9);
 
       /* G4: lr·(vᵀp⁺ − v⁻ᵀp⁻)/B as one [D × 2B]·[2B × hc] product. */
@@ -680,26 +850,12 @@ static void *run_worker(void *argument) {
       PROF(11);
 
       /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update). */
-      const __m256 m8 = _mm256_set1_ps(momentum);
-      const __m256 decay8 = _mm256_set1_ps(lr * s->weight_cost);
       for (int d = 0; d < D; ++d) {
         float *w = s->kernel + (int64_t)d * H + h0;
         float *dw = s->kernel_increment + (int64_t)d * H + h0;
         const float *g = gradient + (int64_t)d * hc;
-        int j = 0;
-        for (; j + 8 <= hc; j += 8) {
-          __m256 wj = _mm256_loadu_ps(w + j);
-          __m256 step_value = _mm256_fnmadd_ps(decay8, wj, _mm256_loadu_ps(g + j));
-          __m256 inc = _mm256_add_ps(_mm256_mul_ps(m8, _mm256_loadu_ps(dw + j)), step_value);
-          _mm256_storeu_ps(dw + j, inc);
-          _mm256_storeu_ps(w + j, _mm256_add_ps(wj, inc));
-        }
-        for (; j < hc; ++j) {
-          float step_value = g[j] - lr * s->weight_cost * w[j];
-          float inc = momentum * dw[j] + step_value;
-          dw[j] = inc;
-          w[j] += inc;
-        }
+        if (use_avx512) update_weights16(w, dw, g, hc, momentum, lr * s->weight_cost);
+        else update_weights8(w, dw, g, hc, momentum, lr * s->weight_cost);
       }
       PROF(12);
       /* q ← decay·q + (1 − decay)·mean p⁺; Δc ← m·Δc − gain·lr·(q − ρ) + lr·mean(p⁺ − p⁻). */
