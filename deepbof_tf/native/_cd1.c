@@ -1038,14 +1038,62 @@ static PyObject *py_uniform(PyObject *self, PyObject *args) {
   }
   uint32_t key[2], counter[4];
   philox_key_counter(seed0, seed1, key, counter);
+  if (select_isa() == NULL) {
+    PyBuffer_Release(&out);
+    return NULL;
+  }
 #ifdef CD1_X86
-  if (cpu_supported())
+  if (use_avx512)
+    uniform_range16(key, counter, start, count, (float *)out.buf);
+  else if (cpu_supported())
     uniform_range(key, counter, start, count, (float *)out.buf);
   else
 #endif
     uniform_range_scalar(key, counter, start, count, (float *)out.buf);
   PyBuffer_Release(&out);
   Py_RETURN_NONE;
+}
+
+/* Test hook: out = σ(x) through the element-wise code of the epoch's path (isa()). */
+static PyObject *py_logistic(PyObject *self, PyObject *args) {
+  (void)self;
+  Py_buffer in, out;
+  if (!PyArg_ParseTuple(args, "y*w*", &in, &out)) return NULL;
+  PyObject *result = NULL;
+  Py_ssize_t count = in.len / (Py_ssize_t)sizeof(float);
+  float *bias = NULL, *sums = NULL;
+  if (in.len != out.len || in.len % (Py_ssize_t)sizeof(float) != 0 || count > INT32_MAX) {
+    PyErr_SetString(PyExc_ValueError, "logistic: input and output must be float32 of one size");
+    goto done;
+  }
+  if (!cpu_supported()) {
+    PyErr_SetString(PyExc_RuntimeError, "logistic: this CPU lacks AVX2/FMA");
+    goto done;
+  }
+  if (select_isa() == NULL) goto done;
+#ifdef CD1_X86
+  bias = aligned_floats(count);
+  sums = aligned_floats(count);
+  if (!bias || !sums) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  memcpy(out.buf, in.buf, (size_t)in.len);
+  if (use_avx512)
+    logistic_rows16((float *)out.buf, bias, 1, (int)count, sums, NULL, NULL, NULL, 0, 0,
+                    NULL);
+  else
+    logistic_rows((float *)out.buf, bias, 1, (int)count, sums, NULL, NULL, NULL, 0, 0,
+                  NULL);
+  result = Py_None;
+  Py_INCREF(result);
+#endif
+done:
+  free(bias);
+  free(sums);
+  PyBuffer_Release(&in);
+  PyBuffer_Release(&out);
+  return result;
 }
 
 static PyObject *py_epoch(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -1140,7 +1188,11 @@ static PyMethodDef methods[] = {
      "or 'none'."},
     {"uniform", py_uniform, METH_VARARGS,
      "uniform(seed0, seed1, start, count, out): elements [start, start+count) of "
-     "tf.random.stateless_uniform's float32 stream for seed (seed0, seed1)."},
+     "tf.random.stateless_uniform's float32 stream for seed (seed0, seed1), by the "
+     "Philox code of the path isa() names."},
+    {"logistic", py_logistic, METH_VARARGS,
+     "logistic(x, out): out = 1 / (1 + exp(-x)) for float32 buffers, through the "
+     "epoch's element-wise code on the path isa() names (a test hook)."},
     {"epoch", (PyCFunction)(void (*)(void))py_epoch, METH_VARARGS | METH_KEYWORDS,
      "One CD-1 epoch over [num_batches, B, D] float32 minibatches, in place."},
     {NULL, NULL, 0, NULL}};
