@@ -287,9 +287,11 @@ static void logistic_rows(float *p, const float *bias, int rows, int cols, float
 }
 
 /* ΔW ← m·ΔW + (g − decay·W); W ← W + ΔW over n contiguous units, 8 lanes with a masked
- * tail (so every unit goes through the same fused operations). */
+ * tail (so every unit goes through the same fused operations). The new W also goes to
+ * its row of the packed operand of the next step's products (`packed`: unit j at
+ * packed[(j / NR)·panel_stride + j % NR]), which saves re-packing W every step. */
 static void update_weights8(float *w, float *dw, const float *g, int n, float momentum,
-                            float decay) {
+                            float decay, float *packed, int64_t panel_stride) {
   const __m256 m8 = _mm256_set1_ps(momentum), decay8 = _mm256_set1_ps(decay);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int j = 0; j < n; j += 8) {
@@ -297,8 +299,10 @@ static void update_weights8(float *w, float *dw, const float *g, int n, float mo
     __m256 wj = _mm256_maskload_ps(w + j, mask);
     __m256 step_value = _mm256_fnmadd_ps(decay8, wj, _mm256_maskload_ps(g + j, mask));
     __m256 inc = _mm256_fmadd_ps(m8, _mm256_maskload_ps(dw + j, mask), step_value);
+    __m256 w_new = _mm256_add_ps(wj, inc);
     _mm256_maskstore_ps(dw + j, mask, inc);
-    _mm256_maskstore_ps(w + j, mask, _mm256_add_ps(wj, inc));
+    _mm256_maskstore_ps(w + j, mask, w_new);
+    _mm256_maskstore_ps(packed + (j / NR) * panel_stride + j % NR, mask, w_new);
   }
 }
 
@@ -334,8 +338,9 @@ TARGET512 static inline void philox16_uniform(const uint32_t key[2],
     __m512i hi0, lo0, hi1, lo1;
     mul_hi_lo16(c0, ma, &hi0, &lo0);
     mul_hi_lo16(c2, mb, &hi1, &lo1);
-    __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32((int)k0));
-    __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32((int)k1));
+    /* hi ^ c ^ k as one three-input logic op (0x96: odd parity). */
+    __m512i n0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32((int)k0), 0x96);
+    __m512i n2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32((int)k1), 0x96);
     c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
     k0 += PHILOX_W32A;
     k1 += PHILOX_W32B;
@@ -436,15 +441,18 @@ TARGET512 static void logistic_rows16(float *p, const float *bias, int rows, int
 
 /* update_weights8 on 16 lanes. */
 TARGET512 static void update_weights16(float *w, float *dw, const float *g, int n,
-                                       float momentum, float decay) {
+                                       float momentum, float decay, float *packed,
+                                       int64_t panel_stride) {
   const __m512 m16 = _mm512_set1_ps(momentum), decay16 = _mm512_set1_ps(decay);
   for (int j = 0; j < n; j += 16) {
     __mmask16 m = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
     __m512 wj = _mm512_maskz_loadu_ps(m, w + j);
     __m512 step_value = _mm512_fnmadd_ps(decay16, wj, _mm512_maskz_loadu_ps(m, g + j));
     __m512 inc = _mm512_fmadd_ps(m16, _mm512_maskz_loadu_ps(m, dw + j), step_value);
+    __m512 w_new = _mm512_add_ps(wj, inc);
     _mm512_mask_storeu_ps(dw + j, m, inc);
-    _mm512_mask_storeu_ps(w + j, m, _mm512_add_ps(wj, inc));
+    _mm512_mask_storeu_ps(w + j, m, w_new);
+    _mm512_mask_storeu_ps(packed + (j / NR) * panel_stride, m, w_new);
   }
 }
 
@@ -762,9 +770,11 @@ static void *run_worker(void *argument) {
   float *positive_sum = aligned_floats(hc ? hc : 1);
   float *negative_sum = aligned_floats(hc ? hc : 1);
   float *visible_bias = aligned_floats(D), *visible_increment = aligned_floats(D);
+  float *visible_total = aligned_floats(D);
   int ok = w_packed && a_packed && wt_packed && g_a_packed && g_b_packed &&
            probabilities && states && gradient && negative_visible && uniform &&
-           positive_sum && negative_sum && visible_bias && visible_increment;
+           positive_sum && negative_sum && visible_bias && visible_increment &&
+           visible_total;
   s->failed[args->thread] = !ok;
   if (ok) {
     /* Every thread keeps its own copy of b and Δb and updates it identically, so no
@@ -790,7 +800,8 @@ static void *run_worker(void *argument) {
     if (hc > 0) {
       /* G1: p⁺ = σ(vW + c) on this thread's units; h = 1[p⁺ > u]. */
       PROF(0);
-      pack_b(w_packed, s->kernel + h0, D, hc, H);
+      /* W is packed once; the weight update below keeps the packed copy current. */
+      if (step == 0) pack_b(w_packed, s->kernel + h0, D, hc, H);
       pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
       PROF(1);
       gemm_packed(B, hc, D, a_packed, w_packed, positive, hc);
@@ -849,13 +860,17 @@ static void *run_worker(void *argument) {
       gemm_packed(D, hc, 2 * B, g_a_packed, g_b_packed, gradient, hc);
       PROF(11);
 
-      /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update). */
+      /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update), also
+         into w_packed. */
       for (int d = 0; d < D; ++d) {
         float *w = s->kernel + (int64_t)d * H + h0;
         float *dw = s->kernel_increment + (int64_t)d * H + h0;
         const float *g = gradient + (int64_t)d * hc;
-        if (use_avx512) update_weights16(w, dw, g, hc, momentum, lr * s->weight_cost);
-        else update_weights8(w, dw, g, hc, momentum, lr * s->weight_cost);
+        float *packed = w_packed + (int64_t)d * NR;
+        if (use_avx512)
+          update_weights16(w, dw, g, hc, momentum, lr * s->weight_cost, packed, NR * D);
+        else
+          update_weights8(w, dw, g, hc, momentum, lr * s->weight_cost, packed, NR * D);
       }
       PROF(12);
       /* q ← decay·q + (1 − decay)·mean p⁺; Δc ← m·Δc − gain·lr·(q − ρ) + lr·mean(p⁺ − p⁻). */
@@ -876,9 +891,15 @@ static void *run_worker(void *argument) {
     PROF(13);
     /* Δb ← m·Δb + lr·mean(v − v⁻); b ← b + Δb (private copy); reconstruction error. */
     double error = 0.0;
+    /* Column sums of v − v⁻, row by row: each column adds its rows in row order, as a
+       column-at-a-time loop would, but the inner loop runs across columns in vectors. */
+    for (int d = 0; d < D; ++d) visible_total[d] = 0.0f;
+    for (int r = 0; r < B; ++r) {
+      const float *v_row = v + (int64_t)r * D, *n_row = negative_visible + (int64_t)r * D;
+      for (int d = 0; d < D; ++d) visible_total[d] += v_row[d] - n_row[d];
+    }
     for (int d = 0; d < D; ++d) {
-      float total = 0.0f;
-      for (int r = 0; r < B; ++r) total += v[(int64_t)r * D + d] - negative_visible[(int64_t)r * D + d];
+      float total = visible_total[d];
       float inc = momentum * visible_increment[d] + lr * (total / (float)B);
       visible_increment[d] = inc;
       visible_bias[d] += inc;
@@ -903,7 +924,7 @@ static void *run_worker(void *argument) {
   free(w_packed); free(a_packed); free(wt_packed); free(g_a_packed); free(g_b_packed);
   free(probabilities); free(states); free(gradient); free(negative_visible);
   free(uniform); free(positive_sum); free(negative_sum);
-  free(visible_bias); free(visible_increment);
+  free(visible_bias); free(visible_increment); free(visible_total);
   return NULL;
 }
 
