@@ -287,11 +287,11 @@ static void logistic_rows(float *p, const float *bias, int rows, int cols, float
 }
 
 /* ΔW ← m·ΔW + (g − decay·W); W ← W + ΔW over n contiguous units, 8 lanes with a masked
- * tail (so every unit goes through the same fused operations). The new W also goes to
- * its row of the packed operand of the next step's products (`packed`: unit j at
- * packed[(j / NR)·panel_stride + j % NR]), which saves re-packing W every step. */
+ * tail (so every unit goes through the same fused operations). (Writing the new W into
+ * the packed operand here as well, instead of re-packing it each step, measured slower:
+ * the 32 panel rows per weight row are stores 9.6 KB apart.) */
 static void update_weights8(float *w, float *dw, const float *g, int n, float momentum,
-                            float decay, float *packed, int64_t panel_stride) {
+                            float decay) {
   const __m256 m8 = _mm256_set1_ps(momentum), decay8 = _mm256_set1_ps(decay);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int j = 0; j < n; j += 8) {
@@ -299,10 +299,8 @@ static void update_weights8(float *w, float *dw, const float *g, int n, float mo
     __m256 wj = _mm256_maskload_ps(w + j, mask);
     __m256 step_value = _mm256_fnmadd_ps(decay8, wj, _mm256_maskload_ps(g + j, mask));
     __m256 inc = _mm256_fmadd_ps(m8, _mm256_maskload_ps(dw + j, mask), step_value);
-    __m256 w_new = _mm256_add_ps(wj, inc);
     _mm256_maskstore_ps(dw + j, mask, inc);
-    _mm256_maskstore_ps(w + j, mask, w_new);
-    _mm256_maskstore_ps(packed + (j / NR) * panel_stride + j % NR, mask, w_new);
+    _mm256_maskstore_ps(w + j, mask, _mm256_add_ps(wj, inc));
   }
 }
 
@@ -441,18 +439,15 @@ TARGET512 static void logistic_rows16(float *p, const float *bias, int rows, int
 
 /* update_weights8 on 16 lanes. */
 TARGET512 static void update_weights16(float *w, float *dw, const float *g, int n,
-                                       float momentum, float decay, float *packed,
-                                       int64_t panel_stride) {
+                                       float momentum, float decay) {
   const __m512 m16 = _mm512_set1_ps(momentum), decay16 = _mm512_set1_ps(decay);
   for (int j = 0; j < n; j += 16) {
     __mmask16 m = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
     __m512 wj = _mm512_maskz_loadu_ps(m, w + j);
     __m512 step_value = _mm512_fnmadd_ps(decay16, wj, _mm512_maskz_loadu_ps(m, g + j));
     __m512 inc = _mm512_fmadd_ps(m16, _mm512_maskz_loadu_ps(m, dw + j), step_value);
-    __m512 w_new = _mm512_add_ps(wj, inc);
     _mm512_mask_storeu_ps(dw + j, m, inc);
-    _mm512_mask_storeu_ps(w + j, m, w_new);
-    _mm512_mask_storeu_ps(packed + (j / NR) * panel_stride, m, w_new);
+    _mm512_mask_storeu_ps(w + j, m, _mm512_add_ps(wj, inc));
   }
 }
 
@@ -734,9 +729,9 @@ static float *aligned_floats(int64_t count) {
 #define PROF_BEGIN uint64_t prof_t = __rdtsc(), prof_acc[16] = {0}
 #define PROF(i) do { uint64_t prof_now = __rdtsc(); prof_acc[i] += prof_now - prof_t; \
                      prof_t = prof_now; } while (0)
-#define PROF_END do { uint64_t prof_total = 0; for (int i = 0; i < 16; ++i) prof_total += prof_acc[i]; \
-  for (int i = 0; i < 16; ++i) if (prof_acc[i]) fprintf(stderr, "thread %d phase %2d %5.1f%%\n", \
-    args->thread, i, 100.0 * prof_acc[i] / prof_total); } while (0)
+#define PROF_END do { for (int i = 0; i < 16; ++i) if (prof_acc[i]) \
+  fprintf(stderr, "thread %d phase %2d %7.1f kcycles/step\n", args->thread, i, \
+          prof_acc[i] / 1e3 / (double)(s->num_batches ? s->num_batches : 1)); } while (0)
 #else
 #define PROF_BEGIN
 #define PROF(i)
@@ -800,8 +795,7 @@ static void *run_worker(void *argument) {
     if (hc > 0) {
       /* G1: p⁺ = σ(vW + c) on this thread's units; h = 1[p⁺ > u]. */
       PROF(0);
-      /* W is packed once; the weight update below keeps the packed copy current. */
-      if (step == 0) pack_b(w_packed, s->kernel + h0, D, hc, H);
+      pack_b(w_packed, s->kernel + h0, D, hc, H);
       pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
       PROF(1);
       gemm_packed(B, hc, D, a_packed, w_packed, positive, hc);
@@ -860,17 +854,13 @@ static void *run_worker(void *argument) {
       gemm_packed(D, hc, 2 * B, g_a_packed, g_b_packed, gradient, hc);
       PROF(11);
 
-      /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update), also
-         into w_packed. */
+      /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update). */
       for (int d = 0; d < D; ++d) {
         float *w = s->kernel + (int64_t)d * H + h0;
         float *dw = s->kernel_increment + (int64_t)d * H + h0;
         const float *g = gradient + (int64_t)d * hc;
-        float *packed = w_packed + (int64_t)d * NR;
-        if (use_avx512)
-          update_weights16(w, dw, g, hc, momentum, lr * s->weight_cost, packed, NR * D);
-        else
-          update_weights8(w, dw, g, hc, momentum, lr * s->weight_cost, packed, NR * D);
+        if (use_avx512) update_weights16(w, dw, g, hc, momentum, lr * s->weight_cost);
+        else update_weights8(w, dw, g, hc, momentum, lr * s->weight_cost);
       }
       PROF(12);
       /* q ← decay·q + (1 − decay)·mean p⁺; Δc ← m·Δc − gain·lr·(q − ρ) + lr·mean(p⁺ − p⁻). */
