@@ -656,6 +656,49 @@ static void gemm_packed(int m, int n, int k, const float *a_packed, const float 
   }
 }
 
+/* The gradient product with the weight update as its epilogue: each tile of
+ * G = A·B (rows: visible units, columns: this thread's hidden units) goes to a buffer
+ * in L1 and is applied at once, ΔW ← m·ΔW + (G − decay·W), W ← W + ΔW, by the same
+ * update_weights code as a separate pass would use, so the floats are the same; but
+ * G never exists as a [D × hc] array (one 300 KB stream less per step). w and dw point
+ * at the thread's first unit, rows ldw apart. */
+static void gemm_packed_update(int m, int n, int k, const float *a_packed,
+                               const float *b_packed, float *w, float *dw, int64_t ldw,
+                               float momentum, float decay) {
+  float tile[MR512 * 2 * NR] __attribute__((aligned(64)));
+  int n_panels = (n + NR - 1) / NR;
+  if (use_avx512) {
+    int m_panels = (m + MR512 - 1) / MR512;
+    for (int q = 0; q < n_panels; q += 2) {
+      const float *b = b_packed + (int64_t)q * NR * k;
+      const float *b1 = q + 1 < n_panels ? b + NR * k : b;
+      int cols2 = n - q * NR < 2 * NR ? n - q * NR : 2 * NR;
+      for (int p = 0; p < m_panels; ++p) {
+        int rows = m - p * MR512 < MR512 ? m - p * MR512 : MR512;
+        micro_kernel_10x32(k, a_packed + (int64_t)p * MR512 * k, b, b1, tile, 2 * NR);
+        for (int i = 0; i < rows; ++i) {
+          int64_t at = (int64_t)(p * MR512 + i) * ldw + q * NR;
+          update_weights16(w + at, dw + at, tile + i * 2 * NR, cols2, momentum, decay);
+        }
+      }
+    }
+    return;
+  }
+  int m_panels = (m + MR - 1) / MR;
+  for (int q = 0; q < n_panels; ++q) {
+    const float *b = b_packed + (int64_t)q * NR * k;
+    int cols = n - q * NR < NR ? n - q * NR : NR;
+    for (int p = 0; p < m_panels; ++p) {
+      int rows = m - p * MR < MR ? m - p * MR : MR;
+      micro_kernel(k, a_packed + (int64_t)p * MR * k, b, tile, NR);
+      for (int i = 0; i < rows; ++i) {
+        int64_t at = (int64_t)(p * MR + i) * ldw + q * NR;
+        update_weights8(w + at, dw + at, tile + i * NR, cols, momentum, decay);
+      }
+    }
+  }
+}
+
 /* ---------------------------------------------------------------------------------
  * A sense-reversing barrier that spins briefly, then yields (shared machines).
  * ------------------------------------------------------------------------------- */
@@ -759,7 +802,6 @@ static void *run_worker(void *argument) {
   float *g_b_packed = aligned_floats((int64_t)ceil_hc * 2 * B);    /* B of G4 */
   float *probabilities = aligned_floats((int64_t)2 * B * (hc ? hc : 1)); /* [p⁺; p⁻] */
   float *states = aligned_floats((int64_t)B * (hc ? hc : 1));
-  float *gradient = aligned_floats((int64_t)D * (hc ? hc : 1));
   float *negative_visible = aligned_floats(slice);
   float *uniform = aligned_floats((int64_t)(hc ? hc : 1) + 32);
   float *positive_sum = aligned_floats(hc ? hc : 1);
@@ -767,7 +809,7 @@ static void *run_worker(void *argument) {
   float *visible_bias = aligned_floats(D), *visible_increment = aligned_floats(D);
   float *visible_total = aligned_floats(D);
   int ok = w_packed && a_packed && wt_packed && g_a_packed && g_b_packed &&
-           probabilities && states && gradient && negative_visible && uniform &&
+           probabilities && states && negative_visible && uniform &&
            positive_sum && negative_sum && visible_bias && visible_increment &&
            visible_total;
   s->failed[args->thread] = !ok;
@@ -851,17 +893,11 @@ static void *run_worker(void *argument) {
       pack_a(g_a_packed, 2 * B, B, negative_visible, D, B, 1, D, -scale);
       pack_b(g_b_packed, probabilities, 2 * B, hc, hc);
       PROF(10);
-      gemm_packed(D, hc, 2 * B, g_a_packed, g_b_packed, gradient, hc);
+      /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update), tile by
+         tile as the gradient product yields them. */
+      gemm_packed_update(D, hc, 2 * B, g_a_packed, g_b_packed, s->kernel + h0,
+                         s->kernel_increment + h0, H, momentum, lr * s->weight_cost);
       PROF(11);
-
-      /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update). */
-      for (int d = 0; d < D; ++d) {
-        float *w = s->kernel + (int64_t)d * H + h0;
-        float *dw = s->kernel_increment + (int64_t)d * H + h0;
-        const float *g = gradient + (int64_t)d * hc;
-        if (use_avx512) update_weights16(w, dw, g, hc, momentum, lr * s->weight_cost);
-        else update_weights8(w, dw, g, hc, momentum, lr * s->weight_cost);
-      }
       PROF(12);
       /* q ← decay·q + (1 − decay)·mean p⁺; Δc ← m·Δc − gain·lr·(q − ρ) + lr·mean(p⁺ − p⁻). */
       for (int j = 0; j < hc; ++j) {
@@ -912,7 +948,7 @@ static void *run_worker(void *argument) {
   }
   s->activation_sums[args->thread] = activation_sum;
   free(w_packed); free(a_packed); free(wt_packed); free(g_a_packed); free(g_b_packed);
-  free(probabilities); free(states); free(gradient); free(negative_visible);
+  free(probabilities); free(states); free(negative_visible);
   free(uniform); free(positive_sum); free(negative_sum);
   free(visible_bias); free(visible_increment); free(visible_total);
   return NULL;
