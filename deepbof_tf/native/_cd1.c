@@ -238,27 +238,31 @@ static inline __m256 sigmoid8(__m256 x) {
   return _mm256_div_ps(one, _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), one));
 }
 
-/* p[r][j] ← σ(p[r][j] + bias[j]) for r < rows, j < cols, and sums[j] = Σ_r p[r][j].
+/* p[r][j] ← σ(p[r][j] + bias[j]) for r < rows, j < cols, and sums[j] = Σ_r p[r][j];
+ * p[r][j] is p[r·row_stride + (j / NR)·panel_stride + j % NR] (row-major: cols, NR; the
+ * packed B operand of a product: NR, NR·k).
  * With states: states[r][j] = 1[p[r][j] > u], u the element r·stream_row + stream_offset
  * + j of the step's uniform stream (scratch: `uniform`, cols + 32 floats). */
-static void logistic_rows(float *p, const float *bias, int rows, int cols, float *sums,
+static void logistic_rows(float *p, int64_t row_stride, int64_t panel_stride,
+                          const float *bias, int rows, int cols, float *sums,
                           float *states, const uint32_t *key, const uint32_t *counter,
                           int64_t stream_row, int64_t stream_offset, float *uniform) {
   const __m256 one = _mm256_set1_ps(1.0f);
   for (int j = 0; j < cols; ++j) sums[j] = 0.0f;
   for (int r = 0; r < rows; ++r) {
-    float *row = p + (int64_t)r * cols;
+    float *row = p + (int64_t)r * row_stride;
     float *state_row = states ? states + (int64_t)r * cols : NULL;
     if (states)
       uniform_range(key, counter, (uint64_t)(r * stream_row + stream_offset), cols, uniform);
     for (int j = 0; j < cols; j += 8) {
       int lanes = cols - j < 8 ? cols - j : 8;
       float x[8] = {0}, u[8] = {0}, out[8];
-      const float *x_ptr = row + j, *b_ptr = bias + j, *u_ptr = uniform + j;
+      float *at = row + (j / NR) * panel_stride + j % NR;
+      const float *x_ptr = at, *b_ptr = bias + j, *u_ptr = uniform + j;
       float b[8] = {0};
       if (lanes < 8) { /* the tail goes through the same 8-lane code */
         for (int t = 0; t < lanes; ++t) {
-          x[t] = row[j + t];
+          x[t] = at[t];
           b[t] = bias[j + t];
           if (states) u[t] = uniform[j + t];
         }
@@ -270,14 +274,14 @@ static void logistic_rows(float *p, const float *bias, int rows, int cols, float
                                                        _CMP_GT_OQ), one)
                          : _mm256_setzero_ps();
       if (lanes == 8) {
-        _mm256_storeu_ps(row + j, prob);
+        _mm256_storeu_ps(at, prob);
         _mm256_storeu_ps(sums + j, _mm256_add_ps(_mm256_loadu_ps(sums + j), prob));
         if (states) _mm256_storeu_ps(state_row + j, on);
       } else {
         float state_values[8];
         _mm256_storeu_ps(state_values, on);
         for (int t = 0; t < lanes; ++t) {
-          row[j + t] = out[t];
+          at[t] = out[t];
           sums[j + t] += out[t];
           if (states) state_row[j + t] = state_values[t];
         }
@@ -408,14 +412,15 @@ TARGET512 static inline __m512 sigmoid16(__m512 x) {
 }
 
 /* logistic_rows on 16 lanes (masked tail). */
-TARGET512 static void logistic_rows16(float *p, const float *bias, int rows, int cols,
+TARGET512 static void logistic_rows16(float *p, int64_t row_stride, int64_t panel_stride,
+                                      const float *bias, int rows, int cols,
                                       float *sums, float *states, const uint32_t *key,
                                       const uint32_t *counter, int64_t stream_row,
                                       int64_t stream_offset, float *uniform) {
   const __m512 one = _mm512_set1_ps(1.0f);
   for (int j = 0; j < cols; ++j) sums[j] = 0.0f;
   for (int r = 0; r < rows; ++r) {
-    float *row = p + (int64_t)r * cols;
+    float *row = p + (int64_t)r * row_stride;
     float *state_row = states ? states + (int64_t)r * cols : NULL;
     if (states)
       uniform_range16(key, counter, (uint64_t)(r * stream_row + stream_offset), cols,
@@ -423,9 +428,10 @@ TARGET512 static void logistic_rows16(float *p, const float *bias, int rows, int
     for (int j = 0; j < cols; j += 16) {
       __mmask16 m = cols - j >= 16 ? (__mmask16)0xFFFF
                                    : (__mmask16)((1u << (cols - j)) - 1u);
-      __m512 prob = sigmoid16(_mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j),
+      float *at = row + (j / NR) * panel_stride;
+      __m512 prob = sigmoid16(_mm512_add_ps(_mm512_maskz_loadu_ps(m, at),
                                             _mm512_maskz_loadu_ps(m, bias + j)));
-      _mm512_mask_storeu_ps(row + j, m, prob);
+      _mm512_mask_storeu_ps(at, m, prob);
       _mm512_mask_storeu_ps(sums + j, m,
                             _mm512_add_ps(_mm512_maskz_loadu_ps(m, sums + j), prob));
       if (states) {
@@ -576,17 +582,19 @@ static inline void micro_kernel(int k, const float *restrict a, const float *res
  * registers. Each output lane sees exactly the AVX2 kernel's sequence of fused
  * multiply-adds (one per k, in k order), so both paths give bit-identical results. The
  * twenty accumulators keep both FMA ports busy; per k, two loads of B and ten
- * broadcasts of A feed twenty FMAs. A is packed in panels of MR512 rows. */
+ * broadcasts of A feed twenty FMAs. A is packed in panels of MR512 rows. The second
+ * 16 columns go to c + second (NR for a row-major C). */
 #define ROW512(i)                                                     \
   x = _mm512_set1_ps(a[i]);                                           \
   c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                          \
   c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1)
 #define STORE512(i)                                                   \
   _mm512_storeu_ps(c + i * ldc, c##i##0);                             \
-  _mm512_storeu_ps(c + i * ldc + NR, c##i##1)
+  _mm512_storeu_ps(c + i * ldc + second, c##i##1)
 __attribute__((target("avx512f,avx2,fma")))
 static void micro_kernel_10x32(int k, const float *restrict a, const float *restrict b0p,
-                               const float *restrict b1p, float *restrict c, int64_t ldc) {
+                               const float *restrict b1p, float *restrict c, int64_t ldc,
+                               int64_t second) {
   __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
   __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
   __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
@@ -612,8 +620,11 @@ static void micro_kernel_10x32(int k, const float *restrict a, const float *rest
 #undef ROW512
 #undef STORE512
 
+/* C = A·B; column panel q of C (NR columns) starts at c + q·panel_stride, its rows ldc
+ * apart: row-major C is (ldc, NR); C written straight into the packed B operand of a
+ * later product is (NR, NR·k'). */
 static void gemm_packed(int m, int n, int k, const float *a_packed, const float *b_packed,
-                        float *c, int64_t ldc) {
+                        float *c, int64_t ldc, int64_t panel_stride) {
   float edge[MR512 * 2 * NR] __attribute__((aligned(64)));
   int n_panels = (n + NR - 1) / NR;
   if (use_avx512) { /* 10 × 32 tiles; an odd last panel goes through them twice */
@@ -625,13 +636,18 @@ static void gemm_packed(int m, int n, int k, const float *a_packed, const float 
       for (int p = 0; p < m_panels; ++p) {
         const float *a = a_packed + (int64_t)p * MR512 * k;
         int rows = m - p * MR512 < MR512 ? m - p * MR512 : MR512;
-        float *out = c + (int64_t)p * MR512 * ldc + q * NR;
+        float *out = c + (int64_t)p * MR512 * ldc + q * panel_stride;
         if (rows == MR512 && cols2 == 2 * NR) {
-          micro_kernel_10x32(k, a, b, b1, out, ldc);
+          micro_kernel_10x32(k, a, b, b1, out, ldc, panel_stride);
         } else {
-          micro_kernel_10x32(k, a, b, b1, edge, 2 * NR);
-          for (int i = 0; i < rows; ++i)
-            memcpy(out + i * ldc, edge + i * 2 * NR, cols2 * sizeof(float));
+          int first = cols2 < NR ? cols2 : NR;
+          micro_kernel_10x32(k, a, b, b1, edge, 2 * NR, NR);
+          for (int i = 0; i < rows; ++i) {
+            memcpy(out + i * ldc, edge + i * 2 * NR, first * sizeof(float));
+            if (cols2 > NR)
+              memcpy(out + panel_stride + i * ldc, edge + i * 2 * NR + NR,
+                     (cols2 - NR) * sizeof(float));
+          }
         }
       }
     }
@@ -644,7 +660,7 @@ static void gemm_packed(int m, int n, int k, const float *a_packed, const float 
     for (int p = 0; p < m_panels; ++p) {
       const float *a = a_packed + (int64_t)p * MR * k;
       int rows = m - p * MR < MR ? m - p * MR : MR;
-      float *out = c + (int64_t)p * MR * ldc + q * NR;
+      float *out = c + (int64_t)p * MR * ldc + q * panel_stride;
       if (rows == MR && cols == NR) {
         micro_kernel(k, a, b, out, ldc);
       } else {
@@ -675,7 +691,7 @@ static void gemm_packed_update(int m, int n, int k, const float *a_packed,
       int cols2 = n - q * NR < 2 * NR ? n - q * NR : 2 * NR;
       for (int p = 0; p < m_panels; ++p) {
         int rows = m - p * MR512 < MR512 ? m - p * MR512 : MR512;
-        micro_kernel_10x32(k, a_packed + (int64_t)p * MR512 * k, b, b1, tile, 2 * NR);
+        micro_kernel_10x32(k, a_packed + (int64_t)p * MR512 * k, b, b1, tile, 2 * NR, NR);
         for (int i = 0; i < rows; ++i) {
           int64_t at = (int64_t)(p * MR512 + i) * ldw + q * NR;
           update_weights16(w + at, dw + at, tile + i * 2 * NR, cols2, momentum, decay);
@@ -799,8 +815,8 @@ static void *run_worker(void *argument) {
   float *a_packed = aligned_floats((int64_t)ceil_b * (D > CHUNK ? D : CHUNK));
   float *wt_packed = aligned_floats((int64_t)ceil_dn * CHUNK);     /* B of G2 */
   float *g_a_packed = aligned_floats((int64_t)ceil_d * 2 * B);     /* A of G4 */
-  float *g_b_packed = aligned_floats((int64_t)ceil_hc * 2 * B);    /* B of G4 */
-  float *probabilities = aligned_floats((int64_t)2 * B * (hc ? hc : 1)); /* [p⁺; p⁻] */
+  /* B of G4, [p⁺; p⁻] in NR-column panels: G1 and G3 write it, σ is applied in place. */
+  float *g_b_packed = aligned_floats((int64_t)(ceil_hc ? ceil_hc : NR) * 2 * B);
   float *states = aligned_floats((int64_t)B * (hc ? hc : 1));
   float *negative_visible = aligned_floats(slice);
   float *uniform = aligned_floats((int64_t)(hc ? hc : 1) + 32);
@@ -809,7 +825,7 @@ static void *run_worker(void *argument) {
   float *visible_bias = aligned_floats(D), *visible_increment = aligned_floats(D);
   float *visible_total = aligned_floats(D);
   int ok = w_packed && a_packed && wt_packed && g_a_packed && g_b_packed &&
-           probabilities && states && negative_visible && uniform &&
+           states && negative_visible && uniform &&
            positive_sum && negative_sum && visible_bias && visible_increment &&
            visible_total;
   s->failed[args->thread] = !ok;
@@ -826,7 +842,7 @@ static void *run_worker(void *argument) {
   const float lr = s->learning_rate, momentum = s->momentum;
   const float scale = lr / (float)B;
   double activation_sum = 0.0, error_sum = 0.0;
-  float *positive = probabilities, *negative = probabilities + (int64_t)B * hc;
+  float *positive = g_b_packed, *negative = g_b_packed + (int64_t)B * NR;
 
   for (int64_t step = 0; ok && step < s->num_batches; ++step) {
     const float *v = s->batches + step * slice;
@@ -840,14 +856,14 @@ static void *run_worker(void *argument) {
       pack_b(w_packed, s->kernel + h0, D, hc, H);
       pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
       PROF(1);
-      gemm_packed(B, hc, D, a_packed, w_packed, positive, hc);
+      gemm_packed(B, hc, D, a_packed, w_packed, positive, NR, NR * 2 * B);
       PROF(2);
       if (use_avx512)
-        logistic_rows16(positive, s->hidden_bias + h0, B, hc, positive_sum, states, key,
-                        counter, H, h0, uniform);
+        logistic_rows16(positive, NR, NR * 2 * B, s->hidden_bias + h0, B, hc, positive_sum,
+                        states, key, counter, H, h0, uniform);
       else
-        logistic_rows(positive, s->hidden_bias + h0, B, hc, positive_sum, states, key,
-                      counter, H, h0, uniform);
+        logistic_rows(positive, NR, NR * 2 * B, s->hidden_bias + h0, B, hc, positive_sum,
+                      states, key, counter, H, h0, uniform);
       PROF(3);
       /* G2, per chunk: the partial hWᵀ over the chunk's units. */
       for (int chunk = args->chunk_begin; chunk < args->chunk_end; ++chunk) {
@@ -857,7 +873,7 @@ static void *run_worker(void *argument) {
         pack_a(a_packed, kc, 0, states + c0, B, kc, hc, 1, 1.0f);
         pack_transposed_w(wt_packed, w_packed, D, c0, kc);
         PROF(4);
-        gemm_packed(B, D, kc, a_packed, wt_packed, partials + chunk * slice, D);
+        gemm_packed(B, D, kc, a_packed, wt_packed, partials + chunk * slice, D, NR);
         PROF(5);
       }
     }
@@ -878,20 +894,19 @@ static void *run_worker(void *argument) {
       PROF(7);
       pack_a(a_packed, D, 0, negative_visible, B, D, D, 1, 1.0f);
       PROF(1);
-      gemm_packed(B, hc, D, a_packed, w_packed, negative, hc);
+      gemm_packed(B, hc, D, a_packed, w_packed, negative, NR, NR * 2 * B);
       PROF(8);
       if (use_avx512)
-        logistic_rows16(negative, s->hidden_bias + h0, B, hc, negative_sum, NULL, NULL,
-                        NULL, 0, 0, NULL);
+        logistic_rows16(negative, NR, NR * 2 * B, s->hidden_bias + h0, B, hc, negative_sum,
+                        NULL, NULL, NULL, 0, 0, NULL);
       else
-        logistic_rows(negative, s->hidden_bias + h0, B, hc, negative_sum, NULL, NULL,
-                      NULL, 0, 0, NULL);
+        logistic_rows(negative, NR, NR * 2 * B, s->hidden_bias + h0, B, hc, negative_sum,
+                      NULL, NULL, NULL, 0, 0, NULL);
       PROF(9);
 
       /* G4: lr·(vᵀp⁺ − v⁻ᵀp⁻)/B as one [D × 2B]·[2B × hc] product. */
       pack_a(g_a_packed, 2 * B, 0, v, D, B, 1, D, scale);
       pack_a(g_a_packed, 2 * B, B, negative_visible, D, B, 1, D, -scale);
-      pack_b(g_b_packed, probabilities, 2 * B, hc, hc);
       PROF(10);
       /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update), tile by
          tile as the gradient product yields them. */
@@ -948,7 +963,7 @@ static void *run_worker(void *argument) {
   }
   s->activation_sums[args->thread] = activation_sum;
   free(w_packed); free(a_packed); free(wt_packed); free(g_a_packed); free(g_b_packed);
-  free(probabilities); free(states); free(negative_visible);
+  free(states); free(negative_visible);
   free(uniform); free(positive_sum); free(negative_sum);
   free(visible_bias); free(visible_increment); free(visible_total);
   return NULL;
@@ -1127,10 +1142,10 @@ static PyObject *py_logistic(PyObject *self, PyObject *args) {
   }
   memcpy(out.buf, in.buf, (size_t)in.len);
   if (use_avx512)
-    logistic_rows16((float *)out.buf, bias, 1, (int)count, sums, NULL, NULL, NULL, 0, 0,
+    logistic_rows16((float *)out.buf, count, NR, bias, 1, (int)count, sums, NULL, NULL, NULL, 0, 0,
                     NULL);
   else
-    logistic_rows((float *)out.buf, bias, 1, (int)count, sums, NULL, NULL, NULL, 0, 0,
+    logistic_rows((float *)out.buf, count, NR, bias, 1, (int)count, sums, NULL, NULL, NULL, 0, 0,
                   NULL);
   result = Py_None;
   Py_INCREF(result);
