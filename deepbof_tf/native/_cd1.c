@@ -676,11 +676,13 @@ static void gemm_packed(int m, int n, int k, const float *a_packed, const float 
  * G = A·B (rows: visible units, columns: this thread's hidden units) goes to a buffer
  * in L1 and is applied at once, ΔW ← m·ΔW + (G − decay·W), W ← W + ΔW, by the same
  * update_weights code as a separate pass would use, so the floats are the same; but
- * G never exists as a [D × hc] array (one 300 KB stream less per step). w and dw point
- * at the thread's first unit, rows ldw apart. */
+ * G never exists as a [D × hc] array (one 300 KB stream less per step). W and ΔW are
+ * in the packed layout of the B operand of vW ([NR-column panel][row][NR], panels
+ * NR·m apart), where a tile's rows of one panel are contiguous. */
 static void gemm_packed_update(int m, int n, int k, const float *a_packed,
-                               const float *b_packed, float *w, float *dw, int64_t ldw,
+                               const float *b_packed, float *w, float *dw,
                                float momentum, float decay) {
+  const int64_t panel_stride = (int64_t)NR * m;
   float tile[MR512 * 2 * NR] __attribute__((aligned(64)));
   int n_panels = (n + NR - 1) / NR;
   if (use_avx512) {
@@ -693,8 +695,12 @@ static void gemm_packed_update(int m, int n, int k, const float *a_packed,
         int rows = m - p * MR512 < MR512 ? m - p * MR512 : MR512;
         micro_kernel_10x32(k, a_packed + (int64_t)p * MR512 * k, b, b1, tile, 2 * NR, NR);
         for (int i = 0; i < rows; ++i) {
-          int64_t at = (int64_t)(p * MR512 + i) * ldw + q * NR;
-          update_weights16(w + at, dw + at, tile + i * 2 * NR, cols2, momentum, decay);
+          int64_t at = q * panel_stride + (int64_t)(p * MR512 + i) * NR;
+          const float *g = tile + i * 2 * NR;
+          update_weights16(w + at, dw + at, g, cols2 < NR ? cols2 : NR, momentum, decay);
+          if (cols2 > NR)
+            update_weights16(w + at + panel_stride, dw + at + panel_stride, g + NR,
+                             cols2 - NR, momentum, decay);
         }
       }
     }
@@ -708,7 +714,7 @@ static void gemm_packed_update(int m, int n, int k, const float *a_packed,
       int rows = m - p * MR < MR ? m - p * MR : MR;
       micro_kernel(k, a_packed + (int64_t)p * MR * k, b, tile, NR);
       for (int i = 0; i < rows; ++i) {
-        int64_t at = (int64_t)(p * MR + i) * ldw + q * NR;
+        int64_t at = q * panel_stride + (int64_t)(p * MR + i) * NR;
         update_weights8(w + at, dw + at, tile + i * NR, cols, momentum, decay);
       }
     }
@@ -811,7 +817,10 @@ static void *run_worker(void *argument) {
   const int ceil_hc = (hc + NR - 1) / NR * NR, ceil_dn = (D + NR - 1) / NR * NR;
   const int64_t slice = (int64_t)B * D;
 
-  float *w_packed = aligned_floats((int64_t)ceil_hc * D);          /* B of G1, G3 */
+  /* The thread's W and ΔW live packed for the whole epoch (W is the B operand of G1 and
+     G3 as it is); they are unpacked into the caller's arrays at the end. */
+  float *w_packed = aligned_floats((int64_t)ceil_hc * D);
+  float *dw_packed = aligned_floats((int64_t)ceil_hc * D);
   float *a_packed = aligned_floats((int64_t)ceil_b * (D > CHUNK ? D : CHUNK));
   float *wt_packed = aligned_floats((int64_t)ceil_dn * CHUNK);     /* B of G2 */
   float *g_a_packed = aligned_floats((int64_t)ceil_d * 2 * B);     /* A of G4 */
@@ -824,7 +833,7 @@ static void *run_worker(void *argument) {
   float *negative_sum = aligned_floats(hc ? hc : 1);
   float *visible_bias = aligned_floats(D), *visible_increment = aligned_floats(D);
   float *visible_total = aligned_floats(D);
-  int ok = w_packed && a_packed && wt_packed && g_a_packed && g_b_packed &&
+  int ok = w_packed && dw_packed && a_packed && wt_packed && g_a_packed && g_b_packed &&
            states && negative_visible && uniform &&
            positive_sum && negative_sum && visible_bias && visible_increment &&
            visible_total;
@@ -834,6 +843,10 @@ static void *run_worker(void *argument) {
        thread writes what another reads. */
     memcpy(visible_bias, s->visible_bias, D * sizeof(float));
     memcpy(visible_increment, s->visible_bias_increment, D * sizeof(float));
+    if (hc > 0) {
+      pack_b(w_packed, s->kernel + h0, D, hc, H);
+      pack_b(dw_packed, s->kernel_increment + h0, D, hc, H);
+    }
   }
   barrier_wait(&s->barrier);
   for (int t = 0; t < s->num_threads; ++t) ok = ok && !s->failed[t];
@@ -853,7 +866,6 @@ static void *run_worker(void *argument) {
     if (hc > 0) {
       /* G1: p⁺ = σ(vW + c) on this thread's units; h = 1[p⁺ > u]. */
       PROF(0);
-      pack_b(w_packed, s->kernel + h0, D, hc, H);
       pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
       PROF(1);
       gemm_packed(B, hc, D, a_packed, w_packed, positive, NR, NR * 2 * B);
@@ -910,8 +922,8 @@ static void *run_worker(void *argument) {
       PROF(10);
       /* ΔW ← m·ΔW + (gradient − lr·µ·W); W ← W + ΔW (W read before its update), tile by
          tile as the gradient product yields them. */
-      gemm_packed_update(D, hc, 2 * B, g_a_packed, g_b_packed, s->kernel + h0,
-                         s->kernel_increment + h0, H, momentum, lr * s->weight_cost);
+      gemm_packed_update(D, hc, 2 * B, g_a_packed, g_b_packed, w_packed, dw_packed, momentum,
+                         lr * s->weight_cost);
       PROF(11);
       PROF(12);
       /* q ← decay·q + (1 − decay)·mean p⁺; Δc ← m·Δc − gain·lr·(q − ρ) + lr·mean(p⁺ − p⁻). */
@@ -967,13 +979,22 @@ static void *run_worker(void *argument) {
   }
   PROF_END;
 
+  if (ok) /* this thread's units of W and ΔW back to the caller's row-major arrays */
+    for (int d = 0; d < D; ++d)
+      for (int j = 0; j < hc; j += NR) {
+        int64_t at = (int64_t)(j / NR) * NR * D + (int64_t)d * NR;
+        int cols = hc - j < NR ? hc - j : NR;
+        memcpy(s->kernel + (int64_t)d * H + h0 + j, w_packed + at, cols * sizeof(float));
+        memcpy(s->kernel_increment + (int64_t)d * H + h0 + j, dw_packed + at,
+               cols * sizeof(float));
+      }
   if (ok && args->thread == 0) {
     memcpy(s->visible_bias, visible_bias, D * sizeof(float));
     memcpy(s->visible_bias_increment, visible_increment, D * sizeof(float));
     s->error_sum = error_sum;
   }
   s->activation_sums[args->thread] = activation_sum;
-  free(w_packed); free(a_packed); free(wt_packed); free(g_a_packed); free(g_b_packed);
+  free(w_packed); free(dw_packed); free(a_packed); free(wt_packed); free(g_a_packed); free(g_b_packed);
   free(states); free(negative_visible);
   free(uniform); free(positive_sum); free(negative_sum);
   free(visible_bias); free(visible_increment); free(visible_total);
