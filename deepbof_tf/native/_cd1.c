@@ -620,6 +620,77 @@ static void micro_kernel_10x32(int k, const float *restrict a, const float *rest
 #undef ROW512
 #undef STORE512
 
+/* micro_kernel_10x32 with A read in place: row i of the tile is a + i·lda, row-major
+ * (k contiguous), so A needs no packing; the FMAs per output are the same, in the same
+ * order. Rows past the matrix may repeat its last row (their outputs are dropped). */
+#define ROW512R(i)                                                    \
+  x = _mm512_set1_ps(r##i[kk]);                                       \
+  c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                          \
+  c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1)
+#define STORE512(i)                                                   \
+  _mm512_storeu_ps(c + i * ldc, c##i##0);                             \
+  _mm512_storeu_ps(c + i * ldc + second, c##i##1)
+__attribute__((target("avx512f,avx2,fma")))
+static void micro_kernel_10x32_rows(int k, const float *const rows[MR512],
+                                    const float *restrict b0p, const float *restrict b1p,
+                                    float *restrict c, int64_t ldc, int64_t second) {
+  const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3], *r4 = rows[4];
+  const float *r5 = rows[5], *r6 = rows[6], *r7 = rows[7], *r8 = rows[8], *r9 = rows[9];
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
+  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
+  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
+  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+  __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+  __m512 c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps();
+  __m512 c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t kk = 0; kk < k; ++kk, b0p += NR, b1p += NR) {
+    __m512 b0 = _mm512_load_ps(b0p);
+    __m512 b1 = _mm512_load_ps(b1p);
+    __m512 x;
+    ROW512R(0); ROW512R(1); ROW512R(2); ROW512R(3); ROW512R(4);
+    ROW512R(5); ROW512R(6); ROW512R(7); ROW512R(8); ROW512R(9);
+  }
+  STORE512(0); STORE512(1); STORE512(2); STORE512(3); STORE512(4);
+  STORE512(5); STORE512(6); STORE512(7); STORE512(8); STORE512(9);
+}
+#undef ROW512R
+#undef STORE512
+
+/* gemm_packed (AVX-512 tiles) with A = a[m × k] row-major (rows lda apart), unpacked. */
+static void gemm_rows(int m, int n, int k, const float *a, int64_t lda,
+                      const float *b_packed, float *c, int64_t ldc, int64_t panel_stride) {
+  float edge[MR512 * 2 * NR] __attribute__((aligned(64)));
+  int n_panels = (n + NR - 1) / NR, m_panels = (m + MR512 - 1) / MR512;
+  for (int q = 0; q < n_panels; q += 2) {
+    const float *b = b_packed + (int64_t)q * NR * k;
+    const float *b1 = q + 1 < n_panels ? b + NR * k : b;
+    int cols2 = n - q * NR < 2 * NR ? n - q * NR : 2 * NR;
+    for (int p = 0; p < m_panels; ++p) {
+      int rows = m - p * MR512 < MR512 ? m - p * MR512 : MR512;
+      const float *row[MR512];
+      for (int i = 0; i < MR512; ++i)
+        row[i] = a + (int64_t)(p * MR512 + (i < rows ? i : rows - 1)) * lda;
+      float *out = c + (int64_t)p * MR512 * ldc + q * panel_stride;
+      if (rows == MR512 && cols2 == 2 * NR) {
+        micro_kernel_10x32_rows(k, row, b, b1, out, ldc, panel_stride);
+      } else {
+        int first = cols2 < NR ? cols2 : NR;
+        micro_kernel_10x32_rows(k, row, b, b1, edge, 2 * NR, NR);
+        for (int i = 0; i < rows; ++i) {
+          memcpy(out + i * ldc, edge + i * 2 * NR, first * sizeof(float));
+          if (cols2 > NR)
+            memcpy(out + panel_stride + i * ldc, edge + i * 2 * NR + NR,
+                   (cols2 - NR) * sizeof(float));
+        }
+      }
+    }
+  }
+}
+
 /* C = A·B; column panel q of C (NR columns) starts at c + q·panel_stride, its rows ldc
  * apart: row-major C is (ldc, NR); C written straight into the packed B operand of a
  * later product is (NR, NR·k'). */
@@ -866,9 +937,14 @@ static void *run_worker(void *argument) {
     if (hc > 0) {
       /* G1: p⁺ = σ(vW + c) on this thread's units; h = 1[p⁺ > u]. */
       PROF(0);
-      pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
-      PROF(1);
-      gemm_packed(B, hc, D, a_packed, w_packed, positive, NR, NR * 2 * B);
+      /* (AVX-512 reads the row-major A operands of G1–G3 in place; AVX2 packs them.) */
+      if (use_avx512) {
+        gemm_rows(B, hc, D, v, D, w_packed, positive, NR, NR * 2 * B);
+      } else {
+        pack_a(a_packed, D, 0, v, B, D, D, 1, 1.0f);
+        PROF(1);
+        gemm_packed(B, hc, D, a_packed, w_packed, positive, NR, NR * 2 * B);
+      }
       PROF(2);
       if (use_avx512)
         logistic_rows16(positive, NR, NR * 2 * B, s->hidden_bias + h0, B, hc, positive_sum,
@@ -882,10 +958,15 @@ static void *run_worker(void *argument) {
         int c0 = chunk * CHUNK - h0;
         int c1 = (chunk + 1) * CHUNK < H ? (chunk + 1) * CHUNK - h0 : H - h0;
         int kc = c1 - c0;
-        pack_a(a_packed, kc, 0, states + c0, B, kc, hc, 1, 1.0f);
         pack_transposed_w(wt_packed, w_packed, D, c0, kc);
-        PROF(4);
-        gemm_packed(B, D, kc, a_packed, wt_packed, partials + chunk * slice, D, NR);
+        if (use_avx512) {
+          PROF(4);
+          gemm_rows(B, D, kc, states + c0, hc, wt_packed, partials + chunk * slice, D, NR);
+        } else {
+          pack_a(a_packed, kc, 0, states + c0, B, kc, hc, 1, 1.0f);
+          PROF(4);
+          gemm_packed(B, D, kc, a_packed, wt_packed, partials + chunk * slice, D, NR);
+        }
         PROF(5);
       }
     }
@@ -904,9 +985,13 @@ static void *run_worker(void *argument) {
     if (hc > 0) {
       /* G3: p⁻ = σ(v⁻W + c). */
       PROF(7);
-      pack_a(a_packed, D, 0, negative_visible, B, D, D, 1, 1.0f);
-      PROF(1);
-      gemm_packed(B, hc, D, a_packed, w_packed, negative, NR, NR * 2 * B);
+      if (use_avx512) {
+        gemm_rows(B, hc, D, negative_visible, D, w_packed, negative, NR, NR * 2 * B);
+      } else {
+        pack_a(a_packed, D, 0, negative_visible, B, D, D, 1, 1.0f);
+        PROF(1);
+        gemm_packed(B, hc, D, a_packed, w_packed, negative, NR, NR * 2 * B);
+      }
       PROF(8);
       if (use_avx512)
         logistic_rows16(negative, NR, NR * 2 * B, s->hidden_bias + h0, B, hc, negative_sum,
