@@ -464,6 +464,19 @@ TARGET512 static void update_weights16(float *w, float *dw, const float *g, int 
 static void pack_a(float *dst, int k_total, int k_offset, const float *src, int m,
                    int k, int64_t row_stride, int64_t col_stride, float scale) {
   int panels = (m + mr - 1) / mr;
+  if (row_stride == 1) { /* the rows of a panel are adjacent in src: copy them as runs */
+    for (int p = 0; p < panels; ++p) {
+      float *panel = dst + (int64_t)p * mr * k_total + (int64_t)k_offset * mr;
+      int rows = m - p * mr < mr ? m - p * mr : mr;
+      for (int kk = 0; kk < k; ++kk) {
+        const float *s = src + (int64_t)kk * col_stride + p * mr;
+        float *out = panel + (int64_t)kk * mr;
+        for (int i = 0; i < rows; ++i) out[i] = scale * s[i];
+        for (int i = rows; i < mr; ++i) out[i] = 0.0f;
+      }
+    }
+    return;
+  }
   for (int p = 0; p < panels; ++p) {
     float *panel = dst + (int64_t)p * mr * k_total + (int64_t)k_offset * mr;
     for (int i = 0; i < mr; ++i) {
