@@ -17,10 +17,16 @@
  * The partial sums of hWᵀ are formed over fixed 128-unit chunks and added in chunk
  * order, so the result does not depend on the number of threads.
  *
- * Products use packed tiles: a 6×16 AVX2/FMA micro-kernel, and on CPUs with AVX-512F
- * a 10×32 one with 512-bit registers (chosen at run time, isa(); both give bit-identical
- * results). The module builds everywhere but reports supported() = False on CPUs
- * without AVX2+FMA (the Python side then uses TF).
+ * Each thread keeps its W and ΔW packed (16-column panels) for the whole epoch; p⁺ and
+ * p⁻ are written straight into the packed operand of the gradient product, and the
+ * weight update is that product's epilogue, tile by tile.
+ *
+ * Two code paths, chosen at run time (isa()): AVX2/FMA, with 6×16 product tiles and
+ * 8-lane element-wise code, and on CPUs with AVX-512F 10×32 tiles (the first three
+ * products reading their row-major A in place) with 16-lane σ, Philox and update. Both
+ * compute every float with the same operations in the same order, so they give
+ * bit-identical results (tested). The module builds everywhere but reports
+ * supported() = False on CPUs without AVX2+FMA (the Python side then uses TF).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -44,8 +50,8 @@
 #define MR512 10  /* rows of an A panel for the AVX-512 tiles (10 × 32) */
 #define NR 16
 
-/* Which tile kernel gemm_packed uses: set per epoch by select_isa(), with the panel
- * height of A that goes with it. */
+/* Which path (tiles and element-wise code) runs: set per epoch by select_isa(), with
+ * the panel height of A that goes with it. */
 static int use_avx512 = 0;
 static int mr = MR;
 
@@ -313,7 +319,8 @@ static void update_weights8(float *w, float *dw, const float *g, int n, float mo
  * code above, in the same order, on 16 lanes (so the same floats; the tests compare
  * both paths bit for bit). Used when use_avx512 is set.
  * ------------------------------------------------------------------------------- */
-#define TARGET512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+/* AVX-512F only: the run-time check (avx512_supported) asks for nothing more. */
+#define TARGET512 __attribute__((target("avx512f,avx2,fma")))
 
 TARGET512 static inline void mul_hi_lo16(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
   __m512i even = _mm512_mul_epu32(a, m);
@@ -1023,7 +1030,6 @@ static void *run_worker(void *argument) {
       gemm_packed_update(D, hc, 2 * B, g_a_packed, g_b_packed, w_packed, dw_packed, momentum,
                          lr * s->weight_cost);
       PROF(11);
-      PROF(12);
       /* q ← decay·q + (1 − decay)·mean p⁺; Δc ← m·Δc − gain·lr·(q − ρ) + lr·mean(p⁺ − p⁻). */
       for (int j = 0; j < hc; ++j) {
         int unit = h0 + j;
@@ -1171,7 +1177,7 @@ static int avx512_supported(void) {
 #endif
 }
 
-/* The tile kernel of the next epochs: AVX-512 where the CPU has it, unless
+/* The code path of the next epochs: AVX-512 where the CPU has it, unless
  * DEEPBOF_CD1_ISA=avx2 asks for the AVX2 one (tests run both; results are equal).
  * Returns the name of the path, or NULL with a Python error for a bad request. */
 static const char *select_isa(void) {
@@ -1376,7 +1382,7 @@ static PyMethodDef methods[] = {
     {"supported", py_supported, METH_NOARGS,
      "True if this CPU can run the native kernel (x86-64 with AVX2 and FMA)."},
     {"isa", py_isa, METH_NOARGS,
-     "The tile kernel epochs use now: 'avx512', 'avx2' (DEEPBOF_CD1_ISA=avx2 forces it) "
+     "The code path epochs use now: 'avx512', 'avx2' (DEEPBOF_CD1_ISA=avx2 forces it) "
      "or 'none'."},
     {"uniform", py_uniform, METH_VARARGS,
      "uniform(seed0, seed1, start, count, out): elements [start, start+count) of "
