@@ -451,3 +451,59 @@ def test_native_logistic_is_bit_identical_across_paths(monkeypatch):
     out[isa] = np.empty_like(x)
     sparse_rbm_lib._cd1.logistic(x, out[isa])
   np.testing.assert_array_equal(out["avx512"].view(np.uint32), out["avx2"].view(np.uint32))
+
+
+def _philox10(counter, key):
+  """Philox4x32-10 on arrays of counters ([n, 4] uint32) with one key, in NumPy."""
+  c = [counter[:, i].astype(np.uint64) for i in range(4)]
+  k0, k1 = np.uint64(key[0]), np.uint64(key[1])
+  mask = np.uint64(0xFFFFFFFF)
+  for _ in range(10):
+    p0 = np.uint64(0xD2511F53) * c[0]
+    p1 = np.uint64(0xCD9E8D57) * c[2]
+    c = [((p1 >> np.uint64(32)) ^ c[1] ^ k0) & mask, p1 & mask,
+         ((p0 >> np.uint64(32)) ^ c[3] ^ k1) & mask, p0 & mask]
+    k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
+  return np.stack(c, axis=1).astype(np.uint32)
+
+
+def _stateless_uniform_reference(seed0, seed1, start, count):
+  """TF's stateless uniform stream from scratch: the seed scrambled into key and counter
+  by one Philox call under a fixed key, then block b = Philox(counter + b)."""
+  words = np.array([[seed0 & 0xFFFFFFFF, seed0 >> 32, seed1 & 0xFFFFFFFF, seed1 >> 32]],
+                   np.uint32)
+  mix = _philox10(words, (0x3EC8F720, 0x02461E29))[0]
+  key = (int(mix[0]), int(mix[1]))
+  blocks = np.arange(start // 4, (start + count + 3) // 4, dtype=np.uint64)
+  high = (int(mix[3]) << 32) | int(mix[2])
+  carry = blocks >> np.uint64(32)  # counter[0..1] start at 0: low word = block, carry up
+  counters = np.stack([(blocks & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+                       carry.astype(np.uint32),
+                       np.full(blocks.shape, high & 0xFFFFFFFF, np.uint32),
+                       np.full(blocks.shape, high >> 32, np.uint32)], axis=1)
+  bits = _philox10(counters, key).reshape(-1)[start % 4:start % 4 + count]
+  return ((bits & 0x7FFFFF) | 0x3F800000).view(np.float32) - np.float32(1.0)
+
+
+@requires_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_native_draws_equal_a_numpy_philox_on_random_counters(monkeypatch, isa):
+  """Random seeds (so random keys and high counter words) and random positions far into
+  the stream, some across the carry out of the low counter word, against a NumPy
+  transcription of Philox4x32-10 (itself checked against TF's stream below)."""
+  monkeypatch.setenv("DEEPBOF_CD1_ISA", isa)
+  rng = np.random.default_rng(8)
+  cases = [(int(rng.integers(0, 2**40)), int(rng.integers(1, 700))) for _ in range(12)]
+  cases += [(4 * 2**32 - 301, 700), (4 * (2**32 - 16) + 2, 300)]  # across the carry
+  for start, count in cases:
+    seed0, seed1 = (int(x) for x in rng.integers(0, 2**63, 2, dtype=np.uint64))
+    out = np.empty(count, np.float32)
+    sparse_rbm_lib._cd1.uniform(seed0, seed1, start, count, out)
+    np.testing.assert_array_equal(out, _stateless_uniform_reference(seed0, seed1, start,
+                                                                    count))
+
+
+def test_numpy_philox_reference_is_tensorflows_stream():
+  reference = tf.random.stateless_uniform([4100], seed=tf.constant((5, 2**40 + 3), tf.int64))
+  np.testing.assert_array_equal(_stateless_uniform_reference(5, 2**40 + 3, 3, 4097),
+                                reference.numpy()[3:])
