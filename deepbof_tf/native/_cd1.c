@@ -297,9 +297,8 @@ static void logistic_rows(float *p, int64_t row_stride, int64_t panel_stride,
 }
 
 /* ΔW ← m·ΔW + (g − decay·W); W ← W + ΔW over n contiguous units, 8 lanes with a masked
- * tail (so every unit goes through the same fused operations). (Writing the new W into
- * the packed operand here as well, instead of re-packing it each step, measured slower:
- * the 32 panel rows per weight row are stores 9.6 KB apart.) */
+ * tail (so every unit goes through the same fused operations). The callers pass a
+ * panel row of the packed W and ΔW (see gemm_packed_update). */
 static void update_weights8(float *w, float *dw, const float *g, int n, float momentum,
                             float decay) {
   const __m256 m8 = _mm256_set1_ps(momentum), decay8 = _mm256_set1_ps(decay);
