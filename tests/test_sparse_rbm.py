@@ -381,3 +381,129 @@ def test_avx512_and_avx2_tile_kernels_give_bit_identical_epochs(rng, monkeypatch
   for ours, theirs in zip(results["avx512"][0], results["avx2"][0]):
     np.testing.assert_array_equal(ours, theirs)
   assert results["avx512"][1] == results["avx2"][1]
+
+
+ISAS = ("avx2", pytest.param("avx512", marks=pytest.mark.skipif(
+    not _cpu_has("avx512f"), reason="this CPU has no AVX-512F")))
+
+
+@requires_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("seed,start,count", [
+    ((7, 0), 0, 4 * 1024 + 3), ((2**62 + 5, 123456), 5, 3000), ((123, 99), 64 * 7 + 2, 777)])
+def test_native_draws_are_tensorflows_on_either_path(monkeypatch, isa, seed, start, count):
+  """The 16-block AVX-512 Philox, the 8-block AVX2 one and the scalar tails."""
+  monkeypatch.setenv("DEEPBOF_CD1_ISA", isa)
+  reference = tf.random.stateless_uniform([start + count], seed=tf.constant(seed, tf.int64))
+  out = np.empty(count, np.float32)
+  sparse_rbm_lib._cd1.uniform(seed[0], seed[1], start, count, out)
+  np.testing.assert_array_equal(out, reference.numpy()[start:])
+
+
+@requires_native
+@pytest.mark.skipif(not _cpu_has("avx512f"), reason="this CPU has no AVX-512F")
+def test_native_draws_agree_across_paths_where_the_counter_carries(monkeypatch):
+  """Far into the stream (past 2³² blocks, beyond what TF can materialize here) the
+  vector paths must hand over to the scalar one around the carry, and agree."""
+  rng = np.random.default_rng(4)
+  starts = [4 * (2**32 - 40) + 1, 4 * (2**32 - 8), 2**40 + 3] + list(
+      rng.integers(0, 2**45, 5))
+  for start in starts:
+    out = {}
+    for isa in ("avx2", "avx512"):
+      monkeypatch.setenv("DEEPBOF_CD1_ISA", isa)
+      out[isa] = np.empty(1000, np.float32)
+      sparse_rbm_lib._cd1.uniform(11, 2**33 + 1, int(start), 1000, out[isa])
+    np.testing.assert_array_equal(out["avx512"], out["avx2"], err_msg=str(start))
+
+
+def _logistic_sweep():
+  tiny = np.finfo(np.float32).tiny
+  special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, tiny, -tiny, 1e-30, -1e-30,
+                      87.3, -87.3, 87.4, -87.4, 88.3, -88.3, 88.4, -88.4, 100.0, -100.0,
+                      1e30, -1e30, np.inf, -np.inf, 0.5 * np.log(2), -0.5 * np.log(2)],
+                     np.float32)
+  sweep = np.linspace(-120, 120, 200_003, dtype=np.float32)
+  noise = np.random.default_rng(2).standard_normal(50_001).astype(np.float32) * 8
+  return np.concatenate([special, sweep, noise])  # odd length: the masked tail too
+
+
+@requires_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_native_logistic_is_accurate(monkeypatch, isa):
+  monkeypatch.setenv("DEEPBOF_CD1_ISA", isa)
+  x = _logistic_sweep()
+  out = np.empty_like(x)
+  sparse_rbm_lib._cd1.logistic(x, out)
+  with np.errstate(over="ignore"):
+    exact = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+  # ≤ a few ulp; below e^-87.3 the argument is clamped, so only an absolute bound.
+  np.testing.assert_allclose(out, exact, rtol=5e-7, atol=1e-37)
+
+
+@requires_native
+@pytest.mark.skipif(not _cpu_has("avx512f"), reason="this CPU has no AVX-512F")
+def test_native_logistic_is_bit_identical_across_paths(monkeypatch):
+  x = np.concatenate([_logistic_sweep(), np.array([np.nan, -np.nan], np.float32)])
+  out = {}
+  for isa in ("avx2", "avx512"):
+    monkeypatch.setenv("DEEPBOF_CD1_ISA", isa)
+    out[isa] = np.empty_like(x)
+    sparse_rbm_lib._cd1.logistic(x, out[isa])
+  np.testing.assert_array_equal(out["avx512"].view(np.uint32), out["avx2"].view(np.uint32))
+
+
+def _philox10(counter, key):
+  """Philox4x32-10 on arrays of counters ([n, 4] uint32) with one key, in NumPy."""
+  c = [counter[:, i].astype(np.uint64) for i in range(4)]
+  k0, k1 = np.uint64(key[0]), np.uint64(key[1])
+  mask = np.uint64(0xFFFFFFFF)
+  for _ in range(10):
+    p0 = np.uint64(0xD2511F53) * c[0]
+    p1 = np.uint64(0xCD9E8D57) * c[2]
+    c = [((p1 >> np.uint64(32)) ^ c[1] ^ k0) & mask, p1 & mask,
+         ((p0 >> np.uint64(32)) ^ c[3] ^ k1) & mask, p0 & mask]
+    k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
+  return np.stack(c, axis=1).astype(np.uint32)
+
+
+def _stateless_uniform_reference(seed0, seed1, start, count):
+  """TF's stateless uniform stream from scratch: the seed scrambled into key and counter
+  by one Philox call under a fixed key, then block b = Philox(counter + b)."""
+  words = np.array([[seed0 & 0xFFFFFFFF, seed0 >> 32, seed1 & 0xFFFFFFFF, seed1 >> 32]],
+                   np.uint32)
+  mix = _philox10(words, (0x3EC8F720, 0x02461E29))[0]
+  key = (int(mix[0]), int(mix[1]))
+  blocks = np.arange(start // 4, (start + count + 3) // 4, dtype=np.uint64)
+  high = (int(mix[3]) << 32) | int(mix[2])
+  carry = blocks >> np.uint64(32)  # counter[0..1] start at 0: low word = block, carry up
+  counters = np.stack([(blocks & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+                       carry.astype(np.uint32),
+                       np.full(blocks.shape, high & 0xFFFFFFFF, np.uint32),
+                       np.full(blocks.shape, high >> 32, np.uint32)], axis=1)
+  bits = _philox10(counters, key).reshape(-1)[start % 4:start % 4 + count]
+  return ((bits & 0x7FFFFF) | 0x3F800000).view(np.float32) - np.float32(1.0)
+
+
+@requires_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_native_draws_equal_a_numpy_philox_on_random_counters(monkeypatch, isa):
+  """Random seeds (so random keys and high counter words) and random positions far into
+  the stream, some across the carry out of the low counter word, against a NumPy
+  transcription of Philox4x32-10 (itself checked against TF's stream below)."""
+  monkeypatch.setenv("DEEPBOF_CD1_ISA", isa)
+  rng = np.random.default_rng(8)
+  cases = [(int(rng.integers(0, 2**40)), int(rng.integers(1, 700))) for _ in range(12)]
+  cases += [(4 * 2**32 - 301, 700), (4 * (2**32 - 16) + 2, 300)]  # across the carry
+  for start, count in cases:
+    seed0, seed1 = (int(x) for x in rng.integers(0, 2**63, 2, dtype=np.uint64))
+    out = np.empty(count, np.float32)
+    sparse_rbm_lib._cd1.uniform(seed0, seed1, start, count, out)
+    np.testing.assert_array_equal(out, _stateless_uniform_reference(seed0, seed1, start,
+                                                                    count))
+
+
+def test_numpy_philox_reference_is_tensorflows_stream():
+  reference = tf.random.stateless_uniform([4100], seed=tf.constant((5, 2**40 + 3), tf.int64))
+  np.testing.assert_array_equal(_stateless_uniform_reference(5, 2**40 + 3, 3, 4097),
+                                reference.numpy()[3:])
