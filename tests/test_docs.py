@@ -68,14 +68,13 @@ def test_readme_is_short():
 
 
 def test_nothing_cites_documents_outside_the_repository():
-  pattern = re.compile(r"SPEC|DESIGN\.md|[Ii]ssue [0-9]")
+  # Written so that this line does not match itself.
+  pattern = re.compile(r"S[P]EC|DESIGN[.]md|[Ii]ssue [0-9]")
   offending = []
   for top in ("deepbof_tf", "beam_jobs", "trainer", "serving", "tests", "benchmarks"):
     for path in glob.glob(os.path.join(ROOT, top, "**", "*"), recursive=True):
       if not path.endswith((".py", ".md", ".c", ".txt", ".config")):
         continue
-      if os.path.abspath(path) == os.path.abspath(__file__):
-        continue  # the pattern itself
       with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
           if pattern.search(line):
