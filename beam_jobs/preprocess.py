@@ -22,8 +22,6 @@ Dataflow needs ``pip install 'deepbof[gcp]'`` on the launching machine.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import sys
 from typing import List, Sequence
 
 from absl import app
@@ -108,19 +106,8 @@ def config_from_flags() -> preprocess_lib.PreprocessConfig:
 
 
 def main(argv: Sequence[str]) -> int:
-  logging.getLogger().setLevel(logging.INFO)
-  try:
-    config = config_from_flags()
-  except ValueError as e:
-    raise app.UsageError(str(e))
-  try:
-    metadata = preprocess_lib.run(config, beam_args=list(argv[1:]))
-  except (FileExistsError, FileNotFoundError, ValueError) as e:
-    print(f"deepbof-preprocess: error: {e}", file=sys.stderr)
-    return 1
-  print(preprocess_lib.format_counts(metadata))
-  print(f"wrote {config.output_dir}")
-  return 0 if metadata["counters"]["reconciled"] else 2
+  return cli.run_beam_job("deepbof-preprocess", argv, config_from_flags,
+                          preprocess_lib.run, preprocess_lib.format_counts)
 
 
 def console_main() -> None:

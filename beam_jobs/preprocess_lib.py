@@ -819,7 +819,8 @@ def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
   return used
 
 
-def _read_error_records(work_dir: str) -> List[Dict[str, Any]]:
+def read_error_records(work_dir: str) -> List[Dict[str, Any]]:
+  """The ``{path, stage, error}`` records of ``work_dir/errors/*.jsonl`` (both jobs)."""
   fs = _fs(work_dir)
   records = []
   for path in sorted(fs.glob(_join(work_dir, schema.ERRORS_DIR, f"*{ERRORS_SUFFIX}"))):
@@ -952,7 +953,7 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
       shutil.rmtree(progress_dir, ignore_errors=True)
     counters = _query_counters(result)
     summary = pop_summary(work_dir)
-    errors = _read_error_records(work_dir)
+    errors = read_error_records(work_dir)
     counts = reconcile(summary, errors, len(records), counters)
     metadata = build_metadata(config, manifest, summary, errors, counts,
                               time.time() - start)

@@ -23,7 +23,6 @@ Dataflow needs ``pip install 'deepbof[gcp]'`` on the launching machine.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 from typing import Sequence
 
@@ -93,17 +92,8 @@ def config_from_flags() -> lib.TagCatalogConfig:
       intra_op_threads=FLAGS.intra_op_threads)
 
 
-def main(argv: Sequence[str]) -> int:
-  logging.getLogger().setLevel(logging.INFO)
-  try:
-    config = config_from_flags()
-  except ValueError as e:
-    raise app.UsageError(str(e))
-  try:
-    metadata = lib.run(config, beam_args=list(argv[1:]))
-  except (FileExistsError, FileNotFoundError, ValueError) as e:
-    print(f"deepbof-tag-catalog: error: {e}", file=sys.stderr)
-    return 1
+def _print_errors(config: lib.TagCatalogConfig, unused_metadata) -> None:
+  """The first failed files on stderr; all of them are in errors/*.jsonl."""
   errors = lib.read_errors(config.output_dir)
   for record in errors[:MAX_ERROR_LINES]:
     print(f"deepbof-tag-catalog: error: {record['error']} (stage {record['stage']})",
@@ -111,9 +101,11 @@ def main(argv: Sequence[str]) -> int:
   if len(errors) > MAX_ERROR_LINES:
     print(f"deepbof-tag-catalog: … and {len(errors) - MAX_ERROR_LINES} more in "
           f"{config.output_dir}/{lib.ERRORS_DIR}/", file=sys.stderr)
-  print(lib.format_counts(metadata))
-  print(f"wrote {config.output_dir}")
-  return 0 if metadata["counters"]["reconciled"] else 2
+
+
+def main(argv: Sequence[str]) -> int:
+  return cli.run_beam_job("deepbof-tag-catalog", argv, config_from_flags, lib.run,
+                          lib.format_counts, on_done=_print_errors)
 
 
 def console_main() -> None:

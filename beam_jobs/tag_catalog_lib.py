@@ -63,19 +63,21 @@ from deepbof_tf import exported
 from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
                                DEFAULT_TAG_BATCH_SIZE)
 from deepbof_tf.data import manifests
+from deepbof_tf.data import schema
 
-ERROR_TAG = "errors"
+# Shared with the preprocessing job: the error output, its files, the metadata file.
+ERROR_TAG = plib.ERROR_TAG
+ERRORS_DIR = schema.ERRORS_DIR
+ERRORS_SUFFIX = plib.ERRORS_SUFFIX
+METADATA_FILE = schema.METADATA_FILE
 LONG_TAG = "long"
 STAGES = ("read", "decode", "validate", "encode", "combine", "inference")
-METADATA_FILE = "metadata.json"
 SUMMARY_FILE = plib.SUMMARY_FILE  # read back by plib.pop_summary
 PARQUET_DIR = "parquet"
 TFRECORD_DIR = "tfrecord"
-ERRORS_DIR = "errors"
 SHARD_PREFIX = "tags"
 PARQUET_SUFFIX = ".parquet"
 TFRECORD_SUFFIX = ".tfrecord.gz"
-ERRORS_SUFFIX = ".jsonl"
 INPUT_FORMATS = ("auto", "pattern", "csv", "mtt")
 FORMAT_VERSION = 1
 
@@ -722,12 +724,7 @@ def _output_files(work_dir: str, directory: str, suffix: str) -> List[str]:
 
 def read_errors(catalog_dir: str) -> List[Dict[str, Any]]:
   """The error records of a catalogue (or of its work directory)."""
-  fs = plib._fs(catalog_dir)
-  records = []
-  for path in _output_files(catalog_dir, ERRORS_DIR, ERRORS_SUFFIX):
-    with fs.GFile(path, "r") as f:
-      records.extend(json.loads(line) for line in f if line.strip())
-  return records
+  return plib.read_error_records(catalog_dir)
 
 
 def _parquet_rows(paths: Sequence[str]) -> int:

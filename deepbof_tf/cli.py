@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import atexit
 import difflib
+import logging
 import os
 import re
 import shutil
 import sys
 import threading
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -106,6 +107,42 @@ def beam_flags_parser(doc: str, our_flags: Sequence[str],
     return rest
 
   return parse
+
+
+def run_beam_job(tool: str, argv: Sequence[str], make_config: Callable[[], Any],
+                 run: Callable[..., Mapping[str, Any]],
+                 format_counts: Callable[[Mapping[str, Any]], str],
+                 on_done: Optional[Callable[[Any, Mapping[str, Any]], None]] = None
+                 ) -> int:
+  """The absl ``main`` of a Beam job: config from the flags, run, report the counts.
+
+  Args:
+    tool: the console script's name (prefixes error lines).
+    argv: ``[argv0] + the Beam pipeline options``.
+    make_config: the job's config from the parsed flags (ValueError: a usage error).
+    run: ``run(config, beam_args=...)`` → the written ``metadata.json``.
+    format_counts: the counts of the metadata, for the console.
+    on_done: called with (config, metadata) before the counts are printed.
+
+  Returns:
+    The exit status: 0, 1 (the job refused to run: the error is printed) or 2 (the
+    counts do not reconcile).
+  """
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    config = make_config()
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  try:
+    metadata = run(config, beam_args=list(argv[1:]))
+  except (FileExistsError, FileNotFoundError, ValueError) as e:
+    print(f"{tool}: error: {e}", file=sys.stderr)
+    return 1
+  if on_done is not None:
+    on_done(config, metadata)
+  print(format_counts(metadata))
+  print(f"wrote {config.output_dir}")
+  return 0 if metadata["counters"]["reconciled"] else 2
 
 
 # --- quiet start-up --------------------------------------------------------------------

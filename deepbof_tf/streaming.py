@@ -353,14 +353,19 @@ class ResampledNativeWaveform:
       out[a - lo:b - lo] = self._read(a, b)
     return out
 
+  def resampled(self, start: int, stop: int) -> np.ndarray:
+    """Samples ``[start, min(stop, num_samples))`` as they are (no NaN/Inf check)."""
+    from deepbof_tf import audio
+    return audio.resample_segment(self._read_zero_filled, self._num_in, self._rate_in,
+                                  self.sample_rate, start, stop)
+
   def read(self, start: int, stop: int) -> np.ndarray:
     """Samples ``[start, stop)``, zeros where the range lies outside the waveform."""
     from deepbof_tf import audio
     out = np.zeros(max(stop - start, 0), np.float32)
     lo, hi = max(start, 0), min(stop, self.num_samples)
     if hi > lo:
-      out[lo - start:hi - start] = audio.resample_segment(
-          self._read_zero_filled, self._num_in, self._rate_in, self.sample_rate, lo, hi)
+      out[lo - start:hi - start] = self.resampled(lo, hi)
     finite = np.isfinite(out)
     if not finite.all():
       bad = int(out.size - np.count_nonzero(finite))
@@ -415,19 +420,10 @@ def decode_blocks(path: str, sample_rate: int = 22050, channel_mode: str = "firs
     channel_mode: ``"first"`` or ``"mean"``.
     block_seconds: approximate output block length.
   """
-  from deepbof_tf import audio
-  num_in, rate_in, read = native_blocks(path, channel_mode)
-  rate_out = int(sample_rate)
-
-  def read_zero_filled(lo: int, hi: int) -> np.ndarray:
-    out = np.zeros(hi - lo, np.float32)
-    a, b = max(lo, 0), min(hi, num_in)
-    if b > a:
-      out[a - lo:b - lo] = read(a, b)
-    return out
-
-  n_out = audio.resampled_length(num_in, rate_in, rate_out)
-  step = max(int(block_seconds * rate_out), 1)
-  for start in range(0, n_out, step):
-    yield audio.resample_segment(read_zero_filled, num_in, rate_in, rate_out, start,
-                                 start + step)
+  source = ResampledNativeWaveform(path, sample_rate, channel_mode)
+  step = max(int(block_seconds * source.sample_rate), 1)
+  try:
+    for start in range(0, source.num_samples, step):
+      yield source.resampled(start, start + step)
+  finally:
+    source.close()
