@@ -160,15 +160,25 @@ class BagOfFeaturesPooling(keras.layers.Layer):
     hidden = tf.convert_to_tensor(hidden)
     n_blocks = _lengths(hidden, n_blocks)
     size = self.pool_frames
-    positions = tf.shape(hidden)[1]
+    shape = tf.shape(hidden)
+    positions = shape[1]
+    full = positions // size  # windows of exactly `size` positions
     windows = (positions + size - 1) // size
-    padded = tf.pad(hidden, [[0, 0], [0, windows * size - positions], [0, 0]])
-    valid = tf.range(windows * size)[None, :] < n_blocks[:, None]
-    lowest = tf.fill(tf.shape(padded), tf.constant(hidden.dtype.min, hidden.dtype))
-    padded = tf.where(valid[..., None], padded, lowest)
-    maxima = tf.reduce_max(tf.reshape(
-        padded, tf.stack([tf.shape(hidden)[0], windows, size, tf.shape(hidden)[2]])),
-                           axis=2)
+    lowest = tf.constant(hidden.dtype.min, hidden.dtype)
+    # Positions past a clip's end never win a maximum. Only padded batches have them,
+    # so the full-size select runs only then.
+    hidden = tf.cond(
+        tf.reduce_all(n_blocks >= positions), lambda: hidden,
+        lambda: tf.where((tf.range(positions)[None, :] < n_blocks[:, None])[..., None],
+                         hidden, lowest))
+    # The full windows with oneDNN's max pooling (one read of the activations, several times
+    # faster than pad + reshape + reduce_max on 30-s clips); the short last one apart.
+    head = tf.cond(
+        full > 0,
+        lambda: tf.nn.max_pool2d(hidden[:, :, None, :], [size, 1], [size, 1], "VALID")[:, :, 0],
+        lambda: tf.zeros(tf.stack([shape[0], 0, shape[2]]), hidden.dtype))
+    tail = tf.reduce_max(hidden[:, full * size:], axis=1, keepdims=True)
+    maxima = tf.concat([head, tail], axis=1)[:, :windows]
     counts = num_windows(n_blocks, size)
     window_valid = tf.range(windows)[None, :] < counts[:, None]
     maxima = tf.where(window_valid[..., None], maxima, tf.zeros_like(maxima))
@@ -213,8 +223,6 @@ class BagOfFeaturesEncoder(keras.layers.Layer):
     self.pool_frames = int(pool_frames)
     self.block_frames = int(block_frames)
     # The sub-layers compute in this layer's dtype policy, not the global one.
-    self.block_extraction = BlockExtraction(block_frames, name="block_extraction",
-                                            dtype=self.dtype_policy)
     self.pooling = BagOfFeaturesPooling(pool_frames, name="pooling",
                                         dtype=self.dtype_policy)
 
@@ -253,8 +261,8 @@ class BagOfFeaturesEncoder(keras.layers.Layer):
                 f"{self.block_frames}; such clips have no block to encode")
     with tf.control_dependencies([check]):
       n_blocks = tf.identity(num_blocks(n_frames, self.block_frames))
-    blocks = self.block_extraction(log_mel)
-    hidden = self.rbm(self.pca(blocks))
+    # Equal to self.pca(BlockExtraction(block_frames)(log_mel)) without the blocks.
+    hidden = self.rbm(self.pca.project_blocks(log_mel, self.block_frames))
     return hidden, n_blocks
 
   def pooled_hidden(self, log_mel, n_frames=None) -> Tuple[tf.Tensor, tf.Tensor]:
