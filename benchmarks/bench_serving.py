@@ -3,16 +3,21 @@
 Targets:
 
 * the exported model's ``serving_default`` tags 30-s clips (661,500 samples at
-  22,050 Hz) at >= 40 clips/s with batches of 16 on this 2-core machine;
+  22,050 Hz) at >= 150 clips/s with batches of 16 on a 2-core machine, and at >= 0.6
+  of the roofline below;
 * ``deepbof-tag`` on a one-hour recording stays below 1 GB peak RSS.
 
 The machine may be shared, so next to the measured rate the script prints a roofline
 for the same work measured in the same run: the FLOPs of every dense stage of one
 batch (STFT as real FFTs, the AGC and mel matmuls, PCA and RBM of every block, the DNN)
 divided by this machine's dense float32 matmul rate (a [4096, 1024] × [1024, 1024]
-GEMM on all threads). It then times each stage alone (front end, encoder, DNN; the
-first two one clip at a time, as the export runs them) to show which one dominates.
-All timings are best-of-``--runs``.
+GEMM on all threads). The mel and novelty filterbanks count as the dense products the
+export runs (banded products were measured no faster in TensorFlow, see
+docs/benchmarks.md); the roofline with only their non-zero weights is printed too. It
+then times each stage alone (front end, encoder, DNN; the first two one clip at a
+time, as the export runs them) to show which one dominates. All timings are
+best-of-``--runs``; the process CPU time per batch is printed beside them, since on a
+shared virtual machine stolen time inflates the wall clock but not the CPU time.
 
 The model is a synthetic one written through the public ``deepbof_tf`` APIs with the
 paper's sizes (1024 hidden units, a 3 × 512 DNN, 50 tags) and ``--pca_dims`` retained
@@ -116,21 +121,43 @@ def matmul_rate(runs: int) -> float:
 
 
 def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_tags: int,
-                config: FrontendConfig = FrontendConfig()) -> dict:
-  """FLOPs per clip of every dense stage (multiply-add = 2 FLOPs)."""
+                config: FrontendConfig = FrontendConfig(), sparse_filterbanks: bool = False
+                ) -> dict:
+  """FLOPs per clip of every dense stage (multiply-add = 2 FLOPs).
+
+  ``sparse_filterbanks`` counts only the non-zero weights of the mel and novelty
+  filterbanks (what a sparse product would need) instead of the dense products run.
+  """
   frames = frontend.frame_count(samples, config)
   bins = config.n_fft // 2 + 1
   blocks = frames - 8 + 1
   fft = 2.5 * config.n_fft * math.log2(config.n_fft)  # a real FFT, ~half a complex one
   widths = [num_hidden] + list(dnn_layers) + [num_tags]
+  if sparse_filterbanks:
+    weights = sum(np.count_nonzero(frontend.mel_filterbank(n, 1.0, config))
+                  for n in (config.n_mels, config.novelty_n_mels))
+  else:
+    weights = bins * (config.n_mels + config.novelty_n_mels)
   return {
       "stft (rfft)": frames * fft,
       "agc matmuls": frames * 2 * 2 * bins * config.agc_n_bands,
-      "mel + novelty matmul": frames * 2 * bins * (config.n_mels + config.novelty_n_mels),
+      "mel + novelty matmul": frames * 2 * weights,
       "pca (blocks)": blocks * 2 * 8 * config.n_mels * pca_dims,
       "rbm (blocks)": blocks * 2 * pca_dims * num_hidden,
       "dnn": sum(2 * a * b for a, b in zip(widths[:-1], widths[1:])),
   }
+
+
+def timed_cpu(fn, runs: int, warmup: int = 1) -> float:
+  """Lowest process CPU seconds (all threads) of one call over ``runs`` calls."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(runs):
+    start = time.process_time()
+    fn()
+    times.append(time.process_time() - start)
+  return float(np.min(times))
 
 
 def throughput(args, version_dir: str, info: dict) -> list:
@@ -138,7 +165,9 @@ def throughput(args, version_dir: str, info: dict) -> list:
   serve = loaded.signatures["serving_default"]
   batch = music_batch(args.batch, CLIP_SAMPLES)
   x = tf.constant(batch)
-  seconds = timed(lambda: serve(waveform=x)["probabilities"].numpy(), args.runs)
+  call = lambda: serve(waveform=x)["probabilities"].numpy()  # noqa: E731
+  seconds = timed(call, args.runs)
+  cpu_seconds = timed_cpu(call, args.runs, warmup=0)
   clips_per_second = args.batch / seconds
 
   rate = matmul_rate(args.runs)
@@ -146,17 +175,23 @@ def throughput(args, version_dir: str, info: dict) -> list:
   tagger = models.load_tagger(args.model_dir_used)
   dnn_layers = [layer.units for layer in tagger.layers
                 if getattr(layer, "units", None) and layer.name.startswith("hidden")]
-  flops = stage_flops(CLIP_SAMPLES, int(encoder.pca.output_dim), int(encoder.rbm.num_hidden),
-                      dnn_layers, len(info["tags"]))
+  sizes = (CLIP_SAMPLES, int(encoder.pca.output_dim), int(encoder.rbm.num_hidden),
+           dnn_layers, len(info["tags"]))
+  flops = stage_flops(*sizes)
   total = sum(flops.values())
   roofline = rate / total
+  sparse_roofline = rate / sum(stage_flops(*sizes, sparse_filterbanks=True).values())
 
   print(f"\n== serving_default throughput (batch {args.batch} x 30-s clips) ==")
-  print(f"measured:  {clips_per_second:7.1f} clips/s  ({1000 * seconds:.0f} ms per batch)"
-        f"   target >= 40 clips/s: {'PASS' if clips_per_second >= 40 else 'MISS'}")
+  print(f"measured:  {clips_per_second:7.1f} clips/s  ({1000 * seconds:.0f} ms per batch; "
+        f"{1000 * cpu_seconds:.0f} ms of process CPU time)"
+        f"   target >= 150 clips/s: {'PASS' if clips_per_second >= 150 else 'MISS'}")
   print(f"dense matmul rate here: {rate / 1e9:.1f} GFLOP/s")
   print(f"roofline:  {roofline:7.1f} clips/s  ({total / 1e9:.3f} GFLOP per clip at the "
-        f"matmul rate); measured = {clips_per_second / roofline:.0%} of roofline")
+        f"matmul rate); measured = {clips_per_second / roofline:.0%} of roofline   "
+        f"target >= 60%: {'PASS' if clips_per_second >= 0.6 * roofline else 'MISS'}")
+  print(f"  (with the filterbanks' non-zero weights only: {sparse_roofline:.1f} clips/s; "
+        f"measured = {clips_per_second / sparse_roofline:.0%})")
   for name, value in flops.items():
     print(f"  {name:22s} {value / 1e6:9.1f} MFLOP/clip  ({value / total:5.1%})")
 
@@ -167,19 +202,19 @@ def throughput(args, version_dir: str, info: dict) -> list:
   lengths = tf.fill([args.batch], CLIP_SAMPLES)
   in_flight = info["clips_in_flight"]
 
-  def one_clip_features(clip):
-    return frontend.compute_features_batch(clip[0][None], clip[1][None], config)[0][0]
+  def each_clip(fn, *tensors):
+    return tf.map_fn(lambda i: fn(*[t[i] for t in tensors]), tf.range(args.batch),
+                     fn_output_signature=tf.float32, parallel_iterations=in_flight)
+
+  def one_clip_features(clip, n):
+    return frontend.compute_features_batch(clip[None], n[None], config)[0][0]
 
   def one_clip_embedding(log_mel):
     return encoder(log_mel[None])[0]
 
-  features = tf.function(lambda w, n: tf.map_fn(
-      one_clip_features, (w, n), fn_output_signature=tf.float32,
-      parallel_iterations=in_flight))
+  features = tf.function(lambda w, n: each_clip(one_clip_features, w, n))
   log_mel = features(x, lengths)
-  encode = tf.function(lambda m: tf.map_fn(
-      one_clip_embedding, m, fn_output_signature=tf.float32,
-      parallel_iterations=in_flight))
+  encode = tf.function(lambda m: each_clip(one_clip_embedding, m))
   embedding = encode(log_mel)
   head = tf.function(lambda e: tagger(e, training=False))
   stages = {
@@ -199,12 +234,20 @@ def throughput(args, version_dir: str, info: dict) -> list:
           f"  {achieved:6.1f} GFLOP/s ({value / seconds:5.1%} of the whole)")
 
   dominant = max(stages, key=stages.get)
-  return [result_line.measurement(
-      f"SavedModel serving_default, batch {args.batch} x 30-s clips", clips_per_second,
-      "clips/s", reference="roofline: the batch's FLOPs at the dense matmul rate",
-      reference_value=roofline, target=">= 40", applies=args.batch == 16,
-      note=f"matmul {rate / 1e9:.0f} GFLOP/s; slowest stage alone: {dominant} "
-           f"({stages[dominant] / seconds:.0%} of the whole)")]
+  name = f"SavedModel serving_default, batch {args.batch} x 30-s clips"
+  note = (f"{1000 * cpu_seconds:.0f} ms CPU per batch; slowest stage alone: {dominant} "
+          f"({stages[dominant] / seconds:.0%} of the whole)")
+  return [
+      result_line.measurement(name, clips_per_second, "clips/s", target=">= 150",
+                              applies=args.batch == 16, note=note),
+      result_line.measurement(
+          name + ", share of the roofline", clips_per_second, "clips/s",
+          reference="roofline: the batch's FLOPs at the dense matmul rate",
+          reference_value=roofline, target=">= 0.6", target_on="ratio",
+          applies=args.batch == 16,
+          note=f"matmul {rate / 1e9:.0f} GFLOP/s; non-zero-filterbank roofline "
+               f"{sparse_roofline:.0f} clips/s"),
+  ]
 
 
 def hour_memory(args, export_dir: str) -> list:

@@ -211,12 +211,17 @@ def _agc_matrices(config: FrontendConfig) -> Tuple[np.ndarray, np.ndarray]:
   return analysis.astype(np.float32), np.ascontiguousarray(synthesis, dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def _filterbank32(n_mels: int, config: FrontendConfig) -> np.ndarray:
+  """The float32 ``mel_filterbank(n_mels, 1.0, config)`` of the outputs."""
+  return mel_filterbank(n_mels, 1.0, config).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=16)
-def _output_filterbank(config: FrontendConfig) -> np.ndarray:
-  """The 128-band and 40-band filterbanks side by side, applied in one matmul."""
-  both = np.concatenate([mel_filterbank(config.n_mels, 1.0, config),
-                         mel_filterbank(config.novelty_n_mels, 1.0, config)], axis=1)
-  return both.astype(np.float32)
+def _agc_covers_every_bin(config: FrontendConfig) -> bool:
+  """True when every FFT bin has a positive weight in some AGC band (the default)."""
+  analysis, _ = _agc_matrices(config)
+  return bool(np.all(analysis.sum(axis=1) > 0))
 
 
 # --------------------------------------------------------------------------------------
@@ -224,15 +229,23 @@ def _output_filterbank(config: FrontendConfig) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def _matmul_last(x: tf.Tensor, matrix: np.ndarray) -> tf.Tensor:
-  """``x @ matrix`` over the last axis for rank-2 or rank-3 ``x`` (one 2-D GEMM)."""
+def _matmul_last(x: tf.Tensor, matrix: np.ndarray,
+                 bias: Optional[np.ndarray] = None) -> tf.Tensor:
+  """``x @ matrix (+ bias)`` over the last axis of rank-2 or rank-3 ``x``.
+
+  One 2-D GEMM; with a bias, a MatMul + BiasAdd that Grappler fuses into one kernel.
+  """
   m = tf.constant(matrix, dtype=tf.float32)
-  if x.shape.rank == 2:
-    return tf.linalg.matmul(x, m)
-  shape = tf.shape(x)
-  flat = tf.reshape(x, [-1, shape[-1]])
-  out = tf.linalg.matmul(flat, m)
-  return tf.reshape(out, tf.concat([shape[:-1], [matrix.shape[1]]], axis=0))
+  rank3 = x.shape.rank != 2
+  if rank3:
+    shape = tf.shape(x)
+    x = tf.reshape(x, [-1, shape[-1]])
+  out = tf.linalg.matmul(x, m)
+  if bias is not None:
+    out = tf.nn.bias_add(out, tf.constant(bias, tf.float32))
+  if rank3:
+    out = tf.reshape(out, tf.concat([shape[:-1], [matrix.shape[1]]], axis=0))
+  return out
 
 
 def pad_waveform(waveform: TensorLike, config: FrontendConfig = _DEFAULT_CONFIG) -> tf.Tensor:
@@ -263,6 +276,10 @@ def pad_waveform(waveform: TensorLike, config: FrontendConfig = _DEFAULT_CONFIG)
 def _frame(x: tf.Tensor, config: FrontendConfig) -> tf.Tensor:
   """Frames ``[..., frames, n_fft]`` of an already padded signal (no padding)."""
   n_fft, hop = config.n_fft, config.hop_length
+  if n_fft == 2 * hop and x.shape.rank == 2 and x.shape[0] == 1:
+    # One clip (the serving signatures run clip by clip): frame it as a rank-1 signal,
+    # whose neighbour slices are views of the blocks instead of copies.
+    return _frame(x[0], config)[None]
   if n_fft == 2 * hop:
     # 50 % overlap: split into hop-sized blocks and pair neighbours, which is a reshape
     # and one concat instead of a gather.
@@ -295,7 +312,11 @@ def stft_magnitude(waveform: TensorLike, config: FrontendConfig = _DEFAULT_CONFI
   frames = _frame(x, config)
   window = tf.constant(hann_window(config), dtype=tf.float32)
   spectrum = tf.signal.rfft(frames * window, fft_length=[config.n_fft])
-  return tf.abs(spectrum)
+  # sqrt(re² + im²) rather than tf.abs: the complex abs is an overflow-safe hypot that
+  # took 2x the time of the FFT itself. Squares stay finite while |X| < 1.8e19, i.e. for
+  # samples up to about ±3.6e16 (|X| <= n_fft/2 · max|x|), far beyond audio's ±1; past
+  # that the features are NaN, which the serving signatures refuse.
+  return tf.sqrt(tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum)))
 
 
 def apply_floor(magnitude: TensorLike, max_value: Optional[TensorLike] = None,
@@ -340,10 +361,19 @@ def _attack_decay(bands: tf.Tensor, alpha_log: float) -> tf.Tensor:
 
 
 def _agc_core(magnitude: tf.Tensor, initial_state: Optional[tf.Tensor],
-              valid: Optional[tf.Tensor], config: FrontendConfig) -> Tuple[tf.Tensor, tf.Tensor]:
-  """AGC of ``[B, T, bins]``; ``valid`` ``[B, T]`` bool limits the per-clip minimum."""
+              valid: Optional[tf.Tensor], config: FrontendConfig,
+              floor: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+  """AGC of ``[B, T, bins]``; ``valid`` ``[B, T]`` bool limits the per-clip minimum.
+
+  ``floor`` (``[B, 1, 1]`` or None) is added to ``magnitude`` first, folded into the
+  band analysis (``(S + c)·F = S·F + c·colsum(F)``) so the floored magnitude is never
+  written out on its own.
+  """
   analysis, synthesis = _agc_matrices(config)
   bands = _matmul_last(magnitude, analysis)  # A = F_agc · S, [B, T, bands]
+  if floor is not None:
+    bands += floor * tf.constant(analysis.sum(axis=0), tf.float32)
+    magnitude = magnitude + floor
   alpha_log = -(1.0 / config.frame_rate) / config.agc_t_scale  # ln(alpha)
   envelope = _attack_decay(bands, alpha_log)
   if initial_state is not None:
@@ -353,6 +383,15 @@ def _agc_core(magnitude: tf.Tensor, initial_state: Optional[tf.Tensor],
     init = tf.reshape(tf.cast(initial_state, tf.float32), [-1, 1, analysis.shape[1]])
     envelope = tf.maximum(envelope, decay * init)
   final_state = envelope[:, -1, :]
+  if _agc_covers_every_bin(config):
+    # E + eps on the FFT grid in one fused MatMul + BiasAdd. As in tf_agc, a
+    # non-positive E would be replaced by the clip's smallest positive E; when every
+    # bin lies in some band that replacement changes nothing: E_i = 0 at a frame means
+    # every band over bin i has A = 0 there, so S_i = 0 and S_i / (E_i + eps) = 0 either
+    # way. Skipping it saves five passes over the spectrogram.
+    gain = _matmul_last(envelope, synthesis, bias=np.full(synthesis.shape[1],
+                                                          config.agc_epsilon, np.float32))
+    return magnitude / gain, final_state
   gain = _matmul_last(envelope, synthesis)  # E on the FFT grid, [B, T, bins]
   # As in tf_agc: non-positive E → the smallest positive E of the clip. With the floor this
   # only happens for digital silence, where no positive value exists: then E := 0 and
@@ -413,7 +452,7 @@ def log_mel_from_agc(agc_magnitude: TensorLike,
     float32 ``[frames, n_mels]`` (or batched).
   """
   s = tf.convert_to_tensor(agc_magnitude, dtype=tf.float32)
-  mel = _matmul_last(s, mel_filterbank(config.n_mels, 1.0, config).astype(np.float32))
+  mel = _matmul_last(s, _filterbank32(config.n_mels, config))
   return _log_compress(mel, config.log_gain)
 
 
@@ -432,7 +471,7 @@ def novelty_log_mel(agc_magnitude: TensorLike,
     float32 ``[frames, novelty_n_mels]`` (or batched).
   """
   s = tf.convert_to_tensor(agc_magnitude, dtype=tf.float32)
-  mel = _matmul_last(s, mel_filterbank(config.novelty_n_mels, 1.0, config).astype(np.float32))
+  mel = _matmul_last(s, _filterbank32(config.novelty_n_mels, config))
   return _log_compress(mel, config.novelty_log_gain)
 
 
@@ -486,25 +525,26 @@ def _features_batch(waveforms: tf.Tensor, num_samples: Optional[tf.Tensor],
   else:
     num_samples = tf.minimum(tf.cast(num_samples, tf.int32), total)
     # Zero everything past each clip's end so the padded batch frames exactly like the
-    # clip alone (the authors' tail zero-fill).
-    sample_mask = tf.range(total)[None, :] < num_samples[:, None]
-    x = tf.where(sample_mask, waveforms, 0.0)
+    # clip alone (the authors' tail zero-fill); a batch of whole rows needs no select.
+    x = tf.cond(
+        tf.reduce_all(num_samples >= total), lambda: waveforms,
+        lambda: tf.where(tf.range(total)[None, :] < num_samples[:, None], waveforms, 0.0))
     n_frames = frame_count(num_samples, config)
   magnitude = stft_magnitude(x, config)  # [B, T, bins]
   if num_samples is not None:
     frame_valid = tf.range(tf.shape(magnitude)[1])[None, :] < n_frames[:, None]
   # Frames past a clip's n_frames only see zeros, so the per-clip max is unaffected by
   # them; the AGC is causal, so they cannot leak into valid frames either.
-  clip_max = tf.reduce_max(magnitude, axis=[1, 2], keepdims=True)
-  floored = apply_floor(magnitude, clip_max, config)
+  floor = config.floor_ratio * tf.reduce_max(magnitude, axis=[1, 2], keepdims=True)
   if config.agc:
-    agc_magnitude, _ = _agc_core(floored, None, frame_valid, config)
+    agc_magnitude, _ = _agc_core(magnitude, None, frame_valid, config, floor=floor)
   else:
-    agc_magnitude = floored
-  both = _matmul_last(agc_magnitude, _output_filterbank(config))
-  log_mel = _log_compress(both[..., :config.n_mels], config.log_gain)
-  novelty = _novelty_from_log_mel(
-      _log_compress(both[..., config.n_mels:], config.novelty_log_gain), None)
+    agc_magnitude = magnitude + floor
+  log_mel = _log_compress(
+      _matmul_last(agc_magnitude, _filterbank32(config.n_mels, config)), config.log_gain)
+  novelty = _novelty_from_log_mel(_log_compress(
+      _matmul_last(agc_magnitude, _filterbank32(config.novelty_n_mels, config)),
+      config.novelty_log_gain), None)
   if frame_valid is None:
     return log_mel, novelty, n_frames
   frame_valid_f = tf.cast(frame_valid, tf.float32)

@@ -193,23 +193,40 @@ class DeepBofServingModule(tf.Module):
                      f"{self._min_samples / sr:.3f} s at {sr} Hz); num_samples =")),
     ]
     with tf.control_dependencies(checks):
-      waveform = tf.debugging.assert_all_finite(
-          waveform, "waveform contains NaN or Inf samples")
       return tf.identity(waveform), tf.identity(num_samples)
+
+  @staticmethod
+  def _finite_embeddings(embedding: tf.Tensor) -> tf.Tensor:
+    """Refuses a request with a clip whose embedding is not finite: that clip was bad.
+
+    A NaN or Inf sample, or one so large that the spectrum's squares overflow float32
+    (beyond ±1e16), spreads through the clip's maximum into every value of its
+    spectrogram and so of its embedding; audio in any sane range gives a finite one.
+    Checking the [batch, 1024] outputs costs nothing, where assert_all_finite on the
+    request (CheckNumerics, one thread) took 22 ms of a 16 x 30 s batch with the whole
+    request waiting for it. The check stays outside the per-clip loop: an assertion
+    inside it made the loop run its clips one after the other (25 ms more per batch).
+    """
+    finite = tf.reduce_all(tf.math.is_finite(embedding), axis=1)
+    check = tf.debugging.Assert(
+        tf.reduce_all(finite),
+        ["waveform contains NaN or Inf samples (or samples beyond ±1e16; audio is in "
+         "[-1, 1]): clips", tf.where(tf.logical_not(finite))[:, 0]])
+    with tf.control_dependencies([check]):
+      return tf.identity(embedding)
 
   def _predict(self, waveform: tf.Tensor, num_samples: tf.Tensor) -> Dict[str, tf.Tensor]:
     waveform, num_samples = self._checked(waveform, num_samples)
 
-    def embed(clip):  # one clip: see clips_in_flight
-      clip_waveform, clip_samples = clip
+    def embed(index):  # one clip: see clips_in_flight
       log_mel, _, n_frames = frontend.compute_features_batch(
-          clip_waveform[tf.newaxis], clip_samples[tf.newaxis], self._config)
+          waveform[index][tf.newaxis], num_samples[index][tf.newaxis], self._config)
       return self.encoder(log_mel, n_frames)[0]
 
-    embedding = tf.map_fn(
-        embed, (waveform, num_samples),
+    embedding = self._finite_embeddings(tf.map_fn(
+        embed, tf.range(tf.shape(waveform)[0]),
         fn_output_signature=tf.TensorSpec([self.encoder.rbm.num_hidden], tf.float32),
-        parallel_iterations=self._clips_in_flight)
+        parallel_iterations=self._clips_in_flight))
     probabilities = self.tagger(embedding, training=False)
     return {"probabilities": tf.identity(probabilities, name="probabilities"),
             "embedding": tf.identity(embedding, name="embedding")}

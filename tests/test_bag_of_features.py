@@ -150,3 +150,46 @@ def test_save_and_load_local_features(rng, tmp_path):
   assert models.load_bof_encoder(str(tmp_path), pool_frames=11).pool_frames == 11
   with pytest.raises(FileNotFoundError, match="learn-local-features"):
     models.load_bof_encoder(os.path.join(tmp_path, "missing"))
+
+
+def test_pca_of_every_block_as_one_convolution_equals_blocks_then_pca(rng):
+  pca, _ = _encoder_parts(rng)
+  log_mel = rng.standard_normal((2, 13, N_MELS)).astype(np.float32)
+  expected = pca(BlockExtraction(BLOCK)(log_mel)).numpy()
+  ours = pca.project_blocks(log_mel, BLOCK).numpy()
+  assert ours.shape == expected.shape == (2, 13 - BLOCK + 1, pca.output_dim)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+  with pytest.raises(ValueError, match="do not make the layer's"):
+    pca.project_blocks(log_mel, BLOCK + 1)
+  # An empty batch (a replica's share of a short last batch) stays empty and well shaped.
+  empty = tf.function(lambda x: pca.project_blocks(x, BLOCK), input_signature=[
+      tf.TensorSpec([None, None, N_MELS], tf.float32)])(log_mel[:0])
+  assert empty.shape == (0, 13 - BLOCK + 1, pca.output_dim)
+
+
+def test_rbm_activation_of_the_pre_activation_is_the_layer(rng):
+  _, rbm = _encoder_parts(rng)
+  visible = rng.standard_normal((2, 7, rbm.kernel.shape[0])).astype(np.float32)
+  np.testing.assert_allclose(rbm.activation(rbm.pre_activation(visible)).numpy(),
+                             rbm(visible).numpy(), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(rbm.pre_activation(visible[0]).numpy(),
+                             visible[0] @ rbm.kernel.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("positions,n_blocks", [(23, [23, 9]), (3, [3, 2]), (10, [10, 10])])
+def test_pooling_pre_activations_then_activating_equals_pooling_activations(rng, positions,
+                                                                            n_blocks):
+  # max σ(z + c) = σ(max z + c): the encoder pools pre-activations and activates only
+  # the window maxima. Padding positions, short last windows, fewer positions than a
+  # window.
+  pooling = BagOfFeaturesPooling(POOL)
+  bias = tf.constant(rng.standard_normal(6).astype(np.float32))
+  activation = lambda z: tf.sigmoid(tf.nn.bias_add(z, bias))  # noqa: E731
+  pre = tf.constant(3 * rng.standard_normal((2, positions, 6)).astype(np.float32))
+  n_blocks = tf.constant(n_blocks)
+  maxima, counts = pooling.pooled(pre, n_blocks, activation=activation)
+  expected, expected_counts = pooling.pooled(activation(pre), n_blocks)
+  np.testing.assert_array_equal(counts.numpy(), expected_counts.numpy())
+  np.testing.assert_allclose(maxima.numpy(), expected.numpy(), rtol=0, atol=1e-7)
+  np.testing.assert_allclose(pooling(pre, n_blocks, activation=activation).numpy(),
+                             pooling(activation(pre), n_blocks).numpy(), rtol=0, atol=1e-7)

@@ -165,10 +165,17 @@ def test_bad_requests_are_invalid_argument_with_clear_messages(loaded):
   _invalid(serve, "empty batch", waveform=tf.zeros([0, 5000]))
   _invalid(serve, "waveform too short.*at least 3073 samples", waveform=tf.zeros([1, 0]))
   _invalid(serve, "waveform too short", waveform=tf.zeros([2, 3072]))
-  for bad_value in (np.nan, np.inf, -np.inf):
-    x = good.copy()
-    x[0, 100] = bad_value
-    _invalid(serve, "waveform contains NaN or Inf samples", waveform=tf.constant(x))
+  # Non-finite samples anywhere, in any clip of a batch, and samples so large that the
+  # spectrum overflows, are refused; the message names the clip.
+  n = good.shape[1]
+  for bad_value, position in [(np.nan, 0), (np.nan, 100), (np.inf, n // 2), (-np.inf, n - 1),
+                              (np.nan, n - 1), (1e30, 5000), (np.finfo(np.float32).max, 7)]:
+    x = np.concatenate([good, good])
+    x[1, position] = bad_value
+    _invalid(serve, r"waveform contains NaN or Inf samples.*clips\]? \[?1\]",
+             waveform=tf.constant(x))
+  # Large but finite samples are still a valid (if odd) request.
+  assert np.isfinite(serve(waveform=tf.constant(good * 1e6))["embedding"].numpy()).all()
   _invalid(padded, "num_samples exceeds", waveform=tf.constant(good),
            num_samples=tf.constant([good.shape[1] + 1], tf.int32))
   _invalid(padded, "one entry per waveform row", waveform=tf.constant(good),

@@ -444,3 +444,35 @@ def test_batch_features_export_to_saved_model(tmp_path, signals):
   assert int(n_frames[0]) == frontend.frame_count(len(clip))
   np.testing.assert_allclose(log_mel[0].numpy(), expected_log_mel.numpy(), rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(novelty[0].numpy(), expected_novelty.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def _features_with(monkeypatch, covers: bool, clips, lengths, config):
+  """compute_features_batch with the AGC's fast path forced on or off (fresh traces)."""
+  monkeypatch.setattr(frontend, "_agc_covers_every_bin", lambda _config: covers)
+  frontend._batch_fn.cache_clear()
+  try:
+    return [t.numpy() for t in frontend.compute_features_batch(clips, lengths, config)]
+  finally:
+    frontend._batch_fn.cache_clear()
+
+
+@pytest.mark.parametrize("floor_ratio", [1e-4, 0.0])
+def test_agc_without_the_minimum_replacement_equals_the_general_path(signals, monkeypatch,
+                                                                     floor_ratio):
+  # Every bin lies in some AGC band (by default), so skipping tf_agc's "non-positive
+  # envelope -> smallest positive one" step changes nothing. Checked without the floor
+  # too, where leading digital silence makes the envelope exactly 0.
+  assert frontend._agc_covers_every_bin(CONFIG)
+  config = FrontendConfig(floor_ratio=floor_ratio)
+  leading_silence = np.concatenate([np.zeros(SR // 2, np.float32), signals["chords"][:SR]])
+  clips = [signals["chords"][:SR], np.zeros(SR, np.float32), leading_silence,
+           signals["impulses"][:SR // 3]]
+  lengths = np.array([len(c) for c in clips], np.int32)
+  batch = np.zeros((len(clips), lengths.max()), np.float32)
+  for i, c in enumerate(clips):
+    batch[i, :len(c)] = c
+  fast = _features_with(monkeypatch, True, batch, lengths, config)
+  general = _features_with(monkeypatch, False, batch, lengths, config)
+  for ours, theirs in zip(fast, general):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+  assert np.isfinite(fast[0]).all() and not np.any(fast[0][1])  # the silent clip is 0

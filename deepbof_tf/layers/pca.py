@@ -259,7 +259,18 @@ class PCAWhitening(keras.layers.Layer):
     whitening = tf.cast(self.whitening, dtype)
     kernel = tf.reshape(whitening, [block_frames, n_mels, -1])
     bias = -tf.linalg.matvec(whitening, tf.cast(self.mean, dtype), transpose_a=True)
-    return tf.nn.bias_add(tf.nn.conv1d(frames, kernel, stride=1, padding="VALID"), bias)
+
+    def project():
+      return tf.nn.bias_add(tf.nn.conv1d(frames, kernel, stride=1, padding="VALID"), bias)
+
+    if frames.shape[0] is not None and frames.shape[0] > 0:
+      return project()
+    # TensorFlow's CPU convolution returns its input unchanged for an empty batch (as
+    # a multi-device replica can get).
+    shape = tf.shape(frames)
+    empty = tf.zeros(tf.stack([0, tf.maximum(shape[1] - block_frames + 1, 0),
+                               tf.shape(kernel)[2]]), dtype)
+    return tf.cond(shape[0] > 0, project, lambda: empty)
 
   def inverse(self, whitened, add_mean: bool = True):
     """Dewhitening: maps [..., k] whitened vectors back to the [..., D] block space.

@@ -186,6 +186,26 @@ class SparseRBM(keras.layers.Layer):
       return hidden
     return tf.reshape(hidden, tf.concat([tf.shape(inputs)[:-1], [self.num_hidden]], 0))
 
+  def pre_activation(self, inputs):
+    """``v · W`` for [..., num_visible] inputs (no bias): ``call = activation(this)``."""
+    inputs = tf.cast(inputs, self.compute_dtype)
+    kernel = tf.cast(self.kernel, self.compute_dtype)
+    flat = tf.linalg.matmul(tf.reshape(inputs, [-1, tf.shape(inputs)[-1]]), kernel)
+    if inputs.shape.rank == 2:
+      return flat
+    return tf.reshape(flat, tf.concat([tf.shape(inputs)[:-1], [self.num_hidden]], 0))
+
+  def activation(self, pre_activation):
+    """``σ(pre_activation + c)``: the hidden probabilities from :meth:`pre_activation`.
+
+    Both steps are monotone, so the maximum of the activations over any set of inputs
+    is the activation of the maximum pre-activation (the bag-of-features pooling uses
+    this to apply the sigmoid to the window maxima only).
+    """
+    dtype = self.compute_dtype
+    return tf.sigmoid(tf.nn.bias_add(tf.cast(pre_activation, dtype),
+                                     tf.cast(self.hidden_bias, dtype)))
+
   def visible_mean(self, hidden):
     """Mean of ``p(v|h) = N(b + Wh, 1)`` for [..., num_hidden] hidden vectors.
 
