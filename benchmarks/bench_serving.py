@@ -98,16 +98,17 @@ def music_batch(batch: int, samples: int, seed: int = 0) -> np.ndarray:
   return out
 
 
-def timed(fn, runs: int, warmup: int = 1) -> float:
+def timed(fn, runs: int, warmup: int = 1, clock=time.perf_counter) -> float:
   """Best-of-``runs`` seconds per call: on a shared machine the fastest run is the one
-  least disturbed by other processes (used for the roofline's matmul rate too)."""
+  least disturbed by other processes (used for the roofline's matmul rate too).
+  ``clock=time.process_time`` gives the process CPU time (all threads) instead."""
   for _ in range(warmup):
     fn()
   times = []
   for _ in range(runs):
-    start = time.perf_counter()
+    start = clock()
     fn()
-    times.append(time.perf_counter() - start)
+    times.append(clock() - start)
   return float(np.min(times))
 
 
@@ -148,18 +149,6 @@ def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_ta
   }
 
 
-def timed_cpu(fn, runs: int, warmup: int = 1) -> float:
-  """Lowest process CPU seconds (all threads) of one call over ``runs`` calls."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(runs):
-    start = time.process_time()
-    fn()
-    times.append(time.process_time() - start)
-  return float(np.min(times))
-
-
 def throughput(args, version_dir: str, info: dict) -> list:
   loaded = tf.saved_model.load(version_dir)
   serve = loaded.signatures["serving_default"]
@@ -167,7 +156,7 @@ def throughput(args, version_dir: str, info: dict) -> list:
   x = tf.constant(batch)
   call = lambda: serve(waveform=x)["probabilities"].numpy()  # noqa: E731
   seconds = timed(call, args.runs)
-  cpu_seconds = timed_cpu(call, args.runs, warmup=0)
+  cpu_seconds = timed(call, args.runs, warmup=0, clock=time.process_time)
   clips_per_second = args.batch / seconds
 
   rate = matmul_rate(args.runs)
