@@ -361,19 +361,10 @@ def _attack_decay(bands: tf.Tensor, alpha_log: float) -> tf.Tensor:
 
 
 def _agc_core(magnitude: tf.Tensor, initial_state: Optional[tf.Tensor],
-              valid: Optional[tf.Tensor], config: FrontendConfig,
-              floor: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor]:
-  """AGC of ``[B, T, bins]``; ``valid`` ``[B, T]`` bool limits the per-clip minimum.
-
-  ``floor`` (``[B, 1, 1]`` or None) is added to ``magnitude`` first, folded into the
-  band analysis (``(S + c)·F = S·F + c·colsum(F)``) so the floored magnitude is never
-  written out on its own.
-  """
+              valid: Optional[tf.Tensor], config: FrontendConfig) -> Tuple[tf.Tensor, tf.Tensor]:
+  """AGC of ``[B, T, bins]``; ``valid`` ``[B, T]`` bool limits the per-clip minimum."""
   analysis, synthesis = _agc_matrices(config)
   bands = _matmul_last(magnitude, analysis)  # A = F_agc · S, [B, T, bands]
-  if floor is not None:
-    bands += floor * tf.constant(analysis.sum(axis=0), tf.float32)
-    magnitude = magnitude + floor
   alpha_log = -(1.0 / config.frame_rate) / config.agc_t_scale  # ln(alpha)
   envelope = _attack_decay(bands, alpha_log)
   if initial_state is not None:
@@ -535,11 +526,12 @@ def _features_batch(waveforms: tf.Tensor, num_samples: Optional[tf.Tensor],
     frame_valid = tf.range(tf.shape(magnitude)[1])[None, :] < n_frames[:, None]
   # Frames past a clip's n_frames only see zeros, so the per-clip max is unaffected by
   # them; the AGC is causal, so they cannot leak into valid frames either.
-  floor = config.floor_ratio * tf.reduce_max(magnitude, axis=[1, 2], keepdims=True)
+  clip_max = tf.reduce_max(magnitude, axis=[1, 2], keepdims=True)
+  floored = apply_floor(magnitude, clip_max, config)
   if config.agc:
-    agc_magnitude, _ = _agc_core(magnitude, None, frame_valid, config, floor=floor)
+    agc_magnitude, _ = _agc_core(floored, None, frame_valid, config)
   else:
-    agc_magnitude = magnitude + floor
+    agc_magnitude = floored
   log_mel = _log_compress(
       _matmul_last(agc_magnitude, _filterbank32(config.n_mels, config)), config.log_gain)
   novelty = _novelty_from_log_mel(_log_compress(
