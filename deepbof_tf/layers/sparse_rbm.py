@@ -177,23 +177,23 @@ class SparseRBM(keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs):
-    inputs = tf.cast(inputs, self.compute_dtype)
     # A 2-D MatMul + BiasAdd + Sigmoid is fused into one oneDNN kernel by Grappler's
     # remapper (a rank-3 BatchMatMul or a plain add is not): 1.3x faster in serving.
-    flat = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])
-    hidden = tf.sigmoid(tf.nn.bias_add(tf.matmul(flat, self.kernel), self.hidden_bias))
-    if inputs.shape.rank == 2:
-      return hidden
-    return tf.reshape(hidden, tf.concat([tf.shape(inputs)[:-1], [self.num_hidden]], 0))
+    return self._over_rows(inputs, lambda v: self.activation(tf.linalg.matmul(v, self.kernel)))
 
   def pre_activation(self, inputs):
     """``v · W`` for [..., num_visible] inputs (no bias): ``call = activation(this)``."""
-    inputs = tf.cast(inputs, self.compute_dtype)
     kernel = tf.cast(self.kernel, self.compute_dtype)
-    flat = tf.linalg.matmul(tf.reshape(inputs, [-1, tf.shape(inputs)[-1]]), kernel)
+    return self._over_rows(inputs, lambda v: tf.linalg.matmul(v, kernel))
+
+  def _over_rows(self, inputs, product):
+    """``product`` of the ``[rows, num_visible]`` view of ``[..., num_visible]`` inputs,
+    reshaped back to ``[..., num_hidden]`` (one 2-D matmul whatever the rank)."""
+    inputs = tf.cast(inputs, self.compute_dtype)
     if inputs.shape.rank == 2:
-      return flat
-    return tf.reshape(flat, tf.concat([tf.shape(inputs)[:-1], [self.num_hidden]], 0))
+      return product(inputs)
+    out = product(tf.reshape(inputs, [-1, tf.shape(inputs)[-1]]))
+    return tf.reshape(out, tf.concat([tf.shape(inputs)[:-1], [self.num_hidden]], 0))
 
   def activation(self, pre_activation):
     """``σ(pre_activation + c)``: the hidden probabilities from :meth:`pre_activation`.
