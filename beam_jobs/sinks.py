@@ -11,6 +11,10 @@ smallest key of the records it wrote in front of its temporary file's name befor
 finalize step sorts them, so shards are numbered in the order of their smallest key:
 the same bundles give the same files, whatever order they finished in.
 
+Its gzip is written by ISA-L (``isal``, level 1) instead of Beam's zlib at level 6:
+the same gzip format, which every reader takes, in 1.7 ms instead of 35 ms for a
+30-s clip's 652 KB record (and 0.2 % smaller; docs/benchmarks.md, "gzip or not").
+
 Elements are ``(key, serialized record)``; only the record is written.
 """
 
@@ -25,11 +29,41 @@ from apache_beam.io import iobase
 from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from isal import isal_zlib
 
 # The key goes into the temporary file's name as hex (byte order = the keys' order);
 # names stay well below the usual 255-byte limit. Keys sharing their first
 # KEY_HEX_CHARS / 2 bytes would be ordered by the temporary name's uuid.
 KEY_HEX_CHARS = 120
+
+# ISA-L's levels are 0-3; 1 compresses log-mel floats as well as zlib's 6 (to ~89 %).
+GZIP_LEVEL = 1
+
+
+class IgzipWriter:
+  """A write-only gzip stream over a binary file, compressed by ISA-L.
+
+  What Beam's ``CompressedFile`` does for writing (``write``, ``flush``, ``close``),
+  with ISA-L's deflate in place of zlib's. The output is one standard gzip member.
+  """
+
+  def __init__(self, raw, level: int = GZIP_LEVEL):
+    self._raw = raw
+    self._compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED,
+                                             16 + isal_zlib.MAX_WBITS)
+
+  def write(self, data: bytes) -> None:
+    compressed = self._compressor.compress(data)
+    if compressed:
+      self._raw.write(compressed)
+
+  def flush(self) -> None:
+    self._raw.write(self._compressor.flush(isal_zlib.Z_SYNC_FLUSH))
+    self._raw.flush()
+
+  def close(self) -> None:
+    self._raw.write(self._compressor.flush())
+    self._raw.close()
 
 
 class _KeyOrderedWriter(iobase.Writer):
@@ -73,6 +107,12 @@ class KeyOrderedTFRecordSink(tfrecordio._TFRecordSink):  # pylint: disable=prote
                compression_type: str = CompressionTypes.GZIP):
     super().__init__(file_path_prefix, coders.BytesCoder(), file_name_suffix, num_shards,
                      shard_name_template, compression_type)
+
+  def open(self, temp_path):
+    if self.compression_type != CompressionTypes.GZIP:
+      return super().open(temp_path)
+    return IgzipWriter(FileSystems.create(temp_path, self.mime_type,
+                                          CompressionTypes.UNCOMPRESSED))
 
   def open_writer(self, init_result, uid):
     return _KeyOrderedWriter(super().open_writer(init_result, uid))

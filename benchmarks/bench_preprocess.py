@@ -210,8 +210,8 @@ def _reset_own_peak() -> None:
 
 def stage_breakdown(path: str, runs: int = 3) -> List[Tuple[str, float]]:
   import tensorflow as tf
-  from apache_beam.io.filesystem import CompressedFile, CompressionTypes
   from apache_beam.io.tfrecordio import _TFRecordUtil
+  from beam_jobs import sinks
   from deepbof_tf import audio, frontend
   from deepbof_tf.data import schema
   # Like a Beam worker of the job: one TensorFlow thread.
@@ -238,11 +238,10 @@ def stage_breakdown(path: str, runs: int = 3) -> List[Tuple[str, float]]:
         "c", path, log_mel, novelty, np.zeros(50, np.float32)))
 
     def write():
-      # What Beam's WriteToTFRecord does per record: framing + crc32c, then gzip.
-      with open(out_path, "wb") as raw:
-        compressed = CompressedFile(raw, CompressionTypes.GZIP)
-        _TFRecordUtil.write_record(compressed, payload)
-        compressed.close()
+      # What the job's TFRecord sink does per record: framing + crc32c, then ISA-L gzip.
+      compressed = sinks.IgzipWriter(open(out_path, "wb"))
+      _TFRecordUtil.write_record(compressed, payload)
+      compressed.close()
 
     timed("gzip write", write)
   os.remove(out_path)
