@@ -21,10 +21,13 @@ Details worth knowing:
   length from the file size and silently stops decoding there.
 * Decoded samples are checked too (zero samples, NaN/Inf), because a float WAV may
   hold NaNs. Float WAV values beyond ±1 are kept as they are (no clipping).
-* Resampling is SciPy's polyphase FIR (``scipy.signal.resample_poly``: a Kaiser-windowed
-  (β = 5) low-pass of 2·10·max(p, q)+1 taps at the ratio p/q), the same design family
-  and defaults as MATLAB's ``resample`` that the authors' code calls. It is zero-phase
-  (time-aligned with the input) and gives ``ceil(n · out / in)`` samples like MATLAB.
+* Resampling is the polyphase FIR of SciPy's ``scipy.signal.resample_poly`` (a
+  Kaiser-windowed (β = 5) low-pass of 2·10·max(p, q)+1 taps at the ratio p/q), the same
+  design family and defaults as MATLAB's ``resample`` that the authors' code calls. It
+  is zero-phase (time-aligned with the input) and gives ``ceil(n · out / in)`` samples
+  like MATLAB. The filter is applied as one matrix product (see :func:`_gemm_plan`),
+  4–6x faster than ``resample_poly``'s loop and equal to it to float32 rounding; rate
+  pairs whose matrix would be too large fall back to ``resample_poly`` itself.
   :func:`resample_segment` computes any output range of the same resampling from a
   random-access reader, so long files can be resampled in pieces (``deepbof-tag``)
   with results equal to the one-shot call; :func:`open_native` gives that random
@@ -36,6 +39,7 @@ Details worth knowing:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import posixpath
@@ -609,11 +613,119 @@ def resampled_length(num_samples: int, rate_in: int, rate_out: int) -> int:
   return -(-int(num_samples) * int(rate_out) // int(rate_in))
 
 
+# Outputs per block of the matrix form (about this many: a multiple of ``up``), and
+# outputs per product. Measured on a 30-s 44.1 kHz clip (AMD EPYC, one thread): 32 and
+# 16,384 take 5-6 ms against resample_poly's 21-41 ms; 16 kHz and 48 kHz 7-10 ms
+# against 11-30 ms.
+_BLOCK_OUTPUTS = 32
+_PRODUCT_OUTPUTS = 16384
+# Rate pairs whose filter matrix would exceed this many entries use resample_poly.
+_MAX_PLAN_ENTRIES = 1 << 21
+
+
+@functools.lru_cache(maxsize=16)
+def _gemm_plan(up: int, down: int) -> Optional[Tuple[np.ndarray, int, int, int]]:
+  """The resampling filter as a matrix on overlapping input windows, or None.
+
+  ``resample_poly`` computes ``y[m] = Σ_n x[n] · h[m·down − n·up + L]`` with the
+  ``2L+1``-tap filter ``h`` (float32, scaled by ``up``). The coefficients repeat every
+  ``P = up·r`` outputs and ``D = down·r`` inputs, so outputs ``[bP, (b+1)P)`` are the
+  window of inputs ``[bD + t0, bD + t0 + W)`` times one ``[W, P]`` matrix ``T`` with
+  ``T[t, i] = h[i·down − (t + t0)·up + L]`` (zero outside the filter): one GEMM for
+  many blocks instead of a loop over taps.
+
+  Returns:
+    ``(T, P, D, t0)`` (``W = T.shape[0]``), or None when ``T`` would hold more than
+    ``_MAX_PLAN_ENTRIES`` entries (rates with a large ``up`` and ``down``).
+  """
+  from scipy import signal  # deferred: only decoding at another rate needs it
+  half_len = 10 * max(up, down)  # resample_poly's default filter half length
+  r = max(1, _BLOCK_OUTPUTS // up)
+  outputs, stride = up * r, down * r
+  first = -(half_len // up)
+  last = ((outputs - 1) * down + half_len) // up
+  width = last - first + 1
+  if width * outputs > _MAX_PLAN_ENTRIES:
+    return None
+  # resample_poly's own design: firwin in float64, cast to the input's float32, times up.
+  h = signal.firwin(2 * half_len + 1, 1.0 / max(up, down),
+                    window=("kaiser", 5.0)).astype(np.float32)
+  h *= np.float32(up)
+  tap = (np.arange(outputs)[None, :] * down - np.arange(first, last + 1)[:, None] * up
+         + half_len)
+  inside = (tap >= 0) & (tap < h.size)
+  matrix = np.where(inside, h[np.clip(tap, 0, h.size - 1)], np.float32(0.0))
+  matrix.setflags(write=False)
+  return np.ascontiguousarray(matrix, dtype=np.float32), outputs, stride, first
+
+
+def _resample_range(read, num_samples: int, up: int, down: int, start: int,
+                    stop: int) -> np.ndarray:
+  """Outputs ``[start, stop)`` of the resampling (``0 <= start < stop <= n_out``)."""
+  plan = _gemm_plan(up, down)
+  if plan is None:
+    return _resample_range_poly(read, num_samples, up, down, start, stop)
+  matrix, outputs, stride, first = plan
+  width = matrix.shape[0]
+  # The products run on a grid of blocks fixed by the whole signal's length, so a range
+  # computes each of its outputs by the same call, on the same inputs, as the one-shot
+  # resampling does: streamed pieces equal the one-shot waveform bit for bit.
+  total_blocks = -(-resampled_length(num_samples, down, up) // outputs)
+  per_product = max(1, _PRODUCT_OUTPUTS // outputs)
+  b0 = start // outputs // per_product * per_product
+  last_block = -(-stop // outputs)  # one past the block of output stop - 1
+  b1 = min(-(-last_block // per_product) * per_product, total_blocks)
+  lo = b0 * stride + first
+  samples = np.ascontiguousarray(read(lo, (b1 - 1) * stride + first + width), np.float32)
+  windows = np.lib.stride_tricks.as_strided(
+      samples, (b1 - b0, width), (stride * samples.itemsize, samples.itemsize),
+      writeable=False)
+  out = np.empty((b1 - b0, outputs), np.float32)
+  for s in range(0, b1 - b0, per_product):
+    np.matmul(windows[s:s + per_product], matrix, out=out[s:s + per_product])
+  offset = start - b0 * outputs
+  return out.reshape(-1)[offset:offset + stop - start]
+
+
+def _resample_range_poly(read, num_samples: int, up: int, down: int, start: int,
+                         stop: int) -> np.ndarray:
+  """``_resample_range`` by ``resample_poly`` on a piece (rate pairs without a plan).
+
+  The polyphase filter's phase repeats every ``down`` input samples, so a piece that
+  begins at a multiple of ``down`` and carries the filter's half length of context on
+  both sides yields the one-shot outputs (zeros outside the signal, as the one-shot
+  call pads).
+  """
+  from scipy import signal
+  half_len = 10 * max(up, down)  # resample_poly's default filter half length
+  lo = (start * down - half_len) // up - 1
+  lo = (lo // down) * down  # a multiple of `down`: the filter phase of the one-shot call
+  hi = -(-((stop - 1) * down + half_len) // up) + 1
+  piece = np.asarray(read(lo, hi), np.float32)
+  offset = lo // down * up  # output index of the piece's first output sample
+  y = signal.resample_poly(piece, up, down)
+  return y[start - offset:stop - offset]
+
+
+def _array_reader(x: np.ndarray):
+  """``read(lo, hi)`` over an in-memory waveform, zeros outside it."""
+  def read(lo: int, hi: int) -> np.ndarray:
+    if lo >= 0 and hi <= x.size:
+      return x[lo:hi]
+    out = np.zeros(hi - lo, np.float32)
+    a, b = max(lo, 0), min(hi, x.size)
+    if b > a:
+      out[a - lo:b - lo] = x[a:b]
+    return out
+  return read
+
+
 def resample(waveform: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
   """Resample a mono waveform with a zero-phase polyphase Kaiser FIR (MATLAB-like).
 
   Output sample m is the band-limited input at time ``m / rate_out`` (no delay), and
-  the output has ``ceil(n · rate_out / rate_in)`` samples like MATLAB's ``resample``.
+  the output has ``ceil(n · rate_out / rate_in)`` samples like MATLAB's ``resample``;
+  the values are ``scipy.signal.resample_poly``'s to float32 rounding.
 
   Args:
     waveform: float32 ``[samples]``.
@@ -629,18 +741,17 @@ def resample(waveform: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
   up, down = _poly_ratio(rate_in, rate_out)
   if up == down or x.size == 0:
     return x
-  from scipy import signal  # deferred: only decoding at another rate needs it
-  return np.ascontiguousarray(signal.resample_poly(x, up, down), dtype=np.float32)
+  return resample_segment(_array_reader(x), x.size, rate_in, rate_out, 0,
+                          resampled_length(x.size, rate_in, rate_out))
 
 
 def resample_segment(read, num_samples: int, rate_in: int, rate_out: int,
                      start: int, stop: int) -> np.ndarray:
   """Output samples ``[start, stop)`` of ``resample`` of a long waveform, read in pieces.
 
-  The polyphase filter's phase repeats every ``down = rate_in / gcd`` input samples, so a
-  piece that begins at a multiple of ``down`` and carries the filter's half length of
-  context on both sides yields exactly the one-shot outputs (zeros outside the signal,
-  as the one-shot call pads).
+  Each output depends only on the filter's span of input around it, so any range is
+  computed from just that span; the result equals the one-shot call's range to float32
+  rounding.
 
   Args:
     read: ``read(lo, hi) -> float32 [hi - lo]`` input samples, zeros outside
@@ -661,15 +772,8 @@ def resample_segment(read, num_samples: int, rate_in: int, rate_out: int,
     return np.zeros(0, np.float32)
   if up == down:
     return np.ascontiguousarray(read(start, stop), dtype=np.float32)
-  from scipy import signal
-  half_len = 10 * max(up, down)  # resample_poly's default filter half length
-  lo = (start * down - half_len) // up - 1
-  lo = (lo // down) * down  # a multiple of `down`: the filter phase of the one-shot call
-  hi = -(-((stop - 1) * down + half_len) // up) + 1
-  piece = np.asarray(read(lo, hi), np.float32)
-  offset = lo // down * up  # output index of the piece's first output sample
-  y = signal.resample_poly(piece, up, down)
-  return np.ascontiguousarray(y[start - offset:stop - offset], dtype=np.float32)
+  return np.ascontiguousarray(_resample_range(read, num_samples, up, down, start, stop),
+                              dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------
