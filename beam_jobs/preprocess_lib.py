@@ -68,10 +68,12 @@ try:
   import apache_beam as beam  # noqa: E402
 finally:
   logging.getLogger().removeFilter(_crcmod_filter)
+
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
 from beam_jobs import sinks
+from beam_jobs import worker_threads
 from deepbof_tf import __version__
 from deepbof_tf import sampling
 from deepbof_tf import workdirs
@@ -259,12 +261,7 @@ class ComputeFeaturesDoFn(beam.DoFn):
 
   def setup(self):
     import tensorflow as tf
-    if self._intra_op_threads > 0:
-      try:
-        tf.config.threading.set_intra_op_parallelism_threads(self._intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(self._intra_op_threads)
-      except RuntimeError:
-        pass  # the context of this process is already initialised: keep its settings
+    worker_threads.limit_threads(self._intra_op_threads)
     from deepbof_tf import audio, frontend
     self._tf = tf
     self._audio = audio

@@ -53,6 +53,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 
 from beam_jobs import preprocess_lib as plib
+from beam_jobs import worker_threads
 from beam_jobs.preprocess_lib import beam  # imported there with crcmod's warning dropped
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
@@ -205,16 +206,6 @@ def _stage_of(error: BaseException, path: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _set_threads(intra_op_threads: int) -> None:
-  import tensorflow as tf
-  if intra_op_threads > 0:
-    try:
-      tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
-      tf.config.threading.set_inter_op_parallelism_threads(intra_op_threads)
-    except RuntimeError:
-      pass  # this process's context is already initialised: keep its settings
-
-
 def _attributed(model, batch, run_batch, run_one) -> List[Any]:
   """Runs a whole batch; if it fails, each example alone, so only a bad one fails."""
   try:
@@ -300,7 +291,7 @@ class DeepBofModelHandler(inference_base.ModelHandler):
     self._intra_op_threads = intra_op_threads
 
   def load_model(self) -> exported.ExportedModel:
-    _set_threads(self._intra_op_threads)
+    worker_threads.limit_threads(self._intra_op_threads)
     return exported.ExportedModel(self._model_uri)
 
   def run_inference(self, batch: Sequence[Any], model: exported.ExportedModel,
@@ -410,7 +401,7 @@ class EncodeChunksDoFn(beam.DoFn):
     self._chunks = _counter("chunks_encoded")
 
   def setup(self):
-    _set_threads(self._intra_op_threads)
+    worker_threads.limit_threads(self._intra_op_threads)
     from deepbof_tf import streaming
     self._streaming = streaming
     self._model = exported.ExportedModel(self._model_uri)

@@ -301,6 +301,27 @@ def test_igzip_writer_flush_keeps_one_valid_stream(tmp_path):
   assert gzip.decompress(path.read_bytes()) == b"abc" * 1000 + b"def"
 
 
+def test_worker_threads_cap_tensorflow_and_numpys_blas():
+  """A worker computes with one thread: TensorFlow's pools and NumPy's BLAS (the
+  resampler's products). Run in a fresh process: the limits are process-wide."""
+  import subprocess
+  import sys
+  code = ("from beam_jobs import worker_threads\n"
+          "worker_threads.limit_threads(1)\n"
+          "import json, threadpoolctl, tensorflow as tf\n"
+          "blas = [i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
+          "        if i['user_api'] == 'blas']\n"
+          "print(json.dumps([blas, tf.config.threading.get_intra_op_parallelism_threads(),\n"
+          "                  tf.config.threading.get_inter_op_parallelism_threads()]))\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 0, result.stderr[-2000:]
+  blas, intra, inter = json.loads(result.stdout.strip().splitlines()[-1])
+  assert blas and all(n == 1 for n in blas), blas  # NumPy's BLAS is loaded and capped
+  assert (intra, inter) == (1, 1)
+
+
 def test_write_records_fixed_shards_and_json_lines(tmp_path):
   elements = [("train", f"k{i}", schema.serialize_block_example("c", i, np.zeros((8, 128))))
               for i in range(7)]
