@@ -527,7 +527,7 @@ class SampleBlocksDoFn(beam.DoFn):
     n_tags, n_mels = self._n_tags, self._n_mels
     self._parse = tf.function(
         lambda s: schema.parse_clip(s, n_tags, n_mels),
-        input_signature=[tf.TensorSpec([], tf.string)])
+        input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
   def process(self, shard: Mapping[str, Any], num_passes: int,
               max_key: Optional[bytes]) -> Iterator[Tuple[str, str, bytes]]:

@@ -543,9 +543,13 @@ def _features_batch(waveforms: tf.Tensor, num_samples: Optional[tf.Tensor],
   return log_mel * frame_valid_f[:, :, None], novelty * frame_valid_f, n_frames
 
 
+# The graph bodies use tf.cond / tf.while_loop explicitly and no Python control flow on
+# tensors, so the entry points trace without AutoGraph: its source-to-source conversion
+# was most of the first call (a Beam worker's start-up), and the graphs are the same.
 @functools.lru_cache(maxsize=16)
 def _one_shot_fn(config: FrontendConfig):
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")],
+               autograph=False)
   def features(waveform):
     log_mel, novelty, _ = _features_batch(waveform[None, :], None, config)
     return log_mel[0], novelty[0]
@@ -555,7 +559,8 @@ def _one_shot_fn(config: FrontendConfig):
 @functools.lru_cache(maxsize=16)
 def _batch_fn(config: FrontendConfig):
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveforms"),
-                                tf.TensorSpec([None], tf.int32, name="num_samples")])
+                                tf.TensorSpec([None], tf.int32, name="num_samples")],
+               autograph=False)
   def features(waveforms, num_samples):
     return _features_batch(waveforms, num_samples, config)
   return features
