@@ -12,8 +12,8 @@ finalize step sorts them, so shards are numbered in the order of their smallest 
 the same bundles give the same files, whatever order they finished in.
 
 Its gzip is written by ISA-L (``isal``, level 1) instead of Beam's zlib at level 6:
-the same gzip format, which every reader takes, in 1.7 ms instead of 35 ms for a
-30-s clip's 652 KB record (and 0.2 % smaller; docs/benchmarks.md, "gzip or not").
+the same gzip format, which every reader takes, in 1.7 ms instead of 35 ms for a 30-s
+clip's 652 KB record, and 0.2 % smaller (docs/benchmarks.md, the AMD EPYC run).
 
 Elements are ``(key, serialized record)``; only the record is written.
 """
