@@ -26,8 +26,9 @@ Details worth knowing:
   design family and defaults as MATLAB's ``resample`` that the authors' code calls. It
   is zero-phase (time-aligned with the input) and gives ``ceil(n · out / in)`` samples
   like MATLAB. The filter is applied as one matrix product (see :func:`_gemm_plan`),
-  4–6x faster than ``resample_poly``'s loop and equal to it to float32 rounding; rate
-  pairs whose matrix would be too large fall back to ``resample_poly`` itself.
+  equal to ``resample_poly`` to float32 rounding and faster than its loop (30 s at
+  44.1 kHz: 5 ms against 21–41 ms; at 16 kHz 7–9 ms against 11–13); rate pairs whose
+  matrix would be too large fall back to ``resample_poly`` itself.
   :func:`resample_segment` computes any output range of the same resampling from a
   random-access reader, so long files can be resampled in pieces (``deepbof-tag``)
   with results equal to the one-shot call; :func:`open_native` gives that random
@@ -654,9 +655,10 @@ def _gemm_plan(up: int, down: int) -> Optional[Tuple[np.ndarray, int, int, int]]
   tap = (np.arange(outputs)[None, :] * down - np.arange(first, last + 1)[:, None] * up
          + half_len)
   inside = (tap >= 0) & (tap < h.size)
-  matrix = np.where(inside, h[np.clip(tap, 0, h.size - 1)], np.float32(0.0))
-  matrix.setflags(write=False)
-  return np.ascontiguousarray(matrix, dtype=np.float32), outputs, stride, first
+  matrix = np.ascontiguousarray(
+      np.where(inside, h[np.clip(tap, 0, h.size - 1)], np.float32(0.0)), dtype=np.float32)
+  matrix.setflags(write=False)  # shared by every call through the cache
+  return matrix, outputs, stride, first
 
 
 def _resample_range(read, num_samples: int, up: int, down: int, start: int,
@@ -750,8 +752,9 @@ def resample_segment(read, num_samples: int, rate_in: int, rate_out: int,
   """Output samples ``[start, stop)`` of ``resample`` of a long waveform, read in pieces.
 
   Each output depends only on the filter's span of input around it, so any range is
-  computed from just that span; the result equals the one-shot call's range to float32
-  rounding.
+  computed from just that span. The matrix products run on a grid of blocks fixed by
+  ``num_samples``, so for every rate pair with a matrix plan (all common rates; tested)
+  the result equals the one-shot call's range bit for bit.
 
   Args:
     read: ``read(lo, hi) -> float32 [hi - lo]`` input samples, zeros outside
