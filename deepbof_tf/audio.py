@@ -624,6 +624,11 @@ _PRODUCT_OUTPUTS = 16384
 _MAX_PLAN_ENTRIES = 1 << 21
 
 
+def _filter_half_length(up: int, down: int) -> int:
+  """``resample_poly``'s default filter half length (its filter has 2·this+1 taps)."""
+  return 10 * max(up, down)
+
+
 @functools.lru_cache(maxsize=16)
 def _gemm_plan(up: int, down: int) -> Optional[Tuple[np.ndarray, int, int, int]]:
   """The resampling filter as a matrix on overlapping input windows, or None.
@@ -640,7 +645,7 @@ def _gemm_plan(up: int, down: int) -> Optional[Tuple[np.ndarray, int, int, int]]
     ``_MAX_PLAN_ENTRIES`` entries (rates with a large ``up`` and ``down``).
   """
   from scipy import signal  # deferred: only decoding at another rate needs it
-  half_len = 10 * max(up, down)  # resample_poly's default filter half length
+  half_len = _filter_half_length(up, down)
   r = max(1, _BLOCK_OUTPUTS // up)
   outputs, stride = up * r, down * r
   first = -(half_len // up)
@@ -699,7 +704,7 @@ def _resample_range_poly(read, num_samples: int, up: int, down: int, start: int,
   call pads).
   """
   from scipy import signal
-  half_len = 10 * max(up, down)  # resample_poly's default filter half length
+  half_len = _filter_half_length(up, down)
   lo = (start * down - half_len) // up - 1
   lo = (lo // down) * down  # a multiple of `down`: the filter phase of the one-shot call
   hi = -(-((stop - 1) * down + half_len) // up) + 1
