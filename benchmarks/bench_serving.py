@@ -12,9 +12,10 @@ for the same work measured in the same run: the FLOPs of every dense stage of on
 batch (STFT as real FFTs, the AGC and mel matmuls, PCA and RBM of every block, the DNN)
 divided by this machine's dense float32 matmul rate (a [4096, 1024] × [1024, 1024]
 GEMM on all threads, timed in alternation with the signature so that both best times
-come from the same minutes). The mel and novelty filterbanks count as the dense products the
-export runs (banded products were measured no faster in TensorFlow, see
-docs/benchmarks.md); the roofline with only their non-zero weights is printed too. It
+come from the same minutes). The mel filterbank counts as the banded products the
+export runs (25 % of the dense product's multiply-adds for 128 bands; see
+docs/benchmarks.md), the novelty not at all (the serving signatures do not compute it);
+the roofline with only the filterbank's non-zero weights is printed too. It
 then times each stage alone (front end, encoder, DNN; the first two one clip at a
 time, as the export runs them) to show which one dominates. All timings are
 best-of-``--runs``; the process CPU time per batch is printed beside them, since on a
@@ -149,10 +150,13 @@ def timed_alternately(fn, reference, runs: int, reference_runs: int = 4):
 def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_tags: int,
                 config: FrontendConfig = FrontendConfig(), sparse_filterbanks: bool = False
                 ) -> dict:
-  """FLOPs per clip of every dense stage (multiply-add = 2 FLOPs).
+  """FLOPs per clip of every dense stage of ``serving_default`` (multiply-add = 2 FLOPs).
 
-  ``sparse_filterbanks`` counts only the non-zero weights of the mel and novelty
-  filterbanks (what a sparse product would need) instead of the dense products run.
+  The mel filterbank counts as the banded products the front end runs
+  (``frontend.filterbank_multiply_adds``); the novelty is not computed by the serving
+  signatures (only training samples blocks by it), so it is not counted.
+  ``sparse_filterbanks`` counts only the filterbank's non-zero weights (what a sparse
+  product would need) instead.
   """
   frames = frontend.frame_count(samples, config)
   bins = config.n_fft // 2 + 1
@@ -160,14 +164,13 @@ def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_ta
   fft = 2.5 * config.n_fft * math.log2(config.n_fft)  # a real FFT, ~half a complex one
   widths = [num_hidden] + list(dnn_layers) + [num_tags]
   if sparse_filterbanks:
-    weights = sum(np.count_nonzero(frontend.mel_filterbank(n, 1.0, config))
-                  for n in (config.n_mels, config.novelty_n_mels))
+    weights = np.count_nonzero(frontend.mel_filterbank(config.n_mels, 1.0, config))
   else:
-    weights = bins * (config.n_mels + config.novelty_n_mels)
+    weights = frontend.filterbank_multiply_adds(config.n_mels, config)
   return {
       "stft (rfft)": frames * fft,
       "agc matmuls": frames * 2 * 2 * bins * config.agc_n_bands,
-      "mel + novelty matmul": frames * 2 * weights,
+      "mel (banded products)": frames * 2 * weights,
       "pca (blocks)": blocks * 2 * 8 * config.n_mels * pca_dims,
       "rbm (blocks)": blocks * 2 * pca_dims * num_hidden,
       "dnn": sum(2 * a * b for a, b in zip(widths[:-1], widths[1:])),

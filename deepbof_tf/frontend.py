@@ -217,6 +217,60 @@ def _filterbank32(n_mels: int, config: FrontendConfig) -> np.ndarray:
   return mel_filterbank(n_mels, 1.0, config).astype(np.float32)
 
 
+# Bands per banded filterbank product (see _filterbank_plan).
+_BANDS_PER_PRODUCT = 32
+
+
+@functools.lru_cache(maxsize=32)
+def _filterbank_plan(n_mels: int, config: FrontendConfig) -> Tuple[Tuple[int, int, np.ndarray], ...]:
+  """The mel filterbank as products over the bins each run of bands touches.
+
+  Each FFT bin feeds at most two neighbouring triangles, so 1.5 % of the 128-band
+  matrix is non-zero. The bands are cut into runs of about ``_BANDS_PER_PRODUCT``
+  consecutive bands; a run's product only spans the bins between its lowest and highest
+  non-zero weight. For 128 bands this is 25 % of the dense multiply-adds in four
+  products, 2.3x faster than the dense product on one thread (docs/benchmarks.md);
+  more, narrower runs cost more in slices and small products than they save.
+
+  Returns:
+    ``(first_bin, end_bin, weights [end_bin - first_bin, run_bands])`` per run, in band
+    order; the weights are float32 and every non-zero weight is in exactly one run.
+  """
+  weights = _filterbank32(n_mels, config)
+  runs = -(-n_mels // _BANDS_PER_PRODUCT)
+  bounds = np.linspace(0, n_mels, runs + 1).round().astype(int)
+  plan = []
+  for first_band, end_band in zip(bounds[:-1], bounds[1:]):
+    rows = np.nonzero(np.any(weights[:, first_band:end_band] != 0.0, axis=1))[0]
+    # A run whose bands have no non-zero weight at all still needs one bin.
+    first_bin, end_bin = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 1)
+    part = np.ascontiguousarray(weights[first_bin:end_bin, first_band:end_band])
+    part.setflags(write=False)
+    plan.append((first_bin, end_bin, part))
+  return tuple(plan)
+
+
+def filterbank_multiply_adds(n_mels: int, config: FrontendConfig = _DEFAULT_CONFIG) -> int:
+  """Multiply-adds per frame of the banded ``n_mels`` filterbank product the front end runs.
+
+  Args:
+    n_mels: number of bands.
+    config: the front-end configuration.
+  """
+  return int(sum(weights.size for _, _, weights in _filterbank_plan(int(n_mels), config)))
+
+
+def _filterbank_product(x: tf.Tensor, n_mels: int, config: FrontendConfig) -> tf.Tensor:
+  """``x @ _filterbank32(n_mels)`` over the last axis, as banded products.
+
+  Equal to the dense product up to float32 summation order (only exact zeros are
+  skipped); rank-2 or rank-3 ``x``.
+  """
+  parts = [_matmul_last(x[..., first_bin:end_bin], weights)
+           for first_bin, end_bin, weights in _filterbank_plan(n_mels, config)]
+  return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
+
+
 @functools.lru_cache(maxsize=16)
 def _agc_covers_every_bin(config: FrontendConfig) -> bool:
   """True when every FFT bin has a positive weight in some AGC band (the default)."""
@@ -443,7 +497,7 @@ def log_mel_from_agc(agc_magnitude: TensorLike,
     float32 ``[frames, n_mels]`` (or batched).
   """
   s = tf.convert_to_tensor(agc_magnitude, dtype=tf.float32)
-  mel = _matmul_last(s, _filterbank32(config.n_mels, config))
+  mel = _filterbank_product(s, config.n_mels, config)
   return _log_compress(mel, config.log_gain)
 
 
@@ -462,7 +516,7 @@ def novelty_log_mel(agc_magnitude: TensorLike,
     float32 ``[frames, novelty_n_mels]`` (or batched).
   """
   s = tf.convert_to_tensor(agc_magnitude, dtype=tf.float32)
-  mel = _matmul_last(s, _filterbank32(config.novelty_n_mels, config))
+  mel = _filterbank_product(s, config.novelty_n_mels, config)
   return _log_compress(mel, config.novelty_log_gain)
 
 
@@ -533,9 +587,9 @@ def _features_batch(waveforms: tf.Tensor, num_samples: Optional[tf.Tensor],
   else:
     agc_magnitude = floored
   log_mel = _log_compress(
-      _matmul_last(agc_magnitude, _filterbank32(config.n_mels, config)), config.log_gain)
+      _filterbank_product(agc_magnitude, config.n_mels, config), config.log_gain)
   novelty = _novelty_from_log_mel(_log_compress(
-      _matmul_last(agc_magnitude, _filterbank32(config.novelty_n_mels, config)),
+      _filterbank_product(agc_magnitude, config.novelty_n_mels, config),
       config.novelty_log_gain), None)
   if frame_valid is None:
     return log_mel, novelty, n_frames

@@ -197,6 +197,36 @@ def test_mel_filterbank_width2_matches_reference_and_keeps_unwidened_area():
   assert frontend.mel_filterbank(10, width=2.0).sum(axis=1).min() > 0  # every bin covered
 
 
+@pytest.mark.parametrize("n_mels,config", [
+    (128, CONFIG), (40, CONFIG), (10, CONFIG), (200, CONFIG),
+    (96, FrontendConfig(sample_rate=16000)), (128, FrontendConfig(n_fft=2048, hop_length=1024))])
+def test_banded_filterbank_plan_holds_every_weight_once(n_mels, config):
+  dense = frontend.mel_filterbank(n_mels, 1.0, config).astype(np.float32)
+  plan = frontend._filterbank_plan(n_mels, config)
+  rebuilt = np.zeros_like(dense)
+  band = 0
+  for first_bin, end_bin, weights in plan:
+    rebuilt[first_bin:end_bin, band:band + weights.shape[1]] += weights
+    band += weights.shape[1]
+  assert band == n_mels
+  np.testing.assert_array_equal(rebuilt, dense)  # nothing dropped, nothing twice
+  if n_mels >= 128 and config == CONFIG:
+    # The point of the plan: a quarter of the dense multiply-adds for 128 bands.
+    assert sum(w.size for _, _, w in plan) <= 0.3 * dense.size
+
+
+@pytest.mark.parametrize("n_mels", [128, 40])
+def test_banded_filterbank_product_matches_dense_float64(n_mels):
+  rng = np.random.default_rng(3)
+  spectrum = rng.uniform(0.0, 1.0, (2, 37, 513)).astype(np.float32)
+  spectrum[:, :, 300:] *= 1e-3  # quiet high bins, as in music
+  expected = spectrum.astype(np.float64) @ frontend.mel_filterbank(n_mels)
+  for x, want in ((spectrum, expected), (spectrum[0], expected[0])):  # rank 3 and 2
+    got = frontend._filterbank_product(tf.constant(x), n_mels, CONFIG).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=0)
+
+
 def test_mel_scale_round_trip_and_break_point():
   f = np.array([0.0, 500.0, 1000.0, 4000.0, 11025.0])
   np.testing.assert_allclose(frontend.mel_to_hz(frontend.hz_to_mel(f)), f, rtol=1e-12, atol=1e-9)
