@@ -211,12 +211,6 @@ def _agc_matrices(config: FrontendConfig) -> Tuple[np.ndarray, np.ndarray]:
   return analysis.astype(np.float32), np.ascontiguousarray(synthesis, dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=32)
-def _filterbank32(n_mels: int, config: FrontendConfig) -> np.ndarray:
-  """The float32 ``mel_filterbank(n_mels, 1.0, config)`` of the outputs."""
-  return mel_filterbank(n_mels, 1.0, config).astype(np.float32)
-
-
 # Bands per banded filterbank product (see _filterbank_plan).
 _BANDS_PER_PRODUCT = 32
 
@@ -236,7 +230,7 @@ def _filterbank_plan(n_mels: int, config: FrontendConfig) -> Tuple[Tuple[int, in
     ``(first_bin, end_bin, weights [end_bin - first_bin, run_bands])`` per run, in band
     order; the weights are float32 and every non-zero weight is in exactly one run.
   """
-  weights = _filterbank32(n_mels, config)
+  weights = mel_filterbank(n_mels, 1.0, config).astype(np.float32)
   runs = -(-n_mels // _BANDS_PER_PRODUCT)
   bounds = np.linspace(0, n_mels, runs + 1).round().astype(int)
   plan = []
@@ -261,7 +255,7 @@ def filterbank_multiply_adds(n_mels: int, config: FrontendConfig = _DEFAULT_CONF
 
 
 def _filterbank_product(x: tf.Tensor, n_mels: int, config: FrontendConfig) -> tf.Tensor:
-  """``x @ _filterbank32(n_mels)`` over the last axis, as banded products.
+  """``x @ mel_filterbank(n_mels)`` (float32) over the last axis, as banded products.
 
   Equal to the dense product up to float32 summation order (only exact zeros are
   skipped); rank-2 or rank-3 ``x``.
@@ -586,11 +580,8 @@ def _features_batch(waveforms: tf.Tensor, num_samples: Optional[tf.Tensor],
     agc_magnitude, _ = _agc_core(floored, None, frame_valid, config)
   else:
     agc_magnitude = floored
-  log_mel = _log_compress(
-      _filterbank_product(agc_magnitude, config.n_mels, config), config.log_gain)
-  novelty = _novelty_from_log_mel(_log_compress(
-      _filterbank_product(agc_magnitude, config.novelty_n_mels, config),
-      config.novelty_log_gain), None)
+  log_mel = log_mel_from_agc(agc_magnitude, config)
+  novelty = _novelty_from_log_mel(novelty_log_mel(agc_magnitude, config), None)
   if frame_valid is None:
     return log_mel, novelty, n_frames
   frame_valid_f = tf.cast(frame_valid, tf.float32)
