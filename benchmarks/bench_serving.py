@@ -15,8 +15,10 @@ GEMM on all threads, timed in alternation with the signature so that both best t
 come from the same minutes). The mel filterbank counts as the banded products the
 export runs (25 % of the dense product's multiply-adds for 128 bands; see
 docs/benchmarks.md), the novelty not at all (the serving signatures do not compute it);
-the roofline with only the filterbank's non-zero weights is printed too. It
-then times each stage alone (front end, encoder, DNN; the first two one clip at a
+the roofline with only the filterbank's non-zero weights is printed too. Where the
+fused front-end kernel builds (``deepbof_tf.native.frontend_op``), the same rows are
+measured for an export with ``fused_frontend=True``, against the non-zero-weight
+roofline (the FLOPs that kernel runs). It then times each stage alone (front end, encoder, DNN; the first two one clip at a
 time, as the export runs them) to show which one dominates. All timings are
 best-of-``--runs``; the process CPU time per batch is printed beside them, since on a
 shared virtual machine stolen time inflates the wall clock but not the CPU time.
@@ -53,6 +55,7 @@ sys.path.insert(0, ROOT)
 
 from deepbof_tf import frontend, models  # noqa: E402
 from deepbof_tf.config import DNNConfig, FrontendConfig  # noqa: E402
+from deepbof_tf.native import frontend_op  # noqa: E402
 from serving import export_lib  # noqa: E402
 import result_line  # noqa: E402  (benchmarks/, the script's own folder)
 
@@ -155,8 +158,9 @@ def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_ta
   The mel filterbank counts as the banded products the front end runs
   (``frontend.filterbank_multiply_adds``); the novelty is not computed by the serving
   signatures (only training samples blocks by it), so it is not counted.
-  ``sparse_filterbanks`` counts only the filterbank's non-zero weights (what a sparse
-  product would need) instead.
+  ``sparse_filterbanks`` counts only the non-zero weights of the mel filterbank and of
+  the AGC's analysis and synthesis matrices instead (what a sparse product needs, and
+  what the fused front-end kernel runs).
   """
   frames = frontend.frame_count(samples, config)
   bins = config.n_fft // 2 + 1
@@ -164,13 +168,18 @@ def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_ta
   fft = 2.5 * config.n_fft * math.log2(config.n_fft)  # a real FFT, ~half a complex one
   widths = [num_hidden] + list(dnn_layers) + [num_tags]
   if sparse_filterbanks:
-    weights = np.count_nonzero(frontend.mel_filterbank(config.n_mels, 1.0, config))
+    analysis, synthesis = frontend._agc_matrices(config)
+    agc = ("agc (non-zero weights)",
+           np.count_nonzero(analysis) + np.count_nonzero(synthesis))
+    mel = ("mel (non-zero weights)",
+           np.count_nonzero(frontend.mel_filterbank(config.n_mels, 1.0, config)))
   else:
-    weights = frontend.filterbank_multiply_adds(config.n_mels, config)
+    agc = ("agc matmuls", 2 * bins * config.agc_n_bands)
+    mel = ("mel (banded products)", frontend.filterbank_multiply_adds(config.n_mels, config))
   return {
       "stft (rfft)": frames * fft,
-      "agc matmuls": frames * 2 * 2 * bins * config.agc_n_bands,
-      "mel (banded products)": frames * 2 * weights,
+      agc[0]: frames * 2 * agc[1],
+      mel[0]: frames * 2 * mel[1],
       "pca (blocks)": blocks * 2 * 8 * config.n_mels * pca_dims,
       "rbm (blocks)": blocks * 2 * pca_dims * num_hidden,
       "dnn": sum(2 * a * b for a, b in zip(widths[:-1], widths[1:])),
@@ -178,6 +187,9 @@ def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_ta
 
 
 def throughput(args, version_dir: str, info: dict) -> list:
+  fused = bool(info.get("fused_frontend"))
+  if fused:
+    frontend_op.load()  # registers the op before the SavedModel is loaded
   loaded = tf.saved_model.load(version_dir)
   serve = loaded.signatures["serving_default"]
   batch = music_batch(args.batch, CLIP_SAMPLES)
@@ -194,12 +206,15 @@ def throughput(args, version_dir: str, info: dict) -> list:
                 if getattr(layer, "units", None) and layer.name.startswith("hidden")]
   sizes = (CLIP_SAMPLES, int(encoder.pca.output_dim), int(encoder.rbm.num_hidden),
            dnn_layers, len(info["tags"]))
-  flops = stage_flops(*sizes)
+  # The fused kernel multiplies only the filterbanks' non-zero weights: its roofline
+  # counts those FLOPs (a higher bound than the banded products' of the core-ops graph).
+  flops = stage_flops(*sizes, sparse_filterbanks=fused)
   total = sum(flops.values())
   roofline = rate / total
   sparse_roofline = rate / sum(stage_flops(*sizes, sparse_filterbanks=True).values())
+  variant = " (fused front-end kernel)" if fused else ""
 
-  print(f"\n== serving_default throughput (batch {args.batch} x 30-s clips) ==")
+  print(f"\n== serving_default{variant} throughput (batch {args.batch} x 30-s clips) ==")
   print(f"measured:  {clips_per_second:7.1f} clips/s  ({1000 * seconds:.0f} ms per batch; "
         f"{1000 * cpu_seconds:.0f} ms of process CPU time)"
         f"   target >= 150 clips/s: {'PASS' if clips_per_second >= 150 else 'MISS'}")
@@ -229,7 +244,10 @@ def throughput(args, version_dir: str, info: dict) -> list:
   def one_clip_embedding(log_mel):
     return encoder(log_mel[None])[0]
 
-  features = tf.function(lambda w, n: each_clip(one_clip_features, w, n))
+  if fused:  # the kernel takes the whole batch, as the export calls it
+    features = tf.function(lambda w, n: frontend_op.log_mel_batch(w, n, config))
+  else:
+    features = tf.function(lambda w, n: each_clip(one_clip_features, w, n))
   log_mel = features(x, lengths)
   encode = tf.function(lambda m: each_clip(one_clip_embedding, m))
   embedding = encode(log_mel)
@@ -251,7 +269,7 @@ def throughput(args, version_dir: str, info: dict) -> list:
           f"  {achieved:6.1f} GFLOP/s ({value / seconds:5.1%} of the whole)")
 
   dominant = max(stages, key=stages.get)
-  name = f"SavedModel serving_default, batch {args.batch} x 30-s clips"
+  name = f"SavedModel serving_default{variant}, batch {args.batch} x 30-s clips"
   note = (f"{1000 * cpu_seconds:.0f} ms CPU per batch; slowest stage alone: {dominant} "
           f"({stages[dominant] / seconds:.0%} of the whole)")
   return [
@@ -259,7 +277,9 @@ def throughput(args, version_dir: str, info: dict) -> list:
                               applies=args.batch == 16, note=note),
       result_line.measurement(
           name + ", share of the roofline", clips_per_second, "clips/s",
-          reference="roofline: the batch's FLOPs at the dense matmul rate",
+          reference=("roofline: the batch's FLOPs (non-zero filterbank weights) at the "
+                     "dense matmul rate" if fused else
+                     "roofline: the batch's FLOPs at the dense matmul rate"),
           reference_value=roofline, target=">= 0.6", target_on="ratio",
           applies=args.batch == 16,
           note=f"matmul {rate / 1e9:.0f} GFLOP/s; non-zero-filterbank roofline "
@@ -348,6 +368,12 @@ def main() -> int:
     version_dir = export_lib.export(args.model_dir_used, export_dir)
     info = export_lib.read_export_info(version_dir)
     rows = throughput(args, version_dir, info)
+    if frontend_op.available():
+      fused_dir = export_lib.export(args.model_dir_used, os.path.join(tmp, "export_fused"),
+                                    fused_frontend=True)
+      rows += throughput(args, fused_dir, export_lib.read_export_info(fused_dir))
+    else:
+      print("fused front-end kernel unavailable here: its rows are skipped", file=sys.stderr)
     failed = False
     if not args.skip_memory:
       try:

@@ -460,10 +460,15 @@ class ExportConfig:
     max_request_seconds: the longest clip the one-shot signatures accept; a longer one
       is refused with INVALID_ARGUMENT before it is computed (long audio goes through
       the streaming signatures).
+    fused_frontend: the one-shot signatures compute the front end with the fused
+      kernel ``DeepbofLogMel`` (``deepbof_tf.native.frontend_op``), about twice as fast
+      as core ops; such a SavedModel loads only where that library is loaded, not in a
+      stock TF Serving binary (docs/serving.md#fused-front-end). Off by default.
   """
 
   clips_in_flight: int = 2
   max_request_seconds: float = 600.0
+  fused_frontend: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -102,6 +102,9 @@ class ExportedModel:
     self.embedding_size = int(self.info["embedding_size"])
     self.max_request_samples = int(self.info.get("max_request_samples", 0)) or None
     self.channel_mode = self.info.get("channel_mode", "first")
+    if self.info.get("fused_frontend"):
+      from deepbof_tf.native import frontend_op
+      frontend_op.load()  # registers the DeepbofLogMel op the signatures use
     loaded = tf.saved_model.load(self.version_dir)
     self._loaded = loaded  # keeps the signatures' variables alive
     signatures = loaded.signatures

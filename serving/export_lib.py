@@ -50,6 +50,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from deepbof_tf import frontend, streaming
+from deepbof_tf.native import frontend_op
 from deepbof_tf.config import ExportConfig, FrontendConfig
 from deepbof_tf.training import model_dir as model_dir_layout
 
@@ -66,6 +67,7 @@ FRONTEND_FILE = model_dir_layout.FRONTEND_FILE  # written by deepbof-train
 # --max_request_seconds); longer audio goes through the streaming signatures.
 DEFAULT_MAX_REQUEST_SECONDS = ExportConfig.max_request_seconds
 DEFAULT_CLIPS_IN_FLIGHT = ExportConfig.clips_in_flight
+DEFAULT_FUSED_FRONTEND = ExportConfig.fused_frontend
 
 
 def min_samples(config: FrontendConfig, block_frames: int) -> int:
@@ -100,19 +102,28 @@ class DeepBofServingModule(tf.Module):
       request fails with INVALID_ARGUMENT before the front end allocates anything for
       it (a 20-minute clip needs ~1.6 GB of intermediates). Long audio goes through the
       streaming signatures (``deepbof-tag`` does that by itself).
+    fused_frontend: compute the one-shot signatures' log-mel spectrograms with the
+      fused kernel ``DeepbofLogMel`` (``deepbof_tf.native.frontend_op``) instead of core
+      ops: about twice as fast, but the SavedModel then loads only where that library
+      is loaded (not in a stock TF Serving binary). The streaming signatures keep core
+      ops. See docs/serving.md#fused-front-end.
   """
 
   def __init__(self, encoder, tagger, tag_names: Sequence[str],
                frontend_config: FrontendConfig, tags_asset: Optional[str] = None,
                info_asset: Optional[str] = None,
                clips_in_flight: int = DEFAULT_CLIPS_IN_FLIGHT,
-               max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS):
+               max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS,
+               fused_frontend: bool = DEFAULT_FUSED_FRONTEND):
     super().__init__(name="deepbof")
     if clips_in_flight < 1:
       raise ValueError(f"clips_in_flight must be >= 1, got {clips_in_flight}")
     if max_request_seconds <= 0:
       raise ValueError(f"max_request_seconds must be > 0, got {max_request_seconds}")
     self._clips_in_flight = int(clips_in_flight)
+    self._fused_frontend = bool(fused_frontend)
+    if self._fused_frontend:
+      frontend_op.load()  # fails here, at export time, where the kernel is unavailable
     self._max_request_seconds = float(max_request_seconds)
     self._max_samples = int(round(max_request_seconds * frontend_config.sample_rate))
     num_tags = int(tagger.outputs[0].shape[-1]) if hasattr(tagger, "outputs") else None
@@ -217,11 +228,19 @@ class DeepBofServingModule(tf.Module):
 
   def _predict(self, waveform: tf.Tensor, num_samples: tf.Tensor) -> Dict[str, tf.Tensor]:
     waveform, num_samples = self._checked(waveform, num_samples)
+    if self._fused_frontend:
+      # The kernel takes the whole request and spreads it over the intra-op threads.
+      log_mel_all = frontend_op.log_mel_batch(waveform, num_samples, self._config)
+      n_frames_all = frontend.frame_count(num_samples, self._config)
 
-    def embed(index):  # one clip: see clips_in_flight
-      log_mel, _, n_frames = frontend.compute_features_batch(
-          waveform[index][tf.newaxis], num_samples[index][tf.newaxis], self._config)
-      return self.encoder(log_mel, n_frames)[0]
+      def embed(index):  # one clip's encoder: see clips_in_flight
+        return self.encoder(log_mel_all[index][tf.newaxis],
+                            n_frames_all[index][tf.newaxis])[0]
+    else:
+      def embed(index):  # one clip: see clips_in_flight
+        log_mel, _, n_frames = frontend.compute_features_batch(
+            waveform[index][tf.newaxis], num_samples[index][tf.newaxis], self._config)
+        return self.encoder(log_mel, n_frames)[0]
 
     embedding = self._finite_embeddings(tf.map_fn(
         embed, tf.range(tf.shape(waveform)[0]),
@@ -317,8 +336,8 @@ def load_audio_settings(model_dir: str, data_dir: Optional[str] = None
 def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
                  pool_frames: Optional[int] = None,
                  clips_in_flight: int = DEFAULT_CLIPS_IN_FLIGHT,
-                 max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS
-                 ) -> DeepBofServingModule:
+                 max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS,
+                 fused_frontend: bool = DEFAULT_FUSED_FRONTEND) -> DeepBofServingModule:
   """Builds the serving module of a trained model directory.
 
   Args:
@@ -329,6 +348,7 @@ def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
     pool_frames: override the encoder's pooling window (None: as trained).
     clips_in_flight: see ``DeepBofServingModule``.
     max_request_seconds: see ``DeepBofServingModule``.
+    fused_frontend: see ``DeepBofServingModule``.
   """
   import keras
   from deepbof_tf import models
@@ -349,18 +369,20 @@ def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
   info_path = os.path.join(work_dir, EXPORT_INFO_FILE)
   with open(info_path, "w", encoding="utf-8") as f:
     json.dump(export_info(config, encoder, tag_names, channel_mode, clips_in_flight,
-                          max_request_seconds), f, indent=2, sort_keys=True)
+                          max_request_seconds, fused_frontend), f, indent=2,
+              sort_keys=True)
     f.write("\n")
   return DeepBofServingModule(encoder, tagger, tag_names, config, tags_path, info_path,
                               clips_in_flight=clips_in_flight,
-                              max_request_seconds=max_request_seconds)
+                              max_request_seconds=max_request_seconds,
+                              fused_frontend=fused_frontend)
 
 
 def export_info(config: FrontendConfig, encoder, tag_names: Sequence[str],
                 channel_mode: str = "first",
                 clips_in_flight: int = DEFAULT_CLIPS_IN_FLIGHT,
-                max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS
-                ) -> Dict[str, Any]:
+                max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS,
+                fused_frontend: bool = DEFAULT_FUSED_FRONTEND) -> Dict[str, Any]:
   """The JSON description of an export (``assets/deepbof_export.json``)."""
   import deepbof_tf
   return {
@@ -375,6 +397,9 @@ def export_info(config: FrontendConfig, encoder, tag_names: Sequence[str],
       "clips_in_flight": int(clips_in_flight),
       "max_request_seconds": float(max_request_seconds),
       "max_request_samples": int(round(max_request_seconds * config.sample_rate)),
+      # True: the one-shot signatures use the DeepbofLogMel op (load
+      # deepbof_tf.native.frontend_op before tf.saved_model.load).
+      "fused_frontend": bool(fused_frontend),
       "tags": list(tag_names),
       "signatures": [DEFAULT_SIGNATURE, PADDED_SIGNATURE, WAV_SIGNATURE, TAGS_SIGNATURE,
                      STREAM_PEAK_SIGNATURE, STREAM_ENCODE_SIGNATURE, HEAD_SIGNATURE],
@@ -395,7 +420,8 @@ def next_version(export_dir: str) -> int:
 def export(model_dir: str, export_dir: str, version: Optional[int] = None,
            data_dir: Optional[str] = None, pool_frames: Optional[int] = None,
            clips_in_flight: int = DEFAULT_CLIPS_IN_FLIGHT,
-           max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS) -> str:
+           max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS,
+           fused_frontend: bool = DEFAULT_FUSED_FRONTEND) -> str:
   """Exports ``model_dir`` to ``export_dir/<version>/`` and returns that path.
 
   The SavedModel is written to a temporary directory next to the target and renamed
@@ -411,6 +437,8 @@ def export(model_dir: str, export_dir: str, version: Optional[int] = None,
     clips_in_flight: clips of a request computed at once (``DeepBofServingModule``).
     max_request_seconds: the longest clip of a one-shot request
       (``DeepBofServingModule``).
+    fused_frontend: the fused front-end kernel in the one-shot signatures
+      (``DeepBofServingModule``; not loadable by a stock TF Serving binary).
   """
   versions = existing_versions(export_dir)
   if version is None:
@@ -426,7 +454,7 @@ def export(model_dir: str, export_dir: str, version: Optional[int] = None,
   temp_target = posixpath.join(export_dir, f".tmp-{version}-{os.getpid()}")
   try:
     module = build_module(model_dir, work_dir, data_dir, pool_frames, clips_in_flight,
-                          max_request_seconds)
+                          max_request_seconds, fused_frontend)
     tf.saved_model.save(module, temp_target, signatures=module.signatures())
     tf.io.gfile.rename(temp_target, target, overwrite=False)
   finally:
