@@ -17,6 +17,8 @@ $(PY):
 
 $(STAMP): setup.cfg setup.py pyproject.toml deepbof_tf/native/_cd1.c | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	@# The fused front-end kernel (optional; otherwise built on first use).
+	$(PY) -m deepbof_tf.native.frontend_op > /dev/null || echo "fused front-end kernel not built"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -463,7 +463,7 @@ class ExportConfig:
     fused_frontend: the one-shot signatures compute the front end with the fused
       kernel ``DeepbofLogMel`` (``deepbof_tf.native.frontend_op``), about twice as fast
       as core ops; such a SavedModel loads only where that library is loaded, not in a
-      stock TF Serving binary (docs/serving.md#fused-front-end). Off by default.
+      stock TF Serving binary (serving/README.md#fused-front-end). Off by default.
   """
 
   clips_in_flight: int = 2

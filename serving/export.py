@@ -50,7 +50,7 @@ def define_flags() -> None:
                        "DeepbofLogMel kernel (about 2x faster). The SavedModel then "
                        "loads only where deepbof_tf.native.frontend_op is loaded "
                        "(Python, the catalog job, deepbof-tag), not in a stock TF "
-                       "Serving binary: see docs/serving.md#fused-front-end.")
+                       "Serving binary: see serving/README.md#fused-front-end.")
   flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 

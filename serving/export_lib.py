@@ -106,7 +106,7 @@ class DeepBofServingModule(tf.Module):
       fused kernel ``DeepbofLogMel`` (``deepbof_tf.native.frontend_op``) instead of core
       ops: about twice as fast, but the SavedModel then loads only where that library
       is loaded (not in a stock TF Serving binary). The streaming signatures keep core
-      ops. See docs/serving.md#fused-front-end.
+      ops. See serving/README.md#fused-front-end.
   """
 
   def __init__(self, encoder, tagger, tag_names: Sequence[str],

@@ -395,8 +395,15 @@ class DeepbofLogMelOp : public OpKernel {
                                             n_mels * kLanes);
           values = values.log1p() * inv_ln10;
           const float* v = reinterpret_cast<const float*>(mel_values.data());
+          const int64_t tiled = lanes == kLanes ? n_mels / kLanes * kLanes : 0;
+          for (int64_t m = 0; m < tiled; m += kLanes) {  // 8 × 8 tiles back to frames
+            __m256 tile[kLanes];
+            for (int64_t i = 0; i < kLanes; ++i) tile[i] = _mm256_loadu_ps(v + (m + i) * kLanes);
+            Transpose8x8(tile);
+            for (int64_t l = 0; l < kLanes; ++l) _mm256_storeu_ps(o + l * n_mels + m, tile[l]);
+          }
           for (int64_t l = 0; l < lanes; ++l) {
-            for (int64_t m = 0; m < n_mels; ++m) o[l * n_mels + m] = v[m * kLanes + l];
+            for (int64_t m = tiled; m < n_mels; ++m) o[l * n_mels + m] = v[m * kLanes + l];
           }
         }
       }

@@ -6,7 +6,7 @@ TensorFlow CPU op, about twice as fast as the core-ops graph on 2 cores
 (docs/benchmarks.md). It is an option of the export (``deepbof-export
 --fused_frontend``): a SavedModel that uses it runs wherever this library is loaded
 (Python, the Beam catalog job, ``deepbof-tag``), but not in a stock TF Serving binary,
-which would have to be built with the op. See docs/serving.md#fused-front-end.
+which would have to be built with the op. See serving/README.md#fused-front-end.
 
 The library is compiled from ``frontend_op.cc`` against the installed TensorFlow's
 headers the first time it is needed (``make install`` does it up front), into this
