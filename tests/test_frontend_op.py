@@ -111,6 +111,18 @@ def test_each_clip_is_independent_of_its_batch_and_of_threads():
         os.unlink(path)
 
 
+def test_nan_or_inf_samples_make_only_their_clip_nan():
+  batch, num_samples = _clips([fx.SAMPLE_RATE, fx.SAMPLE_RATE, fx.SAMPLE_RATE], seed=11)
+  batch[0, 5000] = np.nan
+  batch[2, 100] = np.inf
+  got = frontend_op.log_mel_batch(batch, num_samples).numpy()
+  expected = frontend.compute_features_batch(batch, num_samples)[0].numpy()
+  # As in the graph: the clip's maximum, so its floor and every feature, is NaN.
+  assert np.all(np.isnan(got[0])) and np.all(np.isnan(expected[0]))
+  assert np.all(np.isnan(got[2]))
+  np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=2e-6)
+
+
 def test_bad_inputs_are_invalid_argument():
   op = frontend_op.load()
   config = FrontendConfig()

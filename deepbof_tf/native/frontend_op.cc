@@ -35,21 +35,19 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
-#include <complex>
-
 #include "ducc0/fft/fft1d_impl.h"
-#include "ducc0/fft/fftnd_impl.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/platform/threadpool.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
-// ducc0's transforms reference these entries of its thread pool, which TensorFlow's
-// libraries keep private. The kernel runs every transform on one thread (its
-// parallelism is over chunks of frames), so serial versions are all it needs.
+// ducc0's one-dimensional plans reference this entry of its thread pool, which
+// TensorFlow's libraries keep private. The kernel runs every transform on one thread
+// (its parallelism is over chunks of frames), so a serial version is all it needs.
 namespace ducc0 {
 namespace detail_threading {
 
@@ -73,13 +71,6 @@ void execStatic(size_t nwork, size_t /*nthreads*/, size_t chunksize,
   Serial scheduler(nwork, chunksize);
   func(scheduler);
 }
-
-// One "thread" that does all the work: ducc0 splits work by Scheduler::num_threads().
-void execParallel(size_t /*nthreads*/, std::function<void(Scheduler&)> func) {
-  execStatic(1, 1, 1, std::move(func));
-}
-
-size_t adjust_nthreads(size_t /*nthreads*/) { return 1; }
 
 }  // namespace detail_threading
 }  // namespace ducc0
@@ -269,7 +260,7 @@ class DeepbofLogMelOp : public OpKernel {
         const int64_t block_end = std::min(block_begin + kBlocksPerItem, blocks);
         const float* x = samples + b * length;
         const int64_t clip_samples = clip_length[b];
-        Vec peak(0.0f);
+        Vec peak(0.0f), not_finite(0.0f);
         for (int64_t block = block_begin; block < block_end; ++block) {
           const int64_t j0 = block * kLanes;
           const int64_t lanes = std::clamp<int64_t>(valid[b] - j0, 0, kLanes);
@@ -312,13 +303,23 @@ class DeepbofLogMelOp : public OpKernel {
             s[k] = (r[2 * k - 1] * r[2 * k - 1] + r[2 * k] * r[2 * k]).sqrt();
           }
           s[bins - 1] = (r[n_fft - 1] * r[n_fft - 1]).sqrt();
-          // Lanes past the clip's last frame hold FFTs of zeros: magnitude 0.
-          for (int64_t k = 0; k < bins; ++k) peak = peak.max(s[k]);
+          // Lanes past the clip's last frame hold FFTs of zeros: magnitude 0. A NaN or
+          // Inf magnitude makes s − s NaN, which the sum keeps (a maximum would not).
+          for (int64_t k = 0; k < bins; ++k) {
+            peak = peak.max(s[k]);
+            not_finite += s[k] - s[k];
+          }
           for (int64_t c = 0; c < bands; ++c) a[c] = Dot(analysis_bands[c], s);
         }
         float clip_peak = 0.0f;
-        for (int64_t l = 0; l < kLanes; ++l) clip_peak = std::max(clip_peak, float(peak[l]));
-        item_max[item] = clip_peak;
+        bool finite = true;
+        for (int64_t l = 0; l < kLanes; ++l) {
+          clip_peak = std::max(clip_peak, float(peak[l]));
+          finite = finite && float(not_finite[l]) == 0.0f;
+        }
+        // As in the graph, a clip with a NaN or Inf magnitude gets a NaN maximum, hence a
+        // NaN floor and NaN features everywhere (the serving signatures refuse it).
+        item_max[item] = finite ? clip_peak : std::numeric_limits<float>::quiet_NaN();
       }
     });
 
@@ -329,7 +330,9 @@ class DeepbofLogMelOp : public OpKernel {
       for (int64_t b = begin; b < end; ++b) {
         float peak = 0.0f;
         for (int64_t i = 0; i < items_per_clip; ++i) {
-          peak = std::max(peak, item_max[b * items_per_clip + i]);
+          const float item_peak = item_max[b * items_per_clip + i];
+          peak = std::isnan(item_peak) || std::isnan(peak) ? item_peak + peak
+                                                           : std::max(peak, item_peak);
         }
         const float floor_add = floor_ratio_ * peak;
         floor_value[b] = floor_add;

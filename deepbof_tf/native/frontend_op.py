@@ -11,8 +11,9 @@ which would have to be built with the op. See serving/README.md#fused-front-end.
 The library is compiled from ``frontend_op.cc`` against the installed TensorFlow's
 headers the first time it is needed (``make install`` does it up front), into this
 folder or, where that is not writable, ``~/.cache/deepbof``; a stamp with the source's
-hash and the TensorFlow version triggers a rebuild when either changes. It needs g++,
-and a CPU with AVX2 and FMA (every x86-64 server CPU of the last decade).
+hash, the TensorFlow version and the compiler command triggers a rebuild when any of
+them changes. It needs g++ and a CPU with AVX2 and FMA (every x86-64 server CPU of the
+last decade).
 
   python -m deepbof_tf.native.frontend_op   # builds (if needed) and prints the path
 """
@@ -51,15 +52,20 @@ def _cpu_flags() -> Optional[set]:
 
 
 def _stamp(tf_module) -> str:
+  """What the build depends on: the source, the TensorFlow version, the command."""
   with open(_SOURCE, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
-  return f"{digest} tensorflow {tf_module.__version__}\n"
+  command = " ".join(_build_command(tf_module, "OUTPUT"))
+  return f"{digest} tensorflow {tf_module.__version__}\n{command}\n"
 
 
 def _build_command(tf_module, output: str):
   include = tf_module.sysconfig.get_include()
+  # Hidden visibility: the library's own ducc0 instantiations (built for AVX2) must not
+  # bind to, or be bound by, the ones TensorFlow's libraries export.
   return (["g++", "-std=c++17", "-shared", "-fPIC", "-O3", "-mavx2", "-mfma",
-           "-ffp-contract=fast", "-w", _SOURCE, "-o", output,
+           "-ffp-contract=fast", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
+           "-w", _SOURCE, "-o", output,
            f"-I{os.path.join(include, 'external', 'ducc', 'src')}",
            f"-I{os.path.join(include, 'external', 'ducc', 'google')}"]
           + list(tf_module.sysconfig.get_compile_flags())
