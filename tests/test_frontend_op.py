@@ -192,6 +192,11 @@ def test_fused_export_equals_the_core_ops_export(tmp_path_factory, tmp_path):
     for key in ("embedding", "probabilities"):
       scale = float(np.abs(want[key].numpy()).max())
       assert np.abs(got[key].numpy() - want[key].numpy()).max() <= 1e-5 * scale, (name, key)
+  # A NaN sample is refused as by the core-ops export.
+  bad = clips.copy()
+  bad[1, 1000] = np.nan
+  with pytest.raises(tf.errors.InvalidArgumentError, match="NaN"):
+    fused["serving_default"](waveform=tf.constant(bad))
   # A fresh process: ExportedModel loads the kernel before the SavedModel.
   np.save(tmp_path / "inputs.npy", clips)
   np.save(tmp_path / "expected.npy",

@@ -2,7 +2,7 @@
 
 The kernel computes the log-mel spectrogram of ``frontend.compute_features_batch`` (the
 one-shot front end: framing, window, FFT, magnitude, floor, AGC, mel, log) in one
-TensorFlow CPU op, about twice as fast as the core-ops graph on 2 cores
+TensorFlow CPU op, 2.5–3× faster than the core-ops graph on 2 cores
 (docs/benchmarks.md). It is an option of the export (``deepbof-export
 --fused_frontend``): a SavedModel that uses it runs wherever this library is loaded
 (Python, the Beam catalog job, ``deepbof-tag``), but not in a stock TF Serving binary,
