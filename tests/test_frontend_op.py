@@ -78,7 +78,7 @@ def test_other_configurations_match_core_ops(config):
   _assert_matches_core_ops(batch, num_samples, config)
 
 
-def test_each_clip_is_independent_of_its_batch_and_of_threads():
+def test_each_clip_is_independent_of_its_batch_and_of_threads(tmp_path):
   batch, num_samples = _clips([fx.SAMPLE_RATE, 2 * fx.SAMPLE_RATE, 1500], seed=7)
   together = frontend_op.log_mel_batch(batch, num_samples).numpy()
   again = frontend_op.log_mel_batch(batch, num_samples).numpy()
@@ -95,20 +95,14 @@ def test_each_clip_is_independent_of_its_batch_and_of_threads():
       "from deepbof_tf.native import frontend_op\n"
       "x = np.load(sys.argv[1]); n = np.load(sys.argv[2])\n"
       "np.save(sys.argv[3], frontend_op.log_mel_batch(x, n).numpy())\n")
-  paths = [os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fused_{os.getpid()}_{i}.npy")
-           for i in range(3)]
-  try:
-    np.save(paths[0], batch)
-    np.save(paths[1], num_samples)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", script] + paths, capture_output=True,
-                            text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    np.testing.assert_array_equal(np.load(paths[2]), together)
-  finally:
-    for path in paths:
-      if os.path.exists(path):
-        os.unlink(path)
+  paths = [str(tmp_path / name) for name in ("x.npy", "n.npy", "out.npy")]
+  np.save(paths[0], batch)
+  np.save(paths[1], num_samples)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run([sys.executable, "-c", script] + paths, capture_output=True,
+                          text=True, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  np.testing.assert_array_equal(np.load(paths[2]), together)
 
 
 def test_nan_or_inf_samples_make_only_their_clip_nan():

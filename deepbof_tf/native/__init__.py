@@ -1,6 +1,10 @@
-"""Native kernels: ``_cd1``, the sparse RBM's CD-1 epoch on x86-64 CPUs (a C extension).
+"""Native kernels for x86-64 CPUs.
 
-Optional: where it was not built, ``deepbof_tf.layers.SparseRBMTrainer`` trains on its
-TensorFlow path. What it is, why it exists, how it is tested and how to turn it off:
-``README.md`` here and docs/native-kernel.md.
+* ``_cd1``: the sparse RBM's CD-1 epoch (a C extension). Optional: where it was not
+  built, ``deepbof_tf.layers.SparseRBMTrainer`` trains on its TensorFlow path. What it
+  is, why it exists, how it is tested and how to turn it off: ``README.md`` here and
+  docs/native-kernel.md.
+* ``frontend_op``: ``DeepbofLogMel``, the fused front end of ``deepbof-export
+  --fused_frontend`` (a TensorFlow custom op compiled on first use); see that module and
+  serving/README.md#fused-front-end.
 """
