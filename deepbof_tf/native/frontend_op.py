@@ -28,7 +28,6 @@ import sys
 import tempfile
 from typing import Optional
 
-
 from deepbof_tf.config import FrontendConfig
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frontend_op.cc")
@@ -121,9 +120,10 @@ def build(force: bool = False) -> str:
           f"g++ failed to build {_SOURCE} (exit status {result.returncode}):\n"
           f"{result.stderr[-4000:]}")
     os.replace(temporary, library)
-    with open(stamp_path + ".tmp", "w", encoding="utf-8") as f:
+    stamp_temporary = f"{stamp_path}.{os.getpid()}.tmp"
+    with open(stamp_temporary, "w", encoding="utf-8") as f:
       f.write(stamp)
-    os.replace(stamp_path + ".tmp", stamp_path)
+    os.replace(stamp_temporary, stamp_path)
     return library
   raise FusedFrontendUnavailable("no writable folder for the fused front-end kernel: "
                                  + "; ".join(errors))
@@ -137,7 +137,11 @@ def load():
   exported with ``--fused_frontend`` needs before ``tf.saved_model.load``.
   """
   import tensorflow as tf
-  return tf.load_op_library(build())
+  library = build()
+  try:
+    return tf.load_op_library(library)
+  except tf.errors.NotFoundError as error:  # e.g. a symbol this TensorFlow lacks
+    raise FusedFrontendUnavailable(f"cannot load {library}: {error.message}") from None
 
 
 def available() -> bool:
