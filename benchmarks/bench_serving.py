@@ -53,7 +53,7 @@ import tensorflow as tf  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from deepbof_tf import frontend, models  # noqa: E402
+from deepbof_tf import exported, frontend, models  # noqa: E402
 from deepbof_tf.config import DNNConfig, FrontendConfig  # noqa: E402
 from deepbof_tf.native import frontend_op  # noqa: E402
 from serving import export_lib  # noqa: E402
@@ -188,9 +188,7 @@ def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_ta
 
 def throughput(args, version_dir: str, info: dict) -> list:
   fused = bool(info.get("fused_frontend"))
-  if fused:
-    frontend_op.load()  # registers the op before the SavedModel is loaded
-  loaded = tf.saved_model.load(version_dir)
+  loaded = exported.load_saved_model(version_dir, info)
   serve = loaded.signatures["serving_default"]
   batch = music_batch(args.batch, CLIP_SAMPLES)
   x = tf.constant(batch)

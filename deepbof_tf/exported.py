@@ -72,6 +72,25 @@ def read_export_info(version_dir: str) -> Dict[str, Any]:
     return json.load(f)
 
 
+def load_saved_model(version_dir: str, info: Optional[Dict[str, Any]] = None):
+  """``tf.saved_model.load`` of an export, after registering the ops it needs.
+
+  An export made with ``--fused_frontend`` uses the ``DeepbofLogMel`` op, which exists
+  only once ``deepbof_tf.native.frontend_op`` is loaded.
+
+  Args:
+    version_dir: the export's version directory.
+    info: its ``read_export_info`` (read here when None).
+  """
+  import tensorflow as tf
+  if info is None:
+    info = read_export_info(version_dir)
+  if info.get("fused_frontend"):
+    from deepbof_tf.native import frontend_op
+    frontend_op.load()
+  return tf.saved_model.load(version_dir)
+
+
 def top_tags(probabilities: np.ndarray, tags: Sequence[str], top_k: int,
              threshold: float = 0.0) -> List[Tuple[str, float]]:
   """The ``top_k`` most probable tags with probability ≥ ``threshold`` (0: all).
@@ -92,7 +111,6 @@ class ExportedModel:
   """
 
   def __init__(self, model: str):
-    import tensorflow as tf
     self.version_dir = resolve_version_dir(model)
     self.info = read_export_info(self.version_dir)
     self.config = FrontendConfig(**self.info["frontend"])
@@ -102,10 +120,7 @@ class ExportedModel:
     self.embedding_size = int(self.info["embedding_size"])
     self.max_request_samples = int(self.info.get("max_request_samples", 0)) or None
     self.channel_mode = self.info.get("channel_mode", "first")
-    if self.info.get("fused_frontend"):
-      from deepbof_tf.native import frontend_op
-      frontend_op.load()  # registers the DeepbofLogMel op the signatures use
-    loaded = tf.saved_model.load(self.version_dir)
+    loaded = load_saved_model(self.version_dir, self.info)
     self._loaded = loaded  # keeps the signatures' variables alive
     signatures = loaded.signatures
     self._padded = signatures[PADDED_SIGNATURE]

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import serving_fixtures as fx
-from deepbof_tf import frontend
+from deepbof_tf import exported, frontend
 from deepbof_tf.config import FrontendConfig
 from deepbof_tf.native import frontend_op
 from serving import export_lib
@@ -178,7 +178,7 @@ def test_fused_export_equals_the_core_ops_export(tmp_path_factory, tmp_path):
   clips = np.stack([fx.music_like_signal(3.0, seed) for seed in range(3)])
   lengths = np.array([clips.shape[1], 2 * fx.SAMPLE_RATE, fx.SAMPLE_RATE], np.int32)
   core = tf.saved_model.load(shared["version_dir"]).signatures
-  fused = tf.saved_model.load(fused_dir).signatures
+  fused = exported.load_saved_model(fused_dir).signatures  # registers the op first
   for name, inputs in (("serving_default", dict(waveform=tf.constant(clips))),
                        ("serving_padded", dict(waveform=tf.constant(clips),
                                              num_samples=tf.constant(lengths)))):
