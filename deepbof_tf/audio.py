@@ -1,24 +1,34 @@
 """Decoding and resampling of audio files (the first two steps of the front end).
 
-``load_audio(path)`` reads any of WAV, FLAC, Ogg (Vorbis or Opus) and MP3 through
-``tf.io.gfile`` (so ``gs://`` paths work), decodes it with libsndfile (the
-``soundfile`` package; its MP3 decoder is mpg123, the decoder the authors' MATLAB
-``mp3read`` called), keeps the first channel (the authors' code) or averages the
-channels, and resamples to 22,050 Hz with a polyphase Kaiser FIR (see below). Every
-failure raises :class:`AudioDecodeError` (a ``ValueError``) whose message starts with
-the path and names the reason.
+``load_audio(path)`` reads what a music catalogue holds — WAV, AIFF, FLAC, Ogg
+(Vorbis, Opus), MP3, AAC/M4A/MP4, ALAC, WebM/Matroska, WMA, AC-3, CAF… — through
+``tf.io.gfile`` for remote paths (so ``gs://`` works), keeps the first channel (the
+authors' code) or averages the channels, and resamples to 22,050 Hz with a polyphase
+Kaiser FIR (see below). Every failure raises :class:`AudioDecodeError` (a
+``ValueError``) whose message starts with the path and names the reason.
 
-Details worth knowing:
+Details worth knowing (docs/audio.md has the format table):
 
-* The format is detected from the content (RIFF/WAVE, ``fLaC``, ``OggS``, ID3 or an
-  MPEG audio frame header); the file extension is only a fallback.
-* libsndfile decodes some damaged files without complaint, so the containers are
-  checked here before and after decoding: a WAV whose ``data`` chunk declares more
-  bytes than the file holds, a FLAC that decodes fewer samples than its STREAMINFO
-  declares, and an MP3 whose last frame is cut off are reported as truncated; an MP3
-  without an MPEG frame header confirmed by the next one is "not audio". A variable
-  bit-rate MP3 without a Xing/Info/VBRI header is refused: libsndfile estimates its
-  length from the file size and silently stops decoding there.
+* The container is recognised from the content (RIFF/WAVE, FORM/AIFF, ``fLaC``,
+  ``OggS``, ID3 or an MPEG audio frame header, ``ftyp``, EBML, the ASF GUID, AC-3 and
+  ADTS sync words); the extension is never trusted. Content with no known signature is
+  offered to FFmpeg's own probe; what FFmpeg cannot open is "not audio".
+* Two decoders (``deepbof_tf.decoders``), chosen by content: libsndfile for WAV, AIFF,
+  FLAC, Ogg Vorbis/Opus/FLAC and MP3 with a Xing/Info/VBRI header (its MP3 decoder is
+  mpg123, which the authors' ``mp3read`` called); FFmpeg (PyAV) for the rest, MP3
+  without such a header included (libsndfile estimates such a file's length from its
+  size and stops decoding there). A file libsndfile cannot open is offered to FFmpeg.
+  :class:`DecodeInfo` says which decoder read a file.
+* Truncation is judged on the stream, never on a header's length estimate: a WAV whose
+  ``data`` chunk declares more bytes than the file holds, a FLAC that decodes fewer
+  samples than its STREAMINFO declares, an MP3 whose last frame or an Ogg whose last
+  page runs past the end of the file, and any error the decoder reports are
+  "truncated or corrupt"; everything that decodes to its end is accepted, and the
+  number of samples is what decodes.
+* One decoding core serves the one-shot entry points (:func:`decode_audio_bytes`,
+  :func:`load_audio`) and the random-access one (:func:`open_decoded`, which decodes
+  once into memory or, for long recordings, a temporary file): the same verdict and the
+  same samples on every file (tested).
 * Decoded samples are checked too (zero samples, NaN/Inf), because a float WAV may
   hold NaNs. Float WAV values beyond ±1 are kept as they are (no clipping).
 * Resampling is the polyphase FIR of SciPy's ``scipy.signal.resample_poly`` (a
@@ -30,11 +40,11 @@ Details worth knowing:
   44.1 kHz: 5 ms against 21–41 ms; at 16 kHz 7–9 ms against 11–13); rate pairs whose
   matrix would be too large fall back to ``resample_poly`` itself.
   :func:`resample_segment` computes any output range of the same resampling from a
-  random-access reader, so long files can be resampled in pieces (``deepbof-tag``)
-  with results equal to the one-shot call; :func:`open_native` gives that random
-  access without reading the whole file.
-* tensorflow-io is not needed. Its in-graph decoders are available for ``tf.data``
-  pipelines through :func:`decode_in_graph` when the ``[tfio]`` extra is installed.
+  random-access reader, so long files can be resampled in pieces with results equal
+  to the one-shot call.
+* Neither TensorFlow nor tensorflow-io is imported to decode a local file. TensorFlow's
+  file system serves remote paths; tensorflow-io's in-graph decoders are available for
+  ``tf.data`` pipelines through :func:`decode_in_graph` with the ``[tfio]`` extra.
 """
 
 from __future__ import annotations
@@ -43,20 +53,38 @@ import dataclasses
 import functools
 import io
 import math
+import os
 import posixpath
 import struct
-from typing import Callable, Optional, Tuple
+import tempfile
+from typing import IO, Callable, List, Optional, Tuple
 
 import numpy as np
-import soundfile
-import tensorflow as tf
+
+from deepbof_tf import decoders
 
 DEFAULT_SAMPLE_RATE = 22050
 CHANNEL_MODES = ("first", "mean")
-FORMATS = ("wav", "flac", "ogg", "mp3")
-_EXTENSIONS = {".wav": "wav", ".wave": "wav", ".flac": "flac", ".ogg": "ogg",
-               ".oga": "ogg", ".opus": "ogg", ".mp3": "mp3"}
-_NAMES = {"wav": "WAV", "flac": "FLAC", "ogg": "Ogg", "mp3": "MP3"}
+# Containers recognised from the content, and their names in messages.
+_NAMES = {"wav": "WAV", "aiff": "AIFF", "flac": "FLAC", "ogg": "Ogg", "mp3": "MP3",
+          "mp4": "MP4/M4A", "matroska": "WebM/Matroska", "asf": "WMA/ASF",
+          "ac3": "AC-3", "aac": "AAC (ADTS)", "caf": "CAF", "other": "audio"}
+FORMATS = tuple(_NAMES)
+# The extensions of everything the two decoders read: what a directory scan collects
+# (the content decides how a file is decoded, not its extension).
+_EXTENSIONS = {".wav": "wav", ".wave": "wav", ".bwf": "wav", ".rf64": "wav",
+               ".aif": "aiff", ".aiff": "aiff", ".aifc": "aiff", ".flac": "flac",
+               ".ogg": "ogg", ".oga": "ogg", ".opus": "ogg", ".spx": "ogg",
+               ".mp3": "mp3", ".m4a": "mp4", ".m4b": "mp4", ".mp4": "mp4",
+               ".alac": "mp4", ".3gp": "mp4", ".mov": "mp4", ".webm": "matroska",
+               ".mka": "matroska", ".mkv": "matroska", ".wma": "asf", ".asf": "asf",
+               ".ac3": "ac3", ".aac": "aac", ".caf": "caf", ".mp2": "other",
+               ".mpa": "other", ".wv": "other", ".ape": "other", ".au": "other",
+               ".snd": "other", ".w64": "other", ".amr": "other", ".tta": "other",
+               ".mpc": "other", ".dts": "other", ".eac3": "other"}
+AUDIO_EXTENSIONS = tuple(sorted(_EXTENSIONS))
+# Containers libsndfile reads; the rest go to FFmpeg.
+_LIBSNDFILE_CONTAINERS = ("wav", "aiff", "flac", "ogg", "mp3")
 
 
 class AudioDecodeError(ValueError):
@@ -75,7 +103,9 @@ class AudioDecodeError(ValueError):
 
 def _short(err: BaseException) -> str:
   """The useful part of a decoder or TensorFlow error message."""
-  if isinstance(err, soundfile.LibsndfileError):
+  if isinstance(err, decoders.DecoderError):
+    return str(err)
+  if hasattr(err, "error_string"):  # soundfile.LibsndfileError
     return f"libsndfile: {err.error_string}"
   text = str(err).strip()
   if "}}" in text:
@@ -84,8 +114,33 @@ def _short(err: BaseException) -> str:
   return text or type(err).__name__
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeInfo:
+  """How a file was decoded.
+
+  Attributes:
+    path: the file.
+    container: one of :data:`FORMATS` (recognised from the content).
+    decoder: ``"libsndfile"`` or ``"ffmpeg"``.
+    codec: the codec as the decoder names it.
+    rate: the native sample rate (Hz).
+    channels: the channel count.
+    frames: samples per channel, as decoded (not as a header estimates).
+    warnings: what the decoder said about the file, in order.
+  """
+
+  path: str
+  container: str
+  decoder: str
+  codec: str
+  rate: int
+  channels: int
+  frames: int
+  warnings: Tuple[str, ...] = ()
+
+
 # --------------------------------------------------------------------------------------
-# Header parsing (format detection and the container checks libsndfile does not make).
+# Header parsing (recognising the container; the checks the decoders do not make).
 # --------------------------------------------------------------------------------------
 
 
@@ -116,35 +171,50 @@ def detect_format(data: bytes, name: str = "") -> Optional[str]:
   return fmt
 
 
+_ASF_GUID = bytes.fromhex("3026B2758E66CF11A6D900AA0062CE6C")
+
+
+def _is_adts(data: bytes, i: int) -> bool:
+  return i + 2 <= len(data) and data[i] == 0xFF and (data[i + 1] & 0xF6) == 0xF0
+
+
 def _format_from_content(data: bytes) -> Optional[str]:
-  if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+  if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE":
     return "wav"
+  if data[:4] == b"FORM" and data[8:12] in (b"AIFF", b"AIFC"):
+    return "aiff"
   if data[:4] == b"fLaC":
     return "flac"
   if data[:4] == b"OggS":
     return "ogg"
+  if data[4:8] == b"ftyp":
+    return "mp4"
+  if data[:4] == b"\x1a\x45\xdf\xa3":
+    return "matroska"
+  if data[:16] == _ASF_GUID:
+    return "asf"
+  if data[:4] == b"caff":
+    return "caf"
   skip = _id3v2_size(data)
   if skip:
-    return "flac" if data[skip:skip + 4] == b"fLaC" else "mp3"
+    if data[skip:skip + 4] == b"fLaC":
+      return "flac"
+    return "aac" if _is_adts(data, skip) else "mp3"
   if len(data) >= 4 and _mp3_header(data, 0) is not None:
     return "mp3"
+  if _is_adts(data, 0):
+    return "aac"
+  if data[:2] == b"\x0b\x77":
+    return "ac3"
   return None
 
 
 def _check_format(data: bytes, name: str) -> Tuple[str, bool]:
-  """(format, found by signature) of a file's first bytes, or the "not audio" error."""
+  """(container, found by signature) of a file's first bytes; "other" when unknown."""
   if not data:
     raise AudioDecodeError(name, "file is empty (0 bytes)")
-  by_content = _format_from_content(data)
-  fmt = by_content or detect_format(data, name)
-  if fmt is None:
-    raise AudioDecodeError(name, "not audio: no WAV/FLAC/Ogg/MP3 signature and no known "
-                           "extension")
-  if by_content is None and fmt != "mp3":
-    # Without a signature only MP3 (raw frames) can still be valid; the rest are not audio.
-    raise AudioDecodeError(name, f"not audio: extension says {fmt} but the content has no "
-                           f"{fmt.upper()} signature")
-  return fmt, by_content is not None
+  fmt = _format_from_content(data)
+  return (fmt, True) if fmt is not None else ("other", False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,29 +337,28 @@ def _mp3_header(data: bytes, i: int) -> Optional[Tuple[int, int, int, int]]:
   return version, rate, samples_factor * kbps * 1000 // rate + padding, bitrate_index
 
 
-def _check_mp3(data: bytes, path: str, from_signature: bool, complete: bool) -> None:
-  """The MP3 checks libsndfile does not make, on the file (``complete``) or its start.
+def _check_mp3(source: "_Source", head: bytes, path: str, from_signature: bool) -> bool:
+  """The MP3 checks the decoders do not make; True if it has a Xing/Info/VBRI header.
 
   Finds the first Layer III frame confirmed by the next frame's header (content without
   an MP3 signature must have one: random bytes hold a lone plausible header by chance),
-  then walks the frames: a last frame that runs past the end of a ``complete`` file
-  means truncation; bit rates that vary without a Xing/Info/VBRI header in the first
-  frame mean a VBR file whose length libsndfile cannot know.
+  then walks the frames to the end of the file: a last frame that runs past the end
+  means truncation (the decoders drop or fill it silently).
   """
-  start = _id3v2_size(data)
-  end = min(len(data) - 3, start + (1 << 17))
+  start = _id3v2_size(head)
+  end = min(len(head) - 3, start + (1 << 17))
   first, lone = None, False
   for i in range(start, max(start, end)):
-    header = _mp3_header(data, i)
+    header = _mp3_header(head, i)
     if header is None:
       continue
     length = header[2]
-    if length and i + length + 4 <= len(data):
-      following = _mp3_header(data, i + length)
+    if length and i + length + 4 <= len(head):
+      following = _mp3_header(head, i + length)
       if following is not None and following[:2] == header[:2]:
         first = i
         break
-    elif length and i + length >= len(data) - 128:
+    elif length and i + length >= source.size - 128:
       first = i  # a one-frame file (possibly followed by an ID3v1 tag)
       break
     lone = True
@@ -297,246 +366,375 @@ def _check_mp3(data: bytes, path: str, from_signature: bool, complete: bool) -> 
     if lone and from_signature:
       raise AudioDecodeError(path, "truncated or corrupt MP3 (no complete MPEG frame)")
     raise AudioDecodeError(path, "not audio: no MPEG audio frame found (not an MP3 file?)")
-  length = _mp3_header(data, first)[2]
-  has_vbr_header = any(tag in data[first:first + max(length, 200)]
+  length = _mp3_header(head, first)[2]
+  has_vbr_header = any(tag in head[first:first + max(length, 200)]
                        for tag in (b"Xing", b"Info", b"VBRI"))
-  i, bitrates = first, set()
+  i = first
   while True:
-    header = _mp3_header(data, i)
+    window = source.read_at(i, 4)
+    header = _mp3_header(window, 0) if len(window) == 4 else None
     if header is None or header[2] == 0:
-      break
-    if i + header[2] > len(data):
-      if complete:
-        raise AudioDecodeError(path, f"truncated MP3: the frame at byte {i} needs "
-                               f"{header[2]} bytes, the file ends after {len(data) - i}")
-      break
-    bitrates.add(header[3])
+      break  # the end, a tag (ID3v1, APE) or junk the decoder resynchronises over
+    if i + header[2] > source.size:
+      raise AudioDecodeError(path, f"truncated MP3: the frame at byte {i} needs "
+                             f"{header[2]} bytes, the file ends after {source.size - i}")
     i += header[2]
-  if len(bitrates) > 1 and not has_vbr_header:
-    raise AudioDecodeError(path, "variable bit-rate MP3 without a Xing/Info/VBRI header: "
-                           "its length is unknown to the decoder (re-encode it, e.g. "
-                           "with LAME, which writes the header)")
+  return has_vbr_header
+
+
+def _check_ogg(source: "_Source", path: str) -> None:
+  """Walks the Ogg pages: a page whose header or body runs past the end is truncation."""
+  i = 0
+  while i < source.size:
+    header = source.read_at(i, 27)
+    if header[:4] != b"OggS"[:len(header)]:
+      return  # trailing bytes that are no page: the decoder judges them
+    if len(header) < 27:
+      raise AudioDecodeError(path, f"truncated Ogg: the page at byte {i} has a header "
+                             f"of {len(header)} of 27 bytes")
+    segments = header[26]
+    table = source.read_at(i + 27, segments)
+    body = sum(table)
+    end = i + 27 + segments + body
+    if len(table) < segments or end > source.size:
+      raise AudioDecodeError(path, f"truncated Ogg: the page at byte {i} needs "
+                             f"{end - i} bytes, the file ends after {source.size - i}")
+    i = end
+
+
+def _ogg_codec_for_libsndfile(head: bytes) -> bool:
+  """Whether the first Ogg page starts a Vorbis, Opus or FLAC stream (libsndfile's)."""
+  if len(head) < 28:
+    return False
+  body = head[27 + head[26]:]
+  return body.startswith((b"\x01vorbis", b"OpusHead", b"\x7fFLAC"))
 
 
 # --------------------------------------------------------------------------------------
-# Decoding.
+# Decoding: one core for every entry point.
 # --------------------------------------------------------------------------------------
 
-
-def _decode_error(fmt: str, info: Optional[WavInfo], path: str, err: BaseException,
-                  where: str = "") -> AudioDecodeError:
-  if info is not None and info.format_tag not in (1, 3):  # neither PCM nor IEEE float
-    return AudioDecodeError(path, f"unsupported WAV encoding (format tag "
-                            f"{info.format_tag:#x}, {info.bits} bits; {_short(err)})")
-  return AudioDecodeError(path, f"truncated or corrupt {_NAMES[fmt]}{where} ({_short(err)})")
+_HEAD_BYTES = 1 << 16
+_WINDOW_BYTES = 1 << 20
 
 
-def _sound_file(fileobj, fmt: str, info: Optional[WavInfo], path: str
-                ) -> soundfile.SoundFile:
-  try:
-    return soundfile.SoundFile(fileobj)
-  except Exception as err:  # soundfile.LibsndfileError, and RuntimeError from callbacks
-    raise _decode_error(fmt, info, path, err) from err
+def _is_remote(path: str) -> bool:
+  return "://" in path
 
 
-def _check_container(read_at: Callable[[int, int], bytes], file_size: int, head: bytes,
-                     fmt: str, from_signature: bool, path: str, complete: bool
-                     ) -> Optional[WavInfo]:
-  """The checks before decoding; the WAV header for WAV files."""
+class _Source:
+  """The bytes of one input: its size, cached random reads and a file object.
+
+  Local paths are opened directly; remote ones (``gs://`` …) through ``tf.io.gfile``.
+  """
+
+  def __init__(self, path: str, data: Optional[bytes] = None):
+    self.path = path
+    self._window, self._window_start = b"", 0
+    if data is not None:
+      self.file: IO[bytes] = io.BytesIO(data)
+      self.size = len(data)
+      return
+    try:
+      if _is_remote(path):
+        import tensorflow as tf  # deferred: only remote file systems need it
+        if not tf.io.gfile.exists(path):
+          raise AudioDecodeError(path, "file not found")
+        if tf.io.gfile.isdir(path):
+          raise AudioDecodeError(path, "is a directory, not an audio file")
+        self.file = tf.io.gfile.GFile(path, "rb")
+        self.size = int(self.file.size())
+      else:
+        if not os.path.exists(path):
+          raise AudioDecodeError(path, "file not found")
+        if os.path.isdir(path):
+          raise AudioDecodeError(path, "is a directory, not an audio file")
+        self.file = open(path, "rb")  # pylint: disable=consider-using-with
+        self.size = os.fstat(self.file.fileno()).st_size
+    except AudioDecodeError:
+      raise
+    except Exception as err:  # permissions, remote file systems, …
+      raise AudioDecodeError(path, f"cannot read file ({_short(err)})") from err
+
+  def read_at(self, offset: int, n: int) -> bytes:
+    """``n`` bytes at ``offset`` (fewer at the end of the file)."""
+    lo = offset - self._window_start
+    if 0 <= lo and lo + n <= len(self._window):
+      return self._window[lo:lo + n]
+    try:
+      self.file.seek(offset)
+      self._window = self.file.read(max(n, _WINDOW_BYTES))
+    except Exception as err:
+      raise AudioDecodeError(self.path, f"cannot read file ({_short(err)})") from err
+    self._window_start = offset
+    return self._window[:n]
+
+  def close(self) -> None:
+    self.file.close()
+
+
+def _decode(source: _Source, sink: Callable[[np.ndarray], None]) -> DecodeInfo:
+  """Checks and decodes one input, passing float32 ``[n, channels]`` blocks to ``sink``.
+
+  Raises:
+    AudioDecodeError: empty, not audio, truncated or corrupt, zero samples, NaN/Inf.
+  """
+  path = source.path
+  head = source.read_at(0, _HEAD_BYTES)
+  fmt, from_signature = _check_format(head, path)
+  decoder, wav = decoders.FFMPEG, None
   if fmt == "wav":
-    return parse_wav_header(read_at, file_size, path)
-  if fmt == "flac":
+    wav = parse_wav_header(source.read_at, source.size, path)
+    if wav.num_frames == 0:
+      raise AudioDecodeError(path, "0 samples after decoding (empty or corrupt file)")
+    decoder = decoders.LIBSNDFILE
+  elif fmt == "flac":
     _flac_total_samples(head, path)
+    decoder = decoders.LIBSNDFILE
   elif fmt == "mp3":
-    _check_mp3(head, path, from_signature, complete)
-  return None
+    if _check_mp3(source, head, path, from_signature):
+      decoder = decoders.LIBSNDFILE
+  elif fmt == "ogg":
+    _check_ogg(source, path)
+    if _ogg_codec_for_libsndfile(head):
+      decoder = decoders.LIBSNDFILE
+  elif fmt == "aiff":
+    decoder = decoders.LIBSNDFILE
+  stream = _open_stream(source, fmt, decoder, wav)
+  frames, bad = 0, 0
+  try:
+    for block in stream.blocks():
+      if block.ndim != 2 or block.shape[1] < 1:
+        raise AudioDecodeError(path, f"corrupt stream (decoded shape {block.shape})")
+      finite = np.count_nonzero(np.isfinite(block))
+      bad += block.size - finite
+      frames += block.shape[0]
+      sink(block)
+  except decoders.DecoderError as err:
+    raise AudioDecodeError(path, f"truncated or corrupt {_NAMES[fmt]} "
+                           f"({_short(err)})") from err
+  finally:
+    stream.close()
+  if fmt == "flac" and stream.decoder == decoders.LIBSNDFILE:
+    total = _flac_total_samples(head, path)
+    if total and frames < total:
+      raise AudioDecodeError(path, f"truncated FLAC: decoded {frames} of {total} "
+                             "samples declared in STREAMINFO")
+  if frames == 0 and fmt == "other":
+    raise AudioDecodeError(path, "not audio: no known audio signature, and FFmpeg decodes "
+                           "nothing from it")
+  if frames == 0:
+    raise AudioDecodeError(path, "0 samples after decoding (empty or corrupt file)")
+  if bad:
+    raise AudioDecodeError(path, f"{bad} NaN/Inf samples after decoding (corrupt file)")
+  return DecodeInfo(path, fmt, stream.decoder, stream.codec, stream.rate, stream.channels,
+                    frames, tuple(stream.messages))
 
 
-def decode_audio_bytes(data: bytes, name: str = "<bytes>") -> Tuple[np.ndarray, int]:
-  """Decode an in-memory file at its native rate.
+def _open_stream(source: _Source, fmt: str, decoder: str, wav: Optional[WavInfo]
+                 ) -> decoders.Stream:
+  """The decoder's stream; a file libsndfile cannot open is offered to FFmpeg."""
+  path = source.path
+  try:
+    return decoders.open_stream(source.file, path, decoder,
+                                capture_stderr=fmt == "mp3")
+  except decoders.DecoderError as err:
+    first = err
+  if decoder == decoders.LIBSNDFILE:
+    try:
+      return decoders.open_stream(source.file, path, decoders.FFMPEG)
+    except decoders.DecoderError:
+      pass
+  if fmt == "other":
+    raise AudioDecodeError(path, "not audio: no known audio signature, and FFmpeg finds "
+                           f"no audio stream in it ({first.message})") from first
+  if wav is not None and wav.format_tag not in (1, 3):  # neither PCM nor IEEE float
+    raise AudioDecodeError(path, f"unsupported WAV encoding (format tag "
+                           f"{wav.format_tag:#x}, {wav.bits} bits; {_short(first)})"
+                           ) from first
+  raise AudioDecodeError(path, f"truncated or corrupt {_NAMES[fmt]} ({_short(first)})"
+                         ) from first
+
+
+def decode_bytes(data: bytes, name: str = "<bytes>") -> Tuple[np.ndarray, DecodeInfo]:
+  """Decode an in-memory file at its native rate, and say how.
 
   Args:
     data: the complete file contents.
-    name: path or name used in error messages and as the format fallback (extension).
+    name: path or name used in error messages.
 
   Returns:
-    ``(samples, rate)``: float32 ``[frames, channels]`` (integer PCM scaled to [-1, 1))
-    and the sample rate.
+    ``(samples, info)``: float32 ``[frames, channels]`` (integer PCM scaled to
+    [-1, 1)) and the :class:`DecodeInfo`.
 
   Raises:
-    AudioDecodeError: empty input, unknown format, truncated/corrupt stream, zero
-      samples after decoding or NaN/Inf samples.
+    AudioDecodeError: empty input, not audio, truncated/corrupt stream, zero samples
+      after decoding or NaN/Inf samples.
   """
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise TypeError(f"{name}: expected bytes, got {type(data).__name__}")
-  data = bytes(data)
-  fmt, from_signature = _check_format(data, name)
-  info = _check_container(lambda offset, n: data[offset:offset + n], len(data), data, fmt,
-                          from_signature, name, complete=True)
-  if info is not None and info.num_frames == 0:
-    raise AudioDecodeError(name, "0 samples after decoding (empty or corrupt file)")
-  with _sound_file(io.BytesIO(data), fmt, info, name) as f:
-    try:
-      samples = f.read(dtype="float32", always_2d=True)
-    except Exception as err:
-      raise _decode_error(fmt, info, name, err) from err
-    rate = f.samplerate
-  if fmt == "flac":
-    total = _flac_total_samples(data, name)
-    if total and samples.shape[0] < total:
-      raise AudioDecodeError(name, f"truncated FLAC: decoded {samples.shape[0]} of {total} "
-                             "samples declared in STREAMINFO")
-  _check_samples(samples, name)
-  return samples, int(rate)
+  return _decode_whole(_Source(name, bytes(data)))
 
 
-def _check_samples(samples: np.ndarray, name: str) -> None:
-  if samples.ndim != 2 or samples.shape[1] < 1:
-    raise AudioDecodeError(name, f"corrupt stream (decoded shape {samples.shape})")
-  if samples.shape[0] == 0:
-    raise AudioDecodeError(name, "0 samples after decoding (empty or corrupt file)")
-  if not np.all(np.isfinite(samples)):
-    bad = int(np.size(samples) - np.count_nonzero(np.isfinite(samples)))
-    raise AudioDecodeError(name, f"{bad} NaN/Inf samples after decoding (corrupt file)")
+def _decode_whole(source: _Source) -> Tuple[np.ndarray, DecodeInfo]:
+  blocks: List[np.ndarray] = []
+  try:
+    info = _decode(source, blocks.append)
+  finally:
+    source.close()
+  samples = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+  return samples, info
 
 
-def _gfile_checks(path: str) -> None:
-  if not tf.io.gfile.exists(path):
-    raise AudioDecodeError(path, "file not found")
-  if tf.io.gfile.isdir(path):
-    raise AudioDecodeError(path, "is a directory, not an audio file")
+def decode_audio_bytes(data: bytes, name: str = "<bytes>") -> Tuple[np.ndarray, int]:
+  """Decode an in-memory file at its native rate (:func:`decode_bytes` without the info).
+
+  Returns:
+    ``(samples, rate)``: float32 ``[frames, channels]`` and the sample rate.
+  """
+  samples, info = decode_bytes(data, name)
+  return samples, info.rate
 
 
 def read_bytes(path: str) -> bytes:
-  """The contents of a local or remote (``gs://`` …) file via ``tf.io.gfile``.
-
-  Args:
-    path: any path ``tf.io.gfile`` understands.
-
-  Returns:
-    The file's bytes.
+  """The contents of a local or remote (``gs://`` …) file.
 
   Raises:
     AudioDecodeError: missing file, a directory, or an unreadable file.
   """
+  source = _Source(path)
   try:
-    _gfile_checks(path)
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return f.read()
-  except AudioDecodeError:
-    raise
-  except Exception as err:  # permissions, remote file systems, …
+    source.file.seek(0)
+    return source.file.read()
+  except Exception as err:
     raise AudioDecodeError(path, f"cannot read file ({_short(err)})") from err
+  finally:
+    source.close()
 
 
 def decode_audio(path: str) -> Tuple[np.ndarray, int]:
   """Read and decode a file at its native rate (``tf.io.gfile`` paths, e.g. ``gs://``).
 
-  Args:
-    path: the audio file.
-
   Returns:
     ``(samples, rate)``: float32 ``[frames, channels]`` and the native sample rate.
 
   Raises:
-    AudioDecodeError: see :func:`decode_audio_bytes` and :func:`read_bytes`.
+    AudioDecodeError: see :func:`decode_bytes`; also missing or unreadable files.
   """
-  return decode_audio_bytes(read_bytes(path), path)
+  samples, info = _decode_whole(_Source(path))
+  return samples, info.rate
 
 
-_HEAD_BYTES = 1 << 16
+# Decoded mono samples (float32 bytes) kept in memory before they go to a temporary
+# file: 64 MB is 6 minutes at 44.1 kHz.
+IN_MEMORY_SAMPLES_BYTES = 64 << 20
+
+
+class DecodedAudio:
+  """A file decoded once to mono at its native rate, read in ranges.
+
+  The samples are held in memory, or in an anonymous temporary file once they exceed
+  ``memory_limit`` bytes (a 3-hour recording at 44.1 kHz is 1.9 GB), so a long
+  recording costs one decode pass and bounded memory. ``num_frames`` is what decoded.
+
+  Attributes:
+    info: the :class:`DecodeInfo`.
+    num_frames: samples per channel.
+    rate: the native rate.
+  """
+
+  def __init__(self, source: _Source, channel_mode: str, memory_limit: int,
+               directory: Optional[str] = None):
+    self._blocks: List[np.ndarray] = []
+    self._bytes = 0
+    self._file = None
+    self._limit = memory_limit
+    self._directory = directory
+
+    def add(block: np.ndarray) -> None:
+      mono = to_mono(block, channel_mode)
+      if self._file is None and self._bytes + mono.nbytes > self._limit:
+        self._file = tempfile.TemporaryFile(dir=self._directory)
+        for kept in self._blocks:
+          self._file.write(kept.tobytes())
+        self._blocks = []
+      if self._file is not None:
+        self._file.write(mono.tobytes())
+      else:
+        self._blocks.append(mono)
+      self._bytes += mono.nbytes
+
+    try:
+      self.info = _decode(source, add)
+    except BaseException:
+      self.close()
+      raise
+    finally:
+      source.close()
+    self.num_frames = self.info.frames
+    self.rate = self.info.rate
+    self._samples = None
+    if self._file is None:
+      self._samples = (self._blocks[0] if len(self._blocks) == 1
+                       else np.concatenate(self._blocks))
+      self._blocks = []
+    else:
+      self._file.flush()
+
+  @property
+  def in_memory(self) -> bool:
+    return self._file is None
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    """float32 mono samples ``[start, stop)`` clipped to the file."""
+    start, stop = max(0, int(start)), min(self.num_frames, int(stop))
+    if stop <= start:
+      return np.zeros(0, np.float32)
+    if self._samples is not None:
+      return self._samples[start:stop]
+    data = os.pread(self._file.fileno(), (stop - start) * 4, start * 4)
+    return np.frombuffer(data, np.float32)
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+    self._blocks, self._samples = [], None
+
+  def __enter__(self) -> "DecodedAudio":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+def open_decoded(path: str, channel_mode: str = "first",
+                 memory_limit: int = IN_MEMORY_SAMPLES_BYTES,
+                 directory: Optional[str] = None) -> DecodedAudio:
+  """Decodes a file once to mono at its native rate, for reading in ranges.
+
+  The same checks, verdict and samples as :func:`decode_audio` (tested for equality):
+  both run the same decoding core.
+
+  Args:
+    path: the audio file (``tf.io.gfile`` paths work).
+    channel_mode: ``"first"`` or ``"mean"``.
+    memory_limit: above this many bytes of mono float32 samples they go to a
+      temporary file.
+    directory: that file's directory (None: the system temp directory).
+
+  Raises:
+    AudioDecodeError: missing, empty, not audio, truncated or corrupt, NaN/Inf.
+  """
+  if channel_mode not in CHANNEL_MODES:
+    raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}")
+  return DecodedAudio(_Source(path), channel_mode, memory_limit, directory)
 
 
 def open_native(path: str, channel_mode: str = "first"
                 ) -> Tuple[int, int, Callable[[int, int], np.ndarray]]:
-  """Random access to a file's mono samples at its native rate, without loading it.
-
-  The file is opened through ``tf.io.gfile`` and decoded by libsndfile on demand (its
-  seeks are sample-exact for every format here), with the same checks and the same
-  sample values as :func:`decode_audio` (tested for equality). A stream that ends before
-  its header said raises when the missing samples are read.
-
-  Args:
-    path: the audio file.
-    channel_mode: ``"first"`` or ``"mean"``.
-
-  Returns:
-    ``(num_frames, rate, read)`` where ``read(start, stop)`` returns the float32 mono
-    samples ``[start, stop)`` clipped to the file.
-
-  Raises:
-    AudioDecodeError: missing, empty, not audio, unreadable or corrupt header.
-  """
-  if channel_mode not in CHANNEL_MODES:
-    raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}")
-  try:
-    _gfile_checks(path)
-    handle = tf.io.gfile.GFile(path, "rb")
-    file_size = handle.size()
-    head = handle.read(_HEAD_BYTES)
-  except AudioDecodeError:
-    raise
-  except Exception as err:
-    raise AudioDecodeError(path, f"cannot read file ({_short(err)})") from err
-
-  def read_at(offset: int, n: int) -> bytes:
-    if offset + n <= len(head):
-      return head[offset:offset + n]
-    handle.seek(offset)
-    return handle.read(n)
-
-  fmt, from_signature = _check_format(head, path)
-  info = _check_container(read_at, file_size, head, fmt, from_signature, path,
-                          complete=file_size <= len(head))
-  if info is not None and info.num_frames == 0:
-    raise AudioDecodeError(path, "0 samples after decoding (empty or corrupt file)")
-  handle.seek(0)
-  stream = _sound_file(handle, fmt, info, path)
-  num_frames, rate = int(stream.frames), int(stream.samplerate)
-  # libsndfile's seeks are sample-exact for WAV, FLAC and MP3 but not always for Ogg
-  # Vorbis, so Ogg is read forward only (a backward step reopens at the start). The
-  # readers here ask for increasing, overlapping ranges; the last range is kept.
-  exact_seek = fmt != "ogg"
-  kept = {"start": 0, "samples": np.zeros((0, stream.channels), np.float32)}
-
-  def forward(n: int) -> np.ndarray:
-    samples = stream.read(n, dtype="float32", always_2d=True)
-    if samples.shape[0] < n:
-      raise AudioDecodeError(path, f"truncated {_NAMES[fmt]} stream: it ends at sample "
-                             f"{stream.tell()} of {num_frames}")
-    return samples
-
-  def read(start: int, stop: int) -> np.ndarray:
-    start, stop = max(0, start), min(num_frames, stop)
-    if stop <= start:
-      return np.zeros(0, np.float32)
-    have_start = kept["start"]
-    have_stop = have_start + kept["samples"].shape[0]
-    try:
-      if start < have_start or start > have_stop:
-        if exact_seek:
-          stream.seek(start)
-          position = start
-        else:  # forward only: from the start of the file, or on from where it stands
-          position = 0 if start < have_start else have_stop
-          if position == 0:
-            stream.seek(0)
-          while position < start:
-            position += forward(min(start - position, 1 << 20)).shape[0]
-        kept["samples"] = kept["samples"][:0]
-        have_start = have_stop = start
-      new = forward(stop - have_stop) if stop > have_stop else kept["samples"][:0]
-    except AudioDecodeError:
-      raise
-    except Exception as err:
-      raise _decode_error(fmt, info, path, err, f" stream near sample {start}") from err
-    # Kept: everything from `start` up to the stream's position.
-    kept["start"] = start
-    kept["samples"] = np.concatenate([kept["samples"][start - have_start:], new])
-    samples = kept["samples"][:stop - start]
-    return to_mono(samples, channel_mode)
-
-  return num_frames, rate, read
+  """``(num_frames, rate, read)`` of :func:`open_decoded` (``read(start, stop)``)."""
+  decoded = open_decoded(path, channel_mode)
+  return decoded.num_frames, decoded.rate, decoded.read
 
 
 def decode_in_graph(contents: tf.Tensor, fmt: str) -> tf.Tensor:
@@ -559,6 +757,7 @@ def decode_in_graph(contents: tf.Tensor, fmt: str) -> tf.Tensor:
     ImportError: tensorflow-io is not installed (or does not load with this TensorFlow).
     ValueError: an unknown ``fmt``.
   """
+  import tensorflow as tf
   try:
     import tensorflow_io as tfio  # pylint: disable=import-outside-toplevel
   except Exception as err:
@@ -789,14 +988,50 @@ def resample_segment(read, num_samples: int, rate_in: int, rate_out: int,
 # --------------------------------------------------------------------------------------
 
 
+def _load(source: _Source, sample_rate: int, channel_mode: str
+          ) -> Tuple[np.ndarray, DecodeInfo]:
+  if channel_mode not in CHANNEL_MODES:
+    source.close()
+    raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}")
+  samples, info = _decode_whole(source)
+  mono = to_mono(samples, channel_mode)
+  del samples
+  try:
+    return resample(mono, info.rate, sample_rate), info
+  except Exception as err:
+    raise AudioDecodeError(source.path, f"cannot resample {info.rate} Hz -> {sample_rate} "
+                           f"Hz ({_short(err)})") from err
+
+
+def load_audio_with_info(path: str, data: Optional[bytes] = None,
+                         sample_rate: int = DEFAULT_SAMPLE_RATE,
+                         channel_mode: str = "first") -> Tuple[np.ndarray, DecodeInfo]:
+  """:func:`load_audio` (or, given ``data``, :func:`load_audio_from_bytes`) and its info.
+
+  Args:
+    path: the file (read unless ``data`` is given; then only named in messages).
+    data: the file's contents, if already read.
+    sample_rate: output rate (Hz).
+    channel_mode: "first" (the authors' code) or "mean".
+
+  Returns:
+    ``(waveform, info)``: float32 mono ``[samples]`` at ``sample_rate`` and the
+    :class:`DecodeInfo` (which decoder, the native rate, the warnings).
+  """
+  if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+    raise TypeError(f"{path}: expected bytes, got {type(data).__name__}")
+  source = _Source(path, bytes(data)) if data is not None else _Source(path)
+  return _load(source, sample_rate, channel_mode)
+
+
 def load_audio_from_bytes(data: bytes, name: str = "<bytes>",
                           sample_rate: int = DEFAULT_SAMPLE_RATE,
                           channel_mode: str = "first") -> np.ndarray:
-  """In-memory variant of :func:`load_audio` (Beam workers, the tag CLI, uploads).
+  """In-memory variant of :func:`load_audio` (Beam workers, uploads).
 
   Args:
     data: the complete file contents.
-    name: path or name used in error messages and as the format fallback.
+    name: path or name used in error messages.
     sample_rate: output rate (Hz).
     channel_mode: "first" (the authors' code) or "mean".
 
@@ -804,22 +1039,14 @@ def load_audio_from_bytes(data: bytes, name: str = "<bytes>",
     float32 mono ``[samples]`` at ``sample_rate``.
 
   Raises:
-    AudioDecodeError: any unusable input (see :func:`decode_audio_bytes`).
+    AudioDecodeError: any unusable input (see :func:`decode_bytes`).
   """
-  if channel_mode not in CHANNEL_MODES:
-    raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}")
-  samples, rate = decode_audio_bytes(data, name)
-  mono = to_mono(samples, channel_mode)
-  try:
-    return resample(mono, rate, sample_rate)
-  except Exception as err:
-    raise AudioDecodeError(name, f"cannot resample {rate} Hz -> {sample_rate} Hz "
-                           f"({_short(err)})") from err
+  return load_audio_with_info(name, data, sample_rate, channel_mode)[0]
 
 
 def load_audio(path: str, sample_rate: int = DEFAULT_SAMPLE_RATE,
                channel_mode: str = "first") -> np.ndarray:
-  """Decode any WAV/FLAC/Ogg/MP3 file to a mono float32 waveform.
+  """Decode an audio file of any format in the table of docs/audio.md to mono float32.
 
   Args:
     path: local or ``tf.io.gfile`` path (``gs://`` works).
@@ -833,4 +1060,4 @@ def load_audio(path: str, sample_rate: int = DEFAULT_SAMPLE_RATE,
     AudioDecodeError: missing file, 0 bytes, not audio, truncated/corrupt, zero samples
       after decoding, NaN/Inf samples. The message starts with the path.
   """
-  return load_audio_from_bytes(read_bytes(path), path, sample_rate, channel_mode)
+  return load_audio_with_info(path, None, sample_rate, channel_mode)[0]

@@ -22,11 +22,10 @@ whose results combine into *exactly* the one-shot bag-of-features:
   window of the recording may be short as in one-shot, and the bag-of-features is the
   mean of all chunks' window maxima (:func:`mean_of_windows`).
 
-Decoding is streamed too: :class:`SpooledWaveform` decodes and resamples the file
-block by block with libsndfile (:func:`decode_blocks`, equal to
-``deepbof_tf.audio.load_audio`` of the whole file) and spools the float32 result to an
-anonymous temporary file, so both passes read slices from disk instead of holding the
-recording in memory.
+Decoding is bounded too: :class:`ResampledNativeWaveform` decodes the file once
+(``deepbof_tf.audio.open_decoded``, into a temporary file when long) and resamples the
+ranges the passes ask for, equal to ``deepbof_tf.audio.load_audio`` of the whole file;
+:class:`SpooledWaveform` spools the resampled result itself.
 
 The TensorFlow functions here (:func:`segment_peak`, :func:`encode_segment`) use core
 ops only; ``serving/export_lib.py`` traces them into the SavedModel's ``stream_*``
@@ -292,7 +291,7 @@ class SpooledWaveform:
     """Decodes ``path`` block by block into a spool (see :func:`decode_blocks`).
 
     Args:
-      path: a WAV (8/16/24-bit PCM, 32-bit float), FLAC, Ogg Vorbis or MP3 file.
+      path: any file ``deepbof_tf.audio`` decodes.
       sample_rate: the output rate.
       channel_mode: ``"first"`` (the authors' code) or ``"mean"``.
       block_seconds: decode block length (memory per step).
@@ -320,29 +319,33 @@ class SpooledWaveform:
 
 
 class ResampledNativeWaveform:
-  """Random access to a file's mono samples at ``sample_rate``, decoded on demand.
+  """Random access to a file's mono samples at ``sample_rate``, decoded once.
 
-  Nothing is decoded ahead: :meth:`read` asks libsndfile for the native samples a range
-  needs (``deepbof_tf.audio.open_native``) and resamples just that range
-  (``deepbof_tf.audio.resample_segment``, equal to the one-shot ``load_audio``). Memory
-  is one range, whatever the recording's length, and there is no spool file: the
-  chunked passes of ``deepbof_tf.exported`` read each chunk twice from the file.
+  The file is decoded once at its native rate (``deepbof_tf.audio.open_decoded``: in
+  memory, or in a temporary file for a long recording), so its length is what decodes;
+  :meth:`read` resamples just the range it is asked for
+  (``deepbof_tf.audio.resample_segment``, equal to the one-shot ``load_audio``). The
+  chunked passes of ``deepbof_tf.exported`` read each chunk twice from that store, not
+  from the file.
 
   Args:
-    path: a WAV, FLAC, Ogg Vorbis or MP3 file (``tf.io.gfile`` paths work).
+    path: any file ``deepbof_tf.audio`` decodes (``tf.io.gfile`` paths work).
     sample_rate: the output rate.
     channel_mode: ``"first"`` (the authors' code) or ``"mean"``.
 
   Raises:
-    deepbof_tf.audio.AudioDecodeError: missing, empty, not audio, corrupt header (on
-      construction); truncated stream or NaN/Inf samples (from :meth:`read`).
+    deepbof_tf.audio.AudioDecodeError: missing, empty, not audio, truncated or corrupt,
+      NaN/Inf samples (on construction).
   """
 
   def __init__(self, path: str, sample_rate: int = 22050, channel_mode: str = "first"):
     from deepbof_tf import audio
     self.path = path
     self.sample_rate = int(sample_rate)
-    self._num_in, self._rate_in, self._read = audio.open_native(path, channel_mode)
+    self._decoded = audio.open_decoded(path, channel_mode)
+    self.info = self._decoded.info
+    self._num_in, self._rate_in = self._decoded.num_frames, self._decoded.rate
+    self._read = self._decoded.read
     self.native_rate = self._rate_in
     self.num_samples = audio.resampled_length(self._num_in, self._rate_in, self.sample_rate)
 
@@ -375,7 +378,7 @@ class ResampledNativeWaveform:
     return out
 
   def close(self) -> None:
-    self._read = None
+    self._decoded.close()
 
   def __enter__(self) -> "ResampledNativeWaveform":
     return self
@@ -386,21 +389,17 @@ class ResampledNativeWaveform:
 
 def native_blocks(path: str, channel_mode: str = "first"
                   ) -> Tuple[int, int, Callable[[int, int], np.ndarray]]:
-  """Random access to a file's mono samples at its native rate, without loading it.
+  """Random access to a file's mono samples at its native rate (decoded once).
 
-  See :func:`deepbof_tf.audio.open_native` (libsndfile, seek + read on demand); the
-  samples equal ``deepbof_tf.audio``'s one-shot decode (tested for equality).
-
-  Args:
-    path: the audio file (``tf.io.gfile`` paths work).
-    channel_mode: ``"first"`` or ``"mean"``.
+  See :func:`deepbof_tf.audio.open_decoded`; the samples equal ``deepbof_tf.audio``'s
+  one-shot decode (tested for equality).
 
   Returns:
     ``(num_frames, rate, read)`` where ``read(start, stop)`` returns the float32 mono
     samples ``[start, stop)`` clipped to the file.
 
   Raises:
-    deepbof_tf.audio.AudioDecodeError: unreadable or corrupt header/stream.
+    deepbof_tf.audio.AudioDecodeError: unreadable, truncated or corrupt file.
   """
   from deepbof_tf import audio
   return audio.open_native(path, channel_mode)

@@ -7,6 +7,7 @@ Hz the waveform is compared with the same tones evaluated on the 22,050 Hz time 
 which also checks that the resampler is time-aligned (zero-phase).
 """
 
+import io
 import os
 
 import numpy as np
@@ -327,10 +328,11 @@ def test_decoder_errors_are_chained(tmp_path):
   assert info.value.__cause__ is not None  # the decoder's error is kept for debugging
 
 
-def test_bytes_api_rejects_non_bytes_and_unknown_formats():
+def test_bytes_api_rejects_non_bytes_and_header_only_files():
   with pytest.raises(TypeError):
     audio.decode_audio_bytes("not bytes", "x.wav")
-  with pytest.raises(audio.AudioDecodeError, match="x.aiff: not audio"):
+  # An AIFF header and nothing else: AIFF is read, and this one is cut before its chunks.
+  with pytest.raises(audio.AudioDecodeError, match="x.aiff: truncated or corrupt AIFF"):
     audio.decode_audio_bytes(b"FORM\x00\x00\x00\x00AIFF" + b"\x00" * 64, "x.aiff")
 
 
@@ -370,17 +372,28 @@ def test_ogg_opus_decodes(tmp_path):
   assert np.corrcoef(y[core], expected[core])[0, 1] > 0.99
 
 
-def test_vbr_mp3_without_vbr_header_is_refused(tmp_path):
-  # libsndfile estimates such a file's length from its size and stops decoding there.
+def test_vbr_mp3_without_vbr_header_decodes_to_its_end(tmp_path):
+  # libsndfile takes such a file's length from its size and stops there: FFmpeg reads it.
   rng = np.random.default_rng(1)
-  path = _write(tmp_path, "vbr.mp3", (0.3 * rng.standard_normal(22050 * 5)).astype(np.float32),
-                22050, "MP3", "MPEG_LAYER_III")
-  with open(path, "rb") as f:
-    data = f.read()
+  t = np.arange(22050 * 6) / 22050
+  source = np.where(t % 2 < 1, 0.3 * np.sin(2 * np.pi * 440 * t),
+                    0.5 * rng.standard_normal(t.size)).astype(np.float32)
+  path = tmp_path / "vbr.mp3"
+  sf.write(path, source, 22050, format="MP3", subtype="MPEG_LAYER_III",
+           bitrate_mode="VARIABLE", compression_level=0.5)
+  data = path.read_bytes()
   first = audio._mp3_header(data, 0)
   assert b"Xing" in data[:first[2]] or b"Info" in data[:first[2]]
-  with pytest.raises(audio.AudioDecodeError, match="Xing/Info/VBRI"):
-    audio.decode_audio_bytes(data[first[2]:], "no_header.mp3")  # the info frame dropped
+  no_header = data[first[2]:]  # the info frame dropped
+  with sf.SoundFile(io.BytesIO(no_header)) as f:  # what libsndfile alone would give
+    assert f.read().shape[0] < 0.7 * source.size
+  samples, info = audio.decode_bytes(no_header, "no_header.mp3")
+  assert (info.container, info.decoder) == ("mp3", "ffmpeg")
+  # Every frame decodes: the encoder's delay and padding are not trimmed without the
+  # LAME header, so a little more than the source comes out, never less.
+  assert source.size <= samples.shape[0] <= source.size + 2 * 1152 + 529
+  with_header, with_info = audio.decode_bytes(data, "vbr.mp3")
+  assert with_info.decoder == "libsndfile" and with_header.shape[0] == source.size
 
 
 def test_decode_in_graph_matches_libsndfile(tmp_path):
@@ -440,9 +453,9 @@ def test_open_native_reports_a_truncated_stream(tmp_path):
   path = _write(tmp_path, "t.mp3", noise, 44100, "MP3", "MPEG_LAYER_III")
   with open(path, "rb") as f:
     data = f.read()
-  assert len(data) * 2 // 3 > 1 << 16  # beyond the header bytes open_native checks
+  assert len(data) * 2 // 3 > 1 << 16  # beyond the first bytes read for the header
   cut = tmp_path / "cut.mp3"
-  cut.write_bytes(data[:len(data) * 2 // 3])  # the Xing header still declares 20 s
-  num_frames, _, read = audio.open_native(str(cut))
-  with pytest.raises(audio.AudioDecodeError, match="truncated MP3 stream"):
-    read(0, num_frames)
+  cut.write_bytes(data[:len(data) * 2 // 3])  # mid-frame
+  for open_or_decode in (audio.open_native, audio.decode_audio):
+    with pytest.raises(audio.AudioDecodeError, match="truncated MP3: the frame at byte"):
+      open_or_decode(str(cut))
