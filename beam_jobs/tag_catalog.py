@@ -4,8 +4,9 @@ Tags every file of a pattern or a manifest with an exported model (``deepbof-exp
 and writes, per file, the path, the duration, every tag probability, the top-k tags and
 the bag-of-features embedding, as TFRecords (``tfrecord/``) and Parquet (``parquet/``),
 plus ``errors/*.jsonl`` (one line per failed file) and ``metadata.json``
-(docs/catalog.md). Recordings longer than ``--chunk_seconds`` are read and encoded
-chunk by chunk, with exactly the numbers of ``deepbof-tag``. Flags not defined here are
+(docs/catalog.md). Recordings up to ``--one_shot_seconds`` are decoded once and tagged
+in one piece, batched across files by length; longer ones are encoded chunk by chunk
+(``--chunk_seconds``), with the numbers of ``deepbof-tag``. Flags not defined here are
 Beam pipeline options:
 
   deepbof-tag-catalog --model=EXPORT --input='music/*.mp3' --output_dir=CATALOG \
@@ -56,8 +57,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("top_k", defaults["top_k"], "Tags kept per file in top_tags "
                        "(every probability is stored).", lower_bound=0)
   flags.DEFINE_float("chunk_seconds", defaults["chunk_seconds"], "Recordings longer "
-                     "than this are read and encoded in chunks of about this length.",
+                     "than --one_shot_seconds are encoded in chunks of about this length; "
+                     "a batch holds about --max_batch_size x this much audio.",
                      lower_bound=1.0)
+  flags.DEFINE_float("one_shot_seconds", defaults["one_shot_seconds"], "Recordings up "
+                     "to this long (and the export's longest request) are tagged in one "
+                     "piece, batched across files by length.", lower_bound=1.0)
   flags.DEFINE_enum("channel_mode", defaults["channel_mode"], ["first", "mean"],
                     "Multi-channel audio: the first channel or the mean (default: as "
                     "the model's training data).")
@@ -86,7 +91,8 @@ def config_from_flags() -> lib.TagCatalogConfig:
   return lib.TagCatalogConfig(
       model=FLAGS.model, input=FLAGS.input, output_dir=FLAGS.output_dir,
       input_format=FLAGS.input_format, audio_root=FLAGS.audio_root, top_k=FLAGS.top_k,
-      chunk_seconds=FLAGS.chunk_seconds, channel_mode=FLAGS.channel_mode,
+      chunk_seconds=FLAGS.chunk_seconds, one_shot_seconds=FLAGS.one_shot_seconds,
+      channel_mode=FLAGS.channel_mode,
       min_batch_size=FLAGS.min_batch_size, max_batch_size=FLAGS.max_batch_size,
       num_shards=FLAGS.num_shards, overwrite=FLAGS.overwrite,
       intra_op_threads=FLAGS.intra_op_threads)

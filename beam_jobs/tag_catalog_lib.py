@@ -10,13 +10,16 @@ Data flow:
 1. The inputs are a file pattern (``fileio.MatchFiles``, local or ``gs://``) or a
    manifest (``deepbof_tf.data.manifests``, the preprocess CSV and MagnaTagATune
    formats); the paths are spread over the workers (``Reshuffle``).
-2. :class:`ProbeAudioDoFn` opens each file for random access at its native rate
-   (``deepbof_tf.streaming.ResampledNativeWaveform``: libsndfile, resampled range by
-   range). A clip up to ``chunk_seconds`` is decoded whole and goes to the one-shot
-   branch; a longer one goes to the chunked branch as its path only.
+2. :class:`ProbeAudioDoFn` decodes each file once at its native rate
+   (``deepbof_tf.streaming.ResampledNativeWaveform``: libsndfile or FFmpeg, chosen by
+   content; the length is what decodes). A recording up to ``one_shot_seconds`` is
+   resampled whole and goes to the one-shot branch; a longer one goes to the chunked
+   branch as its path only.
 3. One-shot: Beam's ``RunInference`` with its TensorFlow model handler
-   (:class:`DeepBofModelHandler`, batched by ``min_batch_size``/``max_batch_size``)
-   runs ``serving_padded`` on padded batches: probabilities and the bag-of-features.
+   (:class:`DeepBofModelHandler`, batched by ``min_batch_size``/``max_batch_size`` and
+   at most ``max_batch_size × chunk_seconds`` of audio per batch) runs
+   ``serving_padded`` on groups of similar lengths: probabilities and the
+   bag-of-features. A 4-minute track costs what eight 30-s clips cost.
 4. Chunked: :class:`EncodeChunksDoFn` runs the export's two streaming passes
    (``stream_peak`` then ``stream_encode``, the AGC state and the last block's frames
    carried from chunk to chunk, which is why one file's chunks run in order on one
@@ -63,6 +66,10 @@ from deepbof_tf import __version__
 from deepbof_tf import exported
 from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
                                DEFAULT_TAG_BATCH_SIZE)
+
+# Recordings up to this long are tagged in one piece (the export's default longest
+# one-shot request): one decode, one front-end pass, batched across files.
+DEFAULT_ONE_SHOT_SECONDS = 600.0
 from deepbof_tf.data import manifests
 from deepbof_tf.data import schema
 
@@ -105,8 +112,12 @@ class TagCatalogConfig:
       named ``annotations_final.csv``; anything else is a pattern).
     audio_root: prefix of relative manifest paths.
     top_k: tags kept per file in ``top_tags`` (every probability is stored anyway).
-    chunk_seconds: clips up to this long are tagged in one piece; longer ones are
-      read and encoded in chunks of about this length.
+    chunk_seconds: the chunk length of recordings longer than ``one_shot_seconds``,
+      and the unit of a batch: RunInference's batches hold about
+      ``max_batch_size × chunk_seconds`` of audio.
+    one_shot_seconds: recordings up to this long (capped by the export's longest
+      one-shot request) are decoded once and tagged in one piece, batched with other
+      files by length; longer ones are encoded chunk by chunk.
     channel_mode: "first" or "mean"; None: as the model's training data (the export).
     min_batch_size: RunInference's smallest batch.
     max_batch_size: RunInference's largest batch (clips or bags-of-features).
@@ -123,6 +134,7 @@ class TagCatalogConfig:
   audio_root: str = ""
   top_k: int = DEFAULT_CATALOG_TOP_K
   chunk_seconds: float = DEFAULT_CHUNK_SECONDS
+  one_shot_seconds: float = DEFAULT_ONE_SHOT_SECONDS
   channel_mode: Optional[str] = None
   min_batch_size: int = 1
   max_batch_size: int = DEFAULT_TAG_BATCH_SIZE
@@ -138,6 +150,8 @@ class TagCatalogConfig:
       raise ValueError(f"channel_mode must be 'first' or 'mean', got {self.channel_mode!r}")
     if self.chunk_seconds < 1.0:
       raise ValueError(f"chunk_seconds must be >= 1, got {self.chunk_seconds}")
+    if self.one_shot_seconds < 1.0:
+      raise ValueError(f"one_shot_seconds must be >= 1, got {self.one_shot_seconds}")
     if self.top_k < 0:
       raise ValueError(f"top_k must be >= 0, got {self.top_k}")
     if not 1 <= self.min_batch_size <= self.max_batch_size:
@@ -220,20 +234,27 @@ def _attributed(model, batch, run_batch, run_one) -> List[Any]:
     return out
 
 
+def _waveform_samples(element) -> int:
+  """A (keyed) waveform's weight in a batch: its samples."""
+  waveform = element[1] if isinstance(element, tuple) else element
+  return max(1, int(np.shape(waveform)[0]))
+
+
 def waveform_inference_fn(model: exported.ExportedModel, batch: Sequence[np.ndarray],
                           inference_args: Dict[str, Any],
                           model_id: Optional[str] = None
                           ) -> Iterable[inference_base.PredictionResult]:
-  """RunInference on whole clips: ``serving_padded`` on the zero-padded batch.
+  """RunInference on whole recordings: ``serving_padded`` on zero-padded groups.
 
-  Each example is a float32 waveform at the model's rate; the result's ``example`` is
-  its length (the waveform itself is not carried on) and its ``inference`` a dict of
+  Each example is a float32 waveform at the model's rate; the batch is sent in groups
+  of similar lengths (``ExportedModel.tag_waveforms``). The result's ``example`` is its
+  length (the waveform itself is not carried on) and its ``inference`` a dict of
   ``probabilities`` and ``embedding`` (or ``error``).
   """
   del inference_args
 
   def run_batch(waveforms):
-    probabilities, embeddings = model.tag_batch(list(waveforms))
+    probabilities, embeddings = model.tag_waveforms(list(waveforms))
     return [{"probabilities": p, "embedding": e} for p, e in zip(probabilities, embeddings)]
 
   outputs = _attributed(model, batch, run_batch, str)
@@ -281,11 +302,19 @@ class DeepBofModelHandler(inference_base.ModelHandler):
     inference_fn: :func:`waveform_inference_fn` or :func:`embedding_inference_fn`.
     intra_op_threads: TensorFlow threads of the worker process.
     min_batch_size, max_batch_size: RunInference's batching.
+    max_batch_samples: if set, a batch also holds at most this many samples in all
+      (one longer recording is a batch of its own): the memory of a batch of long
+      tracks is that of a batch of clips.
   """
 
   def __init__(self, model_uri: str, inference_fn, intra_op_threads: int = 1,
-               min_batch_size: int = 1, max_batch_size: int = DEFAULT_TAG_BATCH_SIZE):
-    super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+               min_batch_size: int = 1, max_batch_size: int = DEFAULT_TAG_BATCH_SIZE,
+               max_batch_samples: Optional[int] = None):
+    weights = ({} if max_batch_samples is None else
+               {"max_batch_weight": int(max_batch_samples),
+                "element_size_fn": _waveform_samples})
+    super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                     **weights)
     self._model_uri = model_uri
     self._inference_fn = inference_fn
     self._intra_op_threads = intra_op_threads
@@ -317,7 +346,7 @@ class DeepBofModelHandler(inference_base.ModelHandler):
 class ProbeAudioDoFn(beam.DoFn):
   """Opens one file: a short clip is decoded whole, a long one is passed on by path.
 
-  Main output: ``(path, waveform float32)`` for clips up to ``one_shot_samples``.
+  Main output: ``(path, waveform float32)`` for recordings up to ``one_shot_samples``.
   Tagged output ``long``: ``(path, num_samples)``. Tagged output ``errors``: one
   record per failed input ("read": missing/unreadable; "decode": empty, not audio,
   truncated, NaN/Inf samples; "validate": shorter than one block).
@@ -326,7 +355,7 @@ class ProbeAudioDoFn(beam.DoFn):
     sample_rate: the model's rate.
     channel_mode: "first" or "mean".
     min_samples: the shortest clip the model takes.
-    one_shot_samples: the longest clip decoded whole.
+    one_shot_samples: the longest recording tagged in one piece.
   """
 
   def __init__(self, sample_rate: int, channel_mode: str, min_samples: int,
@@ -613,7 +642,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
   """
   sample_rate = int(info["frontend"]["sample_rate"])
   channel_mode = config.channel_mode or info.get("channel_mode", "first")
-  one_shot = int(config.chunk_seconds * sample_rate)
+  one_shot = int(config.one_shot_seconds * sample_rate)
   if info.get("max_request_samples"):
     one_shot = min(one_shot, int(info["max_request_samples"]))
   tags = list(info["tags"])
@@ -629,15 +658,16 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
       sample_rate, channel_mode, int(info["min_samples"]), one_shot)).with_outputs(
           ERROR_TAG, LONG_TAG, main="short")
 
-  def handler(inference_fn):
+  def handler(inference_fn, max_batch_samples=None):
     return inference_base.KeyedModelHandler(DeepBofModelHandler(
         version_dir, inference_fn, config.intra_op_threads, config.min_batch_size,
-        config.max_batch_size))
+        config.max_batch_size, max_batch_samples))
 
+  batch_samples = int(config.max_batch_size * config.chunk_seconds * sample_rate)
   short_results, short_dlq = (
       probed.short
       | "TagClips" >> inference_base.RunInference(
-          handler(waveform_inference_fn)).with_exception_handling())
+          handler(waveform_inference_fn, batch_samples)).with_exception_handling())
 
   encoded = (probed[LONG_TAG]
              | "SpreadLong" >> beam.Reshuffle()
@@ -787,6 +817,7 @@ def build_metadata(config: TagCatalogConfig, input_format: str, info: Mapping[st
       "channel_mode": config.channel_mode or info.get("channel_mode", "first"),
       "chunk_seconds": config.chunk_seconds,
       "windows_per_chunk": max(1, int(round(config.chunk_seconds / window))),
+      "one_shot_seconds": config.one_shot_seconds,
       "top_k": config.top_k,
       "input": config.input,
       "input_format": input_format,

@@ -164,6 +164,38 @@ class ExportedModel:
     out = self._padded(waveform=tf.constant(batch), num_samples=tf.constant(lengths))
     return out["probabilities"].numpy(), out["embedding"].numpy()
 
+  def tag_waveforms(self, waveforms: Sequence[np.ndarray], max_padding: float = 0.25
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+    """:meth:`tag_batch` on clips of any lengths, grouped so that padding stays small.
+
+    The clips are sorted by length and sent in groups whose padded size exceeds their
+    samples by at most ``max_padding`` (a 4-minute track is not padded with 30-s
+    clips); each result equals the clip's own :meth:`tag_batch` (padding changes no
+    clip's numbers).
+
+    Returns:
+      ``(probabilities [B, T], embedding [B, H])`` in the input order.
+    """
+    lengths = [int(w.shape[0]) for w in waveforms]
+    order = sorted(range(len(waveforms)), key=lambda i: lengths[i])
+    groups: List[List[int]] = []
+    total = 0
+    for i in order:  # ascending: the newest member is the group's longest
+      if groups and (len(groups[-1]) + 1) * lengths[i] <= (1 + max_padding) * (
+          total + lengths[i]):
+        groups[-1].append(i)
+        total += lengths[i]
+      else:
+        groups.append([i])
+        total = lengths[i]
+    probabilities: List[Optional[np.ndarray]] = [None] * len(waveforms)
+    embeddings: List[Optional[np.ndarray]] = [None] * len(waveforms)
+    for group in groups:
+      p, e = self.tag_batch([waveforms[i] for i in group])
+      for i, pi, ei in zip(group, p, e):
+        probabilities[i], embeddings[i] = pi, ei
+    return np.stack(probabilities), np.stack(embeddings)
+
   def iter_pooled_windows(self, source, windows_per_chunk: int,
                           progress: Optional[Any] = None) -> Iterator[np.ndarray]:
     """The max-pooling windows ``[w, H]`` of a recording, one array per chunk.

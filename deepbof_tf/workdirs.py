@@ -23,7 +23,6 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional
 
-import tensorflow as tf
 
 OWNER_FILE = ".owner.json"
 INCOMPLETE = ".incomplete-"
@@ -60,6 +59,7 @@ def owner_record() -> Dict[str, Any]:
 
 def claim_work_dir(output_dir: str) -> str:
   """Creates ``<output_dir>.incomplete-<id>`` with this process's owner record."""
+  import tensorflow as tf  # deferred: --help and the launcher start without it
   work_dir = f"{output_dir.rstrip('/')}{INCOMPLETE}{uuid.uuid4().hex[:8]}"
   tf.io.gfile.makedirs(work_dir)
   with tf.io.gfile.GFile(posixpath.join(work_dir, OWNER_FILE), "w") as f:
@@ -86,6 +86,7 @@ def remove_stale_work_dirs(output_dir: str) -> List[str]:
   Args:
     output_dir: the output directory of the job (local or remote).
   """
+  import tensorflow as tf  # deferred: --help and the launcher start without it
   output_dir = output_dir.rstrip("/")
   parent, name = posixpath.split(output_dir)
   parent = parent or "."

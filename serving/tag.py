@@ -14,10 +14,10 @@ for audio files (``--extensions``); files named on the command line are always t
 How a file is tagged (all numbers come from the SavedModel's signatures, i.e. the same
 traced ``deepbof_tf`` code and weights TF Serving runs):
 
-1. decoding is client-side: any WAV/FLAC/Ogg Vorbis/MP3 at any sample rate, first
-   channel (or ``--channel_mode=mean``), resampled to the model's rate, exactly as
-   ``deepbof_tf.audio.load_audio``. Large files are decoded block by block into a
-   temporary spool file instead of memory (``deepbof_tf.streaming``);
+1. decoding is client-side: WAV, AIFF, FLAC, Ogg, MP3, AAC/M4A, ALAC, WebM, WMA, AC-3…
+   (docs/audio.md) at any sample rate, first channel (or ``--channel_mode=mean``),
+   resampled to the model's rate, exactly as ``deepbof_tf.audio.load_audio``. Large
+   files are decoded once into a temporary file instead of memory;
 2. clips up to ``--chunk_seconds`` are batched (``--batch_size``) through the
    ``serving_padded`` signature;
 3. longer recordings are streamed in chunks of about ``--chunk_seconds`` through the
@@ -48,18 +48,21 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from deepbof_tf import audio
 from deepbof_tf import cli
 from deepbof_tf import exported
 from deepbof_tf.config import DEFAULT_CHUNK_SECONDS, DEFAULT_TAG_BATCH_SIZE
 
-DEFAULT_EXTENSIONS = ".wav,.wave,.flac,.ogg,.oga,.mp3"
+# Every extension either decoder reads (deepbof_tf.audio.AUDIO_EXTENSIONS; the content
+# decides how a file is decoded); "*" collects every file and lets the content decide.
+DEFAULT_EXTENSIONS = ",".join(audio.AUDIO_EXTENSIONS)
 # Above this estimated decoded size (float32 at the native rate, all channels; ~90 s of
 # 44.1 kHz stereo) a file is decoded block by block into a spool file instead of in
 # memory: whole-file decoding holds several copies of the signal at once.
 IN_MEMORY_LIMIT_BYTES = 32 << 20
 # Decoded float32 bytes per file byte, by container (16-bit WAV → 2, FLAC ≈ 4,
 # 128 kbit/s MP3 or Vorbis ≈ 22 for 44.1 kHz stereo).
-_EXPANSION = {"wav": 2.0, "flac": 4.0, "ogg": 24.0, "mp3": 24.0}
+_EXPANSION = {"wav": 2.0, "aiff": 2.0, "flac": 4.0, "caf": 4.0}
 
 
 @dataclasses.dataclass
@@ -81,7 +84,8 @@ def find_audio_files(inputs: Sequence[str], extensions: Sequence[str]) -> List[s
   Args:
     inputs: file or directory paths.
     extensions: lower-case extensions (with the dot) of the audio files to collect
-      from directories; files named directly are kept whatever their extension.
+      from directories (``"*"`` among them: every file); files named directly are kept
+      whatever their extension.
 
   Returns:
     Paths in input order, directories' files sorted, without duplicates. A missing
@@ -93,7 +97,7 @@ def find_audio_files(inputs: Sequence[str], extensions: Sequence[str]) -> List[s
     if tf.io.gfile.isdir(path):
       for root, _, names in sorted(tf.io.gfile.walk(path)):
         for name in sorted(names):
-          if os.path.splitext(name)[1].lower() in extensions:
+          if "*" in extensions or os.path.splitext(name)[1].lower() in extensions:
             found.append(os.path.join(root, name))
     else:
       found.append(path)
@@ -115,26 +119,24 @@ class ExportedTagger(exported.ExportedModel):
 def estimated_decoded_bytes(path: str) -> float:
   """Rough float32 size of a decoded file, from its size and container."""
   import tensorflow as tf
-  from deepbof_tf import audio
   with tf.io.gfile.GFile(path, "rb") as f:
     head = f.read(1 << 12)
     size = f.size()
-  fmt = audio.detect_format(head, path) or "mp3"
-  return size * _EXPANSION.get(fmt, 24.0)
+  return size * _EXPANSION.get(audio.detect_format(head, path), 24.0)
 
 
 def open_waveform(path: str, sample_rate: int, channel_mode: str,
                   in_memory_limit: float = IN_MEMORY_LIMIT_BYTES):
   """Decodes a file to the model's rate: in memory, or spooled when large.
 
-  Small files go through ``deepbof_tf.audio.load_audio`` (which validates every byte
-  before tensorflow-io sees it); large ones through
-  ``deepbof_tf.streaming.SpooledWaveform`` (same samples, bounded memory).
+  Small files go through ``deepbof_tf.audio.load_audio``; large ones through
+  ``deepbof_tf.streaming.ResampledNativeWaveform`` (decoded once into a temporary file
+  when long, resampled range by range: the same verdict and samples, bounded memory).
 
   Returns:
     A ``deepbof_tf.streaming`` waveform source (close it when done).
   """
-  from deepbof_tf import audio, streaming
+  from deepbof_tf import streaming
   try:
     estimate = estimated_decoded_bytes(path)
   except Exception:  # missing/unreadable: load_audio raises the precise error
@@ -142,7 +144,7 @@ def open_waveform(path: str, sample_rate: int, channel_mode: str,
   if estimate <= in_memory_limit:
     samples = audio.load_audio(path, sample_rate=sample_rate, channel_mode=channel_mode)
     return streaming.InMemoryWaveform(samples, sample_rate)
-  return streaming.SpooledWaveform.from_file(path, sample_rate, channel_mode)
+  return streaming.ResampledNativeWaveform(path, sample_rate, channel_mode)
 
 
 def tag_files(tagger: ExportedTagger, paths: Sequence[str],
@@ -248,7 +250,6 @@ def _clean(error: BaseException) -> BaseException:
   """TensorFlow errors carry graph noise; keep the message a user can act on."""
   import tensorflow as tf
   if isinstance(error, tf.errors.OpError):
-    from deepbof_tf import audio
     return RuntimeError(audio._short(error))
   return error
 
@@ -337,7 +338,8 @@ def define_flags() -> None:
                     "first channel (the authors' code) or the mean of all channels "
                     "(default: as the model's training data, recorded in the export).")
   flags.DEFINE_string("extensions", DEFAULT_EXTENSIONS, "Comma-separated extensions of "
-                      "the audio files collected from directories.")
+                      "the audio files collected from directories ('*': every file, the "
+                      "content decides).")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 
 
@@ -348,7 +350,8 @@ def main(argv: Sequence[str]) -> int:
   if not inputs:
     raise app.UsageError("give at least one audio file or directory")
   from tqdm import tqdm
-  extensions = tuple(e.strip().lower() if e.strip().startswith(".") else f".{e.strip().lower()}"
+  extensions = tuple(e.strip().lower() if e.strip().startswith((".", "*"))
+                     else f".{e.strip().lower()}"
                      for e in FLAGS.extensions.split(",") if e.strip())
   paths = find_audio_files(inputs, extensions)
   if not paths:

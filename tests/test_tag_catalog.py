@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import serving_fixtures as fx
 from beam_jobs import tag_catalog_lib as lib
+from deepbof_tf import exported as exported_lib
 from serving import tag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,7 @@ _BROKEN = {
     "empty.wav": ("decode", "empty", lambda p: p.write_bytes(b"")),
     "not_audio.mp3": ("decode", "not", lambda p: p.write_text("this is not audio\n" * 40)),
     "truncated.mp3": ("decode", "", lambda p: _truncated(p, 2.0, 44100, "MP3", 0)),
-    # The header promises 70 s; the stream ends half-way: found while chunking.
+    # The header promises 70 s; the stream ends half-way: found by the one decode pass.
     "truncated_long.flac": ("decode", "truncated",
                             lambda p: _truncated(p, 70.0, 22050, "FLAC", 0.5)),
     "nan.wav": ("decode", "NaN", _nan_wav),
@@ -90,7 +91,7 @@ def catalog(exported, folder, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("catalog") / "catalog")
   config = lib.TagCatalogConfig(model=exported["export_dir"], input=str(folder),
                                 output_dir=out, top_k=3, chunk_seconds=CHUNK_SECONDS,
-                                max_batch_size=4)
+                                one_shot_seconds=CHUNK_SECONDS, max_batch_size=4)
   metadata = lib.run(config, MULTI_PROCESS)
   return out, metadata
 
@@ -111,7 +112,7 @@ def test_every_output_is_written_and_the_counts_reconcile(catalog, folder):
   assert c["files_tagged"] == len(_GOOD) and c["files_failed"] == len(_BROKEN)
   assert c["reconciled"] and c["matches_outputs"]
   assert c["counters_source"] == "beam_metrics"
-  assert c["beam_counters"]["files_chunked"] == 3  # the 45-s, 10-min and truncated long
+  assert c["beam_counters"]["files_chunked"] == 2  # the 45-s and 10-min recordings
   assert metadata["tags"] == list(fx.TAGS) and metadata["n_tags"] == len(fx.TAGS)
   assert metadata["embedding_size"] == fx.NUM_HIDDEN
   assert metadata["failed_by_stage"] == {"decode": 5, "validate": 1}
@@ -307,6 +308,9 @@ def test_manifest_paths_of_both_formats(tmp_path):
 
 class _PickyModel:
   """Tags any batch, unless a clip in it is all zeros (then the whole batch fails)."""
+
+  # The export's grouping by length, over this model's tag_batch.
+  tag_waveforms = exported_lib.ExportedModel.tag_waveforms
 
   def tag_batch(self, waveforms):
     if any(not np.any(w) for w in waveforms):
