@@ -296,8 +296,8 @@ class ComputeFeaturesDoFn(beam.DoFn):
       yield self._fail(record, "read", e)
       return
     try:
-      waveform = self._audio.load_audio_from_bytes(
-          data, path, sample_rate=self._frontend_config.sample_rate,
+      waveform, decoded = self._audio.load_audio_with_info(
+          path, data, sample_rate=self._frontend_config.sample_rate,
           channel_mode=self._channel_mode)
       waveform = np.asarray(waveform, dtype=np.float32).ravel()
       if waveform.size == 0:
@@ -329,7 +329,7 @@ class ComputeFeaturesDoFn(beam.DoFn):
       yield self._fail(record, "validate", e)
       return
     self._features_ok.inc()
-    yield dict(record, log_mel=log_mel, novelty=novelty)
+    yield dict(record, log_mel=log_mel, novelty=novelty, decoder=decoded.decoder)
 
 
 class ProgressCounter:
@@ -414,7 +414,7 @@ def serialize_clip(record: Mapping[str, Any]) -> Tuple[str, str, bytes]:
   return (record["split"], record["clip_id"],
           schema.serialize_clip_example(record["clip_id"], record["path"],
                                         record["log_mel"], record["novelty"],
-                                        record["labels"]))
+                                        record["labels"], record.get("decoder", "")))
 
 
 def clip_stats(record: Mapping[str, Any], block_frames: int,

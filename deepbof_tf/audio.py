@@ -337,13 +337,18 @@ def _mp3_header(data: bytes, i: int) -> Optional[Tuple[int, int, int, int]]:
   return version, rate, samples_factor * kbps * 1000 // rate + padding, bitrate_index
 
 
-def _check_mp3(source: "_Source", head: bytes, path: str, from_signature: bool) -> bool:
-  """The MP3 checks the decoders do not make; True if it has a Xing/Info/VBRI header.
+def _check_mp3(source: "_Source", head: bytes, path: str, from_signature: bool
+               ) -> Tuple[bool, int]:
+  """The MP3 checks the decoders do not make.
 
   Finds the first Layer III frame confirmed by the next frame's header (content without
   an MP3 signature must have one: random bytes hold a lone plausible header by chance),
   then walks the frames to the end of the file: a last frame that runs past the end
   means truncation (the decoders drop or fill it silently).
+
+  Returns:
+    ``(has a Xing/Info/VBRI header, audio end)``: the byte where the frames end when
+    only tags (APEv2, ID3v1) follow them, else the file size.
   """
   start = _id3v2_size(head)
   end = min(len(head) - 3, start + (1 << 17))
@@ -379,7 +384,22 @@ def _check_mp3(source: "_Source", head: bytes, path: str, from_signature: bool) 
       raise AudioDecodeError(path, f"truncated MP3: the frame at byte {i} needs "
                              f"{header[2]} bytes, the file ends after {source.size - i}")
     i += header[2]
-  return has_vbr_header
+  return has_vbr_header, _tags_start(source, i)
+
+
+def _tags_start(source: "_Source", frames_end: int) -> int:
+  """``frames_end`` if only an APEv2 and/or ID3v1 tag follow the frames, else the size.
+
+  FFmpeg's MP3 reader skips an ID3v1 tag but decodes an APE tag as a broken frame
+  ("Header missing"); the decoders are given the frames only.
+  """
+  end = source.size
+  if end - frames_end >= 128 and source.read_at(end - 128, 3) == b"TAG":
+    end -= 128
+  if end - frames_end >= 32 and source.read_at(end - 32, 8) == b"APETAGEX":
+    size, flags = struct.unpack("<I4xI", source.read_at(end - 20, 12))
+    end -= size + (32 if flags & (1 << 31) else 0)
+  return frames_end if end == frames_end else source.size
 
 
 def _check_ogg(source: "_Source", path: str) -> None:
@@ -473,6 +493,40 @@ class _Source:
     self.file.close()
 
 
+class _Prefix:
+  """The first ``size`` bytes of a seekable file, as a file (read, seek, tell)."""
+
+  def __init__(self, fileobj: IO[bytes], size: int):
+    self._file, self._size, self._pos = fileobj, int(size), 0
+
+  def seekable(self) -> bool:
+    return True
+
+  def readable(self) -> bool:
+    return True
+
+  def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+    base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+    self._pos = max(0, base + int(offset))
+    return self._pos
+
+  def tell(self) -> int:
+    return self._pos
+
+  def read(self, n: int = -1) -> bytes:
+    left = self._size - self._pos
+    n = left if n is None or n < 0 else min(int(n), left)
+    if n <= 0:
+      return b""
+    self._file.seek(self._pos)
+    data = self._file.read(n)
+    self._pos += len(data)
+    return data
+
+  def close(self) -> None:
+    pass
+
+
 def _decode(source: _Source, sink: Callable[[np.ndarray], None]) -> DecodeInfo:
   """Checks and decodes one input, passing float32 ``[n, channels]`` blocks to ``sink``.
 
@@ -482,7 +536,7 @@ def _decode(source: _Source, sink: Callable[[np.ndarray], None]) -> DecodeInfo:
   path = source.path
   head = source.read_at(0, _HEAD_BYTES)
   fmt, from_signature = _check_format(head, path)
-  decoder, wav = decoders.FFMPEG, None
+  decoder, wav, audio_end = decoders.FFMPEG, None, source.size
   if fmt == "wav":
     wav = parse_wav_header(source.read_at, source.size, path)
     if wav.num_frames == 0:
@@ -492,7 +546,8 @@ def _decode(source: _Source, sink: Callable[[np.ndarray], None]) -> DecodeInfo:
     _flac_total_samples(head, path)
     decoder = decoders.LIBSNDFILE
   elif fmt == "mp3":
-    if _check_mp3(source, head, path, from_signature):
+    has_vbr_header, audio_end = _check_mp3(source, head, path, from_signature)
+    if has_vbr_header:
       decoder = decoders.LIBSNDFILE
   elif fmt == "ogg":
     _check_ogg(source, path)
@@ -500,7 +555,7 @@ def _decode(source: _Source, sink: Callable[[np.ndarray], None]) -> DecodeInfo:
       decoder = decoders.LIBSNDFILE
   elif fmt == "aiff":
     decoder = decoders.LIBSNDFILE
-  stream = _open_stream(source, fmt, decoder, wav)
+  stream = _open_stream(source, fmt, decoder, wav, audio_end)
   frames, bad = 0, 0
   try:
     for block in stream.blocks():
@@ -531,18 +586,18 @@ def _decode(source: _Source, sink: Callable[[np.ndarray], None]) -> DecodeInfo:
                     frames, tuple(stream.messages))
 
 
-def _open_stream(source: _Source, fmt: str, decoder: str, wav: Optional[WavInfo]
-                 ) -> decoders.Stream:
+def _open_stream(source: _Source, fmt: str, decoder: str, wav: Optional[WavInfo],
+                 audio_end: int) -> decoders.Stream:
   """The decoder's stream; a file libsndfile cannot open is offered to FFmpeg."""
   path = source.path
+  fileobj = source.file if audio_end >= source.size else _Prefix(source.file, audio_end)
   try:
-    return decoders.open_stream(source.file, path, decoder,
-                                capture_stderr=fmt == "mp3")
+    return decoders.open_stream(fileobj, path, decoder, capture_stderr=fmt == "mp3")
   except decoders.DecoderError as err:
     first = err
   if decoder == decoders.LIBSNDFILE:
     try:
-      return decoders.open_stream(source.file, path, decoders.FFMPEG)
+      return decoders.open_stream(fileobj, path, decoders.FFMPEG)
     except decoders.DecoderError:
       pass
   if fmt == "other":

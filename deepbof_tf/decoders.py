@@ -204,6 +204,9 @@ def _ffmpeg_level() -> None:
   import av.logging
   if av.logging.get_level() is None:  # PyAV's default drops every message
     av.logging.set_level(av.logging.WARNING)
+  # PyAV holds back a repeated message and emits it when the next different one comes,
+  # which may be during another file's decoding: each message goes to its own file.
+  av.logging.set_skip_repeated(False)
 
 
 class FFmpegStream(Stream):

@@ -37,6 +37,17 @@ def test_parse_clip_round_trip(rng):
   np.testing.assert_array_equal(parsed[schema.LABELS].numpy(), labels)
   assert parsed[schema.N_FRAMES].numpy() == 37 and parsed[schema.N_MELS].numpy() == 128
   assert parsed[schema.CLIP_ID].numpy() == b"id" and parsed[schema.PATH].numpy() == b"p.wav"
+  assert parsed[schema.DECODER].numpy() == b""  # written before the decoder was recorded
+
+
+def test_clip_records_its_decoder(rng):
+  log_mel, novelty, labels = _clip(rng)
+  serialized = schema.serialize_clip_example("id", "p.m4a", log_mel, novelty, labels,
+                                             decoder="ffmpeg")
+  example = tf.train.Example.FromString(serialized)
+  assert example.features.feature[schema.DECODER].bytes_list.value == [b"ffmpeg"]
+  parsed = schema.parse_clip(serialized, n_tags=5)
+  assert parsed[schema.DECODER].numpy() == b"ffmpeg"
 
 
 def test_parse_block_round_trip(rng):

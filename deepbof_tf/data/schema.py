@@ -3,7 +3,9 @@
 Clip example (one per clip, gzip TFRecord ``clips/{split}-*.tfrecord.gz``):
   clip_id bytes, path bytes, n_frames int64, n_mels int64, log_mel float list
   (n_frames*n_mels, row-major [frame, mel]), novelty float list (n_frames), labels float
-  list (multi-hot over ``metadata.json["tags"]``).
+  list (multi-hot over ``metadata.json["tags"]``), decoder bytes (``"libsndfile"`` or
+  ``"ffmpeg"``: which decoder read the audio; absent from shards written before it
+  existed, read back as ``""``).
 Block example (feature-learning samples of the train split, ``blocks/train-*.tfrecord.gz``):
   block float list (block_frames*n_mels, row-major [frame, mel]), clip_id bytes,
   frame int64 (the block's first frame).
@@ -29,6 +31,7 @@ N_MELS = "n_mels"
 LOG_MEL = "log_mel"
 NOVELTY = "novelty"
 LABELS = "labels"
+DECODER = "decoder"
 BLOCK = "block"
 FRAME = "frame"
 
@@ -171,7 +174,8 @@ def _check_clip_arrays(path: Any, log_mel: np.ndarray, novelty: np.ndarray):
 
 
 def serialize_clip_example(clip_id: str, path: str, log_mel: np.ndarray,
-                           novelty: np.ndarray, labels: np.ndarray) -> bytes:
+                           novelty: np.ndarray, labels: np.ndarray,
+                           decoder: str = "") -> bytes:
   """The serialized clip ``tf.train.Example`` of :func:`make_clip_example`, fast.
 
   Args:
@@ -180,9 +184,11 @@ def serialize_clip_example(clip_id: str, path: str, log_mel: np.ndarray,
     log_mel: ``[n_frames, n_mels]`` compressed log-mel spectrogram.
     novelty: ``[n_frames]`` onset detection function.
     labels: multi-hot over the tag vocabulary.
+    decoder: which decoder read the audio (``deepbof_tf.audio.DecodeInfo.decoder``);
+      not written when empty.
   """
   log_mel, novelty = _check_clip_arrays(path, log_mel, novelty)
-  return _example_bytes({
+  features = {
       CLIP_ID: _feature_bytes([_as_bytes(clip_id)]),
       PATH: _feature_bytes([_as_bytes(path)]),
       N_FRAMES: _feature_ints([log_mel.shape[0]]),
@@ -190,7 +196,10 @@ def serialize_clip_example(clip_id: str, path: str, log_mel: np.ndarray,
       LOG_MEL: _feature_floats(log_mel),
       NOVELTY: _feature_floats(novelty),
       LABELS: _feature_floats(np.asarray(labels, dtype=np.float32).ravel()),
-  })
+  }
+  if decoder:
+    features[DECODER] = _feature_bytes([_as_bytes(decoder)])
+  return _example_bytes(features)
 
 
 def serialize_block_example(clip_id: str, frame: int, block: np.ndarray) -> bytes:
@@ -221,6 +230,7 @@ def clip_feature_spec(n_tags: int) -> Dict[str, Any]:
       LOG_MEL: tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True),
       NOVELTY: tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True),
       LABELS: tf.io.FixedLenFeature([n_tags], tf.float32),
+      DECODER: tf.io.FixedLenFeature([], tf.string, default_value=""),
   }
 
 
