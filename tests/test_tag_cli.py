@@ -52,6 +52,18 @@ def test_find_audio_files(tmp_path):
                  "missing.wav"]
 
 
+def test_directories_are_scanned_for_every_format_the_decoders_read(tmp_path):
+  names = ["v.opus", "a.m4a", "b.webm", "c.aiff", "d.wma", "e.ac3", "f.aac", "g.alac",
+           "h.mp3", "i.flac", "notes.txt", "cover.jpg"]
+  for name in names:
+    (tmp_path / name).write_bytes(b"")
+  default = tuple(tag.DEFAULT_EXTENSIONS.split(","))
+  found = {os.path.basename(p) for p in tag.find_audio_files([str(tmp_path)], default)}
+  assert found == set(names) - {"notes.txt", "cover.jpg"}
+  everything = tag.find_audio_files([str(tmp_path)], ("*",))  # the content decides
+  assert {os.path.basename(p) for p in everything} == set(names)
+
+
 def test_one_shot_streamed_and_spooled_paths_agree(tagger, long_file):
   waveform = audio.load_audio(long_file)
   reference = tagger._loaded.signatures["serving_default"](waveform=tf.constant(waveform[None]))
