@@ -10,24 +10,25 @@ Data flow:
 1. The inputs are a file pattern (``fileio.MatchFiles``, local or ``gs://``) or a
    manifest (``deepbof_tf.data.manifests``, the preprocess CSV and MagnaTagATune
    formats); the paths are spread over the workers (``Reshuffle``).
-2. :class:`ProbeAudioDoFn` decodes each file once at its native rate
+2. :class:`DecodeAudioDoFn` decodes each file once at its native rate
    (``deepbof_tf.streaming.ResampledNativeWaveform``: libsndfile or FFmpeg, chosen by
    content; the length is what decodes). A recording up to ``one_shot_seconds`` is
-   resampled whole and goes to the one-shot branch; a longer one goes to the chunked
-   branch as its path only.
+   resampled whole and goes to the one-shot branch; a longer one is encoded right
+   there (4.).
 3. One-shot: Beam's ``RunInference`` with its TensorFlow model handler
    (:class:`DeepBofModelHandler`, batched by ``min_batch_size``/``max_batch_size`` and
    at most ``max_batch_size × chunk_seconds`` of audio per batch) runs
    ``serving_padded`` on groups of similar lengths: probabilities and the
-   bag-of-features. A 4-minute track costs what eight 30-s clips cost.
-4. Chunked: :class:`EncodeChunksDoFn` runs the export's two streaming passes
-   (``stream_peak`` then ``stream_encode``, the AGC state and the last block's frames
-   carried from chunk to chunk, which is why one file's chunks run in order on one
-   worker) reading one chunk of samples at a time, and emits one partial result per
-   chunk, keyed by path: the chunk index, the sum of its max-pooling windows and their
-   count. :class:`BagOfFeaturesCombineFn` (``CombinePerKey``) adds them up and checks
-   that every chunk arrived; sum / count is exactly the one-shot bag-of-features (the
-   mean of all pooling windows). ``RunInference`` then runs the model's head
+   bag-of-features.
+4. Chunked: the recording is resampled once into a store (memory, or a temporary
+   file) and the export's two streaming passes (``stream_peak`` then
+   ``stream_encode``, the AGC state and the last block's frames carried from chunk to
+   chunk, which is why one file's chunks run in order in one DoFn call) read one
+   chunk at a time from it; one partial result per chunk goes out, keyed by path: the
+   chunk index, the sum of its max-pooling windows and their count.
+   :class:`BagOfFeaturesCombineFn` (``CombinePerKey``) adds them up and checks that
+   every chunk arrived; sum / count is exactly the one-shot bag-of-features (the mean
+   of all pooling windows). ``RunInference`` then runs the model's head
    (``probabilities_from_embedding``) on the combined bag-of-features, batched.
 5. Both branches give ``(path, num_samples, probabilities, embedding)``;
    :class:`FormatRecordDoFn` adds the top-k tags and the records are written twice,
@@ -50,6 +51,7 @@ import datetime
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
@@ -67,9 +69,11 @@ from deepbof_tf import exported
 from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
                                DEFAULT_TAG_BATCH_SIZE)
 
-# Recordings up to this long are tagged in one piece (the export's default longest
-# one-shot request): one decode, one front-end pass, batched across files.
-DEFAULT_ONE_SHOT_SECONDS = 600.0
+# Recordings up to this long are tagged in one piece, batched across files; longer
+# ones are resampled once and encoded chunk by chunk in bounded memory. Measured on
+# 4-minute tracks (docs/benchmarks.md): chunked, the worker's peak memory is that of
+# 30-s clips; in one piece it grows with the track (+33 %) and is no faster in Beam.
+DEFAULT_ONE_SHOT_SECONDS = DEFAULT_CHUNK_SECONDS
 from deepbof_tf.data import manifests
 from deepbof_tf.data import schema
 
@@ -78,7 +82,7 @@ ERROR_TAG = plib.ERROR_TAG
 ERRORS_DIR = schema.ERRORS_DIR
 ERRORS_SUFFIX = plib.ERRORS_SUFFIX
 METADATA_FILE = schema.METADATA_FILE
-LONG_TAG = "long"
+PARTIALS_TAG = "partials"
 STAGES = ("read", "decode", "validate", "encode", "combine", "inference")
 SUMMARY_FILE = plib.SUMMARY_FILE  # read back by plib.pop_summary
 PARQUET_DIR = "parquet"
@@ -234,6 +238,25 @@ def _attributed(model, batch, run_batch, run_one) -> List[Any]:
     return out
 
 
+_MODELS: Dict[str, exported.ExportedModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def shared_model(model_uri: str, intra_op_threads: int = 1) -> exported.ExportedModel:
+  """The export loaded once per worker process, for every step that runs it.
+
+  ``RunInference`` (clips, the head) and the chunk encoder of :class:`DecodeAudioDoFn`
+  use the same loaded SavedModel: one copy of its graphs and weights per process (a
+  second copy costs ~100 MB of worker memory). Its signatures may be called from
+  several threads at once.
+  """
+  with _MODELS_LOCK:
+    if model_uri not in _MODELS:
+      worker_threads.limit_threads(intra_op_threads)
+      _MODELS[model_uri] = exported.ExportedModel(model_uri)
+    return _MODELS[model_uri]
+
+
 def _waveform_samples(element) -> int:
   """A (keyed) waveform's weight in a batch: its samples."""
   waveform = element[1] if isinstance(element, tuple) else element
@@ -320,8 +343,7 @@ class DeepBofModelHandler(inference_base.ModelHandler):
     self._intra_op_threads = intra_op_threads
 
   def load_model(self) -> exported.ExportedModel:
-    worker_threads.limit_threads(self._intra_op_threads)
-    return exported.ExportedModel(self._model_uri)
+    return shared_model(self._model_uri, self._intra_op_threads)
 
   def run_inference(self, batch: Sequence[Any], model: exported.ExportedModel,
                     inference_args: Optional[Dict[str, Any]] = None
@@ -343,38 +365,66 @@ class DeepBofModelHandler(inference_base.ModelHandler):
 # --------------------------------------------------------------------------------------
 
 
-class ProbeAudioDoFn(beam.DoFn):
-  """Opens one file: a short clip is decoded whole, a long one is passed on by path.
+class DecodeAudioDoFn(beam.DoFn):
+  """Decodes one file once; a long recording is encoded chunk by chunk right here.
 
-  Main output: ``(path, waveform float32)`` for recordings up to ``one_shot_samples``.
-  Tagged output ``long``: ``(path, num_samples)``. Tagged output ``errors``: one
-  record per failed input ("read": missing/unreadable; "decode": empty, not audio,
-  truncated, NaN/Inf samples; "validate": shorter than one block).
+  Main output: ``(path, waveform float32)`` for recordings up to ``one_shot_samples``
+  (tagged by ``RunInference``). Tagged output ``partials``: for a longer recording,
+  ``(path, {"chunk", "num_chunks", "window_sum" float64 [H], "num_windows",
+  "num_samples"})`` per chunk, emitted once the whole file has been encoded (a file
+  that fails half-way emits only its error record). Tagged output ``errors``: one record
+  per failed input ("read": missing/unreadable; "decode": empty, not audio, truncated,
+  NaN/Inf samples; "validate": shorter than one block; "encode": the export failed).
+
+  A long recording is resampled once into a store (memory, or a temporary file when
+  long) and the export's two streaming passes read its chunks from there
+  (``deepbof_tf.exported.ExportedModel.iter_pooled_windows``): one decode and one
+  resampling per file, one chunk's samples in TensorFlow at a time. The export is
+  loaded on the first long recording, so a worker that sees none never loads it.
 
   Args:
     sample_rate: the model's rate.
     channel_mode: "first" or "mean".
-    min_samples: the shortest clip the model takes.
+    min_samples: the shortest recording the model takes.
     one_shot_samples: the longest recording tagged in one piece.
+    model_uri: the export (for the chunked encoding).
+    chunk_seconds: chunk length (rounded to whole pooling windows).
+    intra_op_threads: TensorFlow threads of the worker process.
+    memory_limit: bytes of samples a store keeps in memory (None: the library's).
   """
 
   def __init__(self, sample_rate: int, channel_mode: str, min_samples: int,
-               one_shot_samples: int):
+               one_shot_samples: int, model_uri: Optional[str] = None,
+               chunk_seconds: float = DEFAULT_CHUNK_SECONDS, intra_op_threads: int = 1,
+               memory_limit: Optional[int] = None):
     self._sample_rate = sample_rate
     self._channel_mode = channel_mode
     self._min_samples = min_samples
     self._one_shot_samples = one_shot_samples
+    self._model_uri = model_uri
+    self._chunk_seconds = chunk_seconds
+    self._intra_op_threads = intra_op_threads
+    self._memory_limit = memory_limit
     self._matched = _counter("files_matched")
     self._short = _counter("files_one_shot")
     self._long = _counter("files_chunked")
+    self._chunks = _counter("chunks_encoded")
 
   def setup(self):
     from deepbof_tf import streaming
     self._streaming = streaming
+    self._model = None
 
   def _fail(self, path, stage, error):
     logging.warning("%s: %s failed: %s", path, stage, error)
     return beam.pvalue.TaggedOutput(ERROR_TAG, error_record(path, stage, error))
+
+  def _loaded_model(self) -> exported.ExportedModel:
+    if self._model is None:
+      if self._model_uri is None:
+        raise ValueError("a recording longer than one_shot_samples, and no model_uri")
+      self._model = shared_model(self._model_uri, self._intra_op_threads)
+    return self._model
 
   def process(self, path: str) -> Iterator[Any]:
     self._matched.inc()
@@ -384,79 +434,47 @@ class ProbeAudioDoFn(beam.DoFn):
     except Exception as e:  # pylint: disable=broad-except
       yield self._fail(path, _stage_of(e, path), e)
       return
-    try:
+    store = waveform = error = None
+    try:  # the decoded file is closed before anything is emitted (its memory freed)
       n = source.num_samples
       if n < self._min_samples:
-        yield self._fail(path, "validate", ValueError(
+        error = ("validate", ValueError(
             f"{path}: too short: {n} samples ({n / self._sample_rate:.3f} s); the model "
             f"needs at least {self._min_samples} samples (one block)"))
-        return
-      if n > self._one_shot_samples:
-        self._long.inc()
-        yield beam.pvalue.TaggedOutput(LONG_TAG, (path, n))
-        return
-      try:
+      elif n <= self._one_shot_samples:
         waveform = source.read(0, n)
-      except Exception as e:  # pylint: disable=broad-except
-        yield self._fail(path, "decode", e)
-        return
-      self._short.inc()
-      yield path, waveform
+      else:
+        store = self._streaming.resampled_store(source, self._memory_limit)
+    except Exception as e:  # pylint: disable=broad-except
+      error = ("decode", e)
     finally:
       source.close()
+    if error is not None:
+      yield self._fail(path, *error)
+    elif waveform is not None:
+      self._short.inc()
+      yield path, waveform
+    else:
+      yield from self._encode_chunks(path, store)
 
-
-class EncodeChunksDoFn(beam.DoFn):
-  """Streams one long recording through the export: one partial sum per chunk.
-
-  Main output: ``(path, {"chunk", "num_chunks", "window_sum" float64 [H],
-  "num_windows", "num_samples"})`` per chunk, emitted once the whole file has been
-  encoded (a file that fails half-way emits only its error record). Only one chunk of
-  samples is in memory at a time; the partial sums are ``H`` numbers per chunk.
-
-  Args:
-    model_uri: the export.
-    chunk_seconds: chunk length (rounded to whole pooling windows).
-    channel_mode: "first" or "mean".
-    intra_op_threads: TensorFlow threads of the worker process.
-  """
-
-  def __init__(self, model_uri: str, chunk_seconds: float, channel_mode: str,
-               intra_op_threads: int = 1):
-    self._model_uri = model_uri
-    self._chunk_seconds = chunk_seconds
-    self._channel_mode = channel_mode
-    self._intra_op_threads = intra_op_threads
-    self._chunks = _counter("chunks_encoded")
-
-  def setup(self):
-    worker_threads.limit_threads(self._intra_op_threads)
-    from deepbof_tf import streaming
-    self._streaming = streaming
-    self._model = exported.ExportedModel(self._model_uri)
-    self._windows_per_chunk = self._model.windows_per_seconds(self._chunk_seconds)
-
-  def process(self, element) -> Iterator[Any]:
-    path, _ = element
+  def _encode_chunks(self, path: str, store) -> Iterator[Any]:
+    self._long.inc()
     partials = []
     try:
-      source = self._streaming.ResampledNativeWaveform(
-          path, self._model.sample_rate, self._channel_mode)
-      try:
-        for pooled in self._model.iter_pooled_windows(source, self._windows_per_chunk):
-          partials.append((np.asarray(pooled, np.float64).sum(axis=0), pooled.shape[0]))
-        num_samples = source.num_samples
-      finally:
-        source.close()
+      model = self._loaded_model()
+      windows_per_chunk = model.windows_per_seconds(self._chunk_seconds)
+      for pooled in model.iter_pooled_windows(store, windows_per_chunk):
+        partials.append((np.asarray(pooled, np.float64).sum(axis=0), pooled.shape[0]))
     except Exception as e:  # pylint: disable=broad-except
-      stage = "decode" if isinstance(e, ValueError) else "encode"
-      logging.warning("%s: %s failed: %s", path, stage, e)
-      yield beam.pvalue.TaggedOutput(ERROR_TAG, error_record(path, stage, e))
+      yield self._fail(path, "encode", e)
       return
+    finally:
+      store.close()
     for index, (window_sum, count) in enumerate(partials):
       self._chunks.inc()
-      yield path, {"chunk": index, "num_chunks": len(partials), "window_sum": window_sum,
-                   "num_windows": int(count), "num_samples": int(num_samples)}
+      yield beam.pvalue.TaggedOutput(PARTIALS_TAG, (path, {
+          "chunk": index, "num_chunks": len(partials), "window_sum": window_sum,
+          "num_windows": int(count), "num_samples": int(store.num_samples)}))
 
 
 class BagOfFeaturesCombineFn(beam.CombineFn):
@@ -654,9 +672,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
     files = pipeline | "Paths" >> beam.Create(list(paths))
   files = files | "SpreadFiles" >> beam.Reshuffle()
 
-  probed = files | "Probe" >> beam.ParDo(ProbeAudioDoFn(
-      sample_rate, channel_mode, int(info["min_samples"]), one_shot)).with_outputs(
-          ERROR_TAG, LONG_TAG, main="short")
+  probed = files | "Decode" >> beam.ParDo(DecodeAudioDoFn(
+      sample_rate, channel_mode, int(info["min_samples"]), one_shot, version_dir,
+      config.chunk_seconds, config.intra_op_threads)).with_outputs(
+          ERROR_TAG, PARTIALS_TAG, main="short")
 
   def handler(inference_fn, max_batch_samples=None):
     return inference_base.KeyedModelHandler(DeepBofModelHandler(
@@ -669,12 +688,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
       | "TagClips" >> inference_base.RunInference(
           handler(waveform_inference_fn, batch_samples)).with_exception_handling())
 
-  encoded = (probed[LONG_TAG]
-             | "SpreadLong" >> beam.Reshuffle()
-             | "EncodeChunks" >> beam.ParDo(EncodeChunksDoFn(
-                 version_dir, config.chunk_seconds, channel_mode,
-                 config.intra_op_threads)).with_outputs(ERROR_TAG, main="partials"))
-  combined = (encoded.partials
+  combined = (probed[PARTIALS_TAG]
               | "CombineChunks" >> beam.CombinePerKey(BagOfFeaturesCombineFn())
               | "CheckChunks" >> beam.FlatMap(_split_combined).with_outputs(
                   ERROR_TAG, main="embeddings"))
@@ -692,7 +706,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
   dead_letters = ((short_dlq.failed_inferences, long_dlq.failed_inferences)
                   | "DeadLetters" >> beam.Flatten()
                   | "DeadLetterErrors" >> beam.FlatMap(_failed_batch_errors))
-  errors = ((probed[ERROR_TAG], encoded[ERROR_TAG], combined[ERROR_TAG],
+  errors = ((probed[ERROR_TAG], combined[ERROR_TAG],
              formatted[ERROR_TAG], dead_letters)
             | "AllErrors" >> beam.Flatten()
             | "CountFailures" >> beam.ParDo(CountFailuresDoFn()))

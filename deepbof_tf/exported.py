@@ -249,8 +249,9 @@ class ExportedModel:
                channel_mode: Optional[str] = None) -> Tuple[float, np.ndarray, np.ndarray]:
     """Tags one audio file: ``(duration_seconds, probabilities [T], embedding [H])``.
 
-    Read with random access at the native rate (``streaming.ResampledNativeWaveform``):
-    a clip up to ``chunk_seconds`` in one piece, a longer one chunk by chunk.
+    Decoded once (``streaming.ResampledNativeWaveform``): a clip up to
+    ``chunk_seconds`` in one piece, a longer one resampled once into a store and
+    encoded chunk by chunk.
 
     Raises:
       deepbof_tf.audio.AudioDecodeError, ValueError: the file cannot be tagged (the
@@ -265,7 +266,11 @@ class ExportedModel:
       if source.num_samples <= self.one_shot_limit(chunk_seconds):
         probabilities, embedding = self.tag_batch([source.read(0, source.num_samples)])
         return duration, probabilities[0], embedding[0]
-      pooled = self.pooled_windows(source, self.windows_per_seconds(chunk_seconds))
+      store = streaming.resampled_store(source)  # both passes read it: resampled once
+      try:
+        pooled = self.pooled_windows(store, self.windows_per_seconds(chunk_seconds))
+      finally:
+        store.close()
       embedding = streaming.mean_of_windows([pooled])
       return duration, self.probabilities(embedding[None])[0], embedding
     finally:

@@ -387,6 +387,40 @@ class ResampledNativeWaveform:
     self.close()
 
 
+def resampled_store(source: "ResampledNativeWaveform", memory_limit: Optional[int] = None,
+                    block_seconds: float = 30.0, directory: Optional[str] = None):
+  """The whole recording at ``source.sample_rate``, resampled once, for many reads.
+
+  The chunked passes read every chunk twice (the peak, then the encoding); reading them
+  from this store resamples each sample once. The values are ``source``'s (equal to
+  the one-shot ``load_audio``): the resampling of any range is the one-shot's.
+
+  Args:
+    source: a decoded file.
+    memory_limit: float32 bytes kept in memory; above it the samples go to an anonymous
+      temporary file (None: ``deepbof_tf.audio.IN_MEMORY_SAMPLES_BYTES``).
+    block_seconds: the resampling step when spooling (memory per step).
+    directory: the spool file's directory (None: the system temp directory).
+
+  Returns:
+    An :class:`InMemoryWaveform` or a :class:`SpooledWaveform` (close it when done).
+  """
+  from deepbof_tf import audio
+  limit = audio.IN_MEMORY_SAMPLES_BYTES if memory_limit is None else memory_limit
+  n = source.num_samples
+  if 4 * n <= limit:
+    return InMemoryWaveform(source.resampled(0, n), source.sample_rate)
+  spool = SpooledWaveform(source.sample_rate, directory)
+  step = max(int(block_seconds * source.sample_rate), 1)
+  try:
+    for start in range(0, n, step):
+      spool.append(source.resampled(start, start + step))
+  except BaseException:
+    spool.close()
+    raise
+  return spool
+
+
 def native_blocks(path: str, channel_mode: str = "first"
                   ) -> Tuple[int, int, Callable[[int, int], np.ndarray]]:
   """Random access to a file's mono samples at its native rate (decoded once).

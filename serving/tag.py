@@ -194,7 +194,7 @@ def tag_files(tagger: ExportedTagger, paths: Sequence[str],
     if not pending:
       return
     try:
-      probabilities, embeddings = tagger.tag_batch([w for _, w in pending])
+      probabilities, embeddings = tagger.tag_waveforms([w for _, w in pending])
       for (index, _), p, e in zip(pending, probabilities, embeddings):
         results[index].probabilities, results[index].embedding = p, e
     except Exception as error:  # pylint: disable=broad-except
@@ -221,9 +221,16 @@ def tag_files(tagger: ExportedTagger, paths: Sequence[str],
         if len(pending) >= batch_size:
           flush()
         continue
+      from deepbof_tf import streaming
+      if isinstance(source, streaming.ResampledNativeWaveform):
+        # Both passes read every chunk: resample each sample once, not twice.
+        native, source = source, None
+        try:
+          source = streaming.resampled_store(native)
+        finally:
+          native.close()
       pooled = tagger.pooled_windows(source, windows_per_chunk,
                                      chunk_bar if progress else None)
-      from deepbof_tf import streaming
       embedding = streaming.mean_of_windows([pooled])
       results[index].embedding = embedding
       results[index].probabilities = tagger.probabilities(embedding[None])[0]

@@ -33,7 +33,7 @@ from deepbof_tf import exported
 from deepbof_tf.config import FrontendConfig, SamplingConfig
 lib.ComputeFeaturesDoFn(FrontendConfig()).setup()
 lib.SampleBlocksDoFn(SamplingConfig(), 1, 128).setup()
-catalog.ProbeAudioDoFn(22050, "first", 1, 1).setup()
+catalog.DecodeAudioDoFn(22050, "first", 1, 1).setup()
 catalog.SerializeExampleDoFn().setup()
 print(json.dumps(sorted(
     (name, getattr(module, "__file__", None) or "") for name, module in sys.modules.items()

@@ -255,22 +255,34 @@ def test_native_random_access_equals_whole_file_decoding(folder, name, rng):
                                atol=1e-6, err_msg=f"{name} [{start}, {stop})")
 
 
-def test_a_long_file_is_read_one_chunk_at_a_time(exported, folder, monkeypatch):
-  """EncodeChunksDoFn on the 10-minute file: no read asks for more than one chunk's
-  samples, and the combined chunks are deepbof-tag's bag-of-features."""
-  from deepbof_tf import streaming
-  reads = []
-  original = streaming.ResampledNativeWaveform.read
+def test_a_long_file_is_decoded_once_and_read_one_chunk_at_a_time(exported, folder,
+                                                                   monkeypatch):
+  """DecodeAudioDoFn on the 10-minute file (its store spooled to disk): one decode, no
+  read asks for more than one chunk's samples, and the combined chunks are
+  deepbof-tag's bag-of-features."""
+  from deepbof_tf import audio, streaming
+  reads, decodes = [], []
+  original_read = streaming.SpooledWaveform.read
+  original_decode = audio.open_decoded
 
   def recording_read(self, start, stop):
     reads.append(stop - start)
-    return original(self, start, stop)
+    return original_read(self, start, stop)
 
-  monkeypatch.setattr(streaming.ResampledNativeWaveform, "read", recording_read)
-  dofn = lib.EncodeChunksDoFn(exported["export_dir"], CHUNK_SECONDS, "first")
+  def recording_decode(*args, **kwargs):
+    decodes.append(args[0])
+    return original_decode(*args, **kwargs)
+
+  monkeypatch.setattr(streaming.SpooledWaveform, "read", recording_read)
+  monkeypatch.setattr(audio, "open_decoded", recording_decode)
+  dofn = lib.DecodeAudioDoFn(22050, "first", 1, int(CHUNK_SECONDS * 22050),
+                             exported["export_dir"], CHUNK_SECONDS, memory_limit=1 << 20)
   dofn.setup()
   path = str(folder / "ten_minutes.flac")
-  partials = [value for key, value in dofn.process((path, 0)) if key == path]
+  outputs = list(dofn.process(path))
+  assert all(o.tag == lib.PARTIALS_TAG for o in outputs)
+  partials = [value for key, value in (o.value for o in outputs) if key == path]
+  assert decodes == [path]
   window = 43 * 512 / 22050
   chunk_samples = (round(CHUNK_SECONDS / window) * 43 + 8) * 512 + 2048
   plan = streaming.plan_chunks(600 * 22050, round(CHUNK_SECONDS / window), pool_frames=43)
