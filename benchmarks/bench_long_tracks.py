@@ -20,7 +20,7 @@ The model is bench_serving's synthetic one (the paper's sizes).
 Usage::
 
   .venv/bin/python benchmarks/bench_long_tracks.py [--clips=32,192] [--tracks=4,24]
-      [--track_seconds=240]
+      [--track_seconds=240] [--repeats=2]
 """
 
 from __future__ import annotations
@@ -93,6 +93,9 @@ def main() -> int:
   parser.add_argument("--clips", default="32,192", help="two clip-corpus sizes")
   parser.add_argument("--tracks", default="4,24", help="two track-corpus sizes")
   parser.add_argument("--track_seconds", type=float, default=240.0)
+  parser.add_argument("--repeats", type=int, default=2, help="runs of each corpus, "
+                      "interleaved; the least CPU of each is kept (a shared host only "
+                      "ever adds time)")
   parser.add_argument("--pca_dims", type=int, default=128)
   args = parser.parse_args()
   logging.getLogger().setLevel(logging.WARNING)
@@ -129,14 +132,18 @@ def main() -> int:
     results = {}
     print(f"{'corpus':>16} {'files':>6} {'audio s':>8} {'wall s':>7} {'CPU s':>7} "
           f"{'x RT/CPU-s':>10} {'peak RSS MB':>12}")
-    for kind, n, one_shot in runs:
-      manifest, seconds = corpora[("clips" if kind == "clips" else "tracks", n)]
-      wall, cpu, peak, tagged = run_catalog(manifest, export_dir,
-                                            os.path.join(root, "out"), one_shot)
-      assert tagged == n, (kind, n, tagged)
-      results[(kind, n)] = (seconds, cpu, peak)
-      print(f"{kind:>16} {n:>6} {seconds:>8.0f} {wall:>7.1f} {cpu:>7.1f} "
-            f"{seconds / cpu:>10.1f} {peak:>12.0f}")
+    for _ in range(args.repeats):
+      for kind, n, one_shot in runs:
+        manifest, seconds = corpora[("clips" if kind == "clips" else "tracks", n)]
+        wall, cpu, peak, tagged = run_catalog(manifest, export_dir,
+                                              os.path.join(root, "out"), one_shot)
+        assert tagged == n, (kind, n, tagged)
+        if (kind, n) in results:  # the least CPU, the largest peak of the repeats
+          _, cpu0, peak0 = results[(kind, n)]
+          cpu, peak = min(cpu, cpu0), max(peak, peak0)
+        results[(kind, n)] = (seconds, cpu, peak)
+        print(f"{kind:>16} {n:>6} {seconds:>8.0f} {wall:>7.1f} {cpu:>7.1f} "
+              f"{seconds / cpu:>10.1f} {peak:>12.0f}")
 
     def marginal(kind, sizes):
       (s0, c0, _), (s1, c1, _) = results[(kind, sizes[0])], results[(kind, sizes[-1])]
@@ -170,7 +177,7 @@ def main() -> int:
     shutil.rmtree(root, ignore_errors=True)
   result_line.emit("long_tracks", rows, config={
       "clips": args.clips, "tracks": args.tracks, "track_seconds": args.track_seconds,
-      "pca_dims": args.pca_dims})
+      "repeats": args.repeats, "pca_dims": args.pca_dims})
   return 0
 
 

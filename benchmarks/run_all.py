@@ -60,7 +60,7 @@ QUICK_ARGS: Dict[str, List[str]] = {
     "demo_corpus": ["--num_clips", "24", "--clip_seconds", "5", "--no_progress"],
     "catalog": ["--clips=3,6", "--seconds=10", "--index_items=5000", "--index_dim=128",
                 "--queries=100"],
-    "long_tracks": ["--clips=4,8", "--tracks=1,2", "--track_seconds=60"],
+    "long_tracks": ["--clips=4,8", "--tracks=1,2", "--track_seconds=60", "--repeats=1"],
     "startup": ["--runs=1"],
 }
 
