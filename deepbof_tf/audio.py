@@ -728,11 +728,10 @@ class DecodedAudio:
       source.close()
     self.num_frames = self.info.frames
     self.rate = self.info.rate
-    self._samples = None
     if self._file is None:
-      self._samples = (self._blocks[0] if len(self._blocks) == 1
-                       else np.concatenate(self._blocks))
-      self._blocks = []
+      # Kept as the decoder's blocks (~0.5 MB each), not joined: one array of a long
+      # recording would be a fresh mapping of tens of MB, page-faulted in, per file.
+      self._starts = np.cumsum([0] + [b.shape[0] for b in self._blocks])
     else:
       self._file.flush()
 
@@ -745,15 +744,19 @@ class DecodedAudio:
     start, stop = max(0, int(start)), min(self.num_frames, int(stop))
     if stop <= start:
       return np.zeros(0, np.float32)
-    if self._samples is not None:
-      return self._samples[start:stop]
+    if self._file is None:
+      first = int(np.searchsorted(self._starts, start, side="right")) - 1
+      last = int(np.searchsorted(self._starts, stop, side="left")) - 1
+      pieces = [self._blocks[i][max(start - self._starts[i], 0):
+                                stop - self._starts[i]] for i in range(first, last + 1)]
+      return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
     data = os.pread(self._file.fileno(), (stop - start) * 4, start * 4)
     return np.frombuffer(data, np.float32)
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
-    self._blocks, self._samples = [], None
+    self._blocks = []
 
   def __enter__(self) -> "DecodedAudio":
     return self

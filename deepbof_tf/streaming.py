@@ -408,10 +408,13 @@ def resampled_store(source: "ResampledNativeWaveform", memory_limit: Optional[in
   from deepbof_tf import audio
   limit = audio.IN_MEMORY_SAMPLES_BYTES if memory_limit is None else memory_limit
   n = source.num_samples
-  if 4 * n <= limit:
-    return InMemoryWaveform(source.resampled(0, n), source.sample_rate)
-  spool = SpooledWaveform(source.sample_rate, directory)
   step = max(int(block_seconds * source.sample_rate), 1)
+  if 4 * n <= limit:  # resampled block by block: no input range of the whole file
+    samples = np.empty(n, np.float32)
+    for start in range(0, n, step):
+      samples[start:start + step] = source.resampled(start, start + step)
+    return InMemoryWaveform(samples, source.sample_rate)
+  spool = SpooledWaveform(source.sample_rate, directory)
   try:
     for start in range(0, n, step):
       spool.append(source.resampled(start, start + step))

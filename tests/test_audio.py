@@ -442,9 +442,11 @@ def test_open_native_random_access_equals_one_shot(tmp_path, fmt, subtype, ext):
   reference = audio.decode_audio(path)[0].mean(axis=1, dtype=np.float64).astype(np.float32)
   num_frames, rate, read = audio.open_native(path, channel_mode="mean")
   assert (num_frames, rate) == (len(reference), 44100)
-  # Forward, overlapping, backward and past-the-end ranges.
+  # Forward, overlapping, backward, past-the-end ranges, and ranges across the
+  # decoder's blocks (BLOCK_FRAMES = 131072 frames each).
   for start, stop in [(0, 1000), (500, 3000), (2000, 2500), (90000, 120000), (5, 100),
-                      (150000, num_frames + 50), (60000, 61000)]:
+                      (150000, num_frames + 50), (60000, 61000), (120000, 140000),
+                      (0, num_frames)]:
     np.testing.assert_array_equal(read(start, stop), reference[start:min(stop, num_frames)])
 
 
