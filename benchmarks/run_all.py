@@ -47,7 +47,7 @@ sys.path.insert(0, HERE)
 import result_line  # noqa: E402
 
 # Order of a full run: short ones first, so a broken setup shows within a minute.
-ORDER = ("startup", "frontend", "local_features", "song_dnn", "serving", "demo_corpus",
+ORDER = ("frontend", "local_features", "song_dnn", "startup", "serving", "demo_corpus",
          "preprocess", "catalog", "long_tracks")
 
 # Smaller sizes for --quick, through each script's own flags.
