@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Dict, Mapping, Tuple, Type, TypeVar
 
 T = TypeVar("T")
@@ -286,8 +287,9 @@ class PretrainConfig:
     final_momentum: momentum after the switch (0.9).
     momentum_switch_fraction: switch after epochs·fraction epochs (maxEpoch/5).
     init_stddev: W ~ init_stddev·N(0, 1); biases start at 0.
-    shuffle: reshuffle the examples every epoch (seeded). The authors' code keeps a
-      fixed order and drops the same trailing examples each epoch; False does that.
+    shuffle: False (the authors' code; default) visits the examples in file order
+      every epoch and drops the same trailing examples; True reshuffles them every
+      epoch (seeded) and drops a different remainder (docs/deviations.md).
     first_layer_visible: visible units of RBM 1: "binary" (the paper; sigmoid
       reconstructions, right for inputs in [0, 1]), "gaussian" (linear reconstructions,
       right for standardized inputs), "relu" (the bottom-RBM alternative of the
@@ -311,7 +313,7 @@ class PretrainConfig:
   final_momentum: float = 0.9
   momentum_switch_fraction: float = 0.2
   init_stddev: float = 0.01
-  shuffle: bool = True
+  shuffle: bool = False
   first_layer_visible: str = "auto"
   seed: int = 0
 
@@ -330,6 +332,10 @@ class PretrainConfig:
            f"'relu', got {self.first_layer_visible!r}")
 
 
+PRETRAINED_BIASES = ("next_visible", "hidden")
+DROPOUT_SCALINGS = ("weights", "inverted")
+
+
 @dataclasses.dataclass(frozen=True)
 class DNNConfig:
   """Song-level DNN (docs/model.md#song-level-dnn).
@@ -340,8 +346,21 @@ class DNNConfig:
     dropout: dropout rate after every hidden layer (0.5).
     input_dropout: dropout on the (normalized) input; the paper says "hidden and
       input layers", the authors' code drops hidden units only (default 0).
-    init: "pretrained" (weights and hidden biases of the RBMs) or "random" (Keras'
-      Glorot-uniform weights and zero biases, seeded).
+    init: "pretrained" (weights of the RBMs, biases per ``pretrained_biases``) or
+      "random" (Glorot-uniform weights and zero biases, seeded: the authors'
+      ``default_mlp.m``).
+    pretrained_biases: the biases a pretrained network starts from. "next_visible"
+      (the authors' ``tagatune_dnn.m``; default): hidden layer i gets the *visible*
+      bias of RBM i+1 and the top hidden layer 0, the RBMs' hidden biases are unused.
+      "hidden": each hidden layer gets its own RBM's hidden bias (the textbook DBN
+      mapping). docs/deviations.md has the measured effect.
+    dropout_scaling: "weights" (the authors' non-inverted dropout; default): training
+      multiplies by a 0/1 mask without rescaling, and inference scales every hidden
+      layer's output by (1 − dropout), which is deepmat's halving of the weights
+      leaving it. "inverted" (Keras' ``Dropout``): training divides the kept units by
+      (1 − dropout), inference is the identity. The same function class, but not the
+      same parameters, so a network initialised from the RBMs starts at another
+      effective scale and AdaDelta's steps differ (docs/deviations.md).
     input_normalization: the first layer of the model: "none" (the raw
       bag-of-features, in [0, 1]: the authors' final scripts; default), "clip_max"
       (each clip divided by its own maximum: the authors' ``input_normalization``
@@ -356,6 +375,8 @@ class DNNConfig:
   dropout: float = 0.5
   input_dropout: float = 0.0
   init: str = "pretrained"
+  pretrained_biases: str = "next_visible"
+  dropout_scaling: str = "weights"
   input_normalization: str = "none"
   head: str = "dnn"
 
@@ -364,6 +385,12 @@ class DNNConfig:
     _check(self.hidden_units >= 1, "hidden_units must be >= 1")
     _check(self.init in ("pretrained", "random"),
            f"init must be 'pretrained' or 'random', got {self.init!r}")
+    _check(self.pretrained_biases in PRETRAINED_BIASES,
+           f"pretrained_biases must be one of {PRETRAINED_BIASES}, got "
+           f"{self.pretrained_biases!r}")
+    _check(self.dropout_scaling in DROPOUT_SCALINGS,
+           f"dropout_scaling must be one of {DROPOUT_SCALINGS}, got "
+           f"{self.dropout_scaling!r}")
     _check(self.input_normalization != "max", REMOVED_MAX_MODE)
     _check(self.input_normalization in ("none", "clip_max", "standardize"),
            "input_normalization must be 'none', 'clip_max' or 'standardize', got "
@@ -379,9 +406,16 @@ class FinetuneConfig:
   """Supervised fine-tuning: AdaDelta, cross-entropy, best validation epoch.
 
   Args:
-    epochs: maximum epochs (the code's 100; a ~1,400-clip training set needed ~250–300
-      here, so raise it for small corpora; see docs/model.md#fine-tuning).
+    epochs: fine-tuning epochs; 0 (default) derives them from ``updates``. The
+      ``paper`` preset sets the code's 100.
+    updates: the fine-tuning budget in AdaDelta updates when ``epochs`` is 0:
+      ``epochs = ceil(updates / ceil(train clips / batch_size))``. 11,500 is the
+      authors' 100 epochs of 115 minibatches (MagnaTagATune's 14,660 training clips),
+      so a data set of any size gets as many updates as the paper's run
+      (docs/model.md#fine-tuning); the best validation epoch is kept either way.
     batch_size: minibatch size (128).
+    shuffle: False (the authors' deepmat; default) visits the training clips in file
+      order every epoch; True draws a seeded permutation per epoch.
     optimizer: "adadelta_deepmat" (the authors' AdaDelta: ρ = 0 on the first update, so
       both running averages start at the first squared gradient and step; default) or
       "adadelta_keras" (``keras.optimizers.Adadelta``, averages start at 0).
@@ -393,13 +427,17 @@ class FinetuneConfig:
       validation AUC-tag; 0 disables early stopping.
     mixed_precision: float16 compute with float32 variables (GPU only; ignored on CPU).
     tensorboard: write TensorBoard logs to model_dir/finetune/tensorboard.
+    checkpoint_every_seconds: the least time between two resumable checkpoints (the
+      last epoch is always written; 0: after every epoch).
     logreg_c_values: inverse L2 strengths tried by the logistic-regression head; the
       one with the best validation AUC-tag is kept.
     seed: seed of the random init, dropout and the per-epoch shuffles.
   """
 
-  epochs: int = 100
+  epochs: int = 0
+  updates: int = 11_500
   batch_size: int = 128
+  shuffle: bool = False
   optimizer: str = "adadelta_deepmat"
   learning_rate: float = 1.0
   adadelta_rho: float = 0.99
@@ -407,11 +445,23 @@ class FinetuneConfig:
   early_stopping_patience: int = 0
   mixed_precision: bool = False
   tensorboard: bool = True
+  checkpoint_every_seconds: float = 60.0
   logreg_c_values: Tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
   seed: int = 0
 
+  def num_epochs(self, train_examples: int) -> int:
+    """The epochs this config trains on ``train_examples`` clips (``epochs`` or from
+    ``updates``)."""
+    if self.epochs > 0:
+      return int(self.epochs)
+    batches = max(1, math.ceil(int(train_examples) / self.batch_size))
+    return max(1, math.ceil(self.updates / batches))
+
   def __post_init__(self):
-    _check(self.epochs >= 1, f"finetune.epochs must be >= 1, got {self.epochs}")
+    _check(self.epochs >= 0, f"finetune.epochs must be >= 0 (0: from updates), got "
+           f"{self.epochs}")
+    _check(self.epochs > 0 or self.updates >= 1,
+           f"finetune.updates must be >= 1 when finetune.epochs is 0, got {self.updates}")
     _check(self.batch_size >= 1, f"finetune.batch_size must be >= 1, got {self.batch_size}")
     _check(self.optimizer in ("adadelta_deepmat", "adadelta_keras"),
            "finetune.optimizer must be 'adadelta_deepmat' or 'adadelta_keras', got "
@@ -503,7 +553,10 @@ PAPER_TRAIN_OVERRIDES: Mapping[str, Any] = {
     "dnn.dropout": 0.5,
     "dnn.input_normalization": "none",
     "dnn.init": "pretrained",
+    "dnn.pretrained_biases": "next_visible",
+    "dnn.dropout_scaling": "weights",
     "pretrain.first_layer_visible": "binary",
+    "pretrain.shuffle": False,
     "pretrain.binary_relu_learning_rate": 0.03,
     "pretrain.binary_relu_min_learning_rate": 0.01,
     "pretrain.relu_relu_learning_rate": 0.003,
@@ -515,26 +568,31 @@ PAPER_TRAIN_OVERRIDES: Mapping[str, Any] = {
     "finetune.adadelta_epsilon": 1e-8,
     "finetune.epochs": 100,
     "finetune.batch_size": 128,
+    "finetune.shuffle": False,
     "finetune.early_stopping_patience": 0,
 }
 
 PRESETS: Dict[str, Preset] = {
     "paper": Preset("paper", "the authors' run_tagatune_dnn.m (MagnaTagATune scale): "
-                    "200,000 blocks, pooling 86, raw input, binary-visible RBM 1, "
-                    "deepmat AdaDelta, 100 fine-tuning epochs", num_blocks=200_000,
-                    train_overrides=PAPER_TRAIN_OVERRIDES),
+                    "200,000 blocks, pooling 86, raw input, binary-visible RBM 1, RBM "
+                    "visible biases as hidden biases, non-inverted dropout, file-order "
+                    "batches, deepmat AdaDelta, 100 fine-tuning epochs",
+                    num_blocks=200_000, train_overrides=PAPER_TRAIN_OVERRIDES),
     # The embedded demo corpus (600 clips of 15 s, ~430 for training): the block budget
-    # is scaled to the corpus (~24,000 onset candidates exist), and fine-tuning runs
-    # 300 epochs with best-epoch selection because 100 under-train a small set
-    # (docs/model.md#fine-tuning). Everything else is the paper preset's, except that RBM 1
-    # follows the input normalization ("auto": binary on the default raw input), so that
-    # a run with --set=dnn.input_normalization=standardize gets a Gaussian-visible RBM 1.
-    "demo": Preset("demo", "demo scale: 20,000 blocks (paper 200,000) and 300 "
-                   "fine-tuning epochs (paper 100); every other value the paper's",
+    # is scaled to the corpus (~24,000 onset candidates exist), and fine-tuning gets the
+    # paper's number of updates rather than its 100 epochs (the default
+    # finetune.updates; docs/model.md#fine-tuning). Everything else is the paper
+    # preset's, except that RBM 1 follows the input normalization ("auto": binary on
+    # the default raw input), so that a run with
+    # --set=dnn.input_normalization=standardize gets a Gaussian-visible RBM 1.
+    "demo": Preset("demo", "demo scale: 20,000 blocks (paper 200,000) and the paper's "
+                   "11,500 fine-tuning updates (paper: 100 epochs of MagnaTagATune); "
+                   "every other value the paper's",
                    num_blocks=20_000,
                    train_overrides={**{k: v for k, v in PAPER_TRAIN_OVERRIDES.items()
-                                       if k != "pretrain.first_layer_visible"},
-                                    "finetune.epochs": 300}),
+                                       if k not in ("pretrain.first_layer_visible",
+                                                    "finetune.epochs")},
+                                    "finetune.epochs": 0}),
 }
 
 
@@ -565,10 +623,20 @@ def describe(config: "TrainConfig") -> str:
         f"pretraining: RBM 1 {first}-visible {first_rates[0]:g} -> {first_rates[1]:g}, "
         f"RBMs 2+ ReLU-visible {pre.relu_relu_learning_rate:g} -> "
         f"{pre.relu_relu_min_learning_rate:g}, {pre.epochs} epochs, weight costs ({costs})")
+    biases = ("RBM i+1's visible bias for hidden layer i, 0 on top (the authors')"
+              if dnn.pretrained_biases == "next_visible" else "each RBM's hidden bias")
+    order = "file order" if not pre.shuffle else "reshuffled every epoch"
+    lines.append(f"pretrained biases: {biases}; RBM batches in {order}")
+  dropout = ("non-inverted (0/1 masks; outputs x(1 - rate) at test, the authors')"
+             if dnn.dropout_scaling == "weights" else "inverted (Keras)")
+  budget = (f"{fine.epochs} epochs" if fine.epochs > 0 else
+            f"{fine.updates:,} updates (epochs from the training set's size)")
+  order = "file order" if not fine.shuffle else "reshuffled every epoch"
   lines.append(
       f"fine-tuning: {fine.optimizer} (rho {fine.adadelta_rho:g}, epsilon "
-      f"{fine.adadelta_epsilon:g}, lr {fine.learning_rate:g}), {fine.epochs} epochs, batch "
-      f"{fine.batch_size}, the best validation AUC-tag epoch kept")
+      f"{fine.adadelta_epsilon:g}, lr {fine.learning_rate:g}), {budget}, batch "
+      f"{fine.batch_size} in {order}, dropout {dnn.dropout:g} {dropout}, the best "
+      "validation AUC-tag epoch kept")
   return "\n".join(lines)
 
 

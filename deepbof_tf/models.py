@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -169,7 +169,8 @@ def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
   ``bag_of_features`` → [the input normalization: Standardization for "standardize",
   ClipMaxNormalization for "clip_max", nothing for "none"] →
   [Dropout(input_dropout)] →
-  num_hidden_layers × (Dense(hidden_units, ReLU) → Dropout(dropout)) →
+  num_hidden_layers × (Dense(hidden_units, ReLU) → Dropout(dropout), non-inverted
+  by default: ``config.dropout_scaling``) →
   Dense(num_tags, sigmoid) named ``probabilities``. Weights are Glorot-uniform and
   biases zero (Keras defaults) with explicit seeds; ``initialize_from_rbms`` replaces
   them with pretrained ones. Under a mixed-float16 policy the standardization and the
@@ -194,41 +195,59 @@ def build_song_dnn(num_tags: int, config=None, input_dim: int = 1024,
     x = ClipMaxNormalization(dtype="float32", name="clip_max")(x)
   if config.input_dropout > 0:
     x = ReplicaDropout(config.input_dropout, seed=seed * 1000 + 999,
-                       name="input_dropout")(x)
+                       scaling=config.dropout_scaling, name="input_dropout")(x)
   for i in range(config.num_hidden_layers):
     x = keras.layers.Dense(
         config.hidden_units, activation="relu", name=hidden_layer_name(i),
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed * 1000 + 2 * i))(x)
     x = ReplicaDropout(config.dropout, seed=seed * 1000 + 2 * i + 1,
-                       name=f"dropout_{i + 1}")(x)
+                       scaling=config.dropout_scaling, name=f"dropout_{i + 1}")(x)
   outputs = keras.layers.Dense(
       num_tags, activation="sigmoid", dtype="float32", name=PROBABILITIES,
       kernel_initializer=keras.initializers.GlorotUniform(seed=seed * 1000 + 500))(x)
   return keras.Model(inputs, outputs, name="song_dnn")
 
 
-def initialize_from_rbms(model, rbm_weights: Sequence[Tuple[np.ndarray, np.ndarray]]
-                         ) -> None:
+def initialize_from_rbms(model, rbms: Sequence[Mapping[str, np.ndarray]],
+                         biases: str = "next_visible") -> None:
   """Copies pretrained RBM weights into the hidden layers of a song-level DNN.
 
-  Each hidden layer gets its RBM's kernel and **hidden** bias. The authors' code
-  copies the RBMs' visible biases instead (a bug: the hidden layer l then gets the
-  visible bias of RBM l+1 and the top hidden layer keeps zeros), which we do not
-  reproduce (docs/deviations.md). The output layer keeps its random initialisation.
+  Hidden layer i gets RBM i's kernel. Its bias depends on ``biases``:
+
+  * "next_visible" — the authors' ``tagatune_dnn.m`` (``M.biases{i} =
+    rbmModel.visbiases`` with deepmat's layer 1 the input): hidden layer i gets the
+    *visible* bias of RBM i+1, the top hidden layer keeps 0, and the RBMs' hidden
+    biases are not used. This is what the paper's results were obtained with.
+  * "hidden" — each hidden layer gets its own RBM's hidden bias (the DBN textbook).
+
+  The output layer keeps its random initialisation either way.
 
   Args:
     model: a model from ``build_song_dnn``.
-    rbm_weights: one (kernel [in, units], hidden_bias [units]) pair per hidden layer,
-      bottom first.
+    rbms: one mapping per hidden layer, bottom first, with ``kernel`` [in, units],
+      ``hidden_bias`` [units] and ``visible_bias`` [in].
+    biases: "next_visible" (default) or "hidden".
   """
-  for i, (kernel, hidden_bias) in enumerate(rbm_weights):
+  if biases not in ("next_visible", "hidden"):
+    raise ValueError(f"biases must be 'next_visible' or 'hidden', got {biases!r}")
+  for i, rbm in enumerate(rbms):
     layer = model.get_layer(hidden_layer_name(i))
     expected = tuple(layer.kernel.shape)
-    if tuple(np.shape(kernel)) != expected or np.shape(hidden_bias) != expected[1:]:
-      raise ValueError(f"RBM {i + 1} has kernel {np.shape(kernel)} / hidden bias "
-                       f"{np.shape(hidden_bias)}; {layer.name} needs {expected}")
-    layer.kernel.assign(np.asarray(kernel, np.float32))
-    layer.bias.assign(np.asarray(hidden_bias, np.float32))
+    kernel = np.asarray(rbm["kernel"], np.float32)
+    if biases == "hidden":
+      bias = np.asarray(rbm["hidden_bias"], np.float32)
+      source = f"RBM {i + 1}'s hidden bias"
+    elif i + 1 < len(rbms):
+      bias = np.asarray(rbms[i + 1]["visible_bias"], np.float32)
+      source = f"RBM {i + 2}'s visible bias"
+    else:
+      bias = np.zeros(expected[1:], np.float32)
+      source = "zeros"
+    if kernel.shape != expected or bias.shape != expected[1:]:
+      raise ValueError(f"RBM {i + 1} has kernel {kernel.shape} and {source} "
+                       f"{bias.shape}; {layer.name} needs {expected}")
+    layer.kernel.assign(kernel)
+    layer.bias.assign(bias)
 
 
 def build_logreg_tagger(kernel: np.ndarray, bias: np.ndarray,

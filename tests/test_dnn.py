@@ -40,42 +40,76 @@ def test_architecture(layers):
   assert isinstance(clip_max.layers[1], ClipMaxNormalization)
 
 
-def test_initialize_copies_kernels_and_hidden_biases_not_visible_biases(rng):
+def _as_mappings(rbms):
+  return [{"kernel": k, "hidden_bias": c, "visible_bias": b} for k, c, b in rbms]
+
+
+def test_initialize_gives_hidden_layer_i_the_visible_bias_of_rbm_i_plus_1(rng):
+  # The authors' tagatune_dnn.m: M.biases{i} = rbmModel.visbiases (deepmat's biases{1}
+  # is the input layer's), so hidden layer i gets RBM i+1's visible bias and the top
+  # hidden layer keeps 0.
   model = models.build_song_dnn(4, DNNConfig(num_hidden_layers=3, hidden_units=6),
                                 input_dim=10)
   output_before = model.get_layer("probabilities").kernel.numpy().copy()
   rbms = _rbm_weights(rng, [10, 6, 6, 6])
-  models.initialize_from_rbms(model, [(k, c) for k, c, _ in rbms])
-  for i, (kernel, hidden_bias, visible_bias) in enumerate(rbms):
+  models.initialize_from_rbms(model, _as_mappings(rbms))
+  for i, (kernel, _, _) in enumerate(rbms):
+    np.testing.assert_array_equal(model.get_layer(models.hidden_layer_name(i)).kernel.numpy(),
+                                  kernel)
+  np.testing.assert_array_equal(model.get_layer("hidden_1").bias.numpy(), rbms[1][2])
+  np.testing.assert_array_equal(model.get_layer("hidden_2").bias.numpy(), rbms[2][2])
+  np.testing.assert_array_equal(model.get_layer("hidden_3").bias.numpy(), np.zeros(6))
+  np.testing.assert_array_equal(model.get_layer("probabilities").kernel.numpy(),
+                                output_before)
+
+
+def test_initialize_with_hidden_biases(rng):
+  model = models.build_song_dnn(4, DNNConfig(num_hidden_layers=3, hidden_units=6),
+                                input_dim=10)
+  rbms = _rbm_weights(rng, [10, 6, 6, 6])
+  models.initialize_from_rbms(model, _as_mappings(rbms), biases="hidden")
+  for i, (kernel, hidden_bias, _) in enumerate(rbms):
     layer = model.get_layer(models.hidden_layer_name(i))
     np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
     np.testing.assert_array_equal(layer.bias.numpy(), hidden_bias)
-  # The published code's bug would put RBM 2's visible bias into hidden layer 1.
-  assert not np.allclose(model.get_layer("hidden_1").bias.numpy(), rbms[1][2])
-  np.testing.assert_array_equal(model.get_layer("probabilities").kernel.numpy(),
-                                output_before)
+  with pytest.raises(ValueError, match="biases must be"):
+    models.initialize_from_rbms(model, _as_mappings(rbms), biases="visible")
+
+
+def test_one_layer_network_from_next_visible_keeps_a_zero_bias(rng):
+  model = models.build_song_dnn(4, DNNConfig(num_hidden_layers=1, hidden_units=6),
+                                input_dim=10)
+  rbms = _rbm_weights(rng, [10, 6])
+  models.initialize_from_rbms(model, _as_mappings(rbms))
+  np.testing.assert_array_equal(model.get_layer("hidden_1").bias.numpy(), np.zeros(6))
 
 
 def test_initialize_rejects_wrong_shapes(rng):
   model = models.build_song_dnn(4, DNNConfig(num_hidden_layers=1, hidden_units=6),
                                 input_dim=10)
   with pytest.raises(ValueError, match="hidden_1 needs"):
-    models.initialize_from_rbms(model, [(np.zeros((9, 6)), np.zeros(6))])
+    models.initialize_from_rbms(model, [{"kernel": np.zeros((9, 6)),
+                                         "hidden_bias": np.zeros(6),
+                                         "visible_bias": np.zeros(9)}])
 
 
-def test_forward_pass_matches_numpy_with_standardization_inside(rng):
+@pytest.mark.parametrize("scaling,factor", [("weights", 0.5), ("inverted", 1.0)])
+def test_forward_pass_matches_numpy_with_standardization_inside(rng, scaling, factor):
+  # Non-inverted dropout: at inference every hidden layer's output is scaled by
+  # (1 - rate), which is deepmat's W{l-1}/2 for the weights leaving it.
   x_train = rng.random((50, 8)).astype(np.float32)
   mean, std = standardization_statistics(x_train)
   np.testing.assert_allclose(mean, x_train.mean(0), atol=1e-6)
   np.testing.assert_allclose(std, x_train.std(0), atol=1e-6)
   model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=5,
-                                             input_normalization="standardize"),
+                                             input_normalization="standardize",
+                                             dropout_scaling=scaling),
                                 input_dim=8, mean=mean, std=std)
   x = rng.random((7, 8)).astype(np.float32)
   h = (x - mean) / std
   for name in ("hidden_1", "hidden_2"):
     layer = model.get_layer(name)
-    h = np.maximum(h @ layer.kernel.numpy() + layer.bias.numpy(), 0)
+    h = np.maximum(h @ layer.kernel.numpy() + layer.bias.numpy(), 0) * factor
   out = model.get_layer("probabilities")
   expected = 1 / (1 + np.exp(-(h @ out.kernel.numpy() + out.bias.numpy())))
   np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
@@ -166,16 +200,28 @@ def test_tag_cross_entropy_sums_over_tags(rng):
                              rtol=1e-5)
 
 
+def test_epoch_dataset_default_is_the_file_order_every_epoch():
+  # deepmat: batch mb is examples (mb-1)*128+1 … min(mb*128, N), every epoch.
+  x = np.arange(10, dtype=np.float32)[:, None]
+  y = np.zeros((10, 1), np.float32)
+  batches = [b[0].numpy()[:, 0].tolist() for b in finetuning.epoch_dataset(x, y, 4, 7, 0, 2)]
+  assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] * 2
+  resumed = [b[0].numpy()[:, 0].tolist() for b in finetuning.epoch_dataset(x, y, 4, 7, 1, 2)]
+  assert resumed == batches[3:]
+
+
 def test_epoch_dataset_is_a_permutation_per_epoch_and_resumable():
   x = np.arange(10, dtype=np.float32)[:, None]
   y = np.zeros((10, 1), np.float32)
-  full = [b[0].numpy()[:, 0] for b in finetuning.epoch_dataset(x, y, 4, 7, 0, 3)]
+  full = [b[0].numpy()[:, 0] for b in finetuning.epoch_dataset(x, y, 4, 7, 0, 3,
+                                                               shuffle=True)]
   assert len(full) == 9  # 3 epochs × ceil(10/4)
   for e in range(3):
     epoch = np.concatenate(full[3 * e:3 * e + 3])
     assert sorted(epoch.tolist()) == list(range(10))
   assert not np.array_equal(np.concatenate(full[:3]), np.concatenate(full[3:6]))
-  resumed = [b[0].numpy()[:, 0] for b in finetuning.epoch_dataset(x, y, 4, 7, 2, 3)]
+  resumed = [b[0].numpy()[:, 0] for b in finetuning.epoch_dataset(x, y, 4, 7, 2, 3,
+                                                                  shuffle=True)]
   for a, b in zip(resumed, full[6:]):
     np.testing.assert_array_equal(a, b)
 
@@ -257,3 +303,47 @@ def test_replica_dropout_is_keras_dropout_on_one_device():
   np.testing.assert_array_equal(ours(x, training=False).numpy(), x)
   clone = ReplicaDropout.from_config(ours.get_config())
   assert (clone.rate, clone.seed) == (0.5, 3)
+
+
+def test_non_inverted_dropout_masks_without_rescaling_and_scales_at_inference():
+  from deepbof_tf.layers.dropout import ReplicaDropout
+  x = np.random.default_rng(0).uniform(1, 2, (64, 50)).astype(np.float32)
+  layer = ReplicaDropout(0.5, seed=3, scaling="weights")
+  masks = []
+  for _ in range(3):
+    out = layer(x, training=True).numpy()
+    kept = out != 0
+    np.testing.assert_array_equal(out[kept], x[kept])  # no 1/(1 - rate)
+    masks.append(kept)
+  assert not np.array_equal(masks[0], masks[1])  # the generator advances
+  assert 0.45 < np.mean(masks) < 0.55
+  np.testing.assert_allclose(layer(x, training=False).numpy(), 0.5 * x, rtol=1e-7)
+  clone = ReplicaDropout.from_config(layer.get_config())
+  assert (clone.rate, clone.seed, clone.scaling) == (0.5, 3, "weights")
+  quarter = ReplicaDropout(0.25, seed=3, scaling="weights")
+  np.testing.assert_allclose(quarter(x, training=False).numpy(), 0.75 * x, rtol=1e-7)
+  assert 0.70 < np.mean(quarter(x, training=True).numpy() != 0) < 0.80
+  with pytest.raises(ValueError, match="scaling must be"):
+    ReplicaDropout(0.5, scaling="halved")
+
+
+def test_network_with_non_inverted_dropout_equals_inverted_with_scaled_weights(rng):
+  # The same function class: the authors' network (weights W, outputs halved at test)
+  # equals an inverted-dropout network whose weights leaving the hidden layers are W/2.
+  config = DNNConfig(num_hidden_layers=2, hidden_units=6)
+  theirs = models.build_song_dnn(3, config, input_dim=8, seed=4)
+  ours = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=6,
+                                            dropout_scaling="inverted"), input_dim=8, seed=4)
+  weights = theirs.get_weights()
+  scaled = [w / 2 if i in (2, 4) else w for i, w in enumerate(weights)]  # kernels 2, out
+  ours.set_weights(scaled)
+  x = rng.random((5, 8)).astype(np.float32)
+  np.testing.assert_allclose(ours.predict(x, verbose=0), theirs.predict(x, verbose=0),
+                             rtol=1e-5)
+
+
+def test_saved_models_from_before_the_option_keep_inverted_dropout():
+  from deepbof_tf.layers.dropout import ReplicaDropout
+  config = ReplicaDropout(0.5, seed=1).get_config()
+  config.pop("scaling")
+  assert ReplicaDropout.from_config(config).scaling == "inverted"

@@ -68,14 +68,23 @@ def test_build_config_precedence(tmp_path):
 
 def test_presets_scale_the_defaults_and_yield_to_explicit_values():
   demo = train.build_config(preset="demo")
-  assert demo.finetune.epochs == config_lib.PRESETS["demo"].train_overrides["finetune.epochs"]
+  # The demo gets the default budget: the paper's number of updates, not its epochs.
+  assert demo.finetune.epochs == 0 and demo.finetune == config_lib.TrainConfig().finetune
   assert demo.local == config_lib.TrainConfig().local  # everything else the paper's
   assert train.build_config(preset="demo", assignments=["finetune.epochs=7"]).finetune.epochs == 7
   # The paper preset is the defaults (the authors' run_tagatune_dnn.m), with RBM 1's
-  # visible type spelled out instead of "auto".
+  # visible type spelled out instead of "auto" and the authors' 100 epochs instead of
+  # their number of updates.
   paper = train.build_config(preset="paper")
   assert paper == config_lib.override(config_lib.TrainConfig(),
-                                      {"pretrain.first_layer_visible": "binary"})
+                                      {"pretrain.first_layer_visible": "binary",
+                                       "finetune.epochs": 100})
+  assert (paper.dnn.pretrained_biases, paper.dnn.dropout_scaling) == ("next_visible",
+                                                                      "weights")
+  assert not paper.pretrain.shuffle and not paper.finetune.shuffle
+  described = config_lib.describe(paper)
+  for words in ("RBM i+1's visible bias", "non-inverted", "file order", "100 epochs"):
+    assert words in described
   assert config_lib.PRESETS["paper"].num_blocks == 200_000
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.preset("huge")

@@ -63,13 +63,14 @@ def tag_names(data_dir: str, model_dir: str, num_tags: int) -> Sequence[str]:
 
 def _fingerprint(config: config_lib.TrainConfig, *arrays: np.ndarray,
                  mixed_precision_used: bool = False) -> str:
-  # Epochs and patience are left out on purpose: raising --finetune_epochs on a
+  # Epochs, updates and patience are left out on purpose: raising --finetune_epochs on a
   # finished run continues it instead of starting over (the epoch order does not
   # depend on the total). TensorBoard is cosmetic. Mixed precision enters as what ran,
   # not as what was asked: without a GPU the request is ignored, and only a run that
   # really used it has a LossScaleOptimizer's extra variables in its checkpoint.
   finetune = config_lib.to_dict(config.finetune)
-  for key in ("epochs", "early_stopping_patience", "tensorboard"):
+  for key in ("epochs", "updates", "early_stopping_patience", "tensorboard",
+              "checkpoint_every_seconds"):
     finetune.pop(key)
   finetune["mixed_precision"] = bool(mixed_precision_used)
   payload = {"dnn": config_lib.to_dict(config.dnn), "finetune": finetune}
@@ -87,7 +88,7 @@ def _load_rbms(model_dir: str, num_layers: int):
       raise FileNotFoundError(f"{path}: missing; run deepbof-train --stages=pretrain "
                               "first, or use --init=random")
     stored = layout.read_npz(path)
-    weights.append((stored["kernel"], stored["hidden_bias"]))
+    weights.append({key: stored[key] for key in ("kernel", "hidden_bias", "visible_bias")})
   return weights
 
 
@@ -146,9 +147,10 @@ def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
       model = models.build_song_dnn(len(tags), config.dnn, input_dim=x_train.shape[1],
                                     mean=mean, std=std, seed=config.finetune.seed)
       if rbm_weights is not None:
-        models.initialize_from_rbms(model, rbm_weights)
+        models.initialize_from_rbms(model, rbm_weights, config.dnn.pretrained_biases)
       fingerprint_arrays = [x_train, y_train, x_valid, y_valid]
-      fingerprint_arrays += [w for pair in rbm_weights or [] for w in pair]
+      fingerprint_arrays += [rbm[key] for rbm in rbm_weights or []
+                             for key in ("kernel", "hidden_bias", "visible_bias")]
       result = finetuning.finetune(
           model, x_train, y_train, x_valid, y_valid, config.finetune,
           work_dir=posixpath.join(model_dir, layout.FINETUNE_DIR),

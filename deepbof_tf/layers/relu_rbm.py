@@ -311,13 +311,16 @@ class ReLURBMTrainer:
       return self._build_distributed_epoch_fn(hidden, weight_cost)
 
     @tf.function(reduce_retracing=True)
-    def run_epoch(batches, epoch, learning_rate, momentum):
+    def run_epoch(batches, epoch, learning_rate, momentum, replay=None):
       num_batches = tf.shape(batches)[0]
       total_error = tf.constant(0.0)
       for b in tf.range(num_batches):
         batch_seed = noise_seed(self.seed, self.layer_index, epoch, b)
         data = batches[b]
-        noise = tf.random.stateless_normal((tf.shape(data)[0], hidden), seed=batch_seed)
+        if replay is None:
+          noise = tf.random.stateless_normal((tf.shape(data)[0], hidden), seed=batch_seed)
+        else:
+          noise = replay[b]
         state, error = cd1_update(
             rbm.kernel.value, rbm.hidden_bias.value, rbm.visible_bias.value,
             kernel_inc, hidden_bias_inc, visible_bias_inc, data, noise,
@@ -377,7 +380,8 @@ class ReLURBMTrainer:
     return run_distributed_epoch
 
   def fit(self, data: np.ndarray, log_every: int = 10,
-          on_epoch_end: Optional[Callable[[int, float], None]] = None) -> Dict[str, Any]:
+          on_epoch_end: Optional[Callable[[int, float], None]] = None,
+          replay_noise: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """Trains the RBM on ``data`` ([examples, visible], float32).
 
     Args:
@@ -385,6 +389,9 @@ class ReLURBMTrainer:
         of the layer below).
       log_every: log the reconstruction error every this many epochs (0: never).
       on_epoch_end: optional ``fn(epoch, reconstruction_error)``.
+      replay_noise: standard-normal draws to use instead of the seeded ones,
+        ``[epochs, batches, batch_size, hidden]`` (one device only): how the reference
+        test replays the authors' own draws (tests/test_authors_reference.py).
 
     Returns:
       {"reconstruction_error": [per-epoch mean over batches]}.
@@ -406,6 +413,11 @@ class ReLURBMTrainer:
                                    config.batch_size, self.replicas)
     data_tensor = tf.constant(data)
     used = num_batches * config.batch_size
+    if replay_noise is not None:
+      expected = (config.epochs, num_batches, config.batch_size, self.rbm.units)
+      if self.replicas > 1 or tuple(np.shape(replay_noise)) != expected:
+        raise ValueError(f"replay_noise must be {expected} on one device, got "
+                         f"{np.shape(replay_noise)} on {self.replicas} replicas")
     errors = []
     for epoch in range(config.epochs):
       if config.shuffle:
@@ -426,6 +438,8 @@ class ReLURBMTrainer:
                 tf.constant(num_batches)) + args
       else:
         args = (batches,) + args
+      if replay_noise is not None:
+        args += (tf.constant(replay_noise[epoch], tf.float32),)
       error = float(self._epoch_fn(*args))
       if not np.isfinite(error):
         raise FloatingPointError(

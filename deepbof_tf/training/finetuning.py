@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import posixpath
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import keras
@@ -83,11 +84,14 @@ class GlobalBatchLoss(keras.losses.Loss):
 
 
 def epoch_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                  first_epoch: int, num_epochs: int) -> tf.data.Dataset:
-  """Minibatches of epochs ``first_epoch … num_epochs−1``, each a seeded permutation.
+                  first_epoch: int, num_epochs: int, shuffle: bool = False
+                  ) -> tf.data.Dataset:
+  """Minibatches of epochs ``first_epoch … num_epochs−1``.
 
-  The order of epoch e depends only on (seed, e), never on how many epochs ran
-  before in this process, which is what makes resumption exact.
+  ``shuffle=False`` (the authors' deepmat): every epoch visits the examples in their
+  order, ``ceil(N / batch_size)`` batches, the last one smaller. ``shuffle=True``:
+  epoch e is a permutation that depends only on (seed, e), never on how many epochs
+  ran before in this process, which is what makes resumption exact.
 
   Args:
     x: [examples, features] inputs.
@@ -96,14 +100,19 @@ def epoch_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
     seed: the fine-tuning seed.
     first_epoch: 0-based first epoch to produce.
     num_epochs: total epochs of the run.
+    shuffle: a seeded permutation per epoch instead of the file order.
   """
   x = tf.constant(np.asarray(x, np.float32))
   y = tf.constant(np.asarray(y, np.float32))
   n = int(x.shape[0])
 
   def one_epoch(epoch):
-    keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
-    order = tf.argsort(keys, stable=True)
+    if shuffle:
+      keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.cast(seed, tf.int64),
+                                                             epoch]))
+      order = tf.argsort(keys, stable=True)
+    else:
+      order = tf.range(n, dtype=tf.int32)
     return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
   epochs = tf.data.Dataset.range(first_epoch, num_epochs)
@@ -180,22 +189,44 @@ def _write_npz_atomically(path: str, arrays: Dict[str, np.ndarray]) -> None:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-  """Writes the full training state after every epoch (atomically: temp file + rename).
+  """Writes the full training state at epoch ends (atomically: temp file + rename).
+
+  A small data set runs thousands of short epochs under the default update budget,
+  and the state (model, optimizer, best weights) is ~17 MB for the 3 × 512 network, so
+  it is written after an epoch only when ``every_seconds`` have passed since the last
+  write, and always after the last epoch and when training stops. A killed run resumes
+  from the last write and repeats the epochs after it exactly (the batch order and the
+  dropout generators' states depend only on the epoch and the saved state).
 
   Args:
     path: the checkpoint file (``.npz``).
     validation: the ``ValidationAUC`` callback whose state is saved with the model.
     fingerprint: a string identifying the configuration; a checkpoint with another
       fingerprint is not resumed from.
+    every_seconds: the least time between two writes (0: every epoch).
+    last_epoch: the run's last 0-based epoch (always written).
   """
 
-  def __init__(self, path: str, validation: ValidationAUC, fingerprint: str = ""):
+  def __init__(self, path: str, validation: ValidationAUC, fingerprint: str = "",
+               every_seconds: float = 0.0, last_epoch: Optional[int] = None):
     super().__init__()
     self.path = path
     self.validation = validation
     self.fingerprint = fingerprint
+    self.every_seconds = float(every_seconds)
+    self.last_epoch = last_epoch
+    self._last_write = time.monotonic()
 
   def on_epoch_end(self, epoch, logs=None):
+    due = (self.every_seconds <= 0 or self.model.stop_training
+           or (self.last_epoch is not None and epoch >= self.last_epoch)
+           or time.monotonic() - self._last_write >= self.every_seconds)
+    if due:
+      self.write(epoch)
+
+  def write(self, epoch: int) -> None:
+    """Writes the state after 0-based ``epoch`` now."""
+    self._last_write = time.monotonic()
     arrays: Dict[str, np.ndarray] = {}
     for i, v in enumerate(self.model.variables):
       arrays[f"model_{i}"] = np.asarray(v.numpy())
@@ -253,7 +284,7 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
              x_valid: np.ndarray, y_valid: np.ndarray, config: FinetuneConfig,
              work_dir: str, fingerprint: str = "", resume: bool = True,
              callbacks: Sequence[keras.callbacks.Callback] = (),
-             verbose: int = 0) -> Dict[str, Any]:
+             verbose: int = 0, run_eagerly: bool = False) -> Dict[str, Any]:
   """Fine-tunes ``model`` in place and leaves the best validation epoch's weights in it.
 
   Args:
@@ -268,6 +299,8 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
     resume: continue from ``work_dir/checkpoint.npz`` when it matches.
     callbacks: extra Keras callbacks, run after the checkpoint is written.
     verbose: Keras fit verbosity.
+    run_eagerly: run the training steps eagerly (slow; lets a test replay recorded
+      dropout masks, tests/test_authors_reference.py).
 
   Returns:
     {"best_epoch" (0-based), "best_val_auc_tag", "epochs_run", "resumed_from" (epoch or
@@ -278,7 +311,7 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
   replicas = tf.distribute.get_strategy().num_replicas_in_sync
   model.compile(optimizer=make_optimizer(config),
                 loss=GlobalBatchLoss(tag_cross_entropy) if replicas > 1
-                else tag_cross_entropy, jit_compile=False)
+                else tag_cross_entropy, jit_compile=False, run_eagerly=run_eagerly)
   validation = ValidationAUC(x_valid, y_valid, patience=config.early_stopping_patience)
 
   first_epoch, resumed_from, stopped = 0, None, False
@@ -308,23 +341,30 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
     logging.info("resuming fine-tuning after epoch %d (best val AUC-tag %.4f)",
                  first_epoch, validation.best_auc)
 
+  num_epochs = config.num_epochs(len(x_train))
   all_callbacks: List[keras.callbacks.Callback] = [
-      validation, EpochCheckpoint(checkpoint_path, validation, fingerprint)]
+      validation, EpochCheckpoint(checkpoint_path, validation, fingerprint,
+                                  every_seconds=config.checkpoint_every_seconds,
+                                  last_epoch=num_epochs - 1)]
   if config.tensorboard:
     all_callbacks.append(keras.callbacks.TensorBoard(
         log_dir=posixpath.join(work_dir, "tensorboard"), write_graph=False))
   all_callbacks.extend(callbacks)
 
-  if first_epoch < config.epochs and not stopped:
+  if first_epoch < num_epochs and not stopped:
     batch_size = replica_batch_size(config.batch_size, replicas, len(x_train))
     if batch_size != config.batch_size:
       logging.warning("finetune: batch size %d does not split over %d replicas; using %d "
                       "(%d per replica)", config.batch_size, replicas, batch_size,
                       batch_size // replicas)
     steps = math.ceil(len(x_train) / batch_size)
+    if first_epoch == 0:
+      logging.info("finetune: %d epochs of %d minibatches (%s)", num_epochs, steps,
+                   f"{config.epochs} epochs" if config.epochs else
+                   f"{config.updates:,} updates")
     dataset = epoch_dataset(x_train, y_train, batch_size, config.seed,
-                            first_epoch, config.epochs).prefetch(2)
-    model.fit(dataset, epochs=config.epochs, initial_epoch=first_epoch, shuffle=False,
+                            first_epoch, num_epochs, shuffle=config.shuffle).prefetch(2)
+    model.fit(dataset, epochs=num_epochs, initial_epoch=first_epoch, shuffle=False,
               steps_per_epoch=steps, callbacks=all_callbacks, verbose=verbose)
   validation.restore_best()
   history = validation.history
