@@ -83,6 +83,7 @@ report["relu_rows"] = sorted(rows["relu"])
 # --- the pretrain stage: a lost layer is retrained to the same bits ----------------------
 config = synthetic._small_config(**{"dnn.num_hidden_layers": 2, "pretrain.epochs": 3,
                                     "pretrain.batch_size": 25, "finetune.epochs": 4,
+                                    "finetune.checkpoint_every_seconds": 0,
                                     "finetune.batch_size": 32, "dnn.dropout": 0.5,
                                     "finetune.tensorboard": False})
 data_dir, model_dir = synthetic._write_synthetic(

@@ -250,9 +250,15 @@ class _KillAfterEpoch:
     return Kill()
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("every_seconds,resumed_from", [(0.0, 2), (3600.0, None)])
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, every_seconds,
+                                                             resumed_from):
+  # every_seconds=0 writes a checkpoint after every epoch: the rerun resumes after the
+  # kill's epoch. 3600 s writes only after the last epoch: the rerun starts over. Both
+  # end exactly where an uninterrupted run ends.
   config = _small_config(**{"dnn.num_hidden_layers": 1, "dnn.init": "random",
-                            "finetune.epochs": 6, "finetune.early_stopping_patience": 0})
+                            "finetune.epochs": 6, "finetune.early_stopping_patience": 0,
+                            "finetune.checkpoint_every_seconds": every_seconds})
   data_a, model_a = _write_synthetic(tmp_path / "a", n=(120, 40, 40))
   data_b, model_b = _write_synthetic(tmp_path / "b", n=(120, 40, 40))
   finetune_stage.finetune(data_a, model_a, config)
@@ -260,7 +266,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     finetune_stage.finetune(data_b, model_b, config, callbacks=[_KillAfterEpoch(2)])
   assert not os.path.exists(os.path.join(model_b, models.TAGGER_FILE))
   summary = finetune_stage.finetune(data_b, model_b, config)
-  assert summary["resumed_from"] == 2 and summary["epochs_run"] == 6
+  assert summary["resumed_from"] == resumed_from and summary["epochs_run"] == 6
   weights_a = models.load_tagger(model_a).get_weights()
   weights_b = models.load_tagger(model_b).get_weights()
   for wa, wb in zip(weights_a, weights_b):

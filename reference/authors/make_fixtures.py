@@ -25,7 +25,8 @@ DEFAULT_OUTPUT = os.path.join(HERE, "..", "..", "tests", "data", "authors_update
 
 
 def run_octave(authors_dir: str, script: str, out_file: str, **variables) -> None:
-  assignments = "".join(f"{k}='{v}'; " for k, v in variables.items())
+  assignments = "".join(f"{k}={v}; " if isinstance(v, (int, float)) else f"{k}='{v}'; "
+                        for k, v in variables.items())
   command = (f"authors_dir='{os.path.abspath(authors_dir)}'; out_file='{out_file}'; "
              f"{assignments}run('{os.path.join(HERE, script)}')")
   with tempfile.TemporaryDirectory() as cwd:  # tagatune_mlp's hooks write files
