@@ -21,10 +21,10 @@ Data flow:
    ``serving_padded`` on groups of similar lengths: probabilities and the
    bag-of-features.
 4. Chunked: the recording is resampled once into a store (memory, or a temporary
-   file) and the export's two streaming passes (``stream_peak`` then
-   ``stream_encode``, the AGC state and the last block's frames carried from chunk to
-   chunk, which is why one file's chunks run in order in one DoFn call) read one
-   chunk at a time from it; one partial result per chunk goes out, keyed by path: the
+   file) and the export's two streaming passes (``stream_spectrum``, then
+   ``stream_encode_spectrum`` on the kept magnitudes, the AGC state and the last
+   block's frames carried from chunk to chunk, which is why one file's chunks run in
+   order in one DoFn call) read one chunk at a time from it; one partial result per chunk goes out, keyed by path: the
    chunk index, the sum of its max-pooling windows and their count.
    :class:`BagOfFeaturesCombineFn` (``CombinePerKey``) adds them up and checks that
    every chunk arrived; sum / count is exactly the one-shot bag-of-features (the mean

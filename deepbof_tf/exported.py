@@ -34,6 +34,8 @@ WAV_SIGNATURE = "predict_wav"
 TAGS_SIGNATURE = "tags"
 STREAM_PEAK_SIGNATURE = "stream_peak"
 STREAM_ENCODE_SIGNATURE = "stream_encode"
+STREAM_SPECTRUM_SIGNATURE = "stream_spectrum"
+STREAM_ENCODE_SPECTRUM_SIGNATURE = "stream_encode_spectrum"
 HEAD_SIGNATURE = "probabilities_from_embedding"
 
 
@@ -103,6 +105,11 @@ def top_tags(probabilities: np.ndarray, tags: Sequence[str], top_k: int,
   return chosen[:top_k] if top_k > 0 else chosen
 
 
+# Memory for the STFT magnitudes the first streaming pass keeps for the second
+# (ExportedModel.iter_pooled_windows): 64 MB, 12 minutes of audio.
+SPECTRUM_MEMORY_BYTES = 64 << 20
+
+
 class ExportedModel:
   """A loaded ``deepbof-export`` SavedModel and the settings it was exported with.
 
@@ -126,6 +133,9 @@ class ExportedModel:
     self._padded = signatures[PADDED_SIGNATURE]
     self._peak = signatures[STREAM_PEAK_SIGNATURE]
     self._encode = signatures[STREAM_ENCODE_SIGNATURE]
+    # Exports written before these signatures existed stream with the two above only.
+    self._spectrum = signatures.get(STREAM_SPECTRUM_SIGNATURE)
+    self._encode_spectrum = signatures.get(STREAM_ENCODE_SPECTRUM_SIGNATURE)
     self._head = signatures[HEAD_SIGNATURE]
     self.tags = [t.decode("utf-8") for t in signatures[TAGS_SIGNATURE]()["tags"].numpy()]
 
@@ -197,19 +207,26 @@ class ExportedModel:
     return np.stack(probabilities), np.stack(embeddings)
 
   def iter_pooled_windows(self, source, windows_per_chunk: int,
-                          progress: Optional[Any] = None) -> Iterator[np.ndarray]:
+                          progress: Optional[Any] = None,
+                          spectrum_bytes: int = SPECTRUM_MEMORY_BYTES
+                          ) -> Iterator[np.ndarray]:
     """The max-pooling windows ``[w, H]`` of a recording, one array per chunk.
 
     Two passes over the chunks of ``deepbof_tf.streaming.plan_chunks``: the STFT
     maximum of the whole recording (the spectral floor needs it), then floor, AGC,
     log-mel, blocks, encoder and window maxima with the AGC state and the last
-    ``block_frames − 1`` log-mel frames carried from chunk to chunk. Only one chunk's
-    samples are in memory at a time.
+    ``block_frames − 1`` log-mel frames carried from chunk to chunk. The first pass
+    keeps the chunks' STFT magnitudes while they fit in ``spectrum_bytes`` (88 KB per
+    second of audio: 64 MB is 12 minutes) and the second pass encodes those from the
+    magnitudes (``stream_encode_spectrum``) instead of computing their STFT again; the
+    chunks beyond it, and every chunk of an export without those signatures, are
+    encoded from their samples. The results are the same either way.
 
     Args:
       source: a ``deepbof_tf.streaming`` waveform (``num_samples``, ``read``).
       windows_per_chunk: pooling windows per streaming step.
       progress: optional tqdm bar advanced by one per chunk and pass.
+      spectrum_bytes: memory for kept magnitudes (0: keep none).
     """
     import tensorflow as tf
     from deepbof_tf import streaming
@@ -218,17 +235,34 @@ class ExportedModel:
     if progress is not None:
       progress.reset(total=2 * len(plan))
     peak = 0.0
+    kept: List[Optional[tf.Tensor]] = []
+    bins = self.config.n_fft // 2 + 1
+    room = int(spectrum_bytes) if self._spectrum is not None else 0
     for chunk in plan:  # pass 1: the whole recording's STFT maximum (the floor's max)
-      segment = source.read(*streaming.segment_bounds(chunk, self.config))
-      peak = max(peak, float(self._peak(segment=tf.constant(segment))["peak"]))
+      segment = tf.constant(source.read(*streaming.segment_bounds(chunk, self.config)))
+      size = (chunk.frame_stop - chunk.frame_start) * bins * 4
+      if size <= room:
+        magnitude = self._spectrum(segment=segment)["magnitude"]
+        peak = max(peak, float(tf.reduce_max(magnitude)))
+        kept.append(magnitude)
+        room -= size
+      else:
+        peak = max(peak, float(self._peak(segment=segment)["peak"]))
+        kept.append(None)
       if progress is not None:
         progress.update()
     state = tf.zeros([self.config.agc_n_bands], tf.float32)
     context = tf.zeros([0, self.config.n_mels], tf.float32)
-    for chunk in plan:  # pass 2: floor, AGC, log-mel, blocks, encoder, window maxima
-      segment = source.read(*streaming.segment_bounds(chunk, self.config))
-      out = self._encode(segment=tf.constant(segment), peak=tf.constant(peak, tf.float32),
-                         agc_state=state, context=context)
+    peak_tensor = tf.constant(peak, tf.float32)
+    for index, chunk in enumerate(plan):  # pass 2: floor, AGC, log-mel, blocks, encoder
+      magnitude, kept[index] = kept[index], None  # freed as soon as it is encoded
+      if magnitude is not None:
+        out = self._encode_spectrum(magnitude=magnitude, peak=peak_tensor,
+                                    agc_state=state, context=context)
+      else:
+        segment = source.read(*streaming.segment_bounds(chunk, self.config))
+        out = self._encode(segment=tf.constant(segment), peak=peak_tensor,
+                           agc_state=state, context=context)
       state, context = out["agc_state"], out["context"]
       if progress is not None:
         progress.update()

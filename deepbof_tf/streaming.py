@@ -9,7 +9,10 @@ whose results combine into *exactly* the one-shot bag-of-features:
   without further padding (:func:`segment_bounds`; ``frontend.stft_magnitude(pad=False)``).
 * **floor** — ``S += 1e-4·max(S)`` uses the maximum over the *whole* recording, so a
   first pass computes every chunk's STFT maximum (:func:`segment_peak`) and the second
-  pass floors with the global one.
+  pass floors with the global one. Where memory allows, the first pass keeps each
+  chunk's magnitudes (:func:`segment_spectrum`, ~88 KB per second of audio) and the
+  second encodes from them (:func:`encode_spectrum`) instead of computing the STFT
+  again: the same numbers, one STFT per chunk.
 * **AGC** — the band envelope after a chunk's last frame is the next chunk's initial
   state (``frontend.agc(initial_state=...)``; zeros = the clip start).
 * **blocks** — a block covers ``block_frames`` frames, so each chunk after the first is
@@ -179,6 +182,15 @@ def segment_peak(segment, config: FrontendConfig = _DEFAULT_CONFIG):
   return tf.reduce_max(frontend.stft_magnitude(segment, config, pad=False))
 
 
+def segment_spectrum(segment, config: FrontendConfig = _DEFAULT_CONFIG):
+  """Pass 1, keeping the spectrum: a chunk's STFT magnitudes ``[frames, bins]``.
+
+  Their maximum is :func:`segment_peak`; :func:`encode_spectrum` encodes from them.
+  """
+  from deepbof_tf import frontend
+  return frontend.stft_magnitude(segment, config, pad=False)
+
+
 def encode_segment(encoder, segment, peak, agc_state, context,
                    config: FrontendConfig = _DEFAULT_CONFIG):
   """Pass 2: one chunk → its window maxima, the AGC state and the carried frames.
@@ -197,8 +209,16 @@ def encode_segment(encoder, segment, peak, agc_state, context,
     ``(pooled [windows, H], agc_state [bands], context [block_frames − 1, n_mels])``.
   """
   from deepbof_tf import frontend
+  return encode_spectrum(encoder, frontend.stft_magnitude(segment, config, pad=False),
+                         peak, agc_state, context, config)
+
+
+def encode_spectrum(encoder, magnitude, peak, agc_state, context,
+                    config: FrontendConfig = _DEFAULT_CONFIG):
+  """Pass 2 from the chunk's magnitudes (:func:`segment_spectrum`); as
+  :func:`encode_segment`, which is this after the STFT."""
+  from deepbof_tf import frontend
   import tensorflow as tf
-  magnitude = frontend.stft_magnitude(segment, config, pad=False)
   floored = frontend.apply_floor(magnitude, peak, config)
   if config.agc:
     agc_magnitude, agc_state = frontend.agc(floored, agc_state, config)

@@ -23,7 +23,8 @@ Signatures (inputs → outputs):
   rate is an InvalidArgument error: resampling is client-side.
 * ``tags``: no input → ``tags`` string ``[n_tags]``, the ordered tag names (also the
   asset ``assets/tags.txt``, one per line).
-* ``stream_peak``, ``stream_encode``, ``probabilities_from_embedding``: the chunk-level
+* ``stream_peak``, ``stream_encode``, ``stream_spectrum``, ``stream_encode_spectrum``,
+  ``probabilities_from_embedding``: the chunk-level
   steps of ``deepbof_tf.streaming`` with the exported weights, used by ``deepbof-tag``
   for recordings of any length (see that module). Streaming therefore runs the same
   traced library code and the same variables as ``serving_default``: the export is
@@ -58,7 +59,8 @@ from deepbof_tf.training import model_dir as model_dir_layout
 # live in deepbof_tf.exported (the tagging tools read exports without this module).
 from deepbof_tf.exported import (  # noqa: E402,F401  (re-exported)
     DEFAULT_SIGNATURE, EXPORT_INFO_FILE, HEAD_SIGNATURE, PADDED_SIGNATURE,
-    STREAM_ENCODE_SIGNATURE, STREAM_PEAK_SIGNATURE, TAGS_SIGNATURE, WAV_SIGNATURE,
+    STREAM_ENCODE_SIGNATURE, STREAM_ENCODE_SPECTRUM_SIGNATURE, STREAM_PEAK_SIGNATURE,
+    STREAM_SPECTRUM_SIGNATURE, TAGS_SIGNATURE, WAV_SIGNATURE,
     existing_versions, read_export_info, resolve_version_dir)
 
 TAGS_ASSET_FILE = "tags.txt"
@@ -159,6 +161,14 @@ class DeepBofServingModule(tf.Module):
         tf.TensorSpec([], tf.float32, name="peak"),
         tf.TensorSpec([bands], tf.float32, name="agc_state"),
         tf.TensorSpec([None, n_mels], tf.float32, name="context")])
+    self.stream_spectrum = tf.function(self._stream_spectrum, input_signature=[
+        tf.TensorSpec([None], tf.float32, name="segment")])
+    self.stream_encode_spectrum = tf.function(self._stream_encode_spectrum,
+                                              input_signature=[
+        tf.TensorSpec([None, frontend_config.n_fft // 2 + 1], tf.float32, name="magnitude"),
+        tf.TensorSpec([], tf.float32, name="peak"),
+        tf.TensorSpec([bands], tf.float32, name="agc_state"),
+        tf.TensorSpec([None, n_mels], tf.float32, name="context")])
     self.probabilities_from_embedding = tf.function(
         self._probabilities_from_embedding, input_signature=[
             tf.TensorSpec([None, encoder.rbm.num_hidden], tf.float32, name="embedding")])
@@ -172,6 +182,8 @@ class DeepBofServingModule(tf.Module):
         TAGS_SIGNATURE: self.tags.get_concrete_function(),
         STREAM_PEAK_SIGNATURE: self.stream_peak.get_concrete_function(),
         STREAM_ENCODE_SIGNATURE: self.stream_encode.get_concrete_function(),
+        STREAM_SPECTRUM_SIGNATURE: self.stream_spectrum.get_concrete_function(),
+        STREAM_ENCODE_SPECTRUM_SIGNATURE: self.stream_encode_spectrum.get_concrete_function(),
         HEAD_SIGNATURE: self.probabilities_from_embedding.get_concrete_function(),
     }
 
@@ -297,6 +309,21 @@ class DeepBofServingModule(tf.Module):
           self.encoder, segment, peak, agc_state, context, self._config)
     return {"pooled": pooled, "agc_state": state, "context": carried}
 
+  def _stream_spectrum(self, segment):
+    check = tf.debugging.assert_greater_equal(
+        tf.size(segment), self._config.n_fft,
+        message=f"segment must hold at least n_fft={self._config.n_fft} samples")
+    with tf.control_dependencies([check]):
+      return {"magnitude": streaming.segment_spectrum(segment, self._config)}
+
+  def _stream_encode_spectrum(self, magnitude, peak, agc_state, context):
+    check = tf.debugging.assert_positive(
+        tf.shape(magnitude)[0], message="magnitude must hold at least one frame")
+    with tf.control_dependencies([check]):
+      pooled, state, carried = streaming.encode_spectrum(
+          self.encoder, magnitude, peak, agc_state, context, self._config)
+    return {"pooled": pooled, "agc_state": state, "context": carried}
+
   def _probabilities_from_embedding(self, embedding):
     return {"probabilities": self.tagger(embedding, training=False)}
 
@@ -403,7 +430,9 @@ def export_info(config: FrontendConfig, encoder, tag_names: Sequence[str],
       "fused_frontend": bool(fused_frontend),
       "tags": list(tag_names),
       "signatures": [DEFAULT_SIGNATURE, PADDED_SIGNATURE, WAV_SIGNATURE, TAGS_SIGNATURE,
-                     STREAM_PEAK_SIGNATURE, STREAM_ENCODE_SIGNATURE, HEAD_SIGNATURE],
+                     STREAM_PEAK_SIGNATURE, STREAM_ENCODE_SIGNATURE,
+                     STREAM_SPECTRUM_SIGNATURE, STREAM_ENCODE_SPECTRUM_SIGNATURE,
+                     HEAD_SIGNATURE],
   }
 
 

@@ -21,8 +21,9 @@ traced ``deepbof_tf`` code and weights TF Serving runs):
 2. clips up to ``--chunk_seconds`` are batched (``--batch_size``) through the
    ``serving_padded`` signature;
 3. longer recordings are streamed in chunks of about ``--chunk_seconds`` through the
-   ``stream_peak``/``stream_encode`` signatures (two passes: the spectral floor needs
-   the whole file's maximum) and the pooled windows are combined into exactly the
+   ``stream_spectrum``/``stream_encode_spectrum`` signatures (two passes: the spectral
+   floor needs the whole file's maximum; the first pass's magnitudes are kept for the
+   second up to 64 MB) and the pooled windows are combined into exactly the
    one-shot bag-of-features, then ``probabilities_from_embedding`` gives the tags.
    Memory stays bounded (a one-hour file needs < 1 GB);
 4. ``--taggram_out`` also writes, per file, tag probabilities over time: the

@@ -261,6 +261,65 @@ def test_streaming_signatures_equal_one_shot(loaded):
                              one_shot["probabilities"].numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_spectrum_signatures_equal_the_segment_ones(loaded):
+  """stream_spectrum's maximum is stream_peak; stream_encode_spectrum on it is
+  stream_encode on the samples, bit for bit (one STFT per chunk instead of two)."""
+  config = frontend.FrontendConfig()
+  x = fx.music_like_signal(9.0, 6)
+  source = streaming.InMemoryWaveform(x, SR)
+  plan = streaming.plan_chunks(source.num_samples, windows_per_chunk=2, config=config,
+                               pool_frames=43)
+  sig = loaded.signatures
+  state, context = tf.zeros([config.agc_n_bands]), tf.zeros([0, 128])
+  for chunk in plan:
+    segment = tf.constant(source.read(*streaming.segment_bounds(chunk, config)))
+    magnitude = sig["stream_spectrum"](segment=segment)["magnitude"]
+    assert magnitude.shape == (chunk.frame_stop - chunk.frame_start, config.n_fft // 2 + 1)
+    peak = sig["stream_peak"](segment=segment)["peak"]
+    assert float(tf.reduce_max(magnitude)) == float(peak)
+    a = sig["stream_encode"](segment=segment, peak=peak, agc_state=state, context=context)
+    b = sig["stream_encode_spectrum"](magnitude=magnitude, peak=peak, agc_state=state,
+                                      context=context)
+    for key in ("pooled", "agc_state", "context"):
+      np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
+    state, context = a["agc_state"], a["context"]
+
+
+def test_exported_model_streams_from_kept_spectra_or_samples_alike(exported):
+  """ExportedModel.iter_pooled_windows: all chunks' spectra kept, some, or none (an
+  older export's signatures) give the same windows."""
+  from deepbof_tf.exported import ExportedModel
+  model = ExportedModel(exported["version_dir"])
+  source = streaming.InMemoryWaveform(fx.music_like_signal(12.0, 7), SR)
+  calls = {"spectrum": 0, "peak": 0}
+  spectrum, peak = model._spectrum, model._peak
+
+  def counting(name, fn):
+    def call(**kwargs):
+      calls[name] += 1
+      return fn(**kwargs)
+    return call
+
+  model._spectrum, model._peak = counting("spectrum", spectrum), counting("peak", peak)
+  kept = model.pooled_windows(source, windows_per_chunk=2)
+  chunks = calls["spectrum"]
+  assert chunks >= 4 and calls["peak"] == 0
+  plan = streaming.plan_chunks(source.num_samples, 2, model.config, model.block_frames,
+                               model.pool_frames)
+  one_chunk = (plan[0].frame_stop - plan[0].frame_start) * (1024 // 2 + 1) * 4
+  calls.update(spectrum=0, peak=0)
+  partly = np.concatenate(list(model.iter_pooled_windows(source, 2,
+                                                         spectrum_bytes=one_chunk)))
+  assert calls["spectrum"] == 1 and calls["peak"] == chunks - 1
+  calls.update(spectrum=0, peak=0)
+  none = np.concatenate(list(model.iter_pooled_windows(source, 2, spectrum_bytes=0)))
+  assert calls["spectrum"] == 0 and calls["peak"] == chunks
+  model._spectrum = None  # an export written before the spectrum signatures
+  older = model.pooled_windows(source, windows_per_chunk=2)
+  for other in (partly, none, older):
+    np.testing.assert_array_equal(kept, other)
+
+
 _SUBPROCESS = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -303,7 +362,8 @@ def test_saved_model_cli_lists_the_signatures(exported):
                           capture_output=True, text=True, env=env, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   for name in ("serving_default", "serving_padded", "predict_wav", "tags", "stream_peak",
-               "stream_encode", "probabilities_from_embedding"):
+               "stream_encode", "stream_spectrum", "stream_encode_spectrum",
+               "probabilities_from_embedding"):
     assert f"signature_def['{name}']" in result.stdout
   assert "inputs['waveform']" in result.stdout and "inputs['num_samples']" in result.stdout
   assert "outputs['probabilities']" in result.stdout and "outputs['embedding']" in result.stdout
