@@ -312,8 +312,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("hidden_units", None, "Units per hidden layer (512).")
   flags.DEFINE_enum("init", None, ["pretrained", "random"], "DNN initialisation.")
   flags.DEFINE_enum("head", None, ["dnn", "logreg"], "Song-level classifier.")
-  flags.DEFINE_integer("finetune_epochs", None, "Max fine-tuning epochs (100; more on "
-                       "small training sets).")
+  flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs (default: from "
+                       "finetune.updates, the paper's 11,500 updates; --preset=paper: "
+                       "100).")
   flags.DEFINE_integer("early_stopping_patience", None, "Epochs without a better "
                        "validation AUC-tag before stopping (0: off).")
   flags.DEFINE_bool("mixed_precision", None, "float16 compute on GPU.")
