@@ -15,19 +15,20 @@ import re
 import statistics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIELDS = ("implementation", "budget", "init", "num_layers", "seed", "epochs",
+FIELDS = ("implementation", "variant", "budget", "init", "num_layers", "seed", "epochs",
           "best_epoch", "valid_auc_tag", "test_auc_tag", "logreg_test_auc_tag")
 
 
 def ours(out: str):
   for path in sorted(glob.glob(os.path.join(out, "runs", "ours-*", "metrics.json"))):
     run = os.path.dirname(path)
-    budget, init, layers, seed = re.match(r"ours-(\w+)-(\w+)-(\d)l-seed(\d+)$",
-                                          os.path.basename(run)).groups()
+    budget, init, layers, seed, variant = re.match(
+        r"ours-(\w+?)-(\w+?)-(\d)l-seed(\d+)(?:-(\w+))?$", os.path.basename(run)).groups()
     metrics = json.load(open(path))
     history = json.load(open(os.path.join(run, "finetune", "history.json")))
     logreg = next(iter(metrics.get("baselines", {}).values()), {})
-    yield {"implementation": "deepbof", "budget": budget, "init": init,
+    yield {"implementation": "deepbof", "variant": variant or "authors' conventions",
+           "budget": budget, "init": init,
            "num_layers": int(layers), "seed": int(seed),
            "epochs": len(history["history"]["val_auc_tag"]),
            "best_epoch": history["best_epoch"] + 1,
@@ -39,7 +40,8 @@ def ours(out: str):
 def authors(out: str):
   path = os.path.join(out, "authors.json")
   for run in json.load(open(path)) if os.path.exists(path) else []:
-    yield {"implementation": "authors (Octave)", "budget": "paper", "init": run["init"],
+    yield {"implementation": "authors (Octave)", "variant": "their code",
+           "budget": "paper", "init": run["init"],
            "num_layers": run["num_layers"], "seed": run["seed"], "epochs": run["epochs"],
            "best_epoch": None, "valid_auc_tag": run["valid_auc_tag"],
            "test_auc_tag": run["test_auc_tag"], "logreg_test_auc_tag": None}
@@ -68,12 +70,12 @@ def main() -> None:
     writer.writerows(rows)
   groups = {}
   for row in rows:
-    groups.setdefault((row["implementation"], row["budget"], row["num_layers"]),
-                      {}).setdefault(row["init"], []).append(row)
-  lines = ["| implementation | budget | hidden layers | pretrained | random init | "
-           "pretrained − random (paired by seed) | seeds | best epochs | logreg |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for (impl, budget, layers), inits in sorted(groups.items()):
+    groups.setdefault((row["implementation"], row["variant"], row["budget"],
+                       row["num_layers"]), {}).setdefault(row["init"], []).append(row)
+  lines = ["| implementation | conventions | budget | hidden layers | pretrained | "
+           "random init | pretrained − random (paired by seed) | seeds | best epochs | "
+           "logreg |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for (impl, variant, budget, layers), inits in sorted(groups.items()):
     pre, rnd = inits.get("pretrained", []), inits.get("random", [])
     by_seed = {r["seed"]: r["test_auc_tag"] for r in rnd}
     deltas = [r["test_auc_tag"] - by_seed[r["seed"]] for r in pre if r["seed"] in by_seed]
@@ -82,7 +84,7 @@ def main() -> None:
       delta = "+" + delta
     best = sorted(f"{r['best_epoch']}/{r['epochs']}" for r in pre + rnd if r["best_epoch"])
     label = {"paper": "100 epochs", "default": "11,500 updates"}[budget]
-    lines.append(f"| {impl} | {label} | {layers} | {_mean([r['test_auc_tag'] for r in pre])}"
+    lines.append(f"| {impl} | {variant} | {label} | {layers} | {_mean([r['test_auc_tag'] for r in pre])}"
                  f" | {_mean([r['test_auc_tag'] for r in rnd])} | {delta} | "
                  f"{len(pre)}/{len(rnd)} | {', '.join(best) or '—'} | "
                  f"{_mean([r['logreg_test_auc_tag'] for r in pre + rnd])} |")
