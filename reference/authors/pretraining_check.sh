@@ -11,7 +11,9 @@
 #    11,500 updates), 3 hidden layers, plus 1 hidden layer at seed 0; each model
 #    directory starts from a copy of the encoded one (same features for every run);
 # 3. the authors' song-level stage (reference/authors/compare_pipeline.py) on the same
-#    features at 100 epochs, seeds 1 and 2 (their run_tagatune_dnn.m seeds with 1).
+#    features at 100 epochs, seeds $AUTHOR_SEEDS (default 1,2; their run_tagatune_dnn.m
+#    seeds with 1). Octave needs an optimized BLAS (Debian: libopenblas0): with the
+#    reference BLAS one pretrained run takes an hour on 2 cores.
 # Every finished run leaves its metrics.json; a rerun skips it. collect.py tabulates.
 set -euo pipefail
 OUT=$(realpath -m "${1:?usage: pretraining_check.sh OUT [CLIPS]}")
@@ -57,10 +59,10 @@ ours() {  # budget init layers seed
 for seed in $SEEDS; do
   for init in pretrained random; do ours paper $init 3 "$seed"; done
 done
-log "authors' code, 100 epochs, seeds 1 2"
+log "authors' code, 100 epochs, seeds ${AUTHOR_SEEDS:-1,2}"
 (cd "$ROOT/reference/authors" && "$BIN/python" compare_pipeline.py \
     --authors_dir="${AUTHORS_DIR:?set AUTHORS_DIR to a checkout of juhannam/deepbof}" \
-    --model_dir="$OUT/base" --output="$OUT/authors.json" --seeds=1,2 \
+    --model_dir="$OUT/base" --output="$OUT/authors.json" --seeds="${AUTHOR_SEEDS:-1,2}" \
     >"$OUT/authors.log" 2>&1)
 for seed in $SEEDS; do
   for init in pretrained random; do ours default $init 3 "$seed"; done
