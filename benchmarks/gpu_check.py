@@ -84,7 +84,8 @@ def prepare(out: str, num_clips: int, clip_seconds: float) -> Dict[str, float]:
 
 
 def run_leg(out: str, leg: str, gpus: int, finetune_epochs: int,
-            pretrain_epochs: int, local_epochs: int) -> Dict[str, object]:
+            pretrain_epochs: int, local_epochs: int,
+            pretrain_batch_size: int = 100) -> Dict[str, object]:
   data = os.path.join(out, "data")
   model, export = os.path.join(out, leg, "model"), os.path.join(out, leg, "export")
   os.makedirs(os.path.join(out, leg), exist_ok=True)
@@ -94,6 +95,7 @@ def run_leg(out: str, leg: str, gpus: int, finetune_epochs: int,
   common = [f"--data_dir={data}", f"--model_dir={model}", "--preset=demo", "--seed=0",
             "--rbm_backend=tensorflow", f"--finetune_epochs={finetune_epochs}",
             f"--pretrain_epochs={pretrain_epochs}", f"--set=local.rbm.epochs={local_epochs}",
+            f"--set=pretrain.batch_size={pretrain_batch_size}",
             "--strategy=" + ("mirrored" if leg != "cpu" and gpus > 1 else "default"),
             "--overwrite"]
   if leg == "gpu_mixed":
@@ -182,6 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--finetune_epochs", type=int, default=60)
   parser.add_argument("--pretrain_epochs", type=int, default=50)
   parser.add_argument("--local_epochs", type=int, default=20)
+  parser.add_argument("--pretrain_batch_size", type=int, default=100)
   args = parser.parse_args(argv)
   out = os.path.abspath(args.output_dir)
   os.makedirs(out, exist_ok=True)
@@ -197,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       skipped[leg] = "no GPU visible"
       continue
     results.append(run_leg(out, leg, gpus, args.finetune_epochs, args.pretrain_epochs,
-                           args.local_epochs))
+                           args.local_epochs, args.pretrain_batch_size))
     print(f"{leg}: " + ", ".join(f"{k} {v:.1f} s" for k, v in
                                  results[-1]["seconds"].items()), flush=True)
   reference = next((r for r in results if r["leg"] == "cpu"), None)

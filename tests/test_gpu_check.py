@@ -14,7 +14,7 @@ def test_gpu_check_runs_the_cpu_leg_and_reports_the_gpu_legs_skipped(tmp_path):
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, "benchmarks", "gpu_check.py"), str(out),
        "--num_clips=40", "--clip_seconds=6", "--finetune_epochs=3", "--pretrain_epochs=2",
-       "--local_epochs=2"], capture_output=True, text=True, env=env, timeout=900)
+       "--local_epochs=2", "--pretrain_batch_size=10"], capture_output=True, text=True, env=env, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   report = json.loads((out / "gpu_check.json").read_text())
   assert report["gpus"] == 0
