@@ -8,12 +8,16 @@
 * ``ValidationAUC`` computes the validation AUC-tag after every epoch, keeps the best
   epoch's weights, stops early after ``patience`` epochs without improvement (0 = never)
   and puts the best weights back at the end (the authors keep the best epoch too).
-* ``EpochCheckpoint`` writes, after every epoch, everything a resumed run needs to
-  continue bit for bit: all model variables (including the dropout seed-generator
-  states), the optimizer's variables, the best-so-far weights and score, the
-  early-stopping counter, the history and the epoch.
-* The data order of epoch e is a stateless permutation of (seed, e), so a run resumed
-  at epoch k sees exactly the batches an uninterrupted run sees.
+* ``EpochCheckpoint`` writes, at epoch ends (at most once a minute by default, and
+  after the last epoch), everything a resumed run needs to continue bit for bit: all
+  model variables (including the dropout seed-generator states), the optimizer's
+  variables, the best-so-far weights and score, the early-stopping counter, the
+  history and the epoch.
+* Batches go in file order every epoch (the authors' deepmat; ``FinetuneConfig.shuffle``
+  draws a stateless permutation of (seed, e) per epoch instead), so a run resumed at
+  epoch k sees exactly the batches an uninterrupted run sees.
+* The length is ``FinetuneConfig.num_epochs``: fixed epochs, or the epochs that give
+  the configured number of updates on this training set.
 
 See docs/model.md#fine-tuning.
 """
