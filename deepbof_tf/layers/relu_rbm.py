@@ -34,8 +34,9 @@ active features standardize to values in the hundreds).
 
 Training runs one ``tf.function`` per epoch (a ``tf.range`` loop over the minibatches).
 The noise draws are stateless and seeded by (seed, layer, epoch, batch), and the
-epoch's permutation comes from ``numpy.random.default_rng((seed, layer, epoch))``, so
-the same config and seed give the same weights. Under a multi-replica
+batches go in file order (``shuffle=True``: the epoch's permutation comes from
+``numpy.random.default_rng((seed, layer, epoch))``), so the same config and seed give
+the same weights. Under a multi-replica
 ``tf.distribute`` strategy every minibatch is split over the replicas, each drawing the
 noise of the whole minibatch and keeping its rows (``ReLURBMTrainer``;
 docs/multi-device.md).
@@ -120,8 +121,8 @@ class ReLURBMSchedule:
 
   Args:
     epochs: training epochs (200).
-    batch_size: minibatch size (100); the remainder of each shuffled epoch is dropped
-      as in the authors' code (which drops the same trailing examples every epoch).
+    batch_size: minibatch size (100); the remainder of each epoch is dropped as in the
+      authors' code (which drops the same trailing examples every epoch).
     learning_rate: learning rate of epoch 0 (0.03 binary–ReLU, 0.003 ReLU–ReLU).
     min_learning_rate: floor of the annealed learning rate (0.01 / 0.001).
     learning_rate_decay: ×decay per epoch (0.99).
@@ -129,8 +130,8 @@ class ReLURBMSchedule:
     final_momentum: momentum after epoch ``epochs·momentum_switch_fraction`` (0.9).
     momentum_switch_fraction: 1/5 (the code's maxEpoch/5).
     weight_cost: L2 weight cost on W (the "WC Inc" grid: 0.001, 0.01, 0.1).
-    shuffle: reshuffle the examples every epoch (seeded). The authors' code visits them
-      in a fixed order; False reproduces that.
+    shuffle: False (the authors' code): the examples in their order every epoch; True
+      reshuffles them every epoch (seeded).
   """
 
   epochs: int = 200
@@ -142,7 +143,7 @@ class ReLURBMSchedule:
   final_momentum: float = 0.9
   momentum_switch_fraction: float = 0.2
   weight_cost: float = 0.001
-  shuffle: bool = True
+  shuffle: bool = False
 
 
 def _visible_activation(visible: str, pre, backend):
