@@ -69,7 +69,7 @@ def test_readme_is_short():
 
 def test_nothing_cites_documents_outside_the_repository():
   # Written so that this line does not match itself.
-  pattern = re.compile(r"S[P]EC|DESIGN[.]md|[Ii]ssue [0-9]")
+  pattern = re.compile(r"\bS[P]EC\b|DESIGN[.]md|[Ii]ssue [0-9]")
   offending = []
   for top in ("deepbof_tf", "beam_jobs", "trainer", "serving", "tests", "benchmarks"):
     for path in glob.glob(os.path.join(ROOT, top, "**", "*"), recursive=True):

@@ -53,7 +53,7 @@ def test_trainer_epoch_equals_repeated_numpy_steps(rng):
   nv, nh, batch, n = 6, 5, 4, 13  # 3 batches, 1 example dropped
   data = rng.normal(size=(n, nv)).astype(np.float32)
   config = relu_rbm.ReLURBMSchedule(epochs=2, batch_size=batch, learning_rate=0.05,
-                                    min_learning_rate=0.04, weight_cost=0.01)
+                                    min_learning_rate=0.04, weight_cost=0.01, shuffle=True)
   rbm = relu_rbm.ReLURBM(nh, visible="binary", seed=3)
   rbm.build((None, nv))
   W = rbm.kernel.numpy().astype(np.float64)
