@@ -12,7 +12,8 @@ Target, on one worker process (``deepbof-tag-catalog``, the FnApiRunner with
 The tracks are the clips' own music: each 4-minute MP3 is eight distinct 30-s pieces in
 a row, the clips are the same pieces one by one (44.1 kHz MP3, LAME-tagged). The job
 runs with its defaults: a track is decoded and resampled once, then encoded chunk by
-chunk (two streaming passes per chunk). Reported next to it: the same tracks tagged in
+chunk (two streaming passes: the first computes each chunk's STFT and keeps it, the
+second encodes from it). Reported next to it: the same tracks tagged in
 one piece (``--one_shot_seconds=600``), batched with each other.
 
 The model is bench_serving's synthetic one (the paper's sizes).
