@@ -8,7 +8,8 @@
 #    features learned and every clip encoded once (seed 0);
 # 2. deepbof's song-level stage on those features for {pretrained, random} x seeds,
 #    at the paper's 100 epochs (--preset=paper) and at the default budget (the paper's
-#    11,500 updates), 3 hidden layers, plus 1 hidden layer at seed 0; each model
+#    11,500 updates), 3 hidden layers, plus 1 hidden layer (both budgets) and 2 (100
+#    epochs) at seed 0; each model
 #    directory starts from a copy of the encoded one (same features for every run);
 # 3. the authors' song-level stage (reference/authors/compare_pipeline.py) on the same
 #    features at 100 epochs, seeds $AUTHOR_SEEDS (default 1,2; their run_tagatune_dnn.m
@@ -70,4 +71,5 @@ done
 for budget in paper default; do
   for init in pretrained random; do ours $budget $init 1 0; done
 done
+for init in pretrained random; do ours paper $init 2 0; done
 log "done"
