@@ -23,7 +23,7 @@ def ours(out: str):
   for path in sorted(glob.glob(os.path.join(out, "runs", "ours-*", "metrics.json"))):
     run = os.path.dirname(path)
     budget, init, layers, seed, variant = re.match(
-        r"ours-(\w+?)-(\w+?)-(\d)l-seed(\d+)(?:-(\w+))?$", os.path.basename(run)).groups()
+        r"ours-(\w+?)-(\w+?)-(\d)l-seed(\d+)(?:-([\w.]+))?$", os.path.basename(run)).groups()
     metrics = json.load(open(path))
     history = json.load(open(os.path.join(run, "finetune", "history.json")))
     logreg = next(iter(metrics.get("baselines", {}).values()), {})
@@ -88,24 +88,27 @@ def main() -> None:
                  f" | {_mean([r['test_auc_tag'] for r in rnd])} | {delta} | "
                  f"{len(pre)}/{len(rnd)} | {', '.join(best) or '—'} | "
                  f"{_mean([r['logreg_test_auc_tag'] for r in pre + rnd])} |")
-  reference = {(r["init"], r["seed"]): r["test_auc_tag"] for r in rows
-               if r["implementation"] == "deepbof" and r["budget"] == "paper"
-               and r["num_layers"] == 3 and r["variant"] == "authors' conventions"}
-  effects = ["", "Each option against the authors' conventions (3 hidden layers, 100 epochs, "
-             "same seed and features): test AUC-T of the option − the reference run.", "",
-             "| option | init | seeds | option | authors' conventions | effect |",
-             "|---|---|---|---|---|---|"]
-  for row_key in sorted({(r["variant"], r["init"]) for r in rows
-                         if r["implementation"] == "deepbof" and r["budget"] == "paper"
+  reference = {(r["budget"], r["init"], r["seed"]): r["test_auc_tag"] for r in rows
+               if r["implementation"] == "deepbof" and r["num_layers"] == 3
+               and r["variant"] == "authors' conventions"}
+  effects = ["", "Each option against the authors' conventions (3 hidden layers, same budget, "
+             "init, seed and features): test AUC-T of the option − the reference run. "
+             "wc_*: the pretraining weight costs per layer, bottom first (reference: "
+             "increasing, 0.001/0.01/0.1).", "",
+             "| option | budget | init | seeds | option | authors' conventions | effect |",
+             "|---|---|---|---|---|---|---|"]
+  for row_key in sorted({(r["variant"], r["budget"], r["init"]) for r in rows
+                         if r["implementation"] == "deepbof"
                          and r["variant"] != "authors' conventions"}):
-    runs = [r for r in rows if (r["variant"], r["init"]) == row_key and r["budget"] == "paper"
-            and (r["init"], r["seed"]) in reference]
+    runs = [r for r in rows if (r["variant"], r["budget"], r["init"]) == row_key
+            and (r["budget"], r["init"], r["seed"]) in reference]
     if not runs:
       continue
-    base = [reference[(r["init"], r["seed"])] for r in runs]
+    base = [reference[(r["budget"], r["init"], r["seed"])] for r in runs]
     deltas = [r["test_auc_tag"] - b for r, b in zip(runs, base)]
     effect = _mean(deltas)
-    effects.append(f"| {row_key[0]} | {row_key[1]} | "
+    label = {"paper": "100 epochs", "default": "11,500 updates"}[row_key[1]]
+    effects.append(f"| {row_key[0]} | {label} | {row_key[2]} | "
                    f"{','.join(str(r['seed']) for r in runs)} | "
                    f"{_mean([r['test_auc_tag'] for r in runs])} | {_mean(base)} | "
                    f"{'+' if not effect.startswith('-') else ''}{effect} |")

@@ -8,8 +8,8 @@
 #    features learned and every clip encoded once (seed 0);
 # 2. deepbof's song-level stage on those features for {pretrained, random} x seeds,
 #    at the paper's 100 epochs (--preset=paper) and at the default budget (the paper's
-#    11,500 updates), 3 hidden layers, plus 1 hidden layer (both budgets) and 2 (100
-#    epochs) at seed 0; each model
+#    11,500 updates), 3 hidden layers, then 1 and 2 hidden layers at both budgets;
+#    each model
 #    directory starts from a copy of the encoded one (same features for every run);
 # 3. the authors' song-level stage (reference/authors/compare_pipeline.py) on the same
 #    features at 100 epochs, seeds $AUTHOR_SEEDS (default 1,2; their run_tagatune_dnn.m
@@ -68,8 +68,12 @@ log "authors' code, 100 epochs, seeds ${AUTHOR_SEEDS:-1,2}"
 for seed in $SEEDS; do
   for init in pretrained random; do ours default $init 3 "$seed"; done
 done
-for budget in paper default; do
-  for init in pretrained random; do ours $budget $init 1 0; done
+# The paper's layers x initialisation grid (Fig. 9) at both budgets, seeds $SEEDS.
+for seed in $SEEDS; do
+  for layers in 1 2; do
+    for budget in paper default; do
+      for init in pretrained random; do ours $budget $init $layers "$seed"; done
+    done
+  done
 done
-for init in pretrained random; do ours paper $init 2 0; done
 log "done"
