@@ -212,14 +212,19 @@ def throughput(args, version_dir: str, info: dict) -> list:
   sparse_roofline = rate / sum(stage_flops(*sizes, sparse_filterbanks=True).values())
   variant = " (fused front-end kernel)" if fused else ""
 
+  # The serving contract: the default (core TF ops) export is held to half its roofline;
+  # the opt-in fused kernel to 0.6 of its own and an absolute 150 clips/s.
+  share_target = 0.6 if fused else 0.5
+  absolute = (f"   target >= 150 clips/s: {'PASS' if clips_per_second >= 150 else 'MISS'}"
+              if fused else "")
   print(f"\n== serving_default{variant} throughput (batch {args.batch} x 30-s clips) ==")
   print(f"measured:  {clips_per_second:7.1f} clips/s  ({1000 * seconds:.0f} ms per batch; "
-        f"{1000 * cpu_seconds:.0f} ms of process CPU time)"
-        f"   target >= 150 clips/s: {'PASS' if clips_per_second >= 150 else 'MISS'}")
+        f"{1000 * cpu_seconds:.0f} ms of process CPU time){absolute}")
   print(f"dense matmul rate here: {rate / 1e9:.1f} GFLOP/s")
   print(f"roofline:  {roofline:7.1f} clips/s  ({total / 1e9:.3f} GFLOP per clip at the "
         f"matmul rate); measured = {clips_per_second / roofline:.0%} of roofline   "
-        f"target >= 60%: {'PASS' if clips_per_second >= 0.6 * roofline else 'MISS'}")
+        f"target >= {share_target:.0%}: "
+        f"{'PASS' if clips_per_second >= share_target * roofline else 'MISS'}")
   print(f"  (with the filterbanks' non-zero weights only: {sparse_roofline:.1f} clips/s; "
         f"measured = {clips_per_second / sparse_roofline:.0%})")
   for name, value in flops.items():
@@ -271,14 +276,15 @@ def throughput(args, version_dir: str, info: dict) -> list:
   note = (f"{1000 * cpu_seconds:.0f} ms CPU per batch; slowest stage alone: {dominant} "
           f"({stages[dominant] / seconds:.0%} of the whole)")
   return [
-      result_line.measurement(name, clips_per_second, "clips/s", target=">= 150",
-                              applies=args.batch == 16, note=note),
+      result_line.measurement(name, clips_per_second, "clips/s",
+                              target=">= 150" if fused else None,
+                              applies=fused and args.batch == 16, note=note),
       result_line.measurement(
           name + ", share of the roofline", clips_per_second, "clips/s",
           reference=("roofline: the batch's FLOPs (non-zero filterbank weights) at the "
                      "dense matmul rate" if fused else
                      "roofline: the batch's FLOPs at the dense matmul rate"),
-          reference_value=roofline, target=">= 0.6", target_on="ratio",
+          reference_value=roofline, target=f">= {share_target:g}", target_on="ratio",
           applies=args.batch == 16,
           note=f"matmul {rate / 1e9:.0f} GFLOP/s; non-zero-filterbank roofline "
                f"{sparse_roofline:.0f} clips/s"),
