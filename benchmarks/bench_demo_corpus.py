@@ -33,10 +33,10 @@ import time
 
 import numpy as np
 
-from deepbof_tf.baseline import mfcc as baselines
-from deepbof_tf.demo import corpus as demo_corpus
-from deepbof_tf.demo import orchestration
 from deepbof_tf.data import manifests
+from deepbof_tools.baseline import mfcc as baselines
+from deepbof_tools.demo import corpus as demo_corpus
+from deepbof_tools.demo import orchestration
 import result_line  # (benchmarks/, the script's own folder)
 
 FIRST_RUN_BUDGET_SECONDS = 240.0

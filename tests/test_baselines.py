@@ -1,4 +1,4 @@
-"""Tests of the MFCC + logistic-regression baseline (deepbof_tf.baseline.mfcc)."""
+"""Tests of the MFCC + logistic-regression baseline (deepbof_tools.baseline.mfcc)."""
 
 import json
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepbof_tf.baseline import mfcc as baselines
 from deepbof_tf import metrics
 from deepbof_tf.data import manifests
+from deepbof_tools.baseline import mfcc as baselines
 
 
 def test_separable_features_give_auc_near_one(rng):

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from deepbof_tf.demo import cli as demo
-from deepbof_tf.experiments import plan as plan_lib
+from deepbof_tools.demo import cli as demo
+from deepbof_tools.experiments import plan as plan_lib
 
 
 def _step(counter: str, tag: str, exit_code: int = 0):
@@ -121,9 +121,9 @@ def test_demo_and_sweeps_run_the_same_commands_for_the_stages_they_share(tmp_pat
   """One definition of the chain's commands: the demo's corpus and default dataset are
   the very nodes a demo-scale sweep plans (same command, so the same stamp key)."""
   from deepbof_tf import config as config_lib
-  from deepbof_tf.demo.corpus import DemoCorpusConfig
-  from deepbof_tf.experiments import grids as grids_lib
-  from deepbof_tf.experiments import runner as runner_lib
+  from deepbof_tools.demo.corpus import DemoCorpusConfig
+  from deepbof_tools.experiments import grids as grids_lib
+  from deepbof_tools.experiments import runner as runner_lib
   out = str(tmp_path)
   demo_chain = demo.plan_demo(out, config_lib.preset("demo"),
                               num_clips=DemoCorpusConfig.num_clips,

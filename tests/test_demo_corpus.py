@@ -1,4 +1,4 @@
-"""Tests of the demo corpus generator (deepbof_tf.demo.corpus and its helpers).
+"""Tests of the demo corpus generator (deepbof_tools.demo.corpus and its helpers).
 
 Three small corpora are generated once per module (24 clips of 5 s): seed 3 with two
 worker processes and a fresh MIDI cache, the same seed in-process reusing the cache,
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepbof_tf.demo import corpus as demo_corpus
-from deepbof_tf.demo import orchestration
-from deepbof_tf.demo import sources
 from deepbof_tf.data import manifests
+from deepbof_tools.demo import corpus as demo_corpus
+from deepbof_tools.demo import orchestration
+from deepbof_tools.demo import sources
 
 NUM_CLIPS = 24
 CLIP_SECONDS = 5.0
@@ -422,7 +422,7 @@ _RENDER_EVERY_NOTE = r"""
 import sys
 import numpy as np
 from symusic import Note, Score, Tempo, Track
-from deepbof_tf.demo import corpus as demo_corpus, orchestration as o
+from deepbof_tools.demo import corpus as demo_corpus, orchestration as o
 probes = [(p, False, k) for p in sorted(o.PROGRAMS)
           for k in range(o.playable_range(p)[0], o.playable_range(p)[1] + 1)]
 probes += [(0, True, k) for k in sorted({o.KICK, o.SNARE, o.CLOSED_HAT, o.OPEN_HAT, o.CRASH,

@@ -1,4 +1,4 @@
-"""deepbof_tf.experiments: the grids' cells, the DAG of commands and what it shares, the
+"""deepbof_tools.experiments: the grids' cells, the DAG of commands and what it shares, the
 runner's stamps / staleness / failures on fake commands, results.csv, results.md and
 the box plots from fabricated metrics, and the deepbof-experiment command line.
 
@@ -24,12 +24,12 @@ import pytest
 from absl import app
 
 from deepbof_tf import config as config_lib
-from deepbof_tf.experiments import cli
-from deepbof_tf.experiments import figures
-from deepbof_tf.experiments import grids as grids_lib
-from deepbof_tf.experiments import plan as plan_lib
-from deepbof_tf.experiments import results as results_lib
-from deepbof_tf.experiments import runner as runner_lib
+from deepbof_tools.experiments import cli
+from deepbof_tools.experiments import figures
+from deepbof_tools.experiments import grids as grids_lib
+from deepbof_tools.experiments import plan as plan_lib
+from deepbof_tools.experiments import results as results_lib
+from deepbof_tools.experiments import runner as runner_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -527,6 +527,18 @@ def test_runner_missing_console_script_fails_the_node(tmp_path):
 TAGS = ("rock", "piano", "beat", "quiet", "vocal", "choir")
 
 
+def test_results_module_does_not_import_tensorflow():
+  # Reading a sweep's results needs no TensorFlow: the model directory's names it
+  # reads come from deepbof_tf.config, not from the training modules.
+  code = ("import deepbof_tools.experiments.results, sys; "
+          "assert 'tensorflow' not in sys.modules")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert result.returncode == 0, result.stderr
+  assert results_lib.FINETUNE_DIR == "finetune"
+  assert results_lib.HISTORY_FILE == "history.json"
+
+
 def _metrics(rng):
   """A metrics.json as deepbof-train's evaluate stage writes it (NaN → null)."""
   per_tag = {tag: {"roc_auc": float(rng.uniform(0.5, 0.95)),
@@ -706,7 +718,7 @@ def test_summarize_gives_the_paired_difference_to_the_default(sweep):
 
 
 def test_findings_measure_effect_spread_paired_difference_and_verdict(sweep, tmp_path):
-  from deepbof_tf.experiments import findings
+  from deepbof_tools.experiments import findings
   plan, written, _ = sweep
   results = results_lib.collect(plan)
   by_name = {f.name: f for f in findings.FINDINGS}
@@ -806,7 +818,7 @@ def test_plot_grid_draws_a_box_per_finished_setting(sweep, tmp_path, rng):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "deepbof_tf.experiments.cli", *args],
+  return subprocess.run([sys.executable, "-m", "deepbof_tools.experiments.cli", *args],
                         capture_output=True, text=True, cwd=ROOT, timeout=120,
                         env=dict(os.environ, PYTHONPATH=ROOT))
 

@@ -7,8 +7,14 @@ pipeline's DoFns, which import the project's modules in ``setup()``. This builds
 wheel exactly as the recipe says (``pip wheel --no-deps -w dist .``), finds it with the
 recipe's glob, and checks that every project module a worker of each Beam job imports
 (the job's library module, then every DoFn's ``setup()``) is a file of that wheel.
+
+Also, from setup.cfg and the sources alone: every console script names a function of a
+packaged module, and the model library (``deepbof_tf``) never imports the tooling beside
+it (``deepbof_tools``).
 """
 
+import ast
+import configparser
 import fnmatch
 import json
 import os
@@ -20,7 +26,7 @@ import zipfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROJECT_PACKAGES = ("deepbof_tf", "beam_jobs", "trainer", "serving")
+PROJECT_PACKAGES = ("deepbof_tf", "deepbof_tools", "beam_jobs", "trainer", "serving")
 RECIPE_GLOB = "deepbof-*.whl"  # --extra_package="$(ls dist/deepbof-*.whl)"
 
 # What a worker of each Beam job runs: the library modules, the DoFns' setup() (those
@@ -39,6 +45,46 @@ print(json.dumps(sorted(
     (name, getattr(module, "__file__", None) or "") for name, module in sys.modules.items()
     if name.split(".")[0] in %r)))
 """
+
+
+def test_every_console_script_names_a_function_of_a_packaged_module():
+  setup_cfg = configparser.ConfigParser()
+  setup_cfg.read(os.path.join(ROOT, "setup.cfg"))
+  packaged = setup_cfg["options.packages.find"]["include"].split()
+  lines = setup_cfg["options.entry_points"]["console_scripts"].strip().splitlines()
+  scripts = dict(tuple(part.strip() for part in line.split("=")) for line in lines)
+  for name, target in scripts.items():
+    module, _, function = target.partition(":")
+    assert module.split(".")[0] in PROJECT_PACKAGES, (name, target)
+    package = module.rpartition(".")[0]
+    assert any(fnmatch.fnmatch(package, pattern) for pattern in packaged), (name, target)
+    path = os.path.join(ROOT, *module.split(".")) + ".py"
+    assert os.path.exists(path), (name, target)
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read())
+    assert any(isinstance(node, ast.FunctionDef) and node.name == function
+               for node in tree.body), (name, target)
+  # The tooling's scripts keep their names, now in deepbof_tools.
+  for name in ("deepbof-baseline", "deepbof-make-demo-corpus", "deepbof-demo",
+               "deepbof-experiment"):
+    assert scripts[name].startswith("deepbof_tools."), scripts[name]
+
+
+def test_the_model_library_never_imports_the_tools():
+  offenders = []
+  for directory, _, files in os.walk(os.path.join(ROOT, "deepbof_tf")):
+    for name in files:
+      if not name.endswith(".py"):
+        continue
+      path = os.path.join(directory, name)
+      with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+      for node in ast.walk(tree):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        offenders += [(os.path.relpath(path, ROOT), n) for n in names
+                      if n.split(".")[0] == "deepbof_tools"]
+  assert not offenders, offenders
 
 
 def test_recipe_commands_are_the_ones_tested():
@@ -80,3 +126,8 @@ def test_the_recipes_wheel_holds_every_module_a_worker_imports(tmp_path):
   assert not missing, f"modules a worker imports that the wheel lacks: {missing}"
   # The package data the serving tools read at run time ships too.
   assert any(f.startswith("serving/") and f.endswith(".config") for f in files)
+  # The tooling beside the library ships in the same wheel (its console scripts).
+  for module in ("deepbof_tools/__init__.py", "deepbof_tools/corpus_config.py",
+                 "deepbof_tools/demo/corpus.py", "deepbof_tools/experiments/cli.py",
+                 "deepbof_tools/baseline/mfcc.py"):
+    assert module in files, module

@@ -107,7 +107,7 @@ def _train_demo_model(corpus_dir, clips, model_dir):
 @pytest.fixture(scope="module")
 def demo_catalog(tmp_path_factory):
   from beam_jobs import tag_catalog_lib
-  from deepbof_tf.demo import corpus as demo_corpus
+  from deepbof_tools.demo import corpus as demo_corpus
   from serving import export_lib
   root = tmp_path_factory.mktemp("demo_similar")
   corpus_dir = str(root / "corpus")

@@ -38,12 +38,12 @@ import tensorflow as tf
 from keras import ops
 
 from deepbof_tf import metrics
+from deepbof_tf.config import HISTORY_FILE
 from deepbof_tf.config import FinetuneConfig
 from deepbof_tf.io_utils import write_atomic
 from deepbof_tf.training import optimizers
 
 CHECKPOINT_FILE = "checkpoint.npz"
-HISTORY_FILE = "history.json"
 
 
 @keras.saving.register_keras_serializable(package="deepbof")

@@ -25,12 +25,13 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
+from deepbof_tf import config
 from deepbof_tf.data import bof_io
 from deepbof_tf.layers.standardize import standardization_statistics
 
 BOF_DIR = bof_io.BOF_DIR
 PRETRAIN_DIR = "pretrain"
-FINETUNE_DIR = "finetune"
+FINETUNE_DIR = config.FINETUNE_DIR
 LOGREG_DIR = "logreg"
 STANDARDIZATION_FILE = "standardization.npz"
 CONFIG_FILE = "config.json"

@@ -17,8 +17,8 @@ The ``demo`` preset (``deepbof_tf.config.PRESETS``) scales the block budget to t
 corpus and gives fine-tuning the paper's number of updates (2,875 short epochs here);
 every other value is the paper's. The chain took 28.5 minutes on 2 cores with other
 jobs sharing them (docs/benchmarks.md). The steps are a linear chain on the experiments' runner
-(``deepbof_tf.experiments.runner``) and their command lines are the ones the sweeps
-use (``deepbof_tf.experiments.commands``). Every finished step leaves a stamp holding
+(``deepbof_tools.experiments.runner``) and their command lines are the ones the sweeps
+use (``deepbof_tools.experiments.commands``). Every finished step leaves a stamp holding
 its command line in ``output_dir/.stamps``; a rerun with the same flags skips it, saying
 so, and so does every step after it unless an earlier one reran (``--force`` reruns
 everything). Each step's standard output (tables, tags) is shown and kept in
@@ -43,10 +43,10 @@ from deepbof_tf import cli
 from deepbof_tf import config as config_lib
 from deepbof_tf.config import SamplingConfig
 from deepbof_tf.data.manifests import DEFAULT_TOP_N_TAGS
-from deepbof_tf.demo.corpus import DemoCorpusConfig
-from deepbof_tf.experiments import commands
-from deepbof_tf.experiments import plan as plan_lib
-from deepbof_tf.experiments import runner as runner_lib
+from deepbof_tools.corpus_config import DemoCorpusConfig
+from deepbof_tools.experiments import commands
+from deepbof_tools.experiments import plan as plan_lib
+from deepbof_tools.experiments import runner as runner_lib
 
 FLAGS = flags.FLAGS
 

@@ -22,8 +22,8 @@ import dataclasses
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from deepbof_tf.experiments import grids as grids_lib
-from deepbof_tf.experiments import results as results_lib
+from deepbof_tools.experiments import grids as grids_lib
+from deepbof_tools.experiments import results as results_lib
 
 CellResult = results_lib.CellResult
 Selector = Callable[[Sequence[CellResult]], List[CellResult]]

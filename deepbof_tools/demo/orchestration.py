@@ -1,6 +1,6 @@
 """Orchestration of the demo corpus: the tag vocabulary, the plan and the arrangement.
 
-Three concerns of ``deepbof_tf.demo.corpus`` that need no audio:
+Three concerns of ``deepbof_tools.demo.corpus`` that need no audio:
 
 * **Tags and their rules.** Every tag is a function of what was actually rendered
   (:func:`clip_tags`): instrument families from the General MIDI programs of the
@@ -123,7 +123,7 @@ def program_tags(program: int) -> List[str]:
 
 
 def clip_tags(record: Mapping[str, Any]) -> List[str]:
-  """The tags of a rendered clip, from its render record (see ``deepbof_tf.demo.corpus``).
+  """The tags of a rendered clip, from its render record (see ``deepbof_tools.demo.corpus``).
 
   Args:
     record: needs ``tracks`` (each with ``program``, ``is_drum``, ``n_notes``,

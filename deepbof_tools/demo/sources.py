@@ -1,6 +1,6 @@
 """Source pieces of the demo corpus: real scores of ``music21.corpus`` turned into MIDI.
 
-The demo corpus (``deepbof_tf.demo.corpus``) renders excerpts of real compositions.
+The demo corpus (``deepbof_tools.demo.corpus``) renders excerpts of real compositions.
 This module owns the *score* side of it:
 
 * the **catalogue**: which pieces of the corpus that ships with music21 are used, and
@@ -30,6 +30,8 @@ import pathlib
 import re
 import signal
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from deepbof_tf.io_utils import write_atomic
 
 STYLES = ("baroque", "renaissance", "classical", "folk")
 
@@ -586,7 +588,8 @@ def _convert(ref: PieceRef, root: pathlib.Path) -> Tuple[Dict[str, Any], List[Li
 
 def write_midi(path: str, track_notes: Sequence[Sequence[Tuple[float, float, int]]],
                names: Sequence[str], time_signature: Tuple[int, int]) -> None:
-  """Writes note lists (quarter-note times) as a MIDI file with ``symusic``."""
+  """Writes note lists (quarter-note times) as a MIDI file with ``symusic``, published
+  by rename (``write_atomic``)."""
   from symusic import Note, Score, Tempo, TimeSignature, Track
   score = Score(MIDI_TICKS_PER_QUARTER, ttype="quarter")
   score.tempos.append(Tempo(0.0, qpm=DEFAULT_SOURCE_QPM, ttype="quarter"))
@@ -597,7 +600,7 @@ def write_midi(path: str, track_notes: Sequence[Sequence[Tuple[float, float, int
     for onset, duration, pitch in notes:
       track.notes.append(Note(float(onset), float(duration), int(pitch), 80, ttype="quarter"))
     score.tracks.append(track)
-  score.dump_midi(path)
+  write_atomic(path, score.dumps_midi())
 
 
 def convert_piece(ref: PieceRef, cache_dir: str, *, root: Optional[str] = None,
@@ -639,14 +642,11 @@ def convert_piece(ref: PieceRef, cache_dir: str, *, root: Optional[str] = None,
       signal.signal(signal.SIGALRM, previous)
   os.makedirs(cache_dir, exist_ok=True)
   midi_path, info_path = cache_paths(ref, cache_dir)
-  # Publish by rename so that a concurrent or interrupted run never sees half a file.
-  suffix = f".tmp{os.getpid()}"
-  write_midi(midi_path + suffix, track_notes, [t["role"] for t in info["tracks"]],
+  # Both are published by rename, the sidecar last: a concurrent or interrupted run
+  # never sees half a file, and load_cached needs both.
+  write_midi(midi_path, track_notes, [t["role"] for t in info["tracks"]],
              tuple(info["time_signature"]))
-  with open(info_path + suffix, "w", encoding="utf-8") as f:
-    json.dump(info, f, sort_keys=True)
-  os.replace(midi_path + suffix, midi_path)
-  os.replace(info_path + suffix, info_path)
+  write_atomic(info_path, json.dumps(info, sort_keys=True))
   return {"key": ref.key, "ok": True, "cached": False, "error": None}
 
 

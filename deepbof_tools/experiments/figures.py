@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Sequence
 from matplotlib.figure import Figure
 
 from deepbof_tf import plots
-from deepbof_tf.experiments import grids as grids_lib
-from deepbof_tf.experiments import results as results_lib
+from deepbof_tools.experiments import grids as grids_lib
+from deepbof_tools.experiments import results as results_lib
 
 _FACTOR_NAMES = {
     "sampling": "sampling", "block_frames": "block frames",

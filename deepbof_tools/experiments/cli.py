@@ -4,7 +4,7 @@
       [--manifest=M --manifest_format=csv|mtt --audio_root=A] [--seeds=0,1,2]
       [--force] [--dry_run]
 
-Grids (``deepbof_tf.experiments.grids``):
+Grids (``deepbof_tools.experiments.grids``):
   blocks_sampling   Fig. 4    block frames {2,4,6,8,10} × sampling {onset, random}
   layers_init       Fig. 5    hidden layers {1,2,3} × init {pretrained, random}
   sparsity_pooling  Fig. 6    sparsity {0.007,0.01,0.02,0.03} × pooling {11,22,43,86,172}
@@ -40,12 +40,12 @@ from typing import Any, Dict, List, Sequence
 from absl import app, flags, logging
 
 from deepbof_tf import cli
-from deepbof_tf.experiments import figures
-from deepbof_tf.experiments import findings as findings_lib
-from deepbof_tf.experiments import grids as grids_lib
-from deepbof_tf.experiments import plan as plan_lib
-from deepbof_tf.experiments import results as results_lib
-from deepbof_tf.experiments import runner as runner_lib
+from deepbof_tools.experiments import figures
+from deepbof_tools.experiments import findings as findings_lib
+from deepbof_tools.experiments import grids as grids_lib
+from deepbof_tools.experiments import plan as plan_lib
+from deepbof_tools.experiments import results as results_lib
+from deepbof_tools.experiments import runner as runner_lib
 
 FLAGS = flags.FLAGS
 REGISTRY_FILE = "sweeps.json"

@@ -23,10 +23,10 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from deepbof_tf import config as config_lib
-from deepbof_tf.demo.corpus import DemoCorpusConfig
-from deepbof_tf.experiments import commands
-from deepbof_tf.experiments import grids as grids_lib
-from deepbof_tf.experiments.commands import DataSource
+from deepbof_tools.corpus_config import DemoCorpusConfig
+from deepbof_tools.experiments import commands
+from deepbof_tools.experiments import grids as grids_lib
+from deepbof_tools.experiments.commands import DataSource
 
 CORPUS = "corpus"
 PREPROCESS = "preprocess"

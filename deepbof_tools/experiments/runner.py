@@ -37,8 +37,8 @@ import uuid
 from typing import Callable, Dict, List, Optional, Pattern, Sequence, Set
 
 from deepbof_tf import cli
-from deepbof_tf.experiments import plan as plan_lib
 from deepbof_tf.io_utils import write_atomic
+from deepbof_tools.experiments import plan as plan_lib
 
 DONE = "done"
 UP_TO_DATE = "up to date"

@@ -52,9 +52,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from deepbof_tf.demo import orchestration
-from deepbof_tf.demo import sources
 from deepbof_tf.io_utils import write_atomic
+from deepbof_tools.corpus_config import DemoCorpusConfig
+from deepbof_tools.demo import orchestration
+from deepbof_tools.demo import sources
 
 CORPUS_FORMAT_VERSION = 1
 # How many clips one piece gives at most before the next piece of the style is used:
@@ -88,28 +89,6 @@ AUDIO_FORMATS = {  # extension → (soundfile format, subtype)
     "mp3": ("MP3", "MPEG_LAYER_III"), "ogg": ("OGG", "VORBIS"),
     "flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16"),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoCorpusConfig:
-  """What to generate.
-
-  Args:
-    num_clips: number of clips.
-    clip_seconds: length of every clip in seconds.
-    seed: seed of every random choice (plan, piece order, excerpts, arrangement).
-  """
-
-  num_clips: int = 600
-  clip_seconds: float = 15.0
-  seed: int = 0
-
-  def __post_init__(self):
-    if self.num_clips < 1:
-      raise ValueError(f"num_clips must be >= 1, got {self.num_clips}")
-    if not 3.0 <= self.clip_seconds <= 120.0:
-      raise ValueError(f"clip_seconds must be in [3, 120] (the silence checks look at "
-                       f"the first and last second), got {self.clip_seconds}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -302,6 +281,8 @@ def _encode(audio: np.ndarray, sample_rate: int, path: str, audio_format: str
   if not np.all(np.isfinite(audio)):
     raise ClipCheckError(f"{path}: non-finite samples")  # LAME aborts on NaN input
   os.makedirs(os.path.dirname(path), exist_ok=True)
+  # Published by rename, by hand rather than with write_atomic: libsndfile encodes to a
+  # path, and the checks below decode that very file before it is published (or dropped).
   tmp = f"{path}.tmp{os.getpid()}"
   x = audio
   for _ in range(4):
@@ -713,7 +694,7 @@ def make_demo_corpus(output_dir: str, config: DemoCorpusConfig = DemoCorpusConfi
   import symusic
   corpus = {
       "format_version": CORPUS_FORMAT_VERSION,
-      "generator": "deepbof_tf.demo.corpus",
+      "generator": "deepbof_tools.demo.corpus",
       "config": dataclasses.asdict(config),
       "versions": {"music21": sources.music21_version(),
                    "symusic": getattr(symusic, "__version__", "unknown"),
