@@ -34,8 +34,8 @@ from deepbof_tf import models  # noqa: E402
 from deepbof_tf.config import SparseRBMConfig  # noqa: E402
 from deepbof_tf.layers.pca import PCAWhitening  # noqa: E402
 from deepbof_tf.layers.sparse_rbm import SparseRBM  # noqa: E402
-from deepbof_tf.layers.sparse_rbm import SparseRBMTrainer  # noqa: E402
-from deepbof_tf.layers.sparse_rbm import default_num_threads  # noqa: E402
+from deepbof_tf.training.cd1_backend import default_num_threads  # noqa: E402
+from deepbof_tf.training.sparse_rbm_trainer import SparseRBMTrainer  # noqa: E402
 from matmul_reference import DenseMatmulReference  # noqa: E402  (benchmarks/)
 import result_line  # noqa: E402  (benchmarks/, the script's own folder)
 

@@ -35,8 +35,10 @@ import tensorflow as tf  # noqa: E402
 from deepbof_tf import metrics  # noqa: E402
 from deepbof_tf import models  # noqa: E402
 from deepbof_tf.config import DNNConfig, FinetuneConfig  # noqa: E402
-from deepbof_tf.layers.relu_rbm import ReLURBM, ReLURBMSchedule, ReLURBMTrainer  # noqa: E402
+from deepbof_tf.layers.relu_rbm import ReLURBM  # noqa: E402
 from deepbof_tf.training import finetuning  # noqa: E402
+from deepbof_tf.training.relu_rbm_trainer import ReLURBMSchedule  # noqa: E402
+from deepbof_tf.training.relu_rbm_trainer import ReLURBMTrainer  # noqa: E402
 from matmul_reference import DenseMatmulReference  # noqa: E402  (benchmarks/)
 import result_line  # noqa: E402  (benchmarks/, the script's own folder)
 

@@ -42,12 +42,12 @@ docs/model.md#block-sampling summarises the stage.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from deepbof_tf import seeds
 from deepbof_tf.config import SamplingConfig
 
 KEY_BYTES = 16  # 128-bit keys: ties between distinct candidates are practically impossible
@@ -139,8 +139,7 @@ def candidate_key(seed: int, clip_id: str, pass_index: int, segment: int) -> byt
   Keys are bytes (compared lexicographically) rather than 128-bit integers, which
   Beam's integer coders cannot carry.
   """
-  return hashlib.blake2b(f"{seed}\x1f{clip_id}\x1f{pass_index}\x1f{segment}".encode(),
-                         digest_size=KEY_BYTES).digest()
+  return seeds.digest(seed, clip_id, pass_index, segment, size=KEY_BYTES)
 
 
 def auto_num_passes(num_blocks: int, total_segments: int,
@@ -198,8 +197,7 @@ def budget_threshold(keys: Sequence[bytes], num_blocks: int) -> Optional[bytes]:
 
 def clip_rng(seed: int, clip_id: str) -> np.random.Generator:
   """The random scheme's generator of one clip: independent of processing order."""
-  digest = hashlib.blake2b(f"{seed}\x1frandom\x1f{clip_id}".encode(), digest_size=8)
-  return np.random.default_rng(int.from_bytes(digest.digest(), "big"))
+  return seeds.generator(seeds.digest_int(seed, "random", clip_id, size=8))
 
 
 def sample_clip_blocks(clip_id: str, log_mel: np.ndarray, novelty: np.ndarray,

@@ -32,8 +32,9 @@ import pytest
 
 from deepbof_tf import models
 from deepbof_tf.config import DNNConfig, FinetuneConfig, PretrainConfig
-from deepbof_tf.layers.relu_rbm import ReLURBM, ReLURBMTrainer
+from deepbof_tf.layers.relu_rbm import ReLURBM
 from deepbof_tf.training import finetuning, pretraining
+from deepbof_tf.training.relu_rbm_trainer import ReLURBMTrainer
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "authors_updates.npz")
 

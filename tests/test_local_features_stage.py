@@ -11,7 +11,7 @@ from deepbof_tf import config as config_lib
 from deepbof_tf import models
 from deepbof_tf.data import bof_io
 from deepbof_tf.data import schema
-from deepbof_tf.layers import sparse_rbm as sparse_rbm_lib
+from deepbof_tf.training import sparse_rbm_trainer as sparse_rbm_lib
 from trainer import local_features
 
 N_MELS, BLOCK_FRAMES = 128, 8

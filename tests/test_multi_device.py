@@ -26,8 +26,9 @@ from deepbof_tf import config as config_lib
 from deepbof_tf import models
 from deepbof_tf.config import DNNConfig, PretrainConfig, SparseRBMConfig
 from deepbof_tf.data import bof_io
-from deepbof_tf.layers import relu_rbm, sparse_rbm
-from deepbof_tf.training import distribute, pretraining
+from deepbof_tf.training import cd1_backend, distribute, pretraining
+from deepbof_tf.training import relu_rbm_trainer as relu_rbm
+from deepbof_tf.training import sparse_rbm_trainer as sparse_rbm
 from trainer import evaluate, finetune, local_features, pretrain
 import test_local_features_stage as tiny
 import test_trainer as synthetic
@@ -158,7 +159,7 @@ report["sparse_resume_identical"] = identical(sparse_many, sparse_resumed)
 report["sparse_rows"] = sorted(rows["sparse"])
 auto = sparse_rbm.SparseRBMTrainer(16, sparse_config, strategy=mirrored)
 report["sparse_auto"] = [auto.backend, auto.replicas]
-if sparse_rbm.native_available():
+if cd1_backend.native_available():
   native = sparse_rbm.SparseRBMTrainer(16, sparse_config, backend="native",
                                        strategy=mirrored)
   report["sparse_native"] = [native.backend, native.replicas]

@@ -79,7 +79,7 @@ def _train_demo_model(corpus_dir, clips, model_dir):
   from deepbof_tf import audio, frontend, models
   from deepbof_tf.config import DNNConfig, FrontendConfig, SparseRBMConfig
   from deepbof_tf.layers.pca import PCAWhitening
-  from deepbof_tf.layers.sparse_rbm import SparseRBMTrainer
+  from deepbof_tf.training.sparse_rbm_trainer import SparseRBMTrainer
   config = FrontendConfig()
   blocks = []
   for clip in clips:

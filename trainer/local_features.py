@@ -39,9 +39,9 @@ from deepbof_tf import plots
 from deepbof_tf.data import bof_io
 from deepbof_tf.data import readers
 from deepbof_tf.data import schema
-from deepbof_tf.layers import sparse_rbm as sparse_rbm_lib
 from deepbof_tf.layers.pca import PCAWhitening
 from deepbof_tf.training import distribute
+from deepbof_tf.training import sparse_rbm_trainer as sparse_rbm_lib
 
 PCA_FILE = "pca.npz"
 CHECKPOINT_DIR = "checkpoints"

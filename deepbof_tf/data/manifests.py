@@ -11,8 +11,9 @@ Two formats:
   train, ``c`` valid, ``d``–``f`` test.
 * **CSV** with a header naming the columns ``path`` (required), ``split``, ``tags``
   and optionally ``clip_id`` (default: the path as written). ``tags`` is
-  ``;``-separated; an empty ``split`` is assigned by a stable ``hashlib`` hash of the
-  path (80/10/10 train/valid/test), so the same path always lands in the same split.
+  ``;``-separated; an empty ``split`` is assigned by a stable SHA-256 hash of the
+  path (``deepbof_tf.seeds``; 80/10/10 train/valid/test), so the same path always
+  lands in the same split.
   The tag vocabulary is ordered by decreasing frequency, then by name.
 
 Malformed rows raise ``ValueError`` naming the file and the line number; with
@@ -26,10 +27,11 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import hashlib
 import io
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from deepbof_tf import seeds
 
 SPLITS = ("train", "valid", "test")
 # The tag vocabulary most MagnaTagATune work uses: the 50 most frequent tags.
@@ -249,7 +251,7 @@ def read_mtt_annotations(path: str, *, top_n_tags: int = DEFAULT_TOP_N_TAGS, dro
 
 def hash_split(path: str) -> str:
   """A stable 80/10/10 train/valid/test split of ``path`` (sha256, not ``hash()``)."""
-  bucket = int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:8], "big") % 100
+  bucket = seeds.digest_int(path, size=8, algorithm="sha256") % 100
   if bucket < 80:
     return "train"
   return "valid" if bucket < 90 else "test"

@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from deepbof_tf.config import PretrainConfig
-from deepbof_tf.layers.relu_rbm import ReLURBM, ReLURBMSchedule, ReLURBMTrainer
+from deepbof_tf.layers.relu_rbm import ReLURBM
+from deepbof_tf.training.relu_rbm_trainer import ReLURBMSchedule, ReLURBMTrainer
 
 
 def rbm_schedule(config: PretrainConfig, layer_index: int, visible: str = "binary"
