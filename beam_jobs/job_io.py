@@ -486,6 +486,23 @@ def owner_is_gone(owner: Dict[str, Any]) -> bool:
   return bool(recorded) and bool(start) and start != recorded  # the pid was reused
 
 
+def _left_by_a_killed_run(path: str) -> bool:
+  """True when the work directory ``path`` is stale: its owner is gone, or it has no
+  owner record and is older than :data:`UNOWNED_MAX_AGE_SECONDS`.
+
+  Raises:
+    ValueError, OSError, tf.errors.OpError: the directory is being written or removed
+      by someone else right now.
+  """
+  import tensorflow as tf  # deferred: --help and the launcher start without it
+  owner_path = posixpath.join(path, OWNER_FILE)
+  if tf.io.gfile.exists(owner_path):
+    with tf.io.gfile.GFile(owner_path, "r") as f:
+      return owner_is_gone(json.load(f))
+  age = time.time() - tf.io.gfile.stat(path).mtime_nsec / 1e9
+  return age > UNOWNED_MAX_AGE_SECONDS
+
+
 def remove_stale_work_dirs(output_dir: str) -> List[str]:
   """Removes the ``<output_dir>.incomplete-*`` siblings of killed runs; returns them.
 
@@ -504,14 +521,8 @@ def remove_stale_work_dirs(output_dir: str) -> List[str]:
     if not entry.startswith(name + INCOMPLETE):
       continue
     path = posixpath.join(parent, entry)
-    owner_path = posixpath.join(path, OWNER_FILE)
     try:
-      if tf.io.gfile.exists(owner_path):
-        with tf.io.gfile.GFile(owner_path, "r") as f:
-          stale = owner_is_gone(json.load(f))
-      else:
-        age = time.time() - tf.io.gfile.stat(path).mtime_nsec / 1e9
-        stale = age > UNOWNED_MAX_AGE_SECONDS
+      stale = _left_by_a_killed_run(path)
     except (ValueError, OSError, tf.errors.OpError):
       continue  # being written or removed by someone else right now
     if stale:
