@@ -29,6 +29,7 @@ from absl import flags
 
 from beam_jobs import preprocess_lib
 from deepbof_tf import cli
+from deepbof_tf.audio import CHANNEL_MODES
 from deepbof_tf.config import FrontendConfig, SamplingConfig
 
 FLAGS = flags.FLAGS
@@ -72,7 +73,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_shards", defaults["num_shards"], "TFRecord files per split; "
                        "0 writes one per Beam bundle (streaming), > 0 regroups the "
                        "records (a shuffle).")
-  flags.DEFINE_enum("channel_mode", defaults["channel_mode"], ["first", "mean"],
+  flags.DEFINE_enum("channel_mode", defaults["channel_mode"], list(CHANNEL_MODES),
                     "Multi-channel to mono: the first channel (authors' code) or the mean.")
   flags.DEFINE_bool("overwrite", defaults["overwrite"],
                     "Replace an existing non-empty --output_dir.")

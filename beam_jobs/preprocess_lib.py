@@ -29,7 +29,8 @@ Data flow (the output's schema is in docs/data.md):
 
 Everything is written under a temporary sibling of ``output_dir`` that :func:`run`
 publishes by rename once the pipeline has succeeded and ``metadata.json`` is written;
-an existing non-empty ``output_dir`` is refused unless ``overwrite``.
+an existing non-empty ``output_dir`` is refused unless ``overwrite`` (the run protocol
+of both Beam jobs: ``beam_jobs.job_io``).
 
 DoFns import TensorFlow and the front end in ``setup()``, take every setting as a
 constructor argument (never absl FLAGS) and reach files only through ``tf.io.gfile``,
@@ -38,57 +39,35 @@ so they run unchanged on the DirectRunner (also ``multi_processing``) and on Dat
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import glob
 import json
 import logging
-import os
 import posixpath
-import shutil
 import time
-import uuid
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-
-class _DropCrcmodWarning(logging.Filter):
-  """Beam's TFRecord module warns at import that crcmod is missing; its sink uses
-  google-crc32c (a dependency) instead."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "crcmod package not found" not in record.getMessage()
-
-
-_crcmod_filter = _DropCrcmodWarning()
-logging.getLogger().addFilter(_crcmod_filter)
-try:
-  import apache_beam as beam  # noqa: E402
-finally:
-  logging.getLogger().removeFilter(_crcmod_filter)
-
-from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
-
+from beam_jobs import job_io
 from beam_jobs import sinks
 from beam_jobs import worker_threads
+from beam_jobs.job_io import beam  # apache_beam, imported with crcmod's warning dropped
 from deepbof_tf import __version__
 from deepbof_tf import sampling
-from deepbof_tf import workdirs
+from deepbof_tf.audio import CHANNEL_MODES
 from deepbof_tf.config import FrontendConfig, SamplingConfig, to_dict
 from deepbof_tf.data import manifests
 from deepbof_tf.data import schema
 
-METRICS_NAMESPACE = "deepbof"
-ERROR_TAG = "errors"
-SUMMARY_FILE = "_summary.json"
+# The run protocol's error output, error files and summary file (beam_jobs.job_io).
+ERROR_TAG = job_io.ERROR_TAG
+ERRORS_SUFFIX = job_io.ERRORS_SUFFIX
+SUMMARY_FILE = job_io.SUMMARY_FILE
 ERRORS_PREFIX = "errors"
-ERRORS_SUFFIX = ".jsonl"
 STAGES = ("read", "decode", "features", "validate")
-_PROGRESS_DIR = "_progress"
 DEFAULT_PROGRESS_SECONDS = 15.0
+TOOL = "deepbof-preprocess"  # the console script; its progress lines start with it
 # Beam's file sinks: {prefix}-SSSSS-of-NNNNN{suffix}, the dataset's file names.
 SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"
 
@@ -137,70 +116,15 @@ class PreprocessConfig:
   def __post_init__(self):
     if self.manifest_format not in ("csv", "mtt"):
       raise ValueError(f"manifest_format must be 'csv' or 'mtt', got {self.manifest_format!r}")
-    if self.channel_mode not in ("first", "mean"):
-      raise ValueError(f"channel_mode must be 'first' or 'mean', got {self.channel_mode!r}")
+    if self.channel_mode not in CHANNEL_MODES:
+      raise ValueError(f"channel_mode must be {' or '.join(map(repr, CHANNEL_MODES))}, "
+                       f"got {self.channel_mode!r}")
     if self.num_shards < 0:
       raise ValueError(f"num_shards must be >= 0, got {self.num_shards}")
     if self.top_n_tags < 0:
       raise ValueError(f"top_n_tags must be >= 0, got {self.top_n_tags}")
     if not self.output_dir:
       raise ValueError("output_dir must not be empty")
-
-
-# --------------------------------------------------------------------------------------
-# Paths and file helpers (tf.io.gfile: local paths and gs:// alike).
-# --------------------------------------------------------------------------------------
-
-
-def _is_url(path: str) -> bool:
-  return "://" in path
-
-
-def _join(base: str, *parts: str) -> str:
-  return posixpath.join(base, *parts) if _is_url(base) else os.path.join(base, *parts)
-
-
-def resolve_audio_path(audio_root: str, path: str) -> str:
-  """The file to read for a manifest ``path``: absolute paths and URLs are kept."""
-  if _is_url(path) or os.path.isabs(path) or not audio_root:
-    return path
-  return _join(audio_root, path)
-
-
-def _gfile():
-  import tensorflow as tf  # deferred: heavy
-  return tf.io.gfile
-
-
-class _LocalFS:
-  """The subset of ``tf.io.gfile`` the launcher uses, for local paths.
-
-  The launcher of a local run then never imports TensorFlow (seconds of start-up
-  before the workers can start); URLs (gs://…) go through ``tf.io.gfile``.
-  """
-
-  exists = staticmethod(os.path.exists)
-  isdir = staticmethod(os.path.isdir)
-  listdir = staticmethod(os.listdir)
-  remove = staticmethod(os.remove)
-  rmtree = staticmethod(shutil.rmtree)
-  GFile = staticmethod(open)
-
-  @staticmethod
-  def makedirs(path: str) -> None:
-    os.makedirs(path, exist_ok=True)
-
-  @staticmethod
-  def glob(pattern: str) -> List[str]:
-    return glob.glob(pattern)
-
-
-def _fs(path: str):
-  return _gfile() if _is_url(path) else _LocalFS
-
-
-def _counter(name: str):
-  return Metrics.counter(METRICS_NAMESPACE, name)
 
 
 # --------------------------------------------------------------------------------------
@@ -216,7 +140,7 @@ def clip_records(manifest: manifests.Manifest, audio_root: str) -> List[Dict[str
     audio_root: prefix of relative manifest paths.
   """
   return [{"clip_id": e.clip_id, "path": e.path,
-           "audio_path": resolve_audio_path(audio_root, e.path),
+           "audio_path": job_io.resolve_audio_path(audio_root, e.path),
            "split": e.split, "labels": manifest.labels(e)}
           for e in manifest.entries]
 
@@ -244,6 +168,8 @@ class ComputeFeaturesDoFn(beam.DoFn):
     channel_mode: "first" or "mean".
     block_frames: a clip needs at least this many frames.
     intra_op_threads: TensorFlow intra-/inter-op threads of the worker process.
+    progress_dir: where the worker counts its finished clips
+      (``job_io.ProgressCounter``; None: no counting).
   """
 
   def __init__(self, frontend: FrontendConfig, channel_mode: str = "first",
@@ -254,10 +180,10 @@ class ComputeFeaturesDoFn(beam.DoFn):
     self._channel_mode = channel_mode
     self._block_frames = block_frames
     self._intra_op_threads = intra_op_threads
-    self._read = _counter("clips_read")
-    self._failed = _counter("clips_failed")
-    self._failed_by_stage = {stage: _counter(f"failed_{stage}") for stage in STAGES}
-    self._features_ok = _counter("clips_featurized")
+    self._read = job_io.counter("clips_read")
+    self._failed = job_io.counter("clips_failed")
+    self._failed_by_stage = {stage: job_io.counter(f"failed_{stage}") for stage in STAGES}
+    self._features_ok = job_io.counter("clips_featurized")
 
   def setup(self):
     import tensorflow as tf
@@ -269,7 +195,7 @@ class ComputeFeaturesDoFn(beam.DoFn):
     # compute_features runs one cached tf.function with a [None] signature: one trace
     # per worker for every clip length.
     self._compute_features = frontend.compute_features
-    self._progress = (ProgressCounter(self._progress_dir) if self._progress_dir
+    self._progress = (job_io.ProgressCounter(self._progress_dir) if self._progress_dir
                       else None)
 
   def _fail(self, record, stage, error):
@@ -332,83 +258,6 @@ class ComputeFeaturesDoFn(beam.DoFn):
     yield dict(record, log_mel=log_mel, novelty=novelty, decoder=decoded.decoder)
 
 
-class ProgressCounter:
-  """A worker's count of finished clips in a small file of the progress directory.
-
-  Each DoFn instance owns one file and rewrites its count after every clip; the
-  launching process adds the files up (:class:`ProgressReporter`). Local runs only: the
-  directory is on this machine's disk.
-  """
-
-  def __init__(self, directory: str):
-    os.makedirs(directory, exist_ok=True)
-    self._path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex[:8]}.count")
-    self._done = 0
-
-  def tick(self) -> None:
-    self._done += 1
-    tmp = self._path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(str(self._done))
-    os.replace(tmp, self._path)
-
-
-def count_progress(directory: str) -> int:
-  """Clips finished so far: the sum of the workers' counts."""
-  done = 0
-  for path in glob.glob(os.path.join(directory, "*.count")):
-    try:
-      with open(path) as f:
-        done += int(f.read() or 0)
-    except (OSError, ValueError):
-      continue  # being replaced right now
-  return done
-
-
-def format_progress(done: int, total: int, seconds: float) -> str:
-  """``clips 120/600 (20 %), 4.1 clips/s, about 1 min 57 s left``."""
-  rate = done / seconds if seconds > 0 else 0.0
-  text = f"clips {done}/{total} ({100 * done / max(total, 1):.0f} %), {rate:.1f} clips/s"
-  if 0 < done < total and rate > 0:
-    left = int(round((total - done) / rate))
-    text += f", about {left // 60} min {left % 60:02d} s left" if left >= 60 else (
-        f", about {left} s left")
-  return text
-
-
-class ProgressReporter:
-  """Prints :func:`format_progress` to stderr every ``interval`` seconds, in a thread."""
-
-  def __init__(self, directory: str, total: int, interval: float, stream=None):
-    import threading
-    self._directory, self._total, self._interval = directory, total, interval
-    self._stream = stream
-    self._start = time.time()
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, name="deepbof-progress",
-                                    daemon=True)
-
-  def _print(self) -> None:
-    import sys
-    stream = self._stream or sys.stderr
-    done = count_progress(self._directory)
-    line = format_progress(done, self._total, time.time() - self._start)
-    print(f"deepbof-preprocess: {line}", file=stream, flush=True)
-
-  def _run(self) -> None:
-    while not self._stop.wait(self._interval):
-      self._print()
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *unused):
-    self._stop.set()
-    self._thread.join()
-    self._print()  # the final count
-
-
 def serialize_clip(record: Mapping[str, Any]) -> Tuple[str, str, bytes]:
   """``(split, clip_id, serialized clip example)`` of a featurized record."""
   return (record["split"], record["clip_id"],
@@ -434,7 +283,7 @@ class _CountWritten(beam.DoFn):
   """Counts the records handed to a sink (the counter ``{kind}_written``)."""
 
   def __init__(self, kind: str):
-    self._written = _counter(f"{kind}_written")
+    self._written = job_io.counter(f"{kind}_written")
 
   def process(self, element):
     self._written.inc()
@@ -482,7 +331,7 @@ def write_records(pcoll, label: str, out_dir: str, kind: str, splits: Sequence[s
   parts = counted | f"{label}BySplit" >> beam.Partition(_shard_index, len(splits), splits)
   files = []
   for split, part in zip(splits, parts):
-    path_prefix = _join(out_dir, prefix or split)
+    path_prefix = job_io.join(out_dir, prefix or split)
     if file_format == "tfrecord":
       names = (part
                | f"{label}{split}Keyed" >> beam.Map(lambda e: (e[1], e[2]))
@@ -518,8 +367,8 @@ class SampleBlocksDoFn(beam.DoFn):
     self._config = sampling_config
     self._n_tags = n_tags
     self._n_mels = n_mels
-    self._blocks = _counter("blocks_sampled")
-    self._clips = _counter("clips_sampled")
+    self._blocks = job_io.counter("blocks_sampled")
+    self._clips = job_io.counter("clips_sampled")
 
   def setup(self):
     import tensorflow as tf
@@ -613,10 +462,10 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
 
   clip_files, clip_counts = write_records(
       clips | "SerializeClips" >> beam.Map(serialize_clip), "Clips",
-      _join(work_dir, schema.CLIPS_DIR), "clips", schema.SPLITS, config.num_shards)
+      job_io.join(work_dir, schema.CLIPS_DIR), "clips", schema.SPLITS, config.num_shards)
   error_files, _ = write_records(
       errors | "KeyErrors" >> beam.Map(lambda e: ("errors", e["path"], e)), "Errors",
-      _join(work_dir, schema.ERRORS_DIR), "errors", ["errors"], 0,
+      job_io.join(work_dir, schema.ERRORS_DIR), "errors", ["errors"], 0,
       file_format="jsonl", prefix=ERRORS_PREFIX)
 
   stats = clips | "ClipStats" >> beam.Map(clip_stats, scfg.block_frames,
@@ -645,13 +494,13 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
       SampleBlocksDoFn(scfg, n_tags, config.frontend.n_mels),
       beam.pvalue.AsSingleton(num_passes), beam.pvalue.AsSingleton(threshold))
   block_files, block_counts = write_records(
-      blocks, "Blocks", _join(work_dir, schema.BLOCKS_DIR), "blocks", ["train"],
+      blocks, "Blocks", job_io.join(work_dir, schema.BLOCKS_DIR), "blocks", ["train"],
       config.num_shards)
 
   return (pipeline
           | "SummaryOnce" >> beam.Create([None])
           | "Summary" >> beam.ParDo(
-              _WriteSummaryDoFn(_join(work_dir, SUMMARY_FILE)),
+              _WriteSummaryDoFn(job_io.join(work_dir, SUMMARY_FILE)),
               beam.pvalue.AsList(clip_files), beam.pvalue.AsList(clip_counts),
               beam.pvalue.AsList(block_files), beam.pvalue.AsList(block_counts),
               beam.pvalue.AsList(error_files), beam.pvalue.AsSingleton(num_passes),
@@ -661,128 +510,8 @@ def build_pipeline(pipeline: beam.Pipeline, records: Sequence[Mapping[str, Any]]
 
 
 # --------------------------------------------------------------------------------------
-# Launcher: output directory protocol, counters, metadata.json.
+# Launcher: the manifest's clips, counts, metadata.json (the run protocol: job_io).
 # --------------------------------------------------------------------------------------
-
-
-def _is_nonempty_dir(path: str) -> bool:
-  fs = _fs(path)
-  return fs.exists(path) and (not fs.isdir(path) or bool(fs.listdir(path)))
-
-
-def check_output_dir(output_dir: str, overwrite: bool) -> None:
-  """Refuses an existing non-empty ``output_dir`` unless ``overwrite``."""
-  if _is_nonempty_dir(output_dir) and not overwrite:
-    raise FileExistsError(
-        f"{output_dir}: output directory exists and is not empty; choose another "
-        "--output_dir or pass --overwrite to replace it")
-
-
-def _copy_tree(src: str, dst: str, last: str) -> None:
-  """Copies ``src`` to ``dst`` file by file; the top-level file ``last`` goes last."""
-  gfile = _gfile()
-  final_copy = None
-  for root, _, files in gfile.walk(src):
-    rel = root[len(src):].strip("/")
-    target_root = _join(dst, rel) if rel else dst
-    gfile.makedirs(target_root)
-    for name in files:
-      pair = (_join(root, name), _join(target_root, name))
-      if not rel and name == last:
-        final_copy = pair
-      else:
-        gfile.copy(*pair, overwrite=True)
-  if final_copy is not None:
-    gfile.copy(*final_copy, overwrite=True)
-
-
-@contextlib.contextmanager
-def work_dir_of(output_dir: str) -> Iterator[str]:
-  """A fresh work directory next to ``output_dir``, removed if the body fails.
-
-  Work directories of earlier runs that were killed (their owner is gone) are removed
-  first (``deepbof_tf.workdirs``); the body writes everything into the yielded one and
-  ends with :func:`finish_and_publish`.
-  """
-  workdirs.remove_stale_work_dirs(output_dir)
-  work_dir = workdirs.claim_work_dir(output_dir)
-  try:
-    yield work_dir
-  except BaseException:
-    fs = _fs(work_dir)
-    if fs.exists(work_dir):
-      try:
-        fs.rmtree(work_dir)
-      except Exception:  # pylint: disable=broad-except
-        logging.exception("could not remove %s", work_dir)
-    raise
-
-
-def pop_summary(work_dir: str) -> Dict[str, Any]:
-  """Reads and removes the pipeline's ``_summary.json`` from ``work_dir``."""
-  fs = _fs(work_dir)
-  path = _join(work_dir, SUMMARY_FILE)
-  with fs.GFile(path, "r") as f:
-    summary = json.load(f)
-  fs.remove(path)
-  return summary
-
-
-def finish_and_publish(work_dir: str, output_dir: str, metadata: Mapping[str, Any],
-                       overwrite: bool, metadata_file: str = schema.METADATA_FILE
-                       ) -> None:
-  """Writes ``metadata.json`` last (it marks a complete output), then publishes."""
-  fs = _fs(work_dir)
-  fs.remove(_join(work_dir, workdirs.OWNER_FILE))
-  with fs.GFile(_join(work_dir, metadata_file), "w") as f:
-    f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-  publish(work_dir, output_dir, overwrite)
-
-
-def publish(work_dir: str, output_dir: str, overwrite: bool) -> None:
-  """Moves the finished ``work_dir`` to ``output_dir``.
-
-  Local file systems: one directory rename (an existing ``output_dir`` is first moved
-  aside and deleted after the swap). Object stores (gs://…), where directories cannot
-  be renamed atomically: files are copied with ``metadata.json`` last, so a dataset
-  without ``metadata.json`` is never complete (``read_metadata`` refuses it).
-
-  Args:
-    work_dir: the finished temporary dataset directory.
-    output_dir: its final name.
-    overwrite: replace an existing non-empty ``output_dir``.
-  """
-  check_output_dir(output_dir, overwrite)
-  if not _is_url(output_dir):
-    old = None
-    if os.path.exists(output_dir):
-      if os.path.isdir(output_dir) and not os.listdir(output_dir):
-        os.rmdir(output_dir)
-      else:
-        old = f"{output_dir}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(output_dir, old)
-    os.rename(work_dir, output_dir)
-    if old is not None:
-      shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
-    return
-  gfile = _gfile()
-  if gfile.exists(output_dir):
-    gfile.rmtree(output_dir)
-  _copy_tree(work_dir, output_dir, last=schema.METADATA_FILE)
-  gfile.rmtree(work_dir)
-
-
-def _query_counters(result) -> Optional[Dict[str, int]]:
-  """Committed (else attempted) Beam counters summed over steps; None if unsupported."""
-  try:
-    counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-  except Exception:  # pylint: disable=broad-except
-    return None
-  out: Dict[str, int] = {}
-  for counter in counters.get("counters", []):
-    value = counter.committed if counter.committed is not None else counter.attempted
-    out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
-  return out or None
 
 
 def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
@@ -802,28 +531,13 @@ def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
   written = sum(summary["clip_counts"].values())
   from_outputs = {"clips_read": num_inputs, "clips_written": written,
                   "clips_failed": len(errors), "blocks_written": summary["num_blocks"]}
-  if counters:
-    used = {name: int(counters.get(name, 0)) for name in from_outputs}
-    source = "beam_metrics"
-  else:
-    used = dict(from_outputs)
-    source = "outputs (the runner reported no Beam counters)"
+  used, source = job_io.reported_counts(from_outputs, counters)
   used["reconciled"] = (
       used["clips_read"] == used["clips_written"] + used["clips_failed"])
   used["matches_outputs"] = all(used[k] == from_outputs[k] for k in from_outputs)
   used["counters_source"] = source
   used["beam_counters"] = dict(sorted((counters or {}).items()))
   return used
-
-
-def read_error_records(work_dir: str) -> List[Dict[str, Any]]:
-  """The ``{path, stage, error}`` records of ``work_dir/errors/*.jsonl`` (both jobs)."""
-  fs = _fs(work_dir)
-  records = []
-  for path in sorted(fs.glob(_join(work_dir, schema.ERRORS_DIR, f"*{ERRORS_SUFFIX}"))):
-    with fs.GFile(path, "r") as f:
-      records.extend(json.loads(line) for line in f if line.strip())
-  return records
 
 
 def build_metadata(config: PreprocessConfig, manifest: manifests.Manifest,
@@ -881,30 +595,36 @@ def build_metadata(config: PreprocessConfig, manifest: manifests.Manifest,
   }
 
 
-_LOCAL_RUNNER_NAMES = (None, "DirectRunner", "direct", "FnApiRunner")
-
-
-def make_runner(options):
-  """Beam's FnApiRunner for local runs; None lets Beam pick the requested runner.
-
-  Beam 2.72's DirectRunner first tries the Prism runner, which downloads a binary from
-  GitHub at run time (we never use the network at run time) and otherwise falls back
-  to the FnApiRunner. Local runs therefore use the FnApiRunner directly, with the
-  same provisioning DirectRunner gives it, so ``--direct_num_workers`` and
-  ``--direct_running_mode`` work as usual.
+def read_manifest(config: PreprocessConfig) -> manifests.Manifest:
+  """The manifest ``config`` names, parsed with its options.
 
   Args:
-    options: the pipeline options.
+    config: the run's configuration.
   """
-  from apache_beam.options.pipeline_options import StandardOptions
-  if options.view_as(StandardOptions).runner not in _LOCAL_RUNNER_NAMES:
-    return None
-  from apache_beam.portability.api import beam_provision_api_pb2
-  from apache_beam.runners.portability.fn_api_runner import fn_runner
-  from apache_beam.runners.portability.portable_runner import JobServiceHandle
-  encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
-      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+  return manifests.read_manifest(
+      config.manifest, config.manifest_format, top_n_tags=config.top_n_tags,
+      drop_untagged=config.drop_untagged, skip_bad_rows=config.skip_bad_rows)
+
+
+def checked_clip_records(config: PreprocessConfig,
+                         manifest: manifests.Manifest) -> List[Dict[str, Any]]:
+  """The manifest's :func:`clip_records`, refused when there are none.
+
+  Args:
+    config: the run's configuration.
+    manifest: the parsed manifest.
+
+  Raises:
+    ValueError: the manifest lists no clips.
+  """
+  records = clip_records(manifest, config.audio_root)
+  if not records:
+    raise ValueError(f"{config.manifest}: the manifest lists no clips"
+                     + (f" ({len(manifest.skipped)} malformed rows skipped)"
+                        if manifest.skipped else ""))
+  logging.info("%s: %d clips (%s), %d tags", config.manifest, len(records),
+               manifest.split_counts(), len(manifest.tags))
+  return records
 
 
 def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
@@ -918,43 +638,26 @@ def run(config: PreprocessConfig, beam_args: Sequence[str] = (),
   """
   from apache_beam.options.pipeline_options import PipelineOptions
   output_dir = config.output_dir.rstrip("/")
-  check_output_dir(output_dir, config.overwrite)
+  job_io.check_output_dir(output_dir, config.overwrite)
   if manifest is None:
-    manifest = manifests.read_manifest(
-        config.manifest, config.manifest_format, top_n_tags=config.top_n_tags,
-        drop_untagged=config.drop_untagged, skip_bad_rows=config.skip_bad_rows)
-  records = clip_records(manifest, config.audio_root)
-  if not records:
-    raise ValueError(f"{config.manifest}: the manifest lists no clips"
-                     + (f" ({len(manifest.skipped)} malformed rows skipped)"
-                        if manifest.skipped else ""))
-  logging.info("%s: %d clips (%s), %d tags", config.manifest, len(records),
-               manifest.split_counts(), len(manifest.tags))
+    manifest = read_manifest(config)
+  records = checked_clip_records(config, manifest)
   start = time.time()
-  with work_dir_of(output_dir) as work_dir:
+  with job_io.work_dir_of(output_dir) as work_dir:
     options = PipelineOptions(list(beam_args))
-    runner = make_runner(options)
-    # Progress needs the workers' counts on this machine: local runners, local paths.
-    progress_dir = (_join(work_dir, _PROGRESS_DIR) if runner is not None and
-                    config.progress_seconds > 0 and "://" not in work_dir else None)
+    runner = job_io.make_runner(options)
+    progress_dir = job_io.progress_dir_of(work_dir, runner, config.progress_seconds)
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, records, config, len(manifest.tags), work_dir, progress_dir)
-    if progress_dir is None:
-      result = pipeline.run()
-      result.wait_until_finish()
-    else:
-      os.makedirs(progress_dir, exist_ok=True)
-      with ProgressReporter(progress_dir, len(records), config.progress_seconds):
-        result = pipeline.run()
-        result.wait_until_finish()
-      shutil.rmtree(progress_dir, ignore_errors=True)
-    counters = _query_counters(result)
-    summary = pop_summary(work_dir)
-    errors = read_error_records(work_dir)
+    result = job_io.run_with_progress(pipeline, progress_dir, len(records),
+                                      config.progress_seconds, TOOL)
+    counters = job_io.query_counters(result)
+    summary = job_io.pop_summary(work_dir)
+    errors = job_io.read_error_records(work_dir)
     counts = reconcile(summary, errors, len(records), counters)
     metadata = build_metadata(config, manifest, summary, errors, counts,
                               time.time() - start)
-    finish_and_publish(work_dir, output_dir, metadata, config.overwrite)
+    job_io.finish_and_publish(work_dir, output_dir, metadata, config.overwrite)
   return metadata
 
 

@@ -32,6 +32,7 @@ from absl import flags
 
 from beam_jobs import tag_catalog_lib as lib
 from deepbof_tf import cli
+from deepbof_tf.audio import CHANNEL_MODES
 
 FLAGS = flags.FLAGS
 MAX_ERROR_LINES = 20  # failed files named on stderr; all of them are in errors/*.jsonl
@@ -63,7 +64,7 @@ def define_flags() -> None:
   flags.DEFINE_float("one_shot_seconds", defaults["one_shot_seconds"], "Recordings up "
                      "to this long (and the export's longest request) are tagged in one "
                      "piece, batched across files by length.", lower_bound=1.0)
-  flags.DEFINE_enum("channel_mode", defaults["channel_mode"], ["first", "mean"],
+  flags.DEFINE_enum("channel_mode", defaults["channel_mode"], list(CHANNEL_MODES),
                     "Multi-channel audio: the first channel or the mean (default: as "
                     "the model's training data).")
   flags.DEFINE_integer("min_batch_size", defaults["min_batch_size"],

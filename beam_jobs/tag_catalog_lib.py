@@ -39,9 +39,10 @@ Data flow:
    counts of inputs, records and errors lets the launcher reconcile them
    (matched = tagged + failed) with the Beam counters and write ``metadata.json``.
 
-Everything is written into a work directory (``deepbof_tf.workdirs``) that is renamed
-to ``output_dir`` only when the run is complete, as ``deepbof-preprocess`` does. DoFns
-take every setting as a constructor argument and import TensorFlow in ``setup()``.
+Everything is written into a work directory that is renamed to ``output_dir`` only
+when the run is complete, as ``deepbof-preprocess`` does (the run protocol of both
+jobs: ``beam_jobs.job_io``). DoFns take every setting as a constructor argument and
+import TensorFlow in ``setup()``.
 """
 
 from __future__ import annotations
@@ -57,14 +58,14 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from beam_jobs import preprocess_lib as plib
+from beam_jobs import job_io
 from beam_jobs import worker_threads
-from beam_jobs.preprocess_lib import beam  # imported there with crcmod's warning dropped
+from beam_jobs.job_io import beam  # apache_beam, imported with crcmod's warning dropped
 from apache_beam.io import fileio
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base as inference_base
 
 from deepbof_tf import __version__
+from deepbof_tf import audio
 from deepbof_tf import exported
 from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
                                DEFAULT_TAG_BATCH_SIZE)
@@ -77,14 +78,14 @@ DEFAULT_ONE_SHOT_SECONDS = DEFAULT_CHUNK_SECONDS
 from deepbof_tf.data import manifests
 from deepbof_tf.data import schema
 
-# Shared with the preprocessing job: the error output, its files, the metadata file.
-ERROR_TAG = plib.ERROR_TAG
+# The run protocol's (beam_jobs.job_io): the error output, its files, the metadata file.
+ERROR_TAG = job_io.ERROR_TAG
 ERRORS_DIR = schema.ERRORS_DIR
-ERRORS_SUFFIX = plib.ERRORS_SUFFIX
+ERRORS_SUFFIX = job_io.ERRORS_SUFFIX
 METADATA_FILE = schema.METADATA_FILE
 PARTIALS_TAG = "partials"
 STAGES = ("read", "decode", "validate", "encode", "combine", "inference")
-SUMMARY_FILE = plib.SUMMARY_FILE  # read back by plib.pop_summary
+SUMMARY_FILE = job_io.SUMMARY_FILE  # read back by job_io.pop_summary
 PARQUET_DIR = "parquet"
 TFRECORD_DIR = "tfrecord"
 SHARD_PREFIX = "tags"
@@ -150,8 +151,9 @@ class TagCatalogConfig:
     if self.input_format not in INPUT_FORMATS:
       raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got "
                        f"{self.input_format!r}")
-    if self.channel_mode not in (None, "first", "mean"):
-      raise ValueError(f"channel_mode must be 'first' or 'mean', got {self.channel_mode!r}")
+    if self.channel_mode not in (None, *audio.CHANNEL_MODES):
+      raise ValueError(f"channel_mode must be {' or '.join(map(repr, audio.CHANNEL_MODES))}"
+                       f", got {self.channel_mode!r}")
     if self.chunk_seconds < 1.0:
       raise ValueError(f"chunk_seconds must be >= 1, got {self.chunk_seconds}")
     if self.one_shot_seconds < 1.0:
@@ -180,9 +182,9 @@ def resolved_input_format(config: TagCatalogConfig) -> str:
 def input_pattern(path: str) -> str:
   """The ``MatchFiles`` pattern of an input: a directory means every file under it
   (``**`` matches across subdirectories, ``*`` within one)."""
-  fs = plib._fs(path)
+  fs = job_io.file_system(path)
   if not any(c in path for c in "*?[") and fs.isdir(path):
-    return plib._join(path.rstrip("/"), "**")
+    return job_io.join(path.rstrip("/"), "**")
   return path
 
 
@@ -197,17 +199,12 @@ def error_record(path: str, stage: str, error: Any) -> Dict[str, str]:
   if isinstance(error, BaseException):
     import tensorflow as tf
     if isinstance(error, tf.errors.OpError):
-      from deepbof_tf import audio
       message = audio._short(error)
     elif not isinstance(error, ValueError):
       message = f"{type(error).__name__}: {message}"
   if not message.startswith(path):
     message = f"{path}: {message}"
   return {"path": path, "stage": stage, "error": message}
-
-
-def _counter(name: str):
-  return Metrics.counter(plib.METRICS_NAMESPACE, name)
 
 
 def _stage_of(error: BaseException, path: str) -> str:
@@ -405,10 +402,10 @@ class DecodeAudioDoFn(beam.DoFn):
     self._chunk_seconds = chunk_seconds
     self._intra_op_threads = intra_op_threads
     self._memory_limit = memory_limit
-    self._matched = _counter("files_matched")
-    self._short = _counter("files_one_shot")
-    self._long = _counter("files_chunked")
-    self._chunks = _counter("chunks_encoded")
+    self._matched = job_io.counter("files_matched")
+    self._short = job_io.counter("files_one_shot")
+    self._long = job_io.counter("files_chunked")
+    self._chunks = job_io.counter("chunks_encoded")
 
   def setup(self):
     from deepbof_tf import streaming
@@ -539,7 +536,7 @@ class FormatRecordDoFn(beam.DoFn):
     self._tags = list(tags)
     self._top_k = top_k
     self._sample_rate = sample_rate
-    self._tagged = _counter("files_tagged")
+    self._tagged = job_io.counter("files_tagged")
 
   def process(self, element) -> Iterator[Any]:
     path, result = element
@@ -573,7 +570,7 @@ class CountFailuresDoFn(beam.DoFn):
   """Counts the error records (Beam counter ``files_failed``), whatever stage made them."""
 
   def __init__(self):
-    self._failed = _counter("files_failed")
+    self._failed = job_io.counter("files_failed")
 
   def process(self, record):
     self._failed.inc()
@@ -713,17 +710,17 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
 
   _ = (records
        | "WriteParquet" >> beam.io.WriteToParquet(
-           plib._join(work_dir, PARQUET_DIR, SHARD_PREFIX), parquet_schema(),
+           job_io.join(work_dir, PARQUET_DIR, SHARD_PREFIX), parquet_schema(),
            file_name_suffix=PARQUET_SUFFIX, num_shards=config.num_shards))
   _ = (records
        | "ToExamples" >> beam.ParDo(SerializeExampleDoFn())
        | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-           plib._join(work_dir, TFRECORD_DIR, SHARD_PREFIX),
+           job_io.join(work_dir, TFRECORD_DIR, SHARD_PREFIX),
            file_name_suffix=TFRECORD_SUFFIX, num_shards=config.num_shards))
   _ = (errors
        | "ErrorLines" >> beam.Map(lambda e: json.dumps(e, sort_keys=True))
        | "WriteErrors" >> beam.io.WriteToText(
-           plib._join(work_dir, ERRORS_DIR, ERRORS_DIR), file_name_suffix=ERRORS_SUFFIX,
+           job_io.join(work_dir, ERRORS_DIR, ERRORS_DIR), file_name_suffix=ERRORS_SUFFIX,
            num_shards=config.num_shards))
 
   matched = files | "CountMatched" >> beam.combiners.Count.Globally()
@@ -735,7 +732,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
   return (pipeline
           | "SummaryOnce" >> beam.Create([None])
           | "Summary" >> beam.ParDo(
-              _WriteSummaryDoFn(plib._join(work_dir, SUMMARY_FILE)),
+              _WriteSummaryDoFn(job_io.join(work_dir, SUMMARY_FILE)),
               beam.pvalue.AsSingleton(matched), beam.pvalue.AsSingleton(tagged),
               beam.pvalue.AsSingleton(failed), beam.pvalue.AsList(by_stage)))
 
@@ -748,25 +745,25 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
 def manifest_paths(config: TagCatalogConfig, input_format: str) -> List[str]:
   """The audio files a manifest lists (relative paths joined to ``audio_root``)."""
   manifest = manifests.read_manifest(config.input, input_format, top_n_tags=0)
-  paths = [plib.resolve_audio_path(config.audio_root, e.path) for e in manifest.entries]
+  paths = [job_io.resolve_audio_path(config.audio_root, e.path) for e in manifest.entries]
   return list(dict.fromkeys(paths))
 
 
 def _output_files(work_dir: str, directory: str, suffix: str) -> List[str]:
-  fs = plib._fs(work_dir)
-  return sorted(fs.glob(plib._join(work_dir, directory, f"*{suffix}")))
+  fs = job_io.file_system(work_dir)
+  return sorted(fs.glob(job_io.join(work_dir, directory, f"*{suffix}")))
 
 
 def read_errors(catalog_dir: str) -> List[Dict[str, Any]]:
   """The error records of a catalogue (or of its work directory)."""
-  return plib.read_error_records(catalog_dir)
+  return job_io.read_error_records(catalog_dir)
 
 
 def _parquet_rows(paths: Sequence[str]) -> int:
   import pyarrow.parquet as pq
   total = 0
   for path in paths:
-    if plib._is_url(path):
+    if job_io.is_url(path):
       import tensorflow as tf
       with tf.io.gfile.GFile(path, "rb") as f:
         import io as _io
@@ -787,12 +784,7 @@ def reconcile(summary: Mapping[str, Any], errors: Sequence[Mapping[str, Any]],
   """
   from_outputs = {"files_matched": int(summary["files_matched"]),
                   "files_tagged": int(parquet_rows), "files_failed": len(errors)}
-  if counters:
-    used = {name: int(counters.get(name, 0)) for name in from_outputs}
-    source = "beam_metrics"
-  else:
-    used = dict(from_outputs)
-    source = "outputs (the runner reported no Beam counters)"
+  used, source = job_io.reported_counts(from_outputs, counters)
   used["reconciled"] = used["files_matched"] == used["files_tagged"] + used["files_failed"]
   used["matches_outputs"] = (all(used[k] == from_outputs[k] for k in from_outputs)
                              and summary["files_tagged"] == parquet_rows
@@ -811,8 +803,8 @@ def build_metadata(config: TagCatalogConfig, input_format: str, info: Mapping[st
     failed_by_stage[e["stage"]] = failed_by_stage.get(e["stage"], 0) + 1
   sample_rate = int(info["frontend"]["sample_rate"])
   window = int(info["pool_frames"]) * int(info["frontend"]["hop_length"]) / sample_rate
-  model = config.model if plib._is_url(config.model) else os.path.abspath(config.model)
-  version = version_dir if plib._is_url(version_dir) else os.path.abspath(version_dir)
+  model = config.model if job_io.is_url(config.model) else os.path.abspath(config.model)
+  version = version_dir if job_io.is_url(version_dir) else os.path.abspath(version_dir)
 
   def rel(paths):
     return [p[len(work_dir):].lstrip("/") for p in paths]
@@ -849,8 +841,8 @@ def build_metadata(config: TagCatalogConfig, input_format: str, info: Mapping[st
 
 def read_metadata(catalog_dir: str) -> Dict[str, Any]:
   """A catalogue's ``metadata.json`` (its presence marks a complete catalogue)."""
-  fs = plib._fs(catalog_dir)
-  path = plib._join(catalog_dir, METADATA_FILE)
+  fs = job_io.file_system(catalog_dir)
+  path = job_io.join(catalog_dir, METADATA_FILE)
   if not fs.exists(path):
     raise FileNotFoundError(f"{catalog_dir}: not a catalogue (no {METADATA_FILE}); run "
                             "deepbof-tag-catalog first")
@@ -872,7 +864,7 @@ def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, An
   """
   from apache_beam.options.pipeline_options import PipelineOptions
   output_dir = config.output_dir.rstrip("/")
-  plib.check_output_dir(output_dir, config.overwrite)
+  job_io.check_output_dir(output_dir, config.overwrite)
   version_dir = exported.resolve_version_dir(config.model)
   info = exported.read_export_info(version_dir)
   input_format = resolved_input_format(config)
@@ -882,14 +874,13 @@ def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, An
     if not paths:
       raise ValueError(f"{config.input}: the manifest lists no files")
   start = time.time()
-  with plib.work_dir_of(output_dir) as work_dir:
+  with job_io.work_dir_of(output_dir) as work_dir:
     options = PipelineOptions(list(beam_args))
-    pipeline = beam.Pipeline(runner=plib.make_runner(options), options=options)
+    pipeline = beam.Pipeline(runner=job_io.make_runner(options), options=options)
     build_pipeline(pipeline, config, paths, info, version_dir, work_dir)
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = plib._query_counters(result)
-    summary = plib.pop_summary(work_dir)
+    result = job_io.run_and_wait(pipeline)
+    counters = job_io.query_counters(result)
+    summary = job_io.pop_summary(work_dir)
     if summary["files_matched"] == 0:
       raise ValueError(f"{config.input}: matched no files")
     errors = read_errors(work_dir)
@@ -897,7 +888,7 @@ def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, An
     counts = reconcile(summary, errors, rows, counters)
     metadata = build_metadata(config, input_format, info, version_dir, work_dir,
                               errors, counts, time.time() - start)
-    plib.finish_and_publish(work_dir, output_dir, metadata, config.overwrite,
+    job_io.finish_and_publish(work_dir, output_dir, metadata, config.overwrite,
                             METADATA_FILE)
   return metadata
 

@@ -32,6 +32,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
+  from deepbof_tf import audio
   from deepbof_tf import similarity
   flags.DEFINE_string("catalog_dir", None, "A deepbof-tag-catalog output directory.")
   flags.DEFINE_bool("build", False, "Build (or rebuild) the catalogue's index.")
@@ -44,8 +45,8 @@ def define_flags() -> None:
   flags.DEFINE_float("chunk_seconds", DEFAULT_CHUNK_SECONDS, "An audio --query longer "
                      "than this is streamed in chunks of about this length.",
                      lower_bound=1.0)
-  flags.DEFINE_enum("channel_mode", None, ["first", "mean"], "Multi-channel audio --query "
-                    "(default: as the catalogue).")
+  flags.DEFINE_enum("channel_mode", None, list(audio.CHANNEL_MODES), "Multi-channel "
+                    "audio --query (default: as the catalogue).")
   flags.DEFINE_integer("exact_max_items", similarity.EXACT_MAX_ITEMS, "--build: "
                        "catalogues up to this many tracks get an exact index, larger "
                        "ones an HNSW graph.", lower_bound=0)

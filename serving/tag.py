@@ -342,9 +342,10 @@ def define_flags() -> None:
                        lower_bound=1)
   flags.DEFINE_float("chunk_seconds", DEFAULT_CHUNK_SECONDS, "Recordings longer than "
                      "this are streamed in chunks of about this length.", lower_bound=1.0)
-  flags.DEFINE_enum("channel_mode", None, ["first", "mean"], "Multi-channel audio: the "
-                    "first channel (the authors' code) or the mean of all channels "
-                    "(default: as the model's training data, recorded in the export).")
+  flags.DEFINE_enum("channel_mode", None, list(audio.CHANNEL_MODES), "Multi-channel "
+                    "audio: the first channel (the authors' code) or the mean of all "
+                    "channels (default: as the model's training data, recorded in the "
+                    "export).")
   flags.DEFINE_string("extensions", DEFAULT_EXTENSIONS, "Comma-separated extensions of "
                       "the audio files collected from directories ('*': every file, the "
                       "content decides).")

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
+from beam_jobs import job_io
 from beam_jobs import preprocess
 from beam_jobs import preprocess_lib as lib
 from deepbof_tf import audio, frontend, sampling
@@ -187,7 +188,7 @@ def _write_with_beam_sinks(tmp_path, elements, splits, num_shards=0, file_format
   from apache_beam.testing.util import assert_that, equal_to
   out_dir = str(tmp_path / "out")
   options = PipelineOptions(IN_PROCESS)
-  with beam.Pipeline(runner=lib.make_runner(options), options=options) as pipeline:
+  with beam.Pipeline(runner=job_io.make_runner(options), options=options) as pipeline:
     files, counts = lib.write_records(
         pipeline | beam.Create(elements), "W", out_dir, "clips", splits, num_shards,
         file_format=file_format, prefix=prefix)
@@ -521,11 +522,10 @@ def test_failed_run_leaves_no_dataset(corpus, tmp_path, monkeypatch):
 
 
 def test_a_run_removes_the_work_dir_of_a_killed_run(corpus, tmp_path):
-  from deepbof_tf import workdirs
   stale = tmp_path / "out.incomplete-deadbeef"  # left by a run killed with SIGKILL
   (stale / "clips").mkdir(parents=True)
-  record = {**workdirs.owner_record(), "pid": 2 ** 22 + 7}  # no such process
-  (stale / workdirs.OWNER_FILE).write_text(json.dumps(record))
+  record = {**job_io.owner_record(), "pid": 2 ** 22 + 7}  # no such process
+  (stale / job_io.OWNER_FILE).write_text(json.dumps(record))
   small = tmp_path / "small.csv"
   small.write_text("path,split,tags\nclip_e.wav,train,pop\n")
   config = lib.PreprocessConfig(manifest=str(small), audio_root=corpus["audio_root"],
@@ -533,7 +533,7 @@ def test_a_run_removes_the_work_dir_of_a_killed_run(corpus, tmp_path):
                                 sampling=SamplingConfig(num_blocks=3))
   lib.run(config, beam_args=IN_PROCESS)
   assert sorted(os.listdir(tmp_path)) == ["out", "small.csv"]
-  assert workdirs.OWNER_FILE not in os.listdir(tmp_path / "out")
+  assert job_io.OWNER_FILE not in os.listdir(tmp_path / "out")
 
 
 def test_progress_lines_during_a_local_run(corpus, tmp_path, capsys):
@@ -549,9 +549,9 @@ def test_progress_lines_during_a_local_run(corpus, tmp_path, capsys):
   assert len(lines) >= 2, lines  # at least one while running, and the final count
   assert lines[-1].startswith("deepbof-preprocess: clips 3/3 (100 %)")
   assert "_progress" not in os.listdir(tmp_path / "out")
-  assert lib.format_progress(120, 600, 30.0) == (
+  assert job_io.format_progress(120, 600, 30.0) == (
       "clips 120/600 (20 %), 4.0 clips/s, about 2 min 00 s left")
-  assert lib.format_progress(590, 600, 59.0) == (
+  assert job_io.format_progress(590, 600, 59.0) == (
       "clips 590/600 (98 %), 10.0 clips/s, about 1 s left")
 
 
@@ -581,36 +581,6 @@ def test_empty_manifest_is_refused(tmp_path):
   with pytest.raises(ValueError, match="empty.csv: the manifest lists no clips"):
     lib.run(config, beam_args=IN_PROCESS)
   assert not (tmp_path / "out").exists()
-
-
-def test_local_runs_use_the_fn_api_runner():
-  from apache_beam.options.pipeline_options import PipelineOptions
-  from apache_beam.runners.portability.fn_api_runner import fn_runner
-  for args in ([], ["--runner=DirectRunner"], MULTI_PROCESS):
-    # Never DirectRunner's Prism attempt, which downloads a binary at run time.
-    assert isinstance(lib.make_runner(PipelineOptions(args)), fn_runner.FnApiRunner)
-  assert lib.make_runner(PipelineOptions(["--runner=DataflowRunner"])) is None
-
-
-def test_publish_by_copy_writes_metadata_last(tmp_path):
-  work = tmp_path / "work"
-  (work / "clips").mkdir(parents=True)
-  (work / "clips" / "train-00000-of-00001.tfrecord.gz").write_bytes(b"x")
-  (work / "metadata.json").write_text("{}")
-  order = []
-  real_copy = tf.io.gfile.copy
-
-  def spy(src, dst, overwrite=False):
-    order.append(os.path.basename(dst))
-    real_copy(src, dst, overwrite=overwrite)
-
-  tf.io.gfile.copy = spy
-  try:
-    lib._copy_tree(str(work), str(tmp_path / "out"), last="metadata.json")
-  finally:
-    tf.io.gfile.copy = real_copy
-  assert order == ["train-00000-of-00001.tfrecord.gz", "metadata.json"]
-  assert (tmp_path / "out" / "clips" / "train-00000-of-00001.tfrecord.gz").read_bytes() == b"x"
 
 
 # --------------------------------------------------------------------------------------
