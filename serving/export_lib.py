@@ -50,7 +50,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from deepbof_tf import frontend, streaming
+from deepbof_tf import framing, frontend, streaming
 from deepbof_tf.native import frontend_op
 from deepbof_tf.config import ExportConfig, FrontendConfig
 from deepbof_tf.training import model_dir as model_dir_layout
@@ -75,12 +75,14 @@ DEFAULT_FUSED_FRONTEND = ExportConfig.fused_frontend
 def min_samples(config: FrontendConfig, block_frames: int) -> int:
   """The shortest clip with one block: ``frame_count(n) >= block_frames``.
 
+  ``deepbof_tf.framing.min_samples_for_frames``, from the one definition of the frame
+  count.
+
   Args:
     config: the front-end configuration.
     block_frames: frames per block.
   """
-  # frame_count(n) = ceil(n / hop) + 1 for n >= 1.
-  return max(1, (block_frames - 2) * config.hop_length + 1)
+  return framing.min_samples_for_frames(block_frames, config)
 
 
 class DeepBofServingModule(tf.Module):

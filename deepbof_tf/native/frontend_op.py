@@ -90,17 +90,16 @@ def log_mel_batch(waveforms, num_samples, config: FrontendConfig = FrontendConfi
   """
   import tensorflow as tf
   from deepbof_tf import frontend
-  if config.agc and not frontend._agc_covers_every_bin(config):
+  inputs = frontend.fused_frontend_inputs(config)
+  if config.agc and not inputs.agc_covers_every_bin:
     raise ValueError("the fused front end needs AGC bands that cover every FFT bin; "
                      f"this configuration's do not ({config}); export without "
                      "--fused_frontend")
-  analysis, synthesis = frontend._agc_matrices(config)
   return load().deepbof_log_mel(
       tf.convert_to_tensor(waveforms, tf.float32),
       tf.cast(tf.convert_to_tensor(num_samples), tf.int32),
-      tf.constant(frontend.hann_window(config), tf.float32),
-      tf.constant(analysis), tf.constant(synthesis),
-      tf.constant(frontend.mel_filterbank(config.n_mels, 1.0, config), tf.float32),
+      tf.constant(inputs.window), tf.constant(inputs.agc_analysis),
+      tf.constant(inputs.agc_synthesis), tf.constant(inputs.mel),
       n_fft=config.n_fft, hop_length=config.hop_length, floor_ratio=config.floor_ratio,
       alpha_log=-(1.0 / config.frame_rate) / config.agc_t_scale,
       agc_epsilon=config.agc_epsilon, log_gain=config.log_gain, agc=config.agc)
