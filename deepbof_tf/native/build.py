@@ -115,7 +115,10 @@ kwargs, build_lib, build_temp = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3
 command = build_ext(Distribution({"ext_modules": [Extension(**kwargs)]}))
 command.build_lib, command.build_temp, command.force = build_lib, build_temp, True
 command.ensure_finalized()
-command.run()
+try:
+  command.run()
+except Exception as error:  # the compiler's own output is already on stderr
+  sys.exit(f"{type(error).__name__}: {error}")
 """
 
 
