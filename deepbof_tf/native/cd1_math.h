@@ -42,13 +42,6 @@ static inline void logistic_rows(float *p, int64_t row_stride, int64_t panel_str
       p, row_stride, panel_stride, bias, rows, cols, sums, states, key, counter, stream_row,
       stream_offset, uniform);
 }
-
-/* Elements [start, start + count) of the uniform stream on the chosen path. */
-static inline void uniform_range(const uint32_t key[2], const uint32_t counter[4],
-                                 uint64_t start, int64_t count, float *out) {
-  (cd1_use_avx512 ? uniform_range_avx512 : uniform_range_avx2)(key, counter, start, count,
-                                                               out);
-}
 #endif
 
 #endif /* DEEPBOF_NATIVE_CD1_MATH_H_ */

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cd1_common.h"
+
 #define PHILOX_W32A 0x9E3779B9u
 #define PHILOX_W32B 0xBB67AE85u
 #define PHILOX_M4x32A 0xD2511F53u
@@ -35,5 +37,15 @@ static inline float uint32_to_unit_float(uint32_t x) {
   memcpy(&f, &bits, sizeof f);
   return f - 1.0f;
 }
+
+#ifdef CD1_X86
+/* Elements [start, start + count) of the uniform stream on the path cd1_select_isa()
+ * chose. */
+static inline void uniform_range(const uint32_t key[2], const uint32_t counter[4],
+                                 uint64_t start, int64_t count, float *out) {
+  (cd1_use_avx512 ? uniform_range_avx512 : uniform_range_avx2)(key, counter, start, count,
+                                                               out);
+}
+#endif
 
 #endif /* DEEPBOF_NATIVE_CD1_RANDOM_H_ */
