@@ -18,8 +18,9 @@
  * p⁻ are written straight into the packed operand of the gradient product, and the
  * weight update is that product's epilogue, tile by tile (cd1_gemm.c).
  *
- * This file is compiled for AVX2/FMA like the AVX2 path's kernels: its scalar
- * arithmetic, shared by both paths, must round the same way whichever path runs.
+ * This file is compiled for AVX2/FMA, as the driver always was: the compiler may fuse its
+ * scalar a·b + c into FMAs, and keeping its flags keeps its results those of earlier
+ * builds. Both paths run this same code, so it rounds the same way on either.
  */
 #include <stdlib.h>
 #include <string.h>
