@@ -53,7 +53,7 @@ import tensorflow as tf  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from deepbof_tf import exported, frontend, models  # noqa: E402
+from deepbof_tf import exported, frontend, models, signatures  # noqa: E402
 from deepbof_tf.config import DNNConfig, FrontendConfig  # noqa: E402
 from deepbof_tf.native import frontend_op  # noqa: E402
 from serving import export_lib  # noqa: E402
@@ -168,11 +168,10 @@ def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_ta
   fft = 2.5 * config.n_fft * math.log2(config.n_fft)  # a real FFT, ~half a complex one
   widths = [num_hidden] + list(dnn_layers) + [num_tags]
   if sparse_filterbanks:
-    analysis, synthesis = frontend._agc_matrices(config)
+    inputs = frontend.fused_frontend_inputs(config)
     agc = ("agc (non-zero weights)",
-           np.count_nonzero(analysis) + np.count_nonzero(synthesis))
-    mel = ("mel (non-zero weights)",
-           np.count_nonzero(frontend.mel_filterbank(config.n_mels, 1.0, config)))
+           np.count_nonzero(inputs.agc_analysis) + np.count_nonzero(inputs.agc_synthesis))
+    mel = ("mel (non-zero weights)", np.count_nonzero(inputs.mel))
   else:
     agc = ("agc matmuls", 2 * bins * config.agc_n_bands)
     mel = ("mel (banded products)", frontend.filterbank_multiply_adds(config.n_mels, config))
@@ -189,7 +188,7 @@ def stage_flops(samples: int, pca_dims: int, num_hidden: int, dnn_layers, num_ta
 def throughput(args, version_dir: str, info: dict) -> list:
   fused = bool(info.get("fused_frontend"))
   loaded = exported.load_saved_model(version_dir, info)
-  serve = loaded.signatures["serving_default"]
+  serve = loaded.signatures[signatures.DEFAULT_SIGNATURE]
   batch = music_batch(args.batch, CLIP_SAMPLES)
   x = tf.constant(batch)
   call = lambda: serve(waveform=x)["probabilities"].numpy()  # noqa: E731

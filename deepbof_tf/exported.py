@@ -7,7 +7,7 @@ implementation of the contract written by ``serving/export_lib.py``:
 * the layout: a TF Serving model base path with integer version directories, each a
   SavedModel with ``assets/deepbof_export.json`` (front end, block and pooling sizes,
   embedding size, tags, the longest one-shot request);
-* the signature names;
+* the signature names (defined in ``deepbof_tf.signatures``);
 * :class:`ExportedModel`: one-shot tagging of in-memory clips through
   ``serving_padded``, and the chunked two-pass path of ``deepbof_tf.streaming`` through
   ``stream_peak``/``stream_encode``, whose pooled windows combine into exactly the
@@ -26,17 +26,14 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from deepbof_tf.config import FrontendConfig
+# The signature names are defined in deepbof_tf.signatures; re-exported here with the
+# rest of the contract.
+from deepbof_tf.signatures import (  # noqa: F401  (re-exported)
+    DEFAULT_SIGNATURE, HEAD_SIGNATURE, PADDED_SIGNATURE, STREAM_ENCODE_SIGNATURE,
+    STREAM_ENCODE_SPECTRUM_SIGNATURE, STREAM_PEAK_SIGNATURE, STREAM_SPECTRUM_SIGNATURE,
+    TAGS_SIGNATURE, WAV_SIGNATURE)
 
 EXPORT_INFO_FILE = "deepbof_export.json"
-DEFAULT_SIGNATURE = "serving_default"
-PADDED_SIGNATURE = "serving_padded"
-WAV_SIGNATURE = "predict_wav"
-TAGS_SIGNATURE = "tags"
-STREAM_PEAK_SIGNATURE = "stream_peak"
-STREAM_ENCODE_SIGNATURE = "stream_encode"
-STREAM_SPECTRUM_SIGNATURE = "stream_spectrum"
-STREAM_ENCODE_SPECTRUM_SIGNATURE = "stream_encode_spectrum"
-HEAD_SIGNATURE = "probabilities_from_embedding"
 
 
 def existing_versions(export_dir: str) -> List[int]:

@@ -53,11 +53,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
+from deepbof_tf import framing
 from deepbof_tf.config import FrontendConfig
 
 _DEFAULT_CONFIG = FrontendConfig()
@@ -75,6 +76,7 @@ def frame_count(num_samples, config: FrontendConfig = _DEFAULT_CONFIG):
 
   The authors' code pads ``n_fft/2`` zeros on both sides and zero-fills the tail to a
   whole hop, giving ``ceil(num_samples / hop_length) + 1`` frames (1 frame for 0 samples).
+  The definition is ``deepbof_tf.framing`` (TensorFlow-free); this adds tensors.
 
   Args:
     num_samples: a Python/NumPy integer or an integer tensor of any shape.
@@ -87,16 +89,12 @@ def frame_count(num_samples, config: FrontendConfig = _DEFAULT_CONFIG):
   Raises:
     ValueError: a negative Python integer.
   """
-  hop = config.hop_length
   if isinstance(num_samples, (int, np.integer)):
-    n = int(num_samples)
-    if n < 0:
-      raise ValueError(f"num_samples must be >= 0, got {n}")
-    return -(-n // hop) + 1
+    return framing.frame_count(num_samples, config)
   n = tf.convert_to_tensor(num_samples)
   if not n.dtype.is_integer:
     raise ValueError(f"num_samples must be an integer tensor, got dtype {n.dtype.name}")
-  return (n + (hop - 1)) // hop + 1
+  return framing.frames_for_samples(n, config.hop_length)
 
 
 # --------------------------------------------------------------------------------------
@@ -270,6 +268,47 @@ def _agc_covers_every_bin(config: FrontendConfig) -> bool:
   """True when every FFT bin has a positive weight in some AGC band (the default)."""
   analysis, _ = _agc_matrices(config)
   return bool(np.all(analysis.sum(axis=1) > 0))
+
+
+class FusedFrontendInputs(NamedTuple):
+  """The constant arrays of the one-shot front end, float32, as a fused kernel takes them.
+
+  Attributes:
+    window: the analysis window ``[n_fft]`` (:func:`hann_window`).
+    agc_analysis: the AGC bands ``[n_fft // 2 + 1, agc_n_bands]``.
+    agc_synthesis: the map from bands back to FFT bins ``[agc_n_bands, n_fft // 2 + 1]``
+      (each bin's band weights divided by their sum).
+    mel: the mel filterbank ``[n_fft // 2 + 1, n_mels]`` (:func:`mel_filterbank`).
+    agc_covers_every_bin: every FFT bin has a positive weight in some AGC band (true of
+      the default scales). Only then is the AGC a plain ``S / (E + eps)``; otherwise the
+      core ops also replace non-positive envelope values, which a kernel must match.
+  """
+  window: np.ndarray
+  agc_analysis: np.ndarray
+  agc_synthesis: np.ndarray
+  mel: np.ndarray
+  agc_covers_every_bin: bool
+
+
+def fused_frontend_inputs(config: FrontendConfig = _DEFAULT_CONFIG) -> FusedFrontendInputs:
+  """The window, AGC matrices and mel filterbank the front end of ``config`` runs.
+
+  The inputs of the fused front-end kernel (``deepbof_tf.native.frontend_op``), the
+  same arrays as :func:`compute_features_batch` uses, so the two compute the same
+  function.
+
+  Args:
+    config: the front-end configuration.
+
+  Returns:
+    A :class:`FusedFrontendInputs` of float32 arrays.
+  """
+  analysis, synthesis = _agc_matrices(config)
+  return FusedFrontendInputs(
+      window=hann_window(config).astype(np.float32), agc_analysis=analysis,
+      agc_synthesis=synthesis,
+      mel=mel_filterbank(config.n_mels, 1.0, config).astype(np.float32),
+      agc_covers_every_bin=_agc_covers_every_bin(config))
 
 
 # --------------------------------------------------------------------------------------

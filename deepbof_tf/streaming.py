@@ -44,6 +44,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from deepbof_tf import framing
 from deepbof_tf.config import DEFAULT_BLOCK_FRAMES, DEFAULT_POOL_FRAMES, FrontendConfig
 
 _DEFAULT_CONFIG = FrontendConfig()
@@ -69,12 +70,9 @@ class Chunk:
   first_block: int
 
 
-def frame_count(num_samples: int, config: FrontendConfig = _DEFAULT_CONFIG) -> int:
-  """``frontend.frame_count`` for Python ints without importing TensorFlow."""
-  n = int(num_samples)
-  if n < 0:
-    raise ValueError(f"num_samples must be >= 0, got {n}")
-  return -(-n // config.hop_length) + 1
+# ``frontend.frame_count`` for Python ints without importing TensorFlow (one definition,
+# deepbof_tf.framing; kept under this name for the callers of this module).
+frame_count = framing.frame_count
 
 
 def plan_chunks(num_samples: int, windows_per_chunk: int,

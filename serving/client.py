@@ -35,11 +35,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-# Signature names of a deepbof export (see serving/export_lib.py).
-DEFAULT_SIGNATURE = "serving_default"
-PADDED_SIGNATURE = "serving_padded"
-WAV_SIGNATURE = "predict_wav"
-TAGS_SIGNATURE = "tags"
+# Signature names of a deepbof export (defined in deepbof_tf.signatures).
+from deepbof_tf.signatures import (  # noqa: F401  (re-exported)
+    DEFAULT_SIGNATURE, PADDED_SIGNATURE, TAGS_SIGNATURE, WAV_SIGNATURE)
 
 # HTTP statuses TF Serving uses for transient conditions. 503 is UNAVAILABLE (model
 # still loading, server overloaded or shutting down); 502/504 come from proxies in

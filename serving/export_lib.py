@@ -50,18 +50,20 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from deepbof_tf import frontend, streaming
+from deepbof_tf import framing, frontend, streaming
 from deepbof_tf.native import frontend_op
 from deepbof_tf.config import ExportConfig, FrontendConfig
 from deepbof_tf.training import model_dir as model_dir_layout
 
 # The layout and the signature names are the export's contract with its clients; they
-# live in deepbof_tf.exported (the tagging tools read exports without this module).
+# live in deepbof_tf.exported and deepbof_tf.signatures (the tagging tools read exports
+# without this module).
 from deepbof_tf.exported import (  # noqa: E402,F401  (re-exported)
-    DEFAULT_SIGNATURE, EXPORT_INFO_FILE, HEAD_SIGNATURE, PADDED_SIGNATURE,
-    STREAM_ENCODE_SIGNATURE, STREAM_ENCODE_SPECTRUM_SIGNATURE, STREAM_PEAK_SIGNATURE,
-    STREAM_SPECTRUM_SIGNATURE, TAGS_SIGNATURE, WAV_SIGNATURE,
-    existing_versions, read_export_info, resolve_version_dir)
+    EXPORT_INFO_FILE, existing_versions, read_export_info, resolve_version_dir)
+from deepbof_tf.signatures import (  # noqa: E402,F401  (re-exported)
+    DEFAULT_SIGNATURE, HEAD_SIGNATURE, PADDED_SIGNATURE, STREAM_ENCODE_SIGNATURE,
+    STREAM_ENCODE_SPECTRUM_SIGNATURE, STREAM_PEAK_SIGNATURE, STREAM_SPECTRUM_SIGNATURE,
+    TAGS_SIGNATURE, WAV_SIGNATURE)
 
 TAGS_ASSET_FILE = "tags.txt"
 FRONTEND_FILE = model_dir_layout.FRONTEND_FILE  # written by deepbof-train
@@ -75,12 +77,14 @@ DEFAULT_FUSED_FRONTEND = ExportConfig.fused_frontend
 def min_samples(config: FrontendConfig, block_frames: int) -> int:
   """The shortest clip with one block: ``frame_count(n) >= block_frames``.
 
+  ``deepbof_tf.framing.min_samples_for_frames``, from the one definition of the frame
+  count.
+
   Args:
     config: the front-end configuration.
     block_frames: frames per block.
   """
-  # frame_count(n) = ceil(n / hop) + 1 for n >= 1.
-  return max(1, (block_frames - 2) * config.hop_length + 1)
+  return framing.min_samples_for_frames(block_frames, config)
 
 
 class DeepBofServingModule(tf.Module):

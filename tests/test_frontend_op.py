@@ -18,10 +18,11 @@ import tensorflow as tf
 import serving_fixtures as fx
 from deepbof_tf import exported, frontend
 from deepbof_tf.config import FrontendConfig
+from deepbof_tf.native import build as native_build
 from deepbof_tf.native import frontend_op
 from serving import export_lib
 
-_FLAGS = frontend_op._cpu_flags()
+_FLAGS = native_build.cpu_flags()
 if _FLAGS is not None and not {"avx2", "fma"} <= _FLAGS:
   pytest.skip("the fused kernel needs AVX2 and FMA, which this CPU lacks",
               allow_module_level=True)
@@ -120,10 +121,9 @@ def test_nan_or_inf_samples_make_only_their_clip_nan():
 def test_bad_inputs_are_invalid_argument():
   op = frontend_op.load()
   config = FrontendConfig()
-  analysis, synthesis = frontend._agc_matrices(config)
-  args = dict(window=frontend.hann_window(config).astype(np.float32),
-              agc_analysis=analysis, agc_synthesis=synthesis,
-              mel=frontend.mel_filterbank(128, 1.0, config).astype(np.float32),
+  inputs = frontend.fused_frontend_inputs(config)
+  args = dict(window=inputs.window, agc_analysis=inputs.agc_analysis,
+              agc_synthesis=inputs.agc_synthesis, mel=inputs.mel,
               n_fft=1024, hop_length=512, floor_ratio=1e-4, alpha_log=-0.05,
               agc_epsilon=0.01, log_gain=10.0)
   with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="batch"):

@@ -8,4 +8,7 @@
 * ``frontend_op``: ``DeepbofLogMel``, the fused front end of ``deepbof-export
   --fused_frontend`` (a TensorFlow custom op compiled on first use); see that module and
   serving/README.md#fused-front-end.
+* ``build``: how both are built (setup.py takes ``_cd1``'s sources and flags from it; it
+  compiles the op) and the strict mode of CI (``CI=true`` / ``DEEPBOF_REQUIRE_NATIVE=1``)
+  in which a kernel that should build but does not is an error; ``README.md`` here.
 """

@@ -15,7 +15,7 @@
 //   waveforms     float32 [B, N]  clip b is waveforms[b, :num_samples[b]]
 //   num_samples   int32   [B]     (clamped to [0, N])
 //   window        float32 [n_fft]
-//   agc_analysis  float32 [bins, bands]  (frontend._agc_matrices)
+//   agc_analysis  float32 [bins, bands]  (frontend.fused_frontend_inputs)
 //   agc_synthesis float32 [bands, bins]
 //   mel           float32 [bins, n_mels] (frontend.mel_filterbank(n_mels))
 // Output: log_mel float32 [B, frame_count(N), n_mels] = log10(1 + log_gain · F_mel ·
@@ -143,7 +143,8 @@ Vec Dot(const Band& band, const Vec* x) {
   return sum;
 }
 
-// Frames of a clip of n samples with the authors' framing (frontend.frame_count).
+// Frames of a clip of n samples with the authors' framing: deepbof_tf/framing.py's
+// frame_count, ceil(n / hop) + 1 (the op's output shapes are tested against it).
 int64_t FrameCount(int64_t n, int64_t hop) { return (n + hop - 1) / hop + 1; }
 
 class DeepbofLogMelOp : public OpKernel {
@@ -452,7 +453,7 @@ REGISTER_OP("DeepbofLogMel")
       DimensionHandle length = c->Dim(waveforms, 1);
       DimensionHandle frames = c->UnknownDim();
       if (c->ValueKnown(length) && hop > 0) {
-        frames = c->MakeDim((c->Value(length) + hop - 1) / hop + 1);
+        frames = c->MakeDim(deepbof::FrameCount(c->Value(length), hop));
       }
       c->set_output(0, c->MakeShape({c->Dim(waveforms, 0), frames, c->Dim(mel, 1)}));
       return ::tensorflow::OkStatus();
