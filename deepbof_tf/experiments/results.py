@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from deepbof_tf.experiments import grids as grids_lib
 from deepbof_tf.experiments import plan as plan_lib
 from deepbof_tf.experiments import runner as runner_lib
-from deepbof_tf.training.finetuning import HISTORY_FILE
-from deepbof_tf.training.model_dir import FINETUNE_DIR
+from deepbof_tf.model_dir import FINETUNE_DIR
+from deepbof_tf.model_dir import FINETUNE_HISTORY_FILE as HISTORY_FILE
 
 METRICS = ("auc_tag", "auc_clip", "p_at_3", "p_at_6", "p_at_9", "p_at_12", "p_at_15",
            "pr_auc")
