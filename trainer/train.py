@@ -9,9 +9,10 @@ order):
   finetune              supervised training of the tagger
   evaluate              the paper's metrics on the test split
 
-(docs/model.md describes what each stage computes.) ``--strategy`` distributes every
-stage over several GPUs (docs/multi-device.md); ``DEEPBOF_LOGICAL_CPUS=N`` splits the CPU
-into N logical devices for ``--strategy=mirrored`` (how the tests stand in for GPUs).
+(docs/model.md describes what each stage computes; each is a function of
+``deepbof_tf.training``.) ``--strategy`` distributes every stage over several GPUs
+(docs/multi-device.md); ``DEEPBOF_LOGICAL_CPUS=N`` splits the CPU into N logical devices
+for ``--strategy=mirrored`` (how the tests stand in for GPUs).
 
 Configuration, later sources win: the defaults of ``deepbof_tf.config.TrainConfig``
 (the authors' configuration) < ``--config=FILE.json|.yaml`` < ``--set=dotted.key=value``
