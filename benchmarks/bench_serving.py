@@ -54,6 +54,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from deepbof_tf import exported, frontend, models, signatures  # noqa: E402
+from deepbof_tf import model_dir as layout  # noqa: E402
 from deepbof_tf.config import DNNConfig, FrontendConfig  # noqa: E402
 from deepbof_tf.native import frontend_op  # noqa: E402
 from serving import export_lib  # noqa: E402
@@ -83,7 +84,7 @@ def synthetic_model_dir(model_dir: str, pca_dims: int, num_hidden: int = 1024,
   tagger = models.build_song_dnn(num_tags, DNNConfig(), input_dim=num_hidden,
                                  mean=np.full(num_hidden, 0.05, np.float32),
                                  std=np.full(num_hidden, 0.02, np.float32), seed=seed)
-  tagger.save(os.path.join(model_dir, models.TAGGER_FILE))
+  tagger.save(os.path.join(model_dir, layout.TAGGER_FILE))
   models.save_tag_names(model_dir, [f"tag_{i:02d}" for i in range(num_tags)])
   return model_dir
 

@@ -135,7 +135,7 @@ def _tag_probabilities(path: str) -> Dict[str, float]:
 def compare(reference: Dict[str, object], other: Dict[str, object]) -> Dict[str, float]:
   """The largest differences of ``other``'s outputs from ``reference``'s."""
   import numpy as np
-  from deepbof_tf.training import model_dir as layout
+  from deepbof_tf.training import song_inputs as layout
   diffs = {}
   x_ref = layout.load_bof(str(reference["model_dir"]), "test")[1]
   x_other = layout.load_bof(str(other["model_dir"]), "test")[1]

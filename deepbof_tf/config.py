@@ -235,10 +235,6 @@ DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_TAG_BATCH_SIZE = 16
 DEFAULT_CATALOG_TOP_K = 10
 
-# Names in a model directory (its layout: deepbof_tf.training.model_dir) that readers
-# without TensorFlow need too: fine-tuning's work directory and its per-epoch history.
-FINETUNE_DIR = "finetune"
-HISTORY_FILE = "history.json"
 
 
 @dataclasses.dataclass(frozen=True)

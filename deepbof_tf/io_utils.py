@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import posixpath
 import uuid
-from typing import Union
+from typing import Any, Mapping, Union
+
+import numpy as np
 
 
 def write_atomic(path: str, payload: Union[str, bytes]) -> str:
@@ -51,3 +55,32 @@ def write_atomic(path: str, payload: Union[str, bytes]) -> str:
       tf.io.gfile.remove(temporary)
     raise
   return path
+
+
+def json_safe(value: Any) -> Any:
+  """Replaces NaN/inf floats by None (strict JSON) and NumPy scalars by Python ones."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, (np.floating,)):
+    return json_safe(float(value))
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, Mapping):
+    return {str(k): json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  return value
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> str:
+  """Publishes ``payload`` as strict, indented, key-sorted JSON (``write_atomic``).
+
+  Args:
+    path: the destination file (local or any ``tf.io.gfile`` file system).
+    payload: a JSON-serialisable mapping; NaN/inf become null (``json_safe``).
+
+  Returns:
+    ``path``.
+  """
+  return write_atomic(path, json.dumps(json_safe(payload), indent=2, sort_keys=True)
+                      + "\n")

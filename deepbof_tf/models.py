@@ -23,20 +23,17 @@ from deepbof_tf.layers.sparse_rbm import SparseRBM
 from deepbof_tf.layers.standardize import ClipMaxNormalization
 from deepbof_tf.layers.standardize import Standardization
 from deepbof_tf.io_utils import write_atomic
+from deepbof_tf.io_utils import write_json
+from deepbof_tf.model_dir import LOCAL_FEATURES_FILE
+from deepbof_tf.model_dir import LOCAL_FEATURES_INFO
+from deepbof_tf.model_dir import TAGGER_FILE
+from deepbof_tf.model_dir import TAGS_FILE
+from deepbof_tf.model_dir import local_dir
 
 # --- Local feature encoder -------------------------------------------------------------
 # The encoder maps log_mel [B, F, n_mels] (+ n_frames [B]) to bag_of_features [B, H];
 # model_dir/local/ holds its parameters as plain NumPy + JSON (written by the
-# learn-local-features stage).
-
-LOCAL_DIR = "local"
-LOCAL_FEATURES_FILE = "local_features.npz"
-LOCAL_FEATURES_INFO = "local_features.json"
-
-
-def local_dir(model_dir: str) -> str:
-  """``model_dir/local``: PCA, sparse RBM, training logs and plots of the local features."""
-  return posixpath.join(model_dir, LOCAL_DIR)
+# learn-local-features stage); the file names are ``deepbof_tf.model_dir``'s.
 
 
 def build_bof_encoder(pca, rbm, pool_frames: int = DEFAULT_POOL_FRAMES,
@@ -96,11 +93,8 @@ def save_local_features(model_dir: str, pca, rbm, *, block_frames: int, n_mels: 
               pool_frames=int(pool_frames), retained_variance=pca.retained_variance,
               epsilon=pca.epsilon, pca_dim=int(pca.output_dim),
               num_hidden=int(rbm.num_hidden), info=info or {})
-  for name, payload, mode in (
-      (LOCAL_FEATURES_FILE, buffer.getvalue(), "wb"),
-      (LOCAL_FEATURES_INFO, json.dumps(meta, indent=2, sort_keys=True) + "\n", "w")):
-    write_atomic(posixpath.join(directory, name), payload)
-  return posixpath.join(directory, LOCAL_FEATURES_INFO)
+  write_atomic(posixpath.join(directory, LOCAL_FEATURES_FILE), buffer.getvalue())
+  return write_json(posixpath.join(directory, LOCAL_FEATURES_INFO), meta)
 
 
 def load_local_features(model_dir: str):
@@ -150,8 +144,6 @@ def load_bof_encoder(model_dir: str, pool_frames: Optional[int] = None):
 # Imports of this section live here so the two sections stay independent.
 
 
-TAGGER_FILE = "tagger.keras"
-TAGS_FILE = "tags.json"
 BAG_OF_FEATURES = "bag_of_features"
 PROBABILITIES = "probabilities"
 
@@ -279,8 +271,7 @@ def build_logreg_tagger(kernel: np.ndarray, bias: np.ndarray,
 
 def save_tag_names(model_dir: str, tags: Sequence[str]) -> None:
   """Writes the ordered tag vocabulary to ``model_dir/tags.json``."""
-  with tf.io.gfile.GFile(posixpath.join(model_dir, TAGS_FILE), "w") as f:
-    f.write(json.dumps({"tags": list(tags)}, indent=2) + "\n")
+  write_json(posixpath.join(model_dir, TAGS_FILE), {"tags": list(tags)})
 
 
 def load_tag_names(model_dir: str) -> List[str]:

@@ -53,7 +53,7 @@ import tensorflow as tf
 from deepbof_tf import framing, frontend, streaming
 from deepbof_tf.native import frontend_op
 from deepbof_tf.config import ExportConfig, FrontendConfig
-from deepbof_tf.training import model_dir as model_dir_layout
+from deepbof_tf import model_dir as model_dir_layout
 
 # The layout and the signature names are the export's contract with its clients; they
 # live in deepbof_tf.exported and deepbof_tf.signatures (the tagging tools read exports

@@ -27,6 +27,7 @@ _CACHE: Dict[str, str] = {}
 def make_model_dir(model_dir: str, seed: int = 0, num_hidden: int = NUM_HIDDEN,
                    pool_frames: int = 43) -> str:
   """Writes a random-weight model directory like ``deepbof-train`` does."""
+  from deepbof_tf import model_dir as layout
   from deepbof_tf import models
   from deepbof_tf.config import DNNConfig
   from deepbof_tf.layers.pca import PCAWhitening
@@ -49,7 +50,7 @@ def make_model_dir(model_dir: str, seed: int = 0, num_hidden: int = NUM_HIDDEN,
       len(TAGS), DNNConfig(num_hidden_layers=1, hidden_units=16), input_dim=num_hidden,
       mean=np.full(num_hidden, 0.3, np.float32), std=np.full(num_hidden, 0.1, np.float32),
       seed=seed)
-  tagger.save(os.path.join(model_dir, models.TAGGER_FILE))
+  tagger.save(os.path.join(model_dir, layout.TAGGER_FILE))
   models.save_tag_names(model_dir, TAGS)
   return model_dir
 

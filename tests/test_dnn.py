@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import keras
+from deepbof_tf import model_dir as layout
 from deepbof_tf import models
 from deepbof_tf.config import DNNConfig, PretrainConfig
 from deepbof_tf.layers.standardize import (ClipMaxNormalization, Standardization,
@@ -171,7 +172,7 @@ def test_tagger_save_and_load(tmp_path, rng):
   model = models.build_song_dnn(3, DNNConfig(num_hidden_layers=2, hidden_units=4,
                                              input_normalization="standardize"),
                                 input_dim=6, mean=mean, std=std, seed=3)
-  model.save(str(tmp_path / models.TAGGER_FILE))
+  model.save(str(tmp_path / layout.TAGGER_FILE))
   models.save_tag_names(str(tmp_path), ["rock", "piano", "vocal"])
   loaded = models.load_tagger(str(tmp_path))
   np.testing.assert_allclose(loaded.predict(x_train, verbose=0),

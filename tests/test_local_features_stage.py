@@ -8,11 +8,13 @@ import pytest
 import tensorflow as tf
 
 from deepbof_tf import config as config_lib
+from deepbof_tf import model_dir as layout
 from deepbof_tf import models
 from deepbof_tf.data import bof_io
 from deepbof_tf.data import schema
+from deepbof_tf.io_utils import write_json
+from deepbof_tf.training import local_features
 from deepbof_tf.training import sparse_rbm_trainer as sparse_rbm_lib
-from trainer import local_features
 
 N_MELS, BLOCK_FRAMES = 128, 8
 TAGS = ["guitar", "piano", "drums"]
@@ -69,8 +71,8 @@ def write_tiny_dataset(root, counts=(("train", 12), ("valid", 3), ("test", 4)), 
     _write(os.path.join(root, schema.CLIPS_DIR, f"{split}-00000-of-00001.tfrecord.gz"),
            examples)
   _write(os.path.join(root, schema.BLOCKS_DIR, "train-00000-of-00001.tfrecord.gz"), blocks)
-  schema.write_json(os.path.join(root, schema.METADATA_FILE),
-                    {"tags": TAGS, "block_frames": BLOCK_FRAMES, "n_mels": N_MELS})
+  write_json(os.path.join(root, schema.METADATA_FILE),
+             {"tags": TAGS, "block_frames": BLOCK_FRAMES, "n_mels": N_MELS})
   return root, clips, len(blocks)
 
 
@@ -91,7 +93,7 @@ def test_learn_and_encode(dataset, tmp_path):
   model_dir = str(tmp_path)
   config = _config()
   summary = local_features.learn_local_features(data_dir, model_dir, config)
-  local = models.local_dir(model_dir)
+  local = layout.local_dir(model_dir)
   assert summary["num_blocks"] == n_blocks and summary["epochs"] == 3
   assert 1 <= summary["pca_dim"] < N_MELS * BLOCK_FRAMES
   for name in ("local_features.npz", "local_features.json", "pca.npz", "training_log.csv",
@@ -108,7 +110,7 @@ def test_learn_and_encode(dataset, tmp_path):
   result = local_features.encode(data_dir, model_dir, config)
   encoder = models.load_bof_encoder(model_dir)
   for split, expected_count in (("train", 12), ("valid", 3), ("test", 3)):
-    data = bof_io.read_bof(bof_io.bof_path(model_dir, split))
+    data = bof_io.read_bof(layout.bof_path(model_dir, split))
     assert data["bag_of_features"].shape == (expected_count, 48)
     assert data["bag_of_features"].dtype == np.float32
     assert data["labels"].shape == (expected_count, len(TAGS))
@@ -144,16 +146,16 @@ def test_killed_learn_run_resumes_to_the_same_weights(dataset, tmp_path, monkeyp
   monkeypatch.setattr(sparse_rbm_lib.SparseRBMTrainer, "train_epoch", dies_in_epoch_two)
   with pytest.raises(KeyboardInterrupt):
     local_features.learn_local_features(data_dir, killed_dir, config)
-  assert not os.path.exists(os.path.join(models.local_dir(killed_dir),
-                                         models.LOCAL_FEATURES_INFO))
+  assert not os.path.exists(os.path.join(layout.local_dir(killed_dir),
+                                         layout.LOCAL_FEATURES_INFO))
   monkeypatch.setattr(sparse_rbm_lib.SparseRBMTrainer, "train_epoch", original)
   calls = []
   monkeypatch.setattr(sparse_rbm_lib.SparseRBMTrainer, "train_epoch",
                       lambda self, b, e: calls.append(e) or original(self, b, e))
   local_features.learn_local_features(data_dir, killed_dir, config)
   assert calls == [2, 3]  # resumed after the last finished epoch
-  clean = bof_io.read_npz(os.path.join(models.local_dir(clean_dir), "local_features.npz"))
-  resumed = bof_io.read_npz(os.path.join(models.local_dir(killed_dir),
+  clean = bof_io.read_npz(os.path.join(layout.local_dir(clean_dir), "local_features.npz"))
+  resumed = bof_io.read_npz(os.path.join(layout.local_dir(killed_dir),
                                          "local_features.npz"))
   for key in clean:
     np.testing.assert_array_equal(resumed[key], clean[key], err_msg=key)

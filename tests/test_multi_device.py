@@ -26,10 +26,10 @@ from deepbof_tf import config as config_lib
 from deepbof_tf import models
 from deepbof_tf.config import DNNConfig, PretrainConfig, SparseRBMConfig
 from deepbof_tf.data import bof_io
-from deepbof_tf.training import cd1_backend, distribute, pretraining
+from deepbof_tf import model_dir as layout
+from deepbof_tf.training import cd1_backend, distribute, evaluation, local_features, pretraining, tagger
 from deepbof_tf.training import relu_rbm_trainer as relu_rbm
 from deepbof_tf.training import sparse_rbm_trainer as sparse_rbm
-from trainer import evaluate, finetune, local_features, pretrain
 import test_local_features_stage as tiny
 import test_trainer as synthetic
 
@@ -89,11 +89,11 @@ config = synthetic._small_config(**{"dnn.num_hidden_layers": 2, "pretrain.epochs
                                     "finetune.tensorboard": False})
 data_dir, model_dir = synthetic._write_synthetic(
     pathlib.Path(root) / "pretrain", n=(103, 40, 40))
-first = pretrain.pretrain(data_dir, model_dir, config, strategy="mirrored")
+first = pretraining.pretrain(data_dir, model_dir, config, strategy="mirrored")
 layer_2 = os.path.join(model_dir, "pretrain", "rbm_2.npz")
 before = dict(np.load(layer_2))
 os.remove(layer_2)
-again = pretrain.pretrain(data_dir, model_dir, config, strategy="mirrored")
+again = pretraining.pretrain(data_dir, model_dir, config, strategy="mirrored")
 after = dict(np.load(layer_2))
 report["pretrain_replicas"] = [first.get("replicas"), again.get("replicas")]
 report["pretrain_resume_identical"] = all(
@@ -106,28 +106,28 @@ class Kill(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     if epoch == 1:
       raise Killed()
-finetune.finetune(data_dir, model_dir, config, strategy="mirrored")
+tagger.train_tagger(data_dir, model_dir, config, strategy="mirrored")
 uninterrupted = models.load_tagger(model_dir).get_weights()
 shutil.rmtree(os.path.join(model_dir, "finetune"))
 try:
-  finetune.finetune(data_dir, model_dir, config, strategy="mirrored", callbacks=[Kill()])
+  tagger.train_tagger(data_dir, model_dir, config, strategy="mirrored", callbacks=[Kill()])
 except Killed:
   pass
-resumed_summary = finetune.finetune(data_dir, model_dir, config, strategy="mirrored")
+resumed_summary = tagger.train_tagger(data_dir, model_dir, config, strategy="mirrored")
 report["finetune_resumed_from"] = resumed_summary["resumed_from"]
 report["finetune_resume_identical"] = identical(
     uninterrupted, models.load_tagger(model_dir).get_weights())
 
 # --- predictions of the evaluate stage: 103 rows in batches of 32 (last: 7) -----------------
-scores_one = evaluate._predict(lambda: models.load_tagger(model_dir), x[:103].repeat(2, 1),
-                               one, batch_size=32)
-scores_many = evaluate._predict(lambda: models.load_tagger(model_dir),
-                                x[:103].repeat(2, 1), mirrored, batch_size=32)
+scores_one = evaluation.predict(lambda: models.load_tagger(model_dir), x[:103].repeat(2, 1),
+                                one, batch_size=32)
+scores_many = evaluation.predict(lambda: models.load_tagger(model_dir),
+                                 x[:103].repeat(2, 1), mirrored, batch_size=32)
 report["predict_shape"] = list(scores_many.shape)
 report["predict_max_abs"] = max_abs([scores_one], [scores_many])
 # Batches of 2 and 1 rows: some replicas hold no row at all.
-tiny_many = evaluate._predict(lambda: models.load_tagger(model_dir),
-                              x[:5].repeat(2, 1), mirrored, batch_size=2)
+tiny_many = evaluation.predict(lambda: models.load_tagger(model_dir),
+                               x[:5].repeat(2, 1), mirrored, batch_size=2)
 report["predict_tiny_max_abs"] = max_abs([scores_one[:5]], [tiny_many])
 
 # --- sparse RBM, TensorFlow path, trainer created inside the strategy scope --------------
@@ -175,9 +175,9 @@ for name, kind in (("one", "default"), ("many", "mirrored")):
   report[f"learn_replicas_{name}"] = summary["replicas"]
   encoded = local_features.encode(data_dir, model_dir, local, strategy=kind)
   report[f"encode_replicas_{name}"] = encoded["replicas"]
-  stored = np.load(os.path.join(model_dir, models.LOCAL_DIR, models.LOCAL_FEATURES_FILE))
+  stored = np.load(os.path.join(model_dir, layout.LOCAL_DIR, layout.LOCAL_FEATURES_FILE))
   bofs[name] = ([stored[k] for k in sorted(stored.files) if stored[k].dtype.kind == "f"],
-                [bof_io.read_bof(bof_io.bof_path(model_dir, s))["bag_of_features"]
+                [bof_io.read_bof(layout.bof_path(model_dir, s))["bag_of_features"]
                  for s in ("train", "valid", "test")])
 report["learn_max_abs"] = max_abs(bofs["one"][0], bofs["many"][0])
 report["learn_encode_max_abs"] = max_abs(bofs["one"][1], bofs["many"][1])
@@ -186,7 +186,7 @@ model_dir = os.path.join(root, "one")
 shutil.rmtree(os.path.join(model_dir, "bof"))
 local_features.encode(data_dir, model_dir, local, strategy="mirrored")
 report["encode_max_abs"] = max_abs(
-    bofs["one"][1], [bof_io.read_bof(bof_io.bof_path(model_dir, s))["bag_of_features"]
+    bofs["one"][1], [bof_io.read_bof(layout.bof_path(model_dir, s))["bag_of_features"]
                      for s in ("train", "valid", "test")])
 with open(out, "w") as f:
   json.dump(report, f)

@@ -77,6 +77,7 @@ def _train_demo_model(corpus_dir, clips, model_dir):
   units, 100 CD-1 epochs: seconds), a random-weight DNN head (the embedding does not
   depend on it), saved as deepbof-train does."""
   from deepbof_tf import audio, frontend, models
+  from deepbof_tf import model_dir as layout
   from deepbof_tf.config import DNNConfig, FrontendConfig, SparseRBMConfig
   from deepbof_tf.layers.pca import PCAWhitening
   from deepbof_tf.training.sparse_rbm_trainer import SparseRBMTrainer
@@ -100,7 +101,7 @@ def _train_demo_model(corpus_dir, clips, model_dir):
   tagger = models.build_song_dnn(
       len(tags), DNNConfig(num_hidden_layers=1, hidden_units=16), input_dim=hidden,
       mean=np.zeros(hidden, np.float32), std=np.ones(hidden, np.float32), seed=0)
-  tagger.save(os.path.join(model_dir, models.TAGGER_FILE))
+  tagger.save(os.path.join(model_dir, layout.TAGGER_FILE))
   models.save_tag_names(model_dir, tags)
 
 

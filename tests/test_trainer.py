@@ -12,8 +12,9 @@ import pytest
 import multi_device
 from deepbof_tf import config as config_lib
 from deepbof_tf.config import FrontendConfig
+from deepbof_tf import model_dir as layout
 from deepbof_tf import models
-from trainer import finetune as finetune_stage
+from deepbof_tf.training import tagger as tagger_lib
 from trainer import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,11 +262,11 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, every_sec
                             "finetune.checkpoint_every_seconds": every_seconds})
   data_a, model_a = _write_synthetic(tmp_path / "a", n=(120, 40, 40))
   data_b, model_b = _write_synthetic(tmp_path / "b", n=(120, 40, 40))
-  finetune_stage.finetune(data_a, model_a, config)
+  tagger_lib.train_tagger(data_a, model_a, config)
   with pytest.raises(_Killed):
-    finetune_stage.finetune(data_b, model_b, config, callbacks=[_KillAfterEpoch(2)])
-  assert not os.path.exists(os.path.join(model_b, models.TAGGER_FILE))
-  summary = finetune_stage.finetune(data_b, model_b, config)
+    tagger_lib.train_tagger(data_b, model_b, config, callbacks=[_KillAfterEpoch(2)])
+  assert not os.path.exists(os.path.join(model_b, layout.TAGGER_FILE))
+  summary = tagger_lib.train_tagger(data_b, model_b, config)
   assert summary["resumed_from"] == resumed_from and summary["epochs_run"] == 6
   weights_a = models.load_tagger(model_a).get_weights()
   weights_b = models.load_tagger(model_b).get_weights()
@@ -282,7 +283,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, every_sec
       np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
   # A changed configuration does not resume from the old checkpoint.
   other = config_lib.override(config, {"finetune.batch_size": 16})
-  assert finetune_stage.finetune(data_b, model_b, other)["resumed_from"] is None
+  assert tagger_lib.train_tagger(data_b, model_b, other)["resumed_from"] is None
 
 
 def test_mixed_precision_run_resumes_where_the_gpu_is_gone(tmp_path, monkeypatch):
@@ -305,9 +306,9 @@ def test_mixed_precision_run_resumes_where_the_gpu_is_gone(tmp_path, monkeypatch
 
   monkeypatch.setattr(tf.config, "list_logical_devices", with_a_gpu)
   with pytest.raises(_Killed):
-    finetune_stage.finetune(data_dir, model_dir, config, callbacks=[_KillAfterEpoch(0)])
+    tagger_lib.train_tagger(data_dir, model_dir, config, callbacks=[_KillAfterEpoch(0)])
   monkeypatch.setattr(tf.config, "list_logical_devices", real)
-  summary = finetune_stage.finetune(data_dir, model_dir, config)  # no GPU any more
+  summary = tagger_lib.train_tagger(data_dir, model_dir, config)  # no GPU any more
   assert summary["resumed_from"] is None and summary["epochs_run"] == 3
 
 

@@ -9,9 +9,10 @@ order):
   finetune              supervised training of the tagger
   evaluate              the paper's metrics on the test split
 
-(docs/model.md describes what each stage computes.) ``--strategy`` distributes every
-stage over several GPUs (docs/multi-device.md); ``DEEPBOF_LOGICAL_CPUS=N`` splits the CPU
-into N logical devices for ``--strategy=mirrored`` (how the tests stand in for GPUs).
+(docs/model.md describes what each stage computes; each is a function of
+``deepbof_tf.training``.) ``--strategy`` distributes every stage over several GPUs
+(docs/multi-device.md); ``DEEPBOF_LOGICAL_CPUS=N`` splits the CPU into N logical devices
+for ``--strategy=mirrored`` (how the tests stand in for GPUs).
 
 Configuration, later sources win: the defaults of ``deepbof_tf.config.TrainConfig``
 (the authors' configuration) < ``--config=FILE.json|.yaml`` < ``--set=dotted.key=value``
@@ -48,17 +49,19 @@ from absl import flags
 
 from deepbof_tf import cli
 from deepbof_tf import config as config_lib
+from deepbof_tf import model_dir as layout
+from deepbof_tf.io_utils import write_json
 from deepbof_tf.training import distribute
-from deepbof_tf.training import model_dir as layout
 
 STAGES = ("learn-local-features", "encode", "pretrain", "finetune", "evaluate")
-# Stage → (module, function); imported only when the stage runs.
+# Stage → (library module, function); imported only when the stage runs. Every stage
+# function takes (data_dir, model_dir, config, strategy=...) and returns a summary dict.
 _STAGE_FUNCTIONS = {
-    "learn-local-features": ("trainer.local_features", "learn_local_features"),
-    "encode": ("trainer.local_features", "encode"),
-    "pretrain": ("trainer.pretrain", "pretrain"),
-    "finetune": ("trainer.finetune", "finetune"),
-    "evaluate": ("trainer.evaluate", "evaluate_stage"),
+    "learn-local-features": ("deepbof_tf.training.local_features", "learn_local_features"),
+    "encode": ("deepbof_tf.training.local_features", "encode"),
+    "pretrain": ("deepbof_tf.training.pretraining", "pretrain"),
+    "finetune": ("deepbof_tf.training.tagger", "train_tagger"),
+    "evaluate": ("deepbof_tf.training.evaluation", "evaluate_stage"),
 }
 
 
@@ -213,10 +216,7 @@ def write_operative_config(model_dir: str, config: config_lib.TrainConfig,
           "new config leaves unchanged).")
     if diff:
       logging.warning("replacing %s: %s", path, "; ".join(diff))
-  tf.io.gfile.makedirs(model_dir)
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps(new, indent=2, sort_keys=True) + "\n")
-  return path
+  return write_json(path, new)
 
 
 def record_audio_settings(data_dir: str, model_dir: str) -> Optional[str]:
@@ -233,13 +233,9 @@ def record_audio_settings(data_dir: str, model_dir: str) -> Optional[str]:
     metadata = json.load(f)
   if "frontend" not in metadata:
     return None
-  target = posixpath.join(model_dir, layout.FRONTEND_FILE)
-  tf.io.gfile.makedirs(model_dir)
-  with tf.io.gfile.GFile(target, "w") as f:
-    f.write(json.dumps({"frontend": metadata["frontend"],
-                        "channel_mode": metadata.get("channel_mode", "first")},
-                       indent=2, sort_keys=True) + "\n")
-  return target
+  return write_json(posixpath.join(model_dir, layout.FRONTEND_FILE),
+                    {"frontend": metadata["frontend"],
+                     "channel_mode": metadata.get("channel_mode", "first")})
 
 
 def run_stages(data_dir: str, model_dir: str, config: config_lib.TrainConfig,

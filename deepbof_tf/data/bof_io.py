@@ -1,5 +1,7 @@
 """Per-split bag-of-features files: ``model_dir/bof/{split}.npz`` (the encode stage).
 
+The path of a split's file is ``deepbof_tf.model_dir.bof_path``.
+
 Keys: ``clip_id`` [N] unicode strings, ``bag_of_features`` [N, D] float32 (D = 1024
 hidden units of the sparse RBM), ``labels`` [N, n_tags] float32 (multi-hot over the
 dataset's ``metadata.json`` tags, in the clip TFRecords' order). Plain NumPy ``.npz``
@@ -10,7 +12,6 @@ are written through ``tf.io.gfile`` (local or GCS) and published by rename.
 from __future__ import annotations
 
 import io
-import posixpath
 from typing import Dict, Sequence
 
 import numpy as np
@@ -18,18 +19,7 @@ import tensorflow as tf
 
 from deepbof_tf.io_utils import write_atomic
 
-BOF_DIR = "bof"
 KEYS = ("clip_id", "bag_of_features", "labels")
-
-
-def bof_path(model_dir: str, split: str) -> str:
-  """``model_dir/bof/{split}.npz``.
-
-  Args:
-    model_dir: the ``--model_dir`` of ``deepbof-train``.
-    split: "train", "valid" or "test".
-  """
-  return posixpath.join(model_dir, BOF_DIR, f"{split}.npz")
 
 
 def write_bof(path: str, clip_id: Sequence[str], bag_of_features: np.ndarray,

@@ -23,6 +23,10 @@ from typing import Any, Dict, Iterable, Mapping, Sequence
 
 import numpy as np
 
+# The package's JSON writer; the dataset tools (beam_jobs) write metadata and summaries
+# through this name.
+from deepbof_tf.io_utils import write_json  # noqa: F401  pylint: disable=unused-import
+
 # Feature keys (public; other tools read them).
 CLIP_ID = "clip_id"
 PATH = "path"
@@ -269,12 +273,6 @@ def read_metadata(data_dir: str) -> Dict[str, Any]:
                             "deepbof-preprocess?")
   with tf.io.gfile.GFile(path, "r") as f:
     return json.load(f)
-
-
-def write_json(path: str, payload: Mapping[str, Any]) -> None:
-  import tensorflow as tf
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def tags_of(metadata: Mapping[str, Any]) -> Sequence[str]:

@@ -1,1 +1,1 @@
-"""Training loops of the song-level model: RBM pretraining, fine-tuning, the logistic-regression head."""
+"""The stages of ``deepbof-train``, a module each, and the training loops they run."""

@@ -38,12 +38,10 @@ import tensorflow as tf
 from keras import ops
 
 from deepbof_tf import metrics
-from deepbof_tf.config import HISTORY_FILE
+from deepbof_tf import model_dir as layout
 from deepbof_tf.config import FinetuneConfig
 from deepbof_tf.io_utils import write_atomic
 from deepbof_tf.training import optimizers
-
-CHECKPOINT_FILE = "checkpoint.npz"
 
 
 @keras.saving.register_keras_serializable(package="deepbof")
@@ -326,7 +324,7 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
     None), "history" (per-epoch loss and val_auc_tag over the whole run)}.
   """
   tf.io.gfile.makedirs(work_dir)
-  checkpoint_path = posixpath.join(work_dir, CHECKPOINT_FILE)
+  checkpoint_path = posixpath.join(work_dir, layout.FINETUNE_CHECKPOINT_FILE)
   replicas = tf.distribute.get_strategy().num_replicas_in_sync
   model.compile(optimizer=make_optimizer(config),
                 loss=GlobalBatchLoss(tag_cross_entropy) if replicas > 1
@@ -367,7 +365,7 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
                                   last_epoch=num_epochs - 1)]
   if config.tensorboard:
     all_callbacks.append(keras.callbacks.TensorBoard(
-        log_dir=posixpath.join(work_dir, "tensorboard"), write_graph=False))
+        log_dir=posixpath.join(work_dir, layout.TENSORBOARD_DIR), write_graph=False))
   all_callbacks.extend(callbacks)
 
   if first_epoch < num_epochs and not stopped:
@@ -387,10 +385,10 @@ def finetune(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
               steps_per_epoch=steps, callbacks=all_callbacks, verbose=verbose)
   validation.restore_best()
   history = validation.history
-  with tf.io.gfile.GFile(posixpath.join(work_dir, HISTORY_FILE), "w") as f:
-    f.write(json.dumps({"best_epoch": validation.best_epoch,
-                        "best_val_auc_tag": validation.best_auc,
-                        "history": history}, indent=2) + "\n")
+  write_atomic(posixpath.join(work_dir, layout.FINETUNE_HISTORY_FILE),
+               json.dumps({"best_epoch": validation.best_epoch,
+                           "best_val_auc_tag": validation.best_auc,
+                           "history": history}, indent=2) + "\n")
   return {"best_epoch": validation.best_epoch, "best_val_auc_tag": validation.best_auc,
           "epochs_run": len(history.get("loss", [])), "resumed_from": resumed_from,
           "history": history}

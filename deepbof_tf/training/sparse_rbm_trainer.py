@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from deepbof_tf.config import SparseRBMConfig
 from deepbof_tf.layers.sparse_rbm import SparseRBM
-from deepbof_tf.seeds import stable_seed  # trainer/local_features.py reads it here too
+from deepbof_tf.seeds import stable_seed
 from deepbof_tf.training import cd1_backend
 from deepbof_tf.training import distribute
 from deepbof_tf.training import schedule

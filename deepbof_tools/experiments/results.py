@@ -23,8 +23,8 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from deepbof_tf.config import FINETUNE_DIR
-from deepbof_tf.config import HISTORY_FILE
+from deepbof_tf.model_dir import FINETUNE_DIR
+from deepbof_tf.model_dir import FINETUNE_HISTORY_FILE as HISTORY_FILE
 from deepbof_tools.experiments import grids as grids_lib
 from deepbof_tools.experiments import plan as plan_lib
 from deepbof_tools.experiments import runner as runner_lib

@@ -1,15 +1,10 @@
-"""Stages ``learn-local-features`` and ``encode`` of ``deepbof-train``.
+"""Stages ``learn-local-features`` and ``encode``: the local features and the bag-of-features.
 
 ``learn_local_features`` reads the sampled blocks (``data_dir/blocks``), fits the PCA
 whitening in one streaming pass, trains the sparse RBM by CD-1 and writes
-``model_dir/local/``::
-
-  pca.npz                          the fitted PCA (reused by a resumed run)
-  checkpoints/                     per-epoch training state (tf.train.Checkpoint)
-  training_log.csv, .json          per-epoch metrics
-  tensorboard/                     TensorBoard scalars
-  local_features.npz, .json        the encoder's parameters (written last)
-  filters.png, activation_histogram.png, training_curves.png
+``model_dir/local/`` (the layout is ``deepbof_tf.model_dir``): the fitted PCA (reused
+by a resumed run), per-epoch training state (``tf.train.Checkpoint``), per-epoch
+metrics, TensorBoard scalars, the encoder's parameters (written last) and the plots.
 
 ``encode`` writes the bag-of-features of every clip of every split to
 ``model_dir/bof/{split}.npz`` (``deepbof_tf.data.bof_io``).
@@ -34,22 +29,17 @@ import numpy as np
 import tensorflow as tf
 
 from deepbof_tf import config as config_lib
+from deepbof_tf import model_dir as layout
 from deepbof_tf import models
 from deepbof_tf import plots
+from deepbof_tf import seeds
 from deepbof_tf.data import bof_io
 from deepbof_tf.data import readers
 from deepbof_tf.data import schema
+from deepbof_tf.io_utils import write_json
 from deepbof_tf.layers.pca import PCAWhitening
 from deepbof_tf.training import distribute
 from deepbof_tf.training import sparse_rbm_trainer as sparse_rbm_lib
-
-PCA_FILE = "pca.npz"
-CHECKPOINT_DIR = "checkpoints"
-FINGERPRINT_FILE = "fingerprint.json"
-
-
-def _fingerprint(payload: Any) -> str:
-  return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _files_signature(files: List[str]) -> List[List[Any]]:
@@ -113,36 +103,36 @@ def learn_local_features(data_dir: str, model_dir: str,
   metadata = schema.read_metadata(data_dir)
   block_frames = int(metadata["block_frames"])
   n_mels = int(metadata.get("n_mels", 128))
-  directory = models.local_dir(model_dir)
+  directory = layout.local_dir(model_dir)
   tf.io.gfile.makedirs(directory)
   block_files = _files_signature(readers.block_files(data_dir))
-  pca_fingerprint = _fingerprint({"pca": config_lib.to_dict(local.pca),
-                                  "blocks": block_files})
-  rbm_fingerprint = _fingerprint({"pca": pca_fingerprint,
-                                  "rbm": config_lib.to_dict(local.rbm)})
-  info_path = posixpath.join(directory, models.LOCAL_FEATURES_INFO)
+  pca_fingerprint = layout.fingerprint({"pca": config_lib.to_dict(local.pca),
+                                        "blocks": block_files})
+  rbm_fingerprint = layout.fingerprint({"pca": pca_fingerprint,
+                                        "rbm": config_lib.to_dict(local.rbm)})
+  info_path = posixpath.join(directory, layout.LOCAL_FEATURES_INFO)
   if tf.io.gfile.exists(info_path):
     info = _read_json(info_path)["info"]
     if info.get("fingerprint") == rbm_fingerprint:
       logging.info("learn-local-features: %s is up to date; nothing to do", info_path)
       return dict(info["summary"], skipped=True)
 
-  pca = _fit_pca(data_dir, posixpath.join(directory, PCA_FILE), local.pca,
+  pca = _fit_pca(data_dir, posixpath.join(directory, layout.PCA_FILE), local.pca,
                  pca_fingerprint)
   blocks = _whitened_blocks(data_dir, pca, local.pca.batch_size)
   if local.rbm.shuffle:
     order = np.random.default_rng(
-        sparse_rbm_lib.stable_seed("blocks", local.rbm.seed)).permutation(len(blocks))
+        seeds.stable_seed("blocks", local.rbm.seed)).permutation(len(blocks))
     blocks = blocks[order]
 
-  checkpoint_dir = posixpath.join(directory, CHECKPOINT_DIR)
-  marker = posixpath.join(checkpoint_dir, FINGERPRINT_FILE)
+  checkpoint_dir = posixpath.join(directory, layout.CHECKPOINT_DIR)
+  marker = posixpath.join(checkpoint_dir, layout.FINGERPRINT_FILE)
   if tf.io.gfile.exists(marker) and _read_json(marker).get("fingerprint") != rbm_fingerprint:
     logging.info("learn-local-features: configuration or blocks changed; discarding %s",
                  checkpoint_dir)
     tf.io.gfile.rmtree(checkpoint_dir)
   tf.io.gfile.makedirs(checkpoint_dir)
-  schema.write_json(marker, {"fingerprint": rbm_fingerprint})
+  write_json(marker, {"fingerprint": rbm_fingerprint})
 
   logging.info("learn-local-features: sparse RBM %d → %d units on %d blocks, %d epochs",
                pca.output_dim, local.rbm.num_hidden, len(blocks), local.rbm.epochs)
@@ -150,7 +140,7 @@ def learn_local_features(data_dir: str, model_dir: str,
       pca.output_dim, local.rbm, backend=rbm_backend,
       strategy=distribute.distribution_strategy(strategy))
   history = trainer.fit(blocks, checkpoint_dir=checkpoint_dir,
-                        tensorboard_dir=posixpath.join(directory, "tensorboard"),
+                        tensorboard_dir=posixpath.join(directory, layout.TENSORBOARD_DIR),
                         history_dir=directory)
   rbm = trainer.layer()
 
@@ -158,17 +148,18 @@ def learn_local_features(data_dir: str, model_dir: str,
   mean_activation = np.asarray(tf.reduce_mean(rbm(sample), axis=0))
   target = local.rbm.sparsity_target
   plots.plot_activation_histogram(mean_activation,
-                                  posixpath.join(directory, "activation_histogram.png"),
+                                  posixpath.join(directory, layout.ACTIVATION_HISTOGRAM_PLOT),
                                   target=target)
   if local.num_plot_filters:
     filters = sparse_rbm_lib.dewhitened_filters(pca, rbm.kernel.numpy(),
                                                 local.num_plot_filters)
-    plots.plot_filters(filters, posixpath.join(directory, "filters.png"),
+    plots.plot_filters(filters, posixpath.join(directory, layout.FILTERS_PLOT),
                        block_frames=block_frames, n_mels=n_mels,
                        title=f"Sparse RBM filters (dewhitened), largest {len(filters)} "
                              "by weight norm")
   if history:
-    plots.plot_training_curves(history, posixpath.join(directory, "training_curves.png"),
+    plots.plot_training_curves(history,
+                               posixpath.join(directory, layout.TRAINING_CURVES_PLOT),
                                target=target)
   summary = {
       "num_blocks": int(len(blocks)),
@@ -217,8 +208,8 @@ def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
   metadata = schema.read_metadata(data_dir)
   n_mels = int(metadata.get("n_mels", 128))
   block_frames = encoder.block_frames
-  with tf.io.gfile.GFile(posixpath.join(models.local_dir(model_dir),
-                                        models.LOCAL_FEATURES_FILE), "rb") as f:
+  with tf.io.gfile.GFile(posixpath.join(layout.local_dir(model_dir),
+                                        layout.LOCAL_FEATURES_FILE), "rb") as f:
     parameters_digest = hashlib.sha256(f.read()).hexdigest()
   encode_fn = tf.function(
       lambda log_mel, n_frames: encoder(log_mel, n_frames),
@@ -235,9 +226,9 @@ def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
         schema.clip_pattern(data_dir, split, schema.UNCOMPRESSED_SUFFIX))):
       logging.info("encode: no clips for split %r; skipped", split)
       continue
-    path = bof_io.bof_path(model_dir, split)
+    path = layout.bof_path(model_dir, split)
     sidecar = path[:-len(".npz")] + ".json"
-    fingerprint = _fingerprint({
+    fingerprint = layout.fingerprint({
         "parameters": parameters_digest, "pool_frames": pool_frames,
         "clips": _files_signature(readers.clip_files(data_dir, split))})
     if (tf.io.gfile.exists(path) and tf.io.gfile.exists(sidecar)
@@ -274,7 +265,7 @@ def encode(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
     record = {"fingerprint": fingerprint, "num_clips": len(clip_ids),
               "skipped_short_clips": short, "pool_frames": pool_frames,
               "seconds": round(time.perf_counter() - start, 2)}
-    schema.write_json(sidecar, record)
+    write_json(sidecar, record)
     logging.info("encode: %s: %d clips (%d too short) in %.1f s", path, len(clip_ids),
                  len(short), record["seconds"])
     summary["splits"][split] = record

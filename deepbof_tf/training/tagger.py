@@ -1,45 +1,42 @@
-"""Stage ``finetune``: supervised training of the song-level tagger.
+"""Stage ``finetune``: supervised training of the song-level tagger of a model directory.
 
 ``head=dnn``: builds the DNN (input normalization, none by default → hidden ReLU layers
 with dropout → sigmoid), initialises it from ``pretrain/rbm_*.npz``
 (``init=pretrained``) or randomly, fine-tunes it with AdaDelta and keeps the best
-validation epoch. ``head=logreg``: fits per-tag logistic regression on the
-standardized bag-of-features. Both write ``model_dir/tagger.keras`` and
-``model_dir/tags.json``.
+validation epoch (``deepbof_tf.training.finetuning``). ``head=logreg``: fits per-tag
+logistic regression on the standardized bag-of-features. Both write
+``model_dir/tagger.keras`` and ``model_dir/tags.json``.
 
-The ``tf.distribute`` strategy is ``deepbof-train --strategy`` (:func:`distribution_strategy`:
-by default ``MirroredStrategy`` when more than one GPU is visible, the default strategy
-otherwise; docs/multi-device.md). Fine-tuning writes a checkpoint every epoch and a
-rerun on the same model_dir continues from it (see ``deepbof_tf.training.finetuning``).
+The ``tf.distribute`` strategy is ``deepbof-train --strategy``
+(``distribute.distribution_strategy``: by default ``MirroredStrategy`` when more than one
+GPU is visible, the default strategy otherwise; docs/multi-device.md). Fine-tuning
+writes a checkpoint every epoch and a rerun on the same model_dir continues from it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import posixpath
 import tempfile
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from deepbof_tf import config as config_lib
+from deepbof_tf import model_dir as layout
 from deepbof_tf import models
+from deepbof_tf.data import bof_io
 from deepbof_tf.data import schema
 from deepbof_tf.layers.standardize import standardization_statistics
 from deepbof_tf.training import distribute
 from deepbof_tf.training import finetuning
 from deepbof_tf.training import logreg
-from deepbof_tf.training import model_dir as layout
+from deepbof_tf.training import song_inputs
 
-
-STRATEGIES = distribute.STRATEGIES
-# The strategy choice is shared by every stage (deepbof_tf.training.distribute).
-distribution_strategy = distribute.distribution_strategy
+RBM_KEYS = ("kernel", "hidden_bias", "visible_bias")
 
 
 def save_keras_model(model: keras.Model, path: str) -> None:
@@ -61,34 +58,45 @@ def tag_names(data_dir: str, model_dir: str, num_tags: int) -> Sequence[str]:
   return tags
 
 
-def _fingerprint(config: config_lib.TrainConfig, *arrays: np.ndarray,
-                 mixed_precision_used: bool = False) -> str:
-  # Epochs, updates and patience are left out on purpose: raising --finetune_epochs on a
-  # finished run continues it instead of starting over (the epoch order does not
-  # depend on the total). TensorBoard is cosmetic. Mixed precision enters as what ran,
-  # not as what was asked: without a GPU the request is ignored, and only a run that
-  # really used it has a LossScaleOptimizer's extra variables in its checkpoint.
+def finetune_fingerprint(config: config_lib.TrainConfig, *arrays: np.ndarray,
+                         mixed_precision_used: bool = False) -> str:
+  """The fingerprint of a fine-tuning run: what its checkpoint may be resumed under.
+
+  Epochs, updates and patience are left out on purpose: raising --finetune_epochs on a
+  finished run continues it instead of starting over (the epoch order does not depend
+  on the total). TensorBoard is cosmetic. Mixed precision enters as what ran, not as
+  what was asked: without a GPU the request is ignored, and only a run that really
+  used it has a LossScaleOptimizer's extra variables in its checkpoint.
+
+  Args:
+    config: the operative configuration.
+    *arrays: the training and validation data, then the pretrained RBMs' weights.
+    mixed_precision_used: whether the run computes in mixed float16.
+  """
   finetune = config_lib.to_dict(config.finetune)
   for key in ("epochs", "updates", "early_stopping_patience", "tensorboard",
               "checkpoint_every_seconds"):
     finetune.pop(key)
   finetune["mixed_precision"] = bool(mixed_precision_used)
   payload = {"dnn": config_lib.to_dict(config.dnn), "finetune": finetune}
-  digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode())
-  for array in arrays:
-    digest.update(np.ascontiguousarray(array, np.float32).tobytes())
-  return digest.hexdigest()
+  return layout.fingerprint(payload, *arrays)
 
 
-def _load_rbms(model_dir: str, num_layers: int):
+def load_rbms(model_dir: str, num_layers: int) -> List[Mapping[str, np.ndarray]]:
+  """The weights of the pretrained RBMs ``pretrain/rbm_{1..num_layers}.npz``, bottom first.
+
+  Args:
+    model_dir: the model directory.
+    num_layers: how many layers to read.
+  """
   weights = []
   for i in range(num_layers):
     path = layout.rbm_path(model_dir, i)
     if not tf.io.gfile.exists(path):
       raise FileNotFoundError(f"{path}: missing; run deepbof-train --stages=pretrain "
                               "first, or use --init=random")
-    stored = layout.read_npz(path)
-    weights.append({key: stored[key] for key in ("kernel", "hidden_bias", "visible_bias")})
+    stored = bof_io.read_npz(path)
+    weights.append({key: stored[key] for key in RBM_KEYS})
   return weights
 
 
@@ -105,9 +113,9 @@ def fit_logreg_tagger(config: config_lib.TrainConfig, x_train, y_train,
           "val_auc_tag": {str(c): s for c, s in fitted["val_auc_tag"].items()}}
 
 
-def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
-             callbacks: Sequence[keras.callbacks.Callback] = (),
-             resume: bool = True, strategy: str = "auto") -> Dict[str, Any]:
+def train_tagger(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
+                 callbacks: Sequence[keras.callbacks.Callback] = (),
+                 resume: bool = True, strategy: str = "auto") -> Dict[str, Any]:
   """Trains the tagger and writes ``model_dir/tagger.keras``; returns a summary.
 
   Args:
@@ -116,12 +124,12 @@ def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
     config: the operative configuration.
     callbacks: extra Keras callbacks for the DNN's fit (tests, custom logging).
     resume: continue from ``finetune/checkpoint.npz`` when it matches the config.
-    strategy: "auto", "default" or "mirrored" (:func:`distribution_strategy`).
+    strategy: "auto", "default" or "mirrored" (``distribute.distribution_strategy``).
   """
-  _, x_train, y_train = layout.load_bof(model_dir, "train")
-  _, x_valid, y_valid = layout.load_bof(model_dir, "valid")
+  _, x_train, y_train = song_inputs.load_bof(model_dir, "train")
+  _, x_valid, y_valid = song_inputs.load_bof(model_dir, "valid")
   tags = tag_names(data_dir, model_dir, y_train.shape[1])
-  tagger_path = posixpath.join(model_dir, models.TAGGER_FILE)
+  tagger_path = posixpath.join(model_dir, layout.TAGGER_FILE)
 
   if config.dnn.head == "logreg":
     fitted = fit_logreg_tagger(config, x_train, y_train, x_valid, y_valid)
@@ -129,8 +137,9 @@ def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
     return {"head": "logreg", "c": fitted["c"], "val_auc_tag": fitted["val_auc_tag"],
             "num_tags": len(tags)}
 
-  mean, std = layout.standardization(model_dir, x_train, config.dnn.input_normalization)
-  rbm_weights = (_load_rbms(model_dir, config.dnn.num_hidden_layers)
+  mean, std = song_inputs.standardization(model_dir, x_train,
+                                          config.dnn.input_normalization)
+  rbm_weights = (load_rbms(model_dir, config.dnn.num_hidden_layers)
                  if config.dnn.init == "pretrained" else None)
 
   use_mixed = config.finetune.mixed_precision and bool(tf.config.list_logical_devices("GPU"))
@@ -142,21 +151,20 @@ def finetune(data_dir: str, model_dir: str, config: config_lib.TrainConfig,
   try:
     if use_mixed:
       keras.mixed_precision.set_dtype_policy("mixed_float16")
-    distribution = distribution_strategy(strategy)
+    distribution = distribute.distribution_strategy(strategy)
     with distribution.scope():
       model = models.build_song_dnn(len(tags), config.dnn, input_dim=x_train.shape[1],
                                     mean=mean, std=std, seed=config.finetune.seed)
       if rbm_weights is not None:
         models.initialize_from_rbms(model, rbm_weights, config.dnn.pretrained_biases)
       fingerprint_arrays = [x_train, y_train, x_valid, y_valid]
-      fingerprint_arrays += [rbm[key] for rbm in rbm_weights or []
-                             for key in ("kernel", "hidden_bias", "visible_bias")]
+      fingerprint_arrays += [rbm[key] for rbm in rbm_weights or [] for key in RBM_KEYS]
       result = finetuning.finetune(
           model, x_train, y_train, x_valid, y_valid, config.finetune,
           work_dir=posixpath.join(model_dir, layout.FINETUNE_DIR),
-          fingerprint=_fingerprint(config, *fingerprint_arrays,
-                                   mixed_precision_used=use_mixed), resume=resume,
-          callbacks=callbacks)
+          fingerprint=finetune_fingerprint(config, *fingerprint_arrays,
+                                           mixed_precision_used=use_mixed),
+          resume=resume, callbacks=callbacks)
     best_weights = model.get_weights()
   finally:
     keras.mixed_precision.set_dtype_policy(previous_policy)
