@@ -26,9 +26,13 @@ from trainer import train
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "authors_pipeline.npz")
 SPLITS = ("train", "valid", "test")
-# |deepbof's test AUC-T (seed 0) − the mean of the authors' five seeds|; see the
-# module docstring and docs/model.md#reference-test for the spreads behind it.
-TOLERANCE = None
+# |deepbof's test AUC-T (seed 0) − the mean of the authors' five seeds|. Measured on
+# this set (x86-64, AVX2): the authors' code 0.8813 ± 0.0021 pretrained and
+# 0.8604 ± 0.0029 random (seeds 1-5); deepbof 0.8805 ± 0.0029 and 0.8590 ± 0.0022
+# (seeds 0-4). One run differs from a five-seed mean by about 0.003 (one standard
+# deviation), so 0.01 is about 3.5 of them; losing pretraining's effect (+0.021 in
+# both implementations) fails the test.
+TOLERANCE = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +63,17 @@ def run_deepbof(ref, init: str, seed: int, root: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("init", ["pretrained", "random"])
-def test_song_level_stage_reaches_the_authors_test_auc(ref, init, tmp_path):
-  authors = ref["authors_test_auc_tag"][list(ref["inits"]).index(init)]
-  ours = run_deepbof(ref, init, seed=0, root=str(tmp_path))
-  assert abs(ours - authors.mean()) <= TOLERANCE, (
-      f"{init}: deepbof {ours:.4f}, the authors' code {authors.mean():.4f} ± "
-      f"{authors.std(ddof=1):.4f} over seeds {list(ref['seeds'])}")
+def test_song_level_stage_reaches_the_authors_test_auc(ref, tmp_path):
+  ours = {}
+  for init in ("pretrained", "random"):
+    authors = ref["authors_test_auc_tag"][list(ref["inits"]).index(init)]
+    ours[init] = run_deepbof(ref, init, seed=0, root=str(tmp_path / init))
+    assert abs(ours[init] - authors.mean()) <= TOLERANCE, (
+        f"{init}: deepbof {ours[init]:.4f}, the authors' code {authors.mean():.4f} ± "
+        f"{authors.std(ddof=1):.4f} over seeds {list(ref['seeds'])}")
+  # The paper's finding, which the authors' code gives on this set with every seed:
+  # pretraining helps.
+  inits = list(ref["inits"])
+  authors = ref["authors_test_auc_tag"]
+  assert (authors[inits.index("pretrained")] > authors[inits.index("random")]).all()
+  assert ours["pretrained"] > ours["random"]
