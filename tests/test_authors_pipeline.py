@@ -21,6 +21,7 @@ import os
 import numpy as np
 import pytest
 
+from deepbof_tf import model_dir as layout
 from deepbof_tf.data import bof_io
 from trainer import train
 
@@ -51,7 +52,7 @@ def run_deepbof(ref, init: str, seed: int, root: str) -> float:
   for split in SPLITS:
     x = ref[f"x_{split}"].astype(np.float32)  # exactly the values Octave read
     ids = [f"{split}{i}" for i in range(len(x))]
-    bof_io.write_bof(bof_io.bof_path(model_dir, split), ids, x, ref[f"y_{split}"])
+    bof_io.write_bof(layout.bof_path(model_dir, split), ids, x, ref[f"y_{split}"])
   config = train.build_config(
       preset="paper", seed=seed,
       convenience={"dnn.init": init, "dnn.num_hidden_layers": int(ref["num_layers"]),
