@@ -199,7 +199,7 @@ def error_record(path: str, stage: str, error: Any) -> Dict[str, str]:
   if isinstance(error, BaseException):
     import tensorflow as tf
     if isinstance(error, tf.errors.OpError):
-      message = audio._short(error)
+      message = audio.short_error(error)
     elif not isinstance(error, ValueError):
       message = f"{type(error).__name__}: {message}"
   if not message.startswith(path):

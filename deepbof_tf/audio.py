@@ -101,7 +101,7 @@ class AudioDecodeError(ValueError):
     self.reason = reason
 
 
-def _short(err: BaseException) -> str:
+def short_error(err: BaseException) -> str:
   """The useful part of a decoder or TensorFlow error message."""
   if isinstance(err, decoders.DecoderError):
     return str(err)
@@ -474,7 +474,7 @@ class _Source:
     except AudioDecodeError:
       raise
     except Exception as err:  # permissions, remote file systems, …
-      raise AudioDecodeError(path, f"cannot read file ({_short(err)})") from err
+      raise AudioDecodeError(path, f"cannot read file ({short_error(err)})") from err
 
   def read_at(self, offset: int, n: int) -> bytes:
     """``n`` bytes at ``offset`` (fewer at the end of the file)."""
@@ -485,7 +485,7 @@ class _Source:
       self.file.seek(offset)
       self._window = self.file.read(max(n, _WINDOW_BYTES))
     except Exception as err:
-      raise AudioDecodeError(self.path, f"cannot read file ({_short(err)})") from err
+      raise AudioDecodeError(self.path, f"cannot read file ({short_error(err)})") from err
     self._window_start = offset
     return self._window[:n]
 
@@ -567,7 +567,7 @@ def _decode(source: _Source, sink: Callable[[np.ndarray], None]) -> DecodeInfo:
       sink(block)
   except decoders.DecoderError as err:
     raise AudioDecodeError(path, f"truncated or corrupt {_NAMES[fmt]} "
-                           f"({_short(err)})") from err
+                           f"({short_error(err)})") from err
   finally:
     stream.close()
   if fmt == "flac" and stream.decoder == decoders.LIBSNDFILE:
@@ -605,9 +605,9 @@ def _open_stream(source: _Source, fmt: str, decoder: str, wav: Optional[WavInfo]
                            f"no audio stream in it ({first.message})") from first
   if wav is not None and wav.format_tag not in (1, 3):  # neither PCM nor IEEE float
     raise AudioDecodeError(path, f"unsupported WAV encoding (format tag "
-                           f"{wav.format_tag:#x}, {wav.bits} bits; {_short(first)})"
+                           f"{wav.format_tag:#x}, {wav.bits} bits; {short_error(first)})"
                            ) from first
-  raise AudioDecodeError(path, f"truncated or corrupt {_NAMES[fmt]} ({_short(first)})"
+  raise AudioDecodeError(path, f"truncated or corrupt {_NAMES[fmt]} ({short_error(first)})"
                          ) from first
 
 
@@ -662,7 +662,7 @@ def read_bytes(path: str) -> bytes:
     source.file.seek(0)
     return source.file.read()
   except Exception as err:
-    raise AudioDecodeError(path, f"cannot read file ({_short(err)})") from err
+    raise AudioDecodeError(path, f"cannot read file ({short_error(err)})") from err
   finally:
     source.close()
 
@@ -1058,7 +1058,7 @@ def _load(source: _Source, sample_rate: int, channel_mode: str
     return resample(mono, info.rate, sample_rate), info
   except Exception as err:
     raise AudioDecodeError(source.path, f"cannot resample {info.rate} Hz -> {sample_rate} "
-                           f"Hz ({_short(err)})") from err
+                           f"Hz ({short_error(err)})") from err
 
 
 def load_audio_with_info(path: str, data: Optional[bytes] = None,

@@ -53,6 +53,7 @@ import tensorflow as tf
 from deepbof_tf import framing, frontend, streaming
 from deepbof_tf.native import frontend_op
 from deepbof_tf.config import ExportConfig, FrontendConfig
+from deepbof_tf.io_utils import write_json
 from deepbof_tf import model_dir as model_dir_layout
 
 # The layout and the signature names are the export's contract with its clients; they
@@ -399,11 +400,8 @@ def build_module(model_dir: str, work_dir: str, data_dir: Optional[str] = None,
   with open(tags_path, "w", encoding="utf-8") as f:
     f.write("".join(f"{tag}\n" for tag in tag_names))
   info_path = os.path.join(work_dir, EXPORT_INFO_FILE)
-  with open(info_path, "w", encoding="utf-8") as f:
-    json.dump(export_info(config, encoder, tag_names, channel_mode, clips_in_flight,
-                          max_request_seconds, fused_frontend), f, indent=2,
-              sort_keys=True)
-    f.write("\n")
+  write_json(info_path, export_info(config, encoder, tag_names, channel_mode,
+                                    clips_in_flight, max_request_seconds, fused_frontend))
   return DeepBofServingModule(encoder, tagger, tag_names, config, tags_path, info_path,
                               clips_in_flight=clips_in_flight,
                               max_request_seconds=max_request_seconds,

@@ -258,7 +258,7 @@ def _clean(error: BaseException) -> BaseException:
   """TensorFlow errors carry graph noise; keep the message a user can act on."""
   import tensorflow as tf
   if isinstance(error, tf.errors.OpError):
-    return RuntimeError(audio._short(error))
+    return RuntimeError(audio.short_error(error))
   return error
 
 

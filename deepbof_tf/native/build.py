@@ -253,11 +253,13 @@ def build_frontend_op(force: bool = False) -> str:
 
 def frontend_op_problem() -> Optional[str]:
   """Why the fused kernel does not build and load here, or None when it does."""
-  from deepbof_tf.native import frontend_op  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   try:
-    frontend_op.load()
+    tf.load_op_library(build_frontend_op())  # what frontend_op.load does
   except FusedFrontendUnavailable as error:
     return f"the fused front-end kernel (frontend_op.cc) is unavailable: {error}"
+  except tf.errors.NotFoundError as error:
+    return f"the fused front-end kernel (frontend_op.cc) does not load: {error.message}"
   return None
 
 

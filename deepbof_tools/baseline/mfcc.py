@@ -283,8 +283,8 @@ def _define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   """``deepbof-baseline``: the MFCC baseline of a manifest, printed as a table row."""
-  import json
   from absl import app, flags
+  from deepbof_tf.io_utils import write_json
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   values = flags.FLAGS
@@ -293,8 +293,7 @@ def main(argv: Sequence[str]) -> None:
                              top_n_tags=values.top_n_tags, eval_split=values.eval_split,
                              seed=values.seed, num_workers=values.num_workers)
   if values.output:
-    with open(values.output, "w") as f:
-      json.dump(result, f, indent=2, sort_keys=True)
+    write_json(values.output, result)
   columns = ("auc_tag", "auc_clip", "p_at_3", "p_at_6", "p_at_9", "p_at_12", "p_at_15",
              "pr_auc")
   print("\t".join(columns))

@@ -351,7 +351,7 @@ def _attempt(task: RenderTask, piece_key: str, info: Mapping[str, Any],
   rng = np.random.default_rng(np.random.SeedSequence(
       [int(task.seed), int(plan.index), int(attempt)]))
   numerator, denominator = info["time_signature"]
-  beat_quarters = sources._beat_quarters(int(numerator), int(denominator))
+  beat_quarters = sources.beat_quarters(int(numerator), int(denominator))
   compound = abs(beat_quarters / (4.0 / denominator) - 3.0) < 1e-9
   lo, hi = orchestration.TEMPO_RANGES[plan.tempo]
   bpm = round(float(rng.uniform(lo, hi)), 1)

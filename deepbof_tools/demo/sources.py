@@ -351,7 +351,7 @@ def _part_notes(part) -> List[Tuple[float, float, int]]:
   return notes
 
 
-def _beat_quarters(numerator: int, denominator: int) -> float:
+def beat_quarters(numerator: int, denominator: int) -> float:
   """Length of one beat in quarter notes: compound meters (6/8, 9/8, 12/8, 6/4 …) beat
   in dotted units, simple meters in the denominator's unit."""
   unit = 4.0 / denominator
@@ -391,7 +391,7 @@ def _beat_grid(part, length: float) -> Tuple[List[List[float]], Tuple[int, int]]
   beats: List[List[float]] = []
   if len(measures) < 2:
     numerator, denominator = first_signature
-    step = _beat_quarters(numerator, denominator)
+    step = beat_quarters(numerator, denominator)
     per_bar = max(1, int(round(numerator * (4.0 / denominator) / step)))
     n = int(length / step)
     return [[round(i * step, 6), float(i % per_bar)] for i in range(n)], first_signature
@@ -399,7 +399,7 @@ def _beat_grid(part, length: float) -> Tuple[List[List[float]], Tuple[int, int]]
   for i, start in enumerate(measures):
     end = bounds[i + 1]
     numerator, denominator = signature_at(start)
-    step = _beat_quarters(numerator, denominator)
+    step = beat_quarters(numerator, denominator)
     bar = numerator * 4.0 / denominator
     per_bar = max(1, int(round(bar / step)))
     if i == 0 and end - start < bar - 1e-6:

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Sequence
 from absl import app, flags, logging
 
 from deepbof_tf import cli
+from deepbof_tf.io_utils import write_json
 from deepbof_tools.experiments import figures
 from deepbof_tools.experiments import findings as findings_lib
 from deepbof_tools.experiments import grids as grids_lib
@@ -118,8 +119,7 @@ def register(output_dir: str, grid_name: str, args: Dict[str, Any]) -> None:
           "--output_dir share stages, so use another --output_dir")
   registry[grid_name] = args
   os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, REGISTRY_FILE), "w") as f:
-    json.dump(registry, f, indent=2, sort_keys=True)
+  write_json(os.path.join(output_dir, REGISTRY_FILE), registry)
 
 
 def write_reports(output_dir: str) -> Dict[str, List[results_lib.CellResult]]:
