@@ -1,0 +1,161 @@
+"""Both Beam jobs on Beam's portable (Fn API) path, equal to the in-process runner's output.
+
+Dataflow Runner v2, Flink and Spark run a pipeline the portable way: the pipeline is
+serialised to its proto, submitted to a job service, and executed by SDK worker
+processes that talk to the runner over gRPC. Here ``--runner=PortableRunner
+--job_endpoint=embed`` starts Beam's job service in process and
+``--environment_type=EXTERNAL`` sends the work to a worker pool started from this
+environment (``python -m apache_beam.runners.worker.worker_pool_main``), so every DoFn,
+coder and side output of both jobs goes through that path. The outputs must equal the
+in-process FnApiRunner's record for record.
+"""
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import tensorflow as tf
+
+import serving_fixtures as fx
+from beam_jobs import preprocess_lib
+from beam_jobs import tag_catalog_lib
+from deepbof_tf.config import SamplingConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_PROCESS = ["--runner=DirectRunner", "--direct_num_workers=1"]
+# Written by the run, not by the data: they differ between any two runs.
+RUN_FIELDS = ("created_utc", "elapsed_seconds", "counters", "runner", "beam_args",
+              "output_dir")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def worker_pool(tmp_path_factory):
+  """An external SDK worker pool from this environment; yields its Beam options."""
+  port = _free_port()
+  env = dict(os.environ)
+  env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  log = open(tmp_path_factory.mktemp("pool") / "worker_pool.log", "w")
+  pool = subprocess.Popen(
+      [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+       f"--service_port={port}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.monotonic() + 60
+  while True:
+    try:
+      socket.create_connection(("localhost", port), timeout=1).close()
+      break
+    except OSError:
+      if pool.poll() is not None or time.monotonic() > deadline:
+        pool.kill()
+        raise RuntimeError(f"the worker pool did not start; see {log.name}")
+      time.sleep(0.2)
+  yield ["--runner=PortableRunner", "--job_endpoint=embed",
+         "--environment_type=EXTERNAL", f"--environment_config=localhost:{port}"]
+  pool.terminate()
+  pool.wait(timeout=30)
+  log.close()
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+  root = tmp_path_factory.mktemp("portable_audio")
+  files = {"a.wav": (6.0, 22050, "train"), "b.flac": (5.0, 44100, "train"),
+           "c.ogg": (4.0, 32000, "valid"), "d.wav": (5.0, 22050, "test")}
+  rows = ["path,split,tags"]
+  for i, (name, (seconds, rate, split)) in enumerate(sorted(files.items())):
+    sf.write(str(root / name), fx.music_like_signal(seconds, 40 + i, rate), rate)
+    rows.append(f"{name},{split},{'rock' if i % 2 else 'rock;piano'}")
+  (root / "broken.wav").write_bytes(b"RIFF\x00\x00")
+  rows.append("broken.wav,train,rock")
+  (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+  return root
+
+
+def _records(pattern):
+  """Every tf.Example of the shards matching ``pattern`` as a feature dict, sorted.
+
+  Parsed, not compared as bytes: a tf.Example's feature map has no fixed order when
+  serialised, so two equal records can differ byte for byte.
+  """
+  out = []
+  for path in sorted(glob.glob(pattern)):
+    for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+      example = tf.train.Example.FromString(record.numpy())
+      out.append({key: list(getattr(value, value.WhichOneof("kind")).value)
+                  for key, value in example.features.feature.items()})
+  return sorted(out, key=lambda r: json.dumps(r, sort_keys=True, default=repr))
+
+
+def _lines(pattern):
+  return sorted(line for path in glob.glob(pattern)
+                for line in open(path).read().splitlines() if line)
+
+
+def _metadata(directory):
+  with open(os.path.join(directory, "metadata.json")) as f:
+    metadata = json.load(f)
+  return {k: v for k, v in metadata.items() if k not in RUN_FIELDS}
+
+
+@pytest.mark.slow
+def test_preprocess_on_the_portable_runner_equals_the_in_process_run(
+    audio, worker_pool, tmp_path):
+  outputs = {}
+  for name, beam_args in (("in_process", IN_PROCESS), ("portable", worker_pool)):
+    out = str(tmp_path / name)
+    config = preprocess_lib.PreprocessConfig(
+        manifest=str(audio / "manifest.csv"), audio_root=str(audio), output_dir=out,
+        sampling=SamplingConfig(num_blocks=24))
+    preprocess_lib.run(config, beam_args=beam_args)
+    outputs[name] = out
+  a, b = outputs["in_process"], outputs["portable"]
+  for sub in ("clips/*", "blocks/*"):
+    ours, theirs = _records(os.path.join(a, sub)), _records(os.path.join(b, sub))
+    assert len(ours) > 0 and ours == theirs, sub
+  assert len(_records(os.path.join(a, "clips/*"))) == 4
+  errors = _lines(os.path.join(a, "errors", "*"))
+  assert len(errors) == 1 and "broken.wav" in errors[0]
+  assert errors == _lines(os.path.join(b, "errors", "*"))
+  assert _metadata(a) == _metadata(b)
+
+
+@pytest.mark.slow
+def test_tag_catalog_on_the_portable_runner_equals_the_in_process_run(
+    audio, worker_pool, tmp_path_factory):
+  export = fx.shared_export(tmp_path_factory)
+  tables = {}
+  for name, beam_args in (("in_process", IN_PROCESS), ("portable", worker_pool)):
+    out = str(tmp_path_factory.mktemp(name) / "catalog")
+    config = tag_catalog_lib.TagCatalogConfig(
+        model=export["export_dir"], input=str(audio / "*.*"), output_dir=out, top_k=3)
+    tag_catalog_lib.run(config, beam_args)
+    table = pq.read_table(os.path.join(out, tag_catalog_lib.PARQUET_DIR)).to_pylist()
+    tables[name] = (out, sorted(table, key=lambda row: row[tag_catalog_lib.PATH]))
+  (a, ours), (b, theirs) = tables["in_process"], tables["portable"]
+  assert [r[tag_catalog_lib.PATH] for r in ours] == [r[tag_catalog_lib.PATH] for r in theirs]
+  assert len(ours) == 4  # the four good files; broken.wav and the manifest are errors
+  for mine, other in zip(ours, theirs):
+    assert mine.keys() == other.keys()
+    for key, value in mine.items():
+      if isinstance(value, list) and value and isinstance(value[0], float):
+        np.testing.assert_array_equal(value, other[key], err_msg=key)
+      else:
+        assert value == other[key], key
+  assert (_records(os.path.join(a, tag_catalog_lib.TFRECORD_DIR, "*"))
+          == _records(os.path.join(b, tag_catalog_lib.TFRECORD_DIR, "*")))
+  assert _lines(os.path.join(a, "errors", "*")) == _lines(os.path.join(b, "errors", "*"))
+  assert _metadata(a) == _metadata(b)
