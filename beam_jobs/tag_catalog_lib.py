@@ -143,9 +143,9 @@ class TagCatalogConfig:
       itself. 0: no limit, and the file is decoded in the worker process as before.
       The default, 600 s, is a fixed bound rather than one derived from the
       duration, since the duration is only known once the file has decoded (a broken
-      header can promise anything); it is over 10 times what a one-hour recording
-      takes to decode and resample on one loaded core, and bounds a stalled worker
-      to 10 minutes. The limit covers the decode and the resampling (all of the
+      header can promise anything); it is about 25 times what a one-hour recording
+      takes to decode and resample on one loaded core (docs/catalog.md), and bounds
+      a stalled worker to 10 minutes. The limit covers the decode and the resampling (all of the
       file's reads, from its open to the last one, including the copy of its samples
       to the worker); it does not cover the encoding, which runs the model in the
       worker on samples that are already decoded, finite and of a known length: a
