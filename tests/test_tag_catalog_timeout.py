@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -22,6 +24,7 @@ from beam_jobs import decode_process
 from beam_jobs import tag_catalog_lib as lib
 from deepbof_tf import streaming
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 LIMIT_S = 5.0
 
@@ -188,11 +191,13 @@ def test_the_limit_is_a_config_field_and_a_flag():
   with pytest.raises(ValueError, match="file_timeout_s"):
     lib.TagCatalogConfig(model="m", input="i", output_dir="o", file_timeout_s=-1)
   assert "timeout" in lib.STAGES
-  from absl import flags
-  from beam_jobs import tag_catalog
-  if "file_timeout_s" not in flags.FLAGS:
-    tag_catalog.define_flags()
-  assert flags.FLAGS["file_timeout_s"].default == 600.0
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  shown = subprocess.run([sys.executable, "-m", "beam_jobs.tag_catalog", "--help"],
+                         capture_output=True, text=True, env=env, timeout=300)
+  assert shown.returncode == 0, shown.stderr
+  help_text = " ".join(shown.stdout.split())
+  assert "--file_timeout_s: The longest one file's decode may take" in help_text
+  assert "'timeout'" in help_text and "(default: 600.0)" in help_text
 
 
 @pytest.mark.slow
