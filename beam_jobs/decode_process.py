@@ -4,8 +4,9 @@ A decoder that hangs on one odd file (inside FFmpeg or libsndfile, in C code tha
 Python thread can interrupt) would stall its Beam worker forever. With a limit, the
 catalogue job (``beam_jobs.tag_catalog_lib.DecodeAudioDoFn``, docs/catalog.md) decodes
 in a :class:`DecoderProcess`: one child process per DoFn instance, started once and
-reused for every file, that opens a path (``deepbof_tf.streaming.ResampledNativeWaveform``:
-the whole decode at the native rate happens there) and answers the worker's reads of
+reused for every file, that opens a path
+(``deepbof_tf.streaming.ResampledNativeWaveform``: the whole decode at the native
+rate happens there) and answers the worker's reads of
 resampled samples over a pipe. If the answers for one file take longer than the limit
 (counted from the open), the child is killed and :class:`DecodeTimeout` is raised;
 the next file starts a new child. A child that dies (a decoder crash) fails only its
@@ -143,12 +144,12 @@ class RemoteWaveform:
   def read(self, start: int, stop: int) -> np.ndarray:
     """Samples ``[start, stop)``, zeros outside the waveform (NaN/Inf: DecoderError)."""
     return self._decoder.samples(("read", int(start), int(stop)), self.path,
-                                 self._deadline)
+                                 self._deadline, self._file_id)
 
   def resampled(self, start: int, stop: int) -> np.ndarray:
     """Samples ``[start, min(stop, num_samples))`` as they are (no NaN/Inf check)."""
     return self._decoder.samples(("resampled", int(start), int(stop)), self.path,
-                                 self._deadline)
+                                 self._deadline, self._file_id)
 
   def close(self) -> None:
     self._decoder.close_file(self._file_id)
@@ -298,10 +299,11 @@ class DecoderProcess:
       raise
     return RemoteWaveform(self, path, sample_rate, num_samples, deadline, self._file_id)
 
-  def samples(self, request: Tuple[Any, ...], path: str,
-              deadline: Optional[float]) -> np.ndarray:
-    """The child's answer to a ``("read" | "resampled", start, stop)`` request."""
-    if self._open_file is None or not self.alive():
+  def samples(self, request: Tuple[Any, ...], path: str, deadline: Optional[float],
+              file_id: int) -> np.ndarray:
+    """The child's answer to a ``("read" | "resampled", start, stop)`` request on the
+    open file ``file_id``."""
+    if file_id != self._open_file or not self.alive():
       raise DecoderError(f"{path}: not open in the decoder process", "decode")
     self._send(request, path)
     _, count = self._reply(path, deadline)
@@ -354,8 +356,8 @@ def serve(conn: mp_connection.Connection) -> None:
 
   Requests: ``("open", path, sample_rate, channel_mode)`` → ``("opened", num_samples)``;
   ``("read" | "resampled", start, stop)`` → ``("samples", count)`` then the
-  ``4 × count`` raw bytes of the float32 samples; ``("close",)`` → nothing. A failure answers ``("error", stage,
-  message)``.
+  ``4 × count`` raw bytes of the float32 samples; ``("close",)`` → nothing. A failure
+  answers ``("error", stage, message)``.
   """
   from deepbof_tf import streaming
   source = None

@@ -14,9 +14,10 @@ Data flow:
    (``deepbof_tf.streaming.ResampledNativeWaveform``: libsndfile or FFmpeg, chosen by
    content; the length is what decodes). A recording up to ``one_shot_seconds`` is
    resampled whole and goes to the one-shot branch; a longer one is encoded right
-   there (4.). The decode runs in a decoder child process (``beam_jobs.decode_process``)
-   that is killed and restarted when one file takes longer than ``file_timeout_s``:
-   that file becomes a "timeout" error and the worker goes on.
+   there (4.). The decode runs in a decoder child process
+   (``beam_jobs.decode_process``) that is killed and restarted when one file takes
+   longer than ``file_timeout_s``: that file becomes a "timeout" error and the
+   worker goes on.
 3. One-shot: Beam's ``RunInference`` with its TensorFlow model handler
    (:class:`DeepBofModelHandler`, batched by ``min_batch_size``/``max_batch_size`` and
    at most ``max_batch_size × chunk_seconds`` of audio per batch) runs
@@ -145,12 +146,12 @@ class TagCatalogConfig:
       duration, since the duration is only known once the file has decoded (a broken
       header can promise anything); it is about 25 times what a one-hour recording
       takes to decode and resample on one loaded core (docs/catalog.md), and bounds
-      a stalled worker to 10 minutes. The limit covers the decode and the resampling (all of the
-      file's reads, from its open to the last one, including the copy of its samples
-      to the worker); it does not cover the encoding, which runs the model in the
-      worker on samples that are already decoded, finite and of a known length: a
-      model call takes time in proportion to that length and does not hang on
-      unusual input the way a decoder parsing a file can.
+      a stalled worker to 10 minutes. The limit covers the decode and the
+      resampling (all of the file's reads, from its open to the last one, including
+      the copy of its samples to the worker); it does not cover the encoding, which
+      runs the model in the worker on samples that are already decoded, finite and
+      of a known length: a model call takes time in proportion to that length and
+      does not hang on unusual input the way a decoder parsing a file can.
   """
 
   model: str

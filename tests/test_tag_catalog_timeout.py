@@ -90,7 +90,8 @@ def test_a_hanging_file_times_out_and_the_next_file_decodes_in_a_new_process(
     assert source.num_samples == here.num_samples
     np.testing.assert_array_equal(source.read(-100, here.num_samples + 50),
                                   here.read(-100, here.num_samples + 50))
-    np.testing.assert_array_equal(source.resampled(1000, 9000), here.resampled(1000, 9000))
+    np.testing.assert_array_equal(source.resampled(1000, 9000),
+                                  here.resampled(1000, 9000))
   source.close()
   assert decoder.starts == 2  # reused between files
 
@@ -121,6 +122,35 @@ def test_a_decoder_that_dies_fails_its_file_and_the_next_file_restarts_it(decode
   source.close()
   assert decoder.open(str(folder / "clip_c.ogg"), 22050).num_samples == 5 * 22050
   assert decoder.starts == 3
+
+
+def test_a_hung_decoder_ends_with_its_worker(folder, monkeypatch):
+  """A worker killed while its child hangs leaves no decoder process behind."""
+  monkeypatch.setenv(decode_process.HANG_PATTERN_ENV, _HANGS)
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  script = ("import sys; from beam_jobs import decode_process as d; "
+            "p = d.DecoderProcess(600); p.open(sys.argv[1], 22050).close(); "
+            "print(p.pid, flush=True); p.open(sys.argv[2], 22050)")
+  worker = subprocess.Popen([sys.executable, "-c", script, str(folder / "clip_a.wav"),
+                             str(folder / "hang_me.wav")], stdout=subprocess.PIPE,
+                            text=True, env=env)
+  child = int(worker.stdout.readline())
+  time.sleep(1.0)  # the child is in its hang now
+  worker.kill()
+  worker.wait()
+  worker.stdout.close()
+  deadline = time.monotonic() + 20
+  while time.monotonic() < deadline:
+    try:
+      with open(f"/proc/{child}/stat") as f:
+        if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not yet reaped
+          break
+    except FileNotFoundError:
+      break
+    time.sleep(0.2)
+  else:
+    os.kill(child, signal.SIGKILL)
+    pytest.fail(f"decoder process {child} outlived its worker")
 
 
 def test_a_long_store_is_filled_from_the_decoder_process_bit_for_bit(decoder, folder):
