@@ -78,6 +78,12 @@ def define_flags() -> None:
                     "Replace an existing non-empty --output_dir.")
   flags.DEFINE_integer("intra_op_threads", defaults["intra_op_threads"],
                        "TensorFlow threads per Beam worker process.")
+  flags.DEFINE_float("file_timeout_s", defaults["file_timeout_s"], "The longest one "
+                     "file's decode may take, in seconds: a file that takes longer (a "
+                     "decoder hung on an odd file) becomes an error of stage 'timeout' "
+                     "and the job goes on. Files are decoded in a child process per "
+                     "worker thread, killed and restarted on a timeout; 0: no limit, "
+                     "decoded in the worker itself.", lower_bound=0.0)
   _OUR_FLAGS[:] = sorted(set(FLAGS) - before)
 
 
@@ -96,7 +102,7 @@ def config_from_flags() -> lib.TagCatalogConfig:
       channel_mode=FLAGS.channel_mode,
       min_batch_size=FLAGS.min_batch_size, max_batch_size=FLAGS.max_batch_size,
       num_shards=FLAGS.num_shards, overwrite=FLAGS.overwrite,
-      intra_op_threads=FLAGS.intra_op_threads)
+      intra_op_threads=FLAGS.intra_op_threads, file_timeout_s=FLAGS.file_timeout_s)
 
 
 def _print_errors(config: lib.TagCatalogConfig, unused_metadata) -> None:

@@ -14,7 +14,10 @@ Data flow:
    (``deepbof_tf.streaming.ResampledNativeWaveform``: libsndfile or FFmpeg, chosen by
    content; the length is what decodes). A recording up to ``one_shot_seconds`` is
    resampled whole and goes to the one-shot branch; a longer one is encoded right
-   there (4.).
+   there (4.). The decode runs in a decoder child process
+   (``beam_jobs.decode_process``) that is killed and restarted when one file takes
+   longer than ``file_timeout_s``: that file becomes a "timeout" error and the
+   worker goes on.
 3. One-shot: Beam's ``RunInference`` with its TensorFlow model handler
    (:class:`DeepBofModelHandler`, batched by ``min_batch_size``/``max_batch_size`` and
    at most ``max_batch_size × chunk_seconds`` of audio per batch) runs
@@ -58,6 +61,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from beam_jobs import decode_process
 from beam_jobs import job_io
 from beam_jobs import worker_threads
 from beam_jobs.job_io import beam  # apache_beam, imported with crcmod's warning dropped
@@ -75,6 +79,8 @@ from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
 # 4-minute tracks (docs/benchmarks.md): chunked, the worker's peak memory is that of
 # 30-s clips; in one piece it grows with the track (+33 %) and is no faster in Beam.
 DEFAULT_ONE_SHOT_SECONDS = DEFAULT_CHUNK_SECONDS
+# The longest one file's decode may take (TagCatalogConfig.file_timeout_s).
+DEFAULT_FILE_TIMEOUT_S = 600.0
 from deepbof_tf.data import manifests
 from deepbof_tf.data import schema
 
@@ -84,7 +90,7 @@ ERRORS_DIR = schema.ERRORS_DIR
 ERRORS_SUFFIX = job_io.ERRORS_SUFFIX
 METADATA_FILE = schema.METADATA_FILE
 PARTIALS_TAG = "partials"
-STAGES = ("read", "decode", "validate", "encode", "combine", "inference")
+STAGES = ("read", "decode", "timeout", "validate", "encode", "combine", "inference")
 SUMMARY_FILE = job_io.SUMMARY_FILE  # read back by job_io.pop_summary
 PARQUET_DIR = "parquet"
 TFRECORD_DIR = "tfrecord"
@@ -130,6 +136,22 @@ class TagCatalogConfig:
     overwrite: replace an existing non-empty ``output_dir``.
     intra_op_threads: TensorFlow threads per worker process (Beam parallelises over
       processes).
+    file_timeout_s: the longest one file's decode may take, in seconds; a file that
+      takes longer becomes an error of stage "timeout" and the job goes on. The decode
+      then runs in a decoder child process per DoFn instance
+      (``beam_jobs.decode_process``), which is killed and restarted on a timeout: a
+      decoder hung in C code (FFmpeg, libsndfile) cannot be interrupted in the worker
+      itself. 0: no limit, and the file is decoded in the worker process as before.
+      The default, 600 s, is a fixed bound rather than one derived from the
+      duration, since the duration is only known once the file has decoded (a broken
+      header can promise anything); it is about 25 times what a one-hour recording
+      takes to decode and resample on one loaded core (docs/catalog.md), and bounds
+      a stalled worker to 10 minutes. The limit covers the decode and the
+      resampling (all of the file's reads, from its open to the last one, including
+      the copy of its samples to the worker); it does not cover the encoding, which
+      runs the model in the worker on samples that are already decoded, finite and
+      of a known length: a model call takes time in proportion to that length and
+      does not hang on unusual input the way a decoder parsing a file can.
   """
 
   model: str
@@ -146,6 +168,7 @@ class TagCatalogConfig:
   num_shards: int = 0
   overwrite: bool = False
   intra_op_threads: int = 1
+  file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S
 
   def __post_init__(self):
     if self.input_format not in INPUT_FORMATS:
@@ -165,6 +188,8 @@ class TagCatalogConfig:
                        f"{self.min_batch_size}, {self.max_batch_size}")
     if self.num_shards < 0:
       raise ValueError(f"num_shards must be >= 0, got {self.num_shards}")
+    if not self.file_timeout_s >= 0:
+      raise ValueError(f"file_timeout_s must be >= 0, got {self.file_timeout_s}")
     if not self.model or not self.input or not self.output_dir:
       raise ValueError("model, input and output_dir must not be empty")
 
@@ -197,11 +222,7 @@ def error_record(path: str, stage: str, error: Any) -> Dict[str, str]:
   """``{path, stage, error}``; the message starts with the path and says the problem."""
   message = str(error) or type(error).__name__
   if isinstance(error, BaseException):
-    import tensorflow as tf
-    if isinstance(error, tf.errors.OpError):
-      message = audio.short_error(error)
-    elif not isinstance(error, ValueError):
-      message = f"{type(error).__name__}: {message}"
+    message = decode_process.error_message(error)  # as the decoder process says it
   if not message.startswith(path):
     message = f"{path}: {message}"
   return {"path": path, "stage": stage, "error": message}
@@ -209,11 +230,7 @@ def error_record(path: str, stage: str, error: Any) -> Dict[str, str]:
 
 def _stage_of(error: BaseException, path: str) -> str:
   """"read" for a missing or unreadable file, "decode" for anything about its content."""
-  text = str(error)
-  if text.startswith(f"{path}: file not found") or "cannot read file" in text or (
-      "is a directory" in text):
-    return "read"
-  return "decode"
+  return decode_process.read_or_decode_stage(error, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -371,7 +388,16 @@ class DecodeAudioDoFn(beam.DoFn):
   "num_samples"})`` per chunk, emitted once the whole file has been encoded (a file
   that fails half-way emits only its error record). Tagged output ``errors``: one record
   per failed input ("read": missing/unreadable; "decode": empty, not audio, truncated,
-  NaN/Inf samples; "validate": shorter than one block; "encode": the export failed).
+  NaN/Inf samples, or the decoder process died on it; "timeout": the decode took longer
+  than ``file_timeout_s``; "validate": shorter than one block; "encode": the export
+  failed).
+
+  With ``file_timeout_s`` > 0 the file is opened and resampled in this instance's
+  decoder child process (``beam_jobs.decode_process.DecoderProcess``, started once,
+  restarted after a timeout or a crash), which is killed when one file's decode takes
+  longer; the worker gets the same samples through a pipe. The encoding of a long
+  recording runs here, on the decoded samples, outside the limit (see
+  :class:`TagCatalogConfig`).
 
   A long recording is resampled once into a store (memory, or a temporary file when
   long) and the export's two streaming passes read its chunks from there
@@ -388,12 +414,14 @@ class DecodeAudioDoFn(beam.DoFn):
     chunk_seconds: chunk length (rounded to whole pooling windows).
     intra_op_threads: TensorFlow threads of the worker process.
     memory_limit: bytes of samples a store keeps in memory (None: the library's).
+    file_timeout_s: the longest one file's decode may take, in seconds (0: no limit,
+      decoded in this process).
   """
 
   def __init__(self, sample_rate: int, channel_mode: str, min_samples: int,
                one_shot_samples: int, model_uri: Optional[str] = None,
                chunk_seconds: float = DEFAULT_CHUNK_SECONDS, intra_op_threads: int = 1,
-               memory_limit: Optional[int] = None):
+               memory_limit: Optional[int] = None, file_timeout_s: float = 0.0):
     self._sample_rate = sample_rate
     self._channel_mode = channel_mode
     self._min_samples = min_samples
@@ -402,6 +430,7 @@ class DecodeAudioDoFn(beam.DoFn):
     self._chunk_seconds = chunk_seconds
     self._intra_op_threads = intra_op_threads
     self._memory_limit = memory_limit
+    self._file_timeout_s = float(file_timeout_s)
     self._matched = job_io.counter("files_matched")
     self._short = job_io.counter("files_one_shot")
     self._long = job_io.counter("files_chunked")
@@ -411,6 +440,19 @@ class DecodeAudioDoFn(beam.DoFn):
     from deepbof_tf import streaming
     self._streaming = streaming
     self._model = None
+    self._decoder = (decode_process.DecoderProcess(self._file_timeout_s)
+                     if self._file_timeout_s > 0 else None)
+
+  def teardown(self):
+    if getattr(self, "_decoder", None) is not None:
+      self._decoder.stop()
+
+  def _open(self, path: str):
+    """The file decoded here, or in the decoder process when there is a limit."""
+    if self._decoder is None:
+      return self._streaming.ResampledNativeWaveform(path, self._sample_rate,
+                                                     self._channel_mode)
+    return self._decoder.open(path, self._sample_rate, self._channel_mode)
 
   def _fail(self, path, stage, error):
     logging.warning("%s: %s failed: %s", path, stage, error)
@@ -426,8 +468,10 @@ class DecodeAudioDoFn(beam.DoFn):
   def process(self, path: str) -> Iterator[Any]:
     self._matched.inc()
     try:
-      source = self._streaming.ResampledNativeWaveform(path, self._sample_rate,
-                                                       self._channel_mode)
+      source = self._open(path)
+    except decode_process.DecodeTimeout as e:
+      yield self._fail(path, "timeout", str(e))
+      return
     except Exception as e:  # pylint: disable=broad-except
       yield self._fail(path, _stage_of(e, path), e)
       return
@@ -442,6 +486,8 @@ class DecodeAudioDoFn(beam.DoFn):
         waveform = source.read(0, n)
       else:
         store = self._streaming.resampled_store(source, self._memory_limit)
+    except decode_process.DecodeTimeout as e:
+      error = ("timeout", str(e))
     except Exception as e:  # pylint: disable=broad-except
       error = ("decode", e)
     finally:
@@ -671,7 +717,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
 
   probed = files | "Decode" >> beam.ParDo(DecodeAudioDoFn(
       sample_rate, channel_mode, int(info["min_samples"]), one_shot, version_dir,
-      config.chunk_seconds, config.intra_op_threads)).with_outputs(
+      config.chunk_seconds, config.intra_op_threads,
+      file_timeout_s=config.file_timeout_s)).with_outputs(
           ERROR_TAG, PARTIALS_TAG, main="short")
 
   def handler(inference_fn, max_batch_samples=None):
