@@ -19,6 +19,10 @@ Usage::
       [--normalizations=raw,centred,csls,centred_csls]
       [--corpus_json=CORPUS/corpus.json --group_by=piece,family,style]
 
+Without ``--catalog_dir`` (as ``run_all.py`` runs it) the catalogue is synthetic:
+``--synthetic_tracks`` non-negative 1024-d embeddings around ``--synthetic_groups``
+random centres (groups = the centres), a smoke run of the measures.
+
 The piece comes from the file name, so any catalogue named that way works. With the
 demo corpus's ``corpus.json`` the groups can also be a field of each clip's rendering
 plan (``family``: the featured instrument family, ``style``, ``tempo`` …) or the
@@ -101,16 +105,31 @@ def corpus_groups(paths: Sequence[str], corpus_json: str, field: str) -> List[st
   return out
 
 
+def synthetic_catalog(tracks: int, groups: int, dim: int = 1024, seed: int = 0):
+  """``(paths, embeddings)``: non-negative embeddings (like bags-of-features) around
+  random centres; a path ``synthetic/gGROUP-N`` names its group as the demo's do."""
+  rng = np.random.default_rng(seed)
+  centres = 0.25 * rng.gamma(0.5, 1.0, [groups, dim])
+  labels = rng.integers(0, groups, tracks)
+  x = np.abs(centres[labels] + rng.gamma(0.5, 1.0, [tracks, dim]))
+  return [f"synthetic/g{g}-{i}" for i, g in enumerate(labels)], x.astype(np.float32)
+
+
 def main(argv: List[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--catalog_dir", required=True)
+  parser.add_argument("--catalog_dir", default=None)
+  parser.add_argument("--synthetic_tracks", type=int, default=1000)
+  parser.add_argument("--synthetic_groups", type=int, default=50)
   parser.add_argument("--normalizations", default="raw,centred,csls,centred_csls")
   parser.add_argument("--corpus_json", default=None)
   parser.add_argument("--group_by", default="piece")
   args = parser.parse_args(argv)
   from deepbof_tf import similarity
-  _, columns = similarity.load_catalog(args.catalog_dir, ("path", "embedding"))
-  paths, x = columns["path"], columns["embedding"]
+  if args.catalog_dir:
+    _, columns = similarity.load_catalog(args.catalog_dir, ("path", "embedding"))
+    paths, x = columns["path"], columns["embedding"]
+  else:
+    paths, x = synthetic_catalog(args.synthetic_tracks, args.synthetic_groups)
   rankings = {}
   for name in args.normalizations.split(","):
     index = similarity.SimilarityIndex.build(x, paths, exact_max_items=len(paths),
@@ -145,7 +164,7 @@ def main(argv: List[str]) -> int:
             reference=None if base is None or name == "raw" else f"{key}, raw",
             reference_value=None if base is None else base[key]))
   result_line.emit("similarity_quality", rows, config={
-      "catalog_dir": args.catalog_dir, "tracks": len(paths),
+      "catalog_dir": args.catalog_dir or "synthetic", "tracks": len(paths),
       "group_by": args.group_by, "normalizations": args.normalizations})
   return 0
 

@@ -167,8 +167,10 @@ def test_command_line_build_and_queries(demo_catalog, tmp_path):
   catalog_dir = demo_catalog["catalog_dir"]
   env = dict(os.environ, PYTHONPATH=ROOT)
   command = [sys.executable, "-m", "serving.similar", f"--catalog_dir={catalog_dir}"]
-  proc = subprocess.run(command + ["--build"], capture_output=True, text=True, env=env,
-                        timeout=300)
+  # The plain cosine, so that the NumPy exact search below is the reference (the
+  # default, centred, is tested in tests/test_similarity_filters.py).
+  proc = subprocess.run(command + ["--build", "--normalization=raw"], capture_output=True,
+                        text=True, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"indexed {DEMO_CLIPS} tracks (exact" in proc.stderr
   _, columns = similarity.load_catalog(catalog_dir)
