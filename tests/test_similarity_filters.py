@@ -66,8 +66,20 @@ def test_exclude_same_album_widens_the_search(tmp_path):
     return _names(index.search(_arc()[row:row + 1], k, exclude_rows=[row], keep=keep)[0])
 
   # The 8 first candidates (4 × k) are all album A: the search doubles to 16.
+  asked = []
+
+  class Counting:
+    def __init__(self, inner):
+      self.inner = inner
+
+    def search(self, q, k):
+      asked.append(k)
+      return self.inner.search(q, k)
+
+  index.index = Counting(index.index)
   assert similarity.WIDEN_FACTOR * 2 < 10
   assert query(0, 2, ["album"]) == ["t10", "t11"]
+  assert asked == [8, 16]
   assert query(0, 3, ["album", "artist"]) == ["t11", "t13", "t15"]
   assert query(12, 3, ["album"]) == ["t09", "t08", "t07"]
   # A query with an empty album, or not in the CSV, excludes nothing for that column.
