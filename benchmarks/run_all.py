@@ -47,8 +47,8 @@ sys.path.insert(0, HERE)
 import result_line  # noqa: E402
 
 # Order of a full run: short ones first, so a broken setup shows within a minute.
-ORDER = ("frontend", "local_features", "song_dnn", "startup", "serving", "demo_corpus",
-         "preprocess", "catalog", "long_tracks")
+ORDER = ("frontend", "local_features", "song_dnn", "startup", "similarity_quality",
+         "serving", "demo_corpus", "preprocess", "catalog", "long_tracks")
 
 # Smaller sizes for --quick, through each script's own flags.
 QUICK_ARGS: Dict[str, List[str]] = {
@@ -62,6 +62,7 @@ QUICK_ARGS: Dict[str, List[str]] = {
                 "--queries=100"],
     "long_tracks": ["--clips=4,8", "--tracks=1,2", "--track_seconds=60", "--repeats=1"],
     "startup": ["--runs=1"],
+    "similarity_quality": ["--synthetic_tracks=400", "--synthetic_groups=20"],
 }
 
 # Seconds before a script is stopped (a quiet 2-core machine needs about a quarter of

@@ -2,9 +2,10 @@ r"""``deepbof-similar``: the most similar tracks of a catalogue (cosine, faiss).
 
 Usage::
 
-  deepbof-similar --catalog_dir=CATALOG --build
+  deepbof-similar --catalog_dir=CATALOG --build [--normalization=centred]
   deepbof-similar --catalog_dir=CATALOG --query=FILE_OR_PATH [--top_k=10] \
-      [--output=table|json] [--model=EXPORT_DIR]
+      [--output=table|json] [--model=EXPORT_DIR] [--where=TAG>0.5 ...] \
+      [--metadata=TRACKS.csv --exclude_same=album,artist]
 
 ``CATALOG`` is the output of ``deepbof-tag-catalog``. ``--build`` indexes its
 embeddings into ``CATALOG/index/``: an exact index up to ``--exact_max_items`` tracks,
@@ -14,6 +15,14 @@ answer) or an audio file, embedded with the model the catalogue was made with
 (recorded in its ``metadata.json``) or ``--model``. Without a built index the
 catalogue is searched exactly in memory. The answer goes to stdout: rank, cosine
 similarity, path and the track's top tags.
+
+``--normalization`` (``--build``): ``centred`` (the default) subtracts the catalogue's
+mean embedding before the cosine, ``raw`` is the plain cosine, ``csls`` and
+``centred_csls`` re-rank by local scaling (docs/catalog.md). ``--where`` keeps only
+neighbours whose stored tag probability satisfies it (all must hold);
+``--exclude_same=COLUMN`` leaves out neighbours that share the query's value of a
+column of ``--metadata`` (a CSV with a ``path`` column). Filtered searches look
+further until ``--top_k`` neighbours pass.
 """
 
 from __future__ import annotations
@@ -50,6 +59,20 @@ def define_flags() -> None:
   flags.DEFINE_integer("exact_max_items", similarity.EXACT_MAX_ITEMS, "--build: "
                        "catalogues up to this many tracks get an exact index, larger "
                        "ones an HNSW graph.", lower_bound=0)
+  flags.DEFINE_enum("normalization", similarity.CATALOG_NORMALIZATION,
+                    list(similarity.NORMALIZATIONS), "--build (and a query without a "
+                    "built index): how embeddings are compared. centred: cosine after "
+                    "subtracting the catalogue's mean unit embedding (less hubness); "
+                    "raw: plain cosine; csls, centred_csls: re-ranked by local scaling.")
+  flags.DEFINE_multi_string("where", [], "Keep only neighbours whose stored tag "
+                            "probability satisfies TAG>X (>, >=, <, <=); repeatable, all "
+                            "must hold.")
+  flags.DEFINE_string("metadata", None, "A CSV with a path column (paths as the "
+                      "catalogue stores them) and columns such as album, artist, for "
+                      "--exclude_same.")
+  flags.DEFINE_multi_string("exclude_same", [], "Leave out neighbours sharing the "
+                            "query's value of this --metadata column (e.g. album); "
+                            "repeatable or comma-separated.")
 
 
 def _fail(message: str) -> int:
@@ -64,18 +87,35 @@ def main(argv: Sequence[str]) -> int:
     raise app.UsageError("--catalog_dir is required")
   if not FLAGS.build and not FLAGS.query:
     raise app.UsageError("give --build, --query=FILE_OR_PATH, or both")
+  exclude_same = [c.strip() for value in FLAGS.exclude_same for c in value.split(",")
+                  if c.strip()]
+  if exclude_same and not FLAGS.metadata:
+    raise app.UsageError("--exclude_same needs --metadata=FILE.csv")
   import numpy as np
   from deepbof_tf import similarity
+  wanted = ("path", "embedding", "top_tags") + (("probabilities",) if FLAGS.where else ())
   try:
-    metadata, columns = similarity.load_catalog(FLAGS.catalog_dir)
+    metadata, columns = similarity.load_catalog(FLAGS.catalog_dir, wanted)
   except (FileNotFoundError, KeyError, ValueError) as error:
+    return _fail(str(error))
+  keep = None
+  try:
+    if FLAGS.where:
+      keep = similarity.tag_mask(columns["probabilities"], metadata["tags"], FLAGS.where)
+    track_metadata = (similarity.read_track_metadata(FLAGS.metadata) if FLAGS.metadata
+                      else None)
+    if exclude_same:
+      similarity.same_value_mask([], track_metadata, None, exclude_same)  # the columns
+  except (FileNotFoundError, ValueError) as error:
     return _fail(str(error))
   if FLAGS.build:
     index = similarity.SimilarityIndex.build(columns["embedding"], columns["path"],
-                                             exact_max_items=FLAGS.exact_max_items)
+                                             exact_max_items=FLAGS.exact_max_items,
+                                             normalization=FLAGS.normalization)
     index.save(similarity.index_dir(FLAGS.catalog_dir))
     print(f"indexed {len(index.paths)} tracks ({index.kind}, {index.info['dim']}-d, "
-          f"cosine) into {similarity.index_dir(FLAGS.catalog_dir)}", file=sys.stderr)
+          f"cosine, {index.normalization}) into {similarity.index_dir(FLAGS.catalog_dir)}",
+          file=sys.stderr)
     if not FLAGS.query:
       return 0
   else:
@@ -83,7 +123,10 @@ def main(argv: Sequence[str]) -> int:
       index = similarity.SimilarityIndex.load(similarity.index_dir(FLAGS.catalog_dir))
     except FileNotFoundError:
       index = similarity.SimilarityIndex.build(columns["embedding"], columns["path"],
-                                               exact_max_items=len(columns["path"]))
+                                               exact_max_items=len(columns["path"]),
+                                               normalization=FLAGS.normalization)
+    except ValueError as error:
+      return _fail(str(error))
   if index.paths != columns["path"]:
     return _fail(f"{similarity.index_dir(FLAGS.catalog_dir)} does not match the "
                  "catalogue (it was rebuilt since); run deepbof-similar --build")
@@ -109,13 +152,20 @@ def main(argv: Sequence[str]) -> int:
       return _fail(str(error))
     query = np.asarray(embedding, np.float32)[None]
     source = f"embedded with {model}"
-  (found,) = index.search(query, FLAGS.top_k, exclude_rows=[row])
+  if exclude_same:
+    same = similarity.same_value_mask(
+        index.paths, track_metadata,
+        index.paths[row] if row is not None else FLAGS.query, exclude_same)
+    keep = same if keep is None else keep & same
+  (found,) = index.search(query, FLAGS.top_k, exclude_rows=[row], keep=keep)
   neighbours = [{"rank": rank, "path": index.paths[r], "score": round(score, 6),
                  "top_tags": columns["top_tags"][r]}
                 for rank, (r, score) in enumerate(found, 1)]
   if FLAGS.output == "json":
     sys.stdout.write(json.dumps({"query": FLAGS.query, "query_embedding": source,
-                                 "index": index.kind, "neighbours": neighbours},
+                                 "index": index.kind,
+                                 "normalization": index.normalization,
+                                 "neighbours": neighbours},
                                 indent=2) + "\n")
   else:
     for n in neighbours:
