@@ -56,6 +56,9 @@ PARENT_CHECK_S = 1.0  # how often a child checks that its worker is still alive
 SOCKET_BUFFER_BYTES = 4 << 20
 
 
+_blas_limits = None  # the child's BLAS limiter, kept for its lifetime
+
+
 class DecodeTimeout(Exception):
   """A file's decode took longer than the limit; its decoder process was stopped."""
 
@@ -205,7 +208,8 @@ class DecoderProcess:
             "from beam_jobs import decode_process; decode_process.main()")
     try:
       process = subprocess.Popen(
-          [sys.executable, "-c", code, str(child.fileno()), str(os.getpid())],
+          [sys.executable, "-c", code, str(child.fileno()), str(os.getpid()),
+           str(blas_threads())],
           pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
           stdout=subprocess.DEVNULL)
     finally:
@@ -407,11 +411,31 @@ def serve(conn: mp_connection.Connection) -> None:
   close()
 
 
+def blas_threads() -> int:
+  """This process's BLAS thread count (0: no BLAS loaded, or unknown)."""
+  from threadpoolctl import threadpool_info  # pylint: disable=import-outside-toplevel
+  counts = [pool["num_threads"] for pool in threadpool_info()
+            if pool.get("user_api") == "blas"]
+  return min(counts) if counts else 0
+
+
 def main(argv: Optional[list] = None) -> None:
-  """The child's entry point: ``argv`` = [program, pipe descriptor, parent pid]."""
+  """The child's entry point: ``argv`` = [program, pipe descriptor, parent pid, BLAS
+  threads].
+
+  The child computes with its worker's BLAS thread count (``beam_jobs.worker_threads``
+  caps a worker at one): the resampler's matrix products then round as they would in
+  the worker, bit for bit, and two workers' children do not spin on each other's cores.
+  """
   argv = sys.argv if argv is None else argv
   conn = mp_connection.Connection(int(argv[1]))
   threading.Thread(target=_exit_with_parent, args=(int(argv[2]),), daemon=True).start()
+  threads = int(argv[3]) if len(argv) > 3 else 0
+  if threads > 0:
+    from threadpoolctl import threadpool_limits  # pylint: disable=import-outside-toplevel
+    import numpy  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+    global _blas_limits
+    _blas_limits = threadpool_limits(limits=threads, user_api="blas")
   # The decoders are imported before "ready", so no file's limit pays for them.
   from deepbof_tf import audio, streaming  # noqa: F401  pylint: disable=unused-import
   for name in ("soundfile", "av"):

@@ -153,8 +153,10 @@ def test_a_hung_decoder_ends_with_its_worker(folder, monkeypatch):
     pytest.fail(f"decoder process {child} outlived its worker")
 
 
-def test_a_long_store_is_filled_from_the_decoder_process_bit_for_bit(decoder, folder):
+def test_a_long_store_is_filled_from_the_decoder_process_bit_for_bit(folder):
   path = str(folder / "long.flac")
+  # A limit no loaded machine reaches on a 70-s file: this test is about the samples.
+  decoder = decode_process.DecoderProcess(300.0)
   with streaming.ResampledNativeWaveform(path, 22050) as here:
     expected = streaming.resampled_store(here, memory_limit=1 << 20)  # spooled
     source = decoder.open(path, 22050)
@@ -166,6 +168,7 @@ def test_a_long_store_is_filled_from_the_decoder_process_bit_for_bit(decoder, fo
       store.close()
     source.close()
     expected.close()
+  decoder.stop()
 
 
 def _outputs(dofn, path):
@@ -257,3 +260,21 @@ def test_a_hanging_file_becomes_a_timeout_error_and_the_job_goes_on(folder,
   assert c["files_tagged"] == len(_GOOD) + 1 and c["files_failed"] == 4
   assert c["reconciled"] and c["matches_outputs"]
   assert metadata["failed_by_stage"] == {"timeout": 1, "decode": 3}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_decoder_process_computes_with_its_workers_blas_threads(folder, threads):
+  # A Beam worker caps its BLAS at one thread (beam_jobs.worker_threads); a child with
+  # the machine's default count would round the resampler's products differently.
+  from threadpoolctl import threadpool_limits
+  path = str(folder / "clip_b.flac")  # 44.1 kHz: resampled by matrix products
+  with threadpool_limits(limits=threads, user_api="blas"):
+    with streaming.ResampledNativeWaveform(path, 22050) as here:
+      expected = here.read(0, here.num_samples)
+    decoder = decode_process.DecoderProcess(300.0)
+    try:
+      source = decoder.open(path, 22050)
+      np.testing.assert_array_equal(source.read(0, source.num_samples), expected)
+      source.close()
+    finally:
+      decoder.stop()
