@@ -1396,6 +1396,7 @@ def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, An
     ValueError: no input matched, a bad manifest, or a catalogue of another model.
   """
   output_dir = config.output_dir.rstrip("/")
+  job_io.remove_stale_work_dirs(output_dir)  # of killed runs with --overwrite
   record = catalog_parts.read_record(output_dir)
   if record is None and not config.overwrite and job_io.is_nonempty_dir(output_dir):
     raise FileExistsError(

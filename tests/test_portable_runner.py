@@ -19,7 +19,6 @@ import sys
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import tensorflow as tf
@@ -27,6 +26,7 @@ import tensorflow as tf
 import serving_fixtures as fx
 from beam_jobs import preprocess_lib
 from beam_jobs import tag_catalog_lib
+from deepbof_tf import catalog_parts
 from deepbof_tf.config import SamplingConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,14 +85,14 @@ def audio(tmp_path_factory):
   return root
 
 
-def _records(pattern):
+def _records(pattern):  # a glob pattern, or a list of files
   """Every tf.Example of the shards matching ``pattern`` as a feature dict, sorted.
 
   Parsed, not compared as bytes: a tf.Example's feature map has no fixed order when
   serialised, so two equal records can differ byte for byte.
   """
   out = []
-  for path in sorted(glob.glob(pattern)):
+  for path in sorted(glob.glob(pattern) if isinstance(pattern, str) else pattern):
     for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
       example = tf.train.Example.FromString(record.numpy())
       out.append({key: list(getattr(value, value.WhichOneof("kind")).value)
@@ -100,8 +100,9 @@ def _records(pattern):
   return sorted(out, key=lambda r: json.dumps(r, sort_keys=True, default=repr))
 
 
-def _lines(pattern):
-  return sorted(line for path in glob.glob(pattern)
+def _lines(pattern):  # a glob pattern, or a list of files
+  return sorted(line for path in (glob.glob(pattern) if isinstance(pattern, str)
+                                  else pattern)
                 for line in open(path).read().splitlines() if line)
 
 
@@ -143,7 +144,7 @@ def test_tag_catalog_on_the_portable_runner_equals_the_in_process_run(
     config = tag_catalog_lib.TagCatalogConfig(
         model=export["export_dir"], input=str(audio / "*.*"), output_dir=out, top_k=3)
     tag_catalog_lib.run(config, beam_args)
-    table = pq.read_table(os.path.join(out, tag_catalog_lib.PARQUET_DIR)).to_pylist()
+    table = catalog_parts.read_table(out).to_pylist()
     tables[name] = (out, sorted(table, key=lambda row: row[tag_catalog_lib.PATH]))
   (a, ours), (b, theirs) = tables["in_process"], tables["portable"]
   assert [r[tag_catalog_lib.PATH] for r in ours] == [r[tag_catalog_lib.PATH] for r in theirs]
@@ -155,7 +156,8 @@ def test_tag_catalog_on_the_portable_runner_equals_the_in_process_run(
         np.testing.assert_array_equal(value, other[key], err_msg=key)
       else:
         assert value == other[key], key
-  assert (_records(os.path.join(a, tag_catalog_lib.TFRECORD_DIR, "*"))
-          == _records(os.path.join(b, tag_catalog_lib.TFRECORD_DIR, "*")))
-  assert _lines(os.path.join(a, "errors", "*")) == _lines(os.path.join(b, "errors", "*"))
+  assert (_records(catalog_parts.tfrecord_files(a))
+          == _records(catalog_parts.tfrecord_files(b)))
+  assert (_lines(catalog_parts.files(a, "errors"))
+          == _lines(catalog_parts.files(b, "errors")))
   assert _metadata(a) == _metadata(b)

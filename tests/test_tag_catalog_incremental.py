@@ -20,6 +20,7 @@ import soundfile as sf
 import serving_fixtures as fx
 from beam_jobs import tag_catalog_lib as lib
 from deepbof_tf import catalog_parts
+from deepbof_tf import exported as exported_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_PROCESS = ["--runner=DirectRunner", "--direct_num_workers=1"]
@@ -181,9 +182,9 @@ def test_another_model_is_refused(exported, tmp_path):
   out = str(tmp_path / "catalog")
   _run(exported, folder, out)
   other = tmp_path / "other_export"
-  version = lib.exported.resolve_version_dir(exported["export_dir"])
+  version = exported_lib.resolve_version_dir(exported["export_dir"])
   shutil.copytree(version, other)
-  info_path = other / "assets" / lib.exported.EXPORT_INFO_FILE
+  info_path = other / "assets" / exported_lib.EXPORT_INFO_FILE
   info = json.loads(info_path.read_text())
   info["retrained"] = True
   info_path.write_text(json.dumps(info))
