@@ -42,9 +42,12 @@ Data flow:
    counts of inputs, records and errors lets the launcher reconcile them
    (matched = tagged + failed) with the Beam counters and write ``metadata.json``.
 
-Everything is written into a work directory that is renamed to ``output_dir`` only
-when the run is complete, as ``deepbof-preprocess`` does (the run protocol of both
-jobs: ``beam_jobs.job_io``). DoFns take every setting as a constructor argument and
+A catalogue grows (docs/catalog.md, "Growing a catalogue"): a run lists the input,
+tags only the files the catalogue does not hold (:func:`is_held`), in slices of
+``part_max_files``, and each slice's outputs are written into a work directory that is
+renamed to ``parts/part-NNNNNN`` when complete, as ``deepbof-preprocess`` publishes
+its output (the run protocol of both jobs: ``beam_jobs.job_io``); ``catalog.json`` is
+then rewritten to list it (:func:`update_catalog`). DoFns take every setting as a constructor argument and
 import TensorFlow in ``setup()``.
 """
 
@@ -668,13 +671,8 @@ class SerializeExampleDoFn(beam.DoFn):
 
 
 def parquet_schema():
-  """The Parquet schema of a catalogue (docs/catalog.md)."""
-  import pyarrow as pa
-  return pa.schema([
-      (PATH, pa.string()), (DURATION, pa.float64()),
-      (PROBABILITIES, pa.list_(pa.float32())), (TOP_TAGS, pa.list_(pa.string())),
-      (TOP_PROBABILITIES, pa.list_(pa.float32())), (EMBEDDING, pa.list_(pa.float32())),
-  ])
+  """The Parquet schema of a catalogue (docs/catalog.md; ``catalog_parts``'s)."""
+  return catalog_parts.parquet_schema()
 
 
 def tfrecord_feature_spec(n_tags: int, embedding_size: int) -> Dict[str, Any]:
@@ -1121,7 +1119,13 @@ def commit_record(catalog_dir: str, record: Dict[str, Any], base: Mapping[str, A
 def remove_unlisted_parts(catalog_dir: str, record: Mapping[str, Any]) -> List[str]:
   """Deletes part directories that ``catalog.json`` does not list (published by a run
   killed before its record was rewritten, or replaced parts left behind) and the work
-  directories of killed runs; returns what was removed."""
+  directories of killed runs; returns what was removed.
+
+  A part's work directory without an owner record is removed too: its run was killed
+  between ``job_io.finish_and_publish``'s removal of the record and the rename (or
+  between the directory's creation and the record's write), since one run at a time
+  updates a catalogue (docs/catalog.md).
+  """
   root = _parts_root(catalog_dir)
   fs = job_io.file_system(root)
   if not fs.exists(root):
@@ -1131,8 +1135,12 @@ def remove_unlisted_parts(catalog_dir: str, record: Mapping[str, Any]) -> List[s
   for entry in sorted(fs.listdir(root)):
     entry = entry.rstrip("/")
     if job_io.INCOMPLETE in entry:
-      removed.extend(job_io.remove_stale_work_dirs(
-          job_io.join(root, entry.split(job_io.INCOMPLETE)[0])))
+      path = job_io.join(root, entry)
+      owner = job_io.join(path, job_io.OWNER_FILE)
+      if not fs.exists(owner) or job_io.owner_is_gone(catalog_parts.read_json(owner)):
+        logging.warning("removing %s, left by a run that was killed", path)
+        fs.rmtree(path)
+        removed.append(entry)
     elif catalog_parts.part_number(entry) is not None and entry not in listed:
       logging.warning("removing %s, a part the catalogue does not list", entry)
       fs.rmtree(job_io.join(root, entry))
@@ -1178,8 +1186,8 @@ def rewrite_part(catalog_dir: str, name: str, drop: Iterable[str],
   old_dir = job_io.join(_parts_root(catalog_dir), name)
   new_dir = job_io.join(_parts_root(catalog_dir), new_name)
   old = catalog_parts.read_json(job_io.join(old_dir, METADATA_FILE))
-  inputs = [line for line in catalog_parts.read_jsonl(
-      job_io.join(old_dir, catalog_parts.INPUTS_FILE)) if line["path"] not in drop]
+  held = catalog_parts.read_jsonl(job_io.join(old_dir, catalog_parts.INPUTS_FILE))
+  inputs = [line for line in held if line["path"] not in drop]
   if not inputs:
     return None
   import pyarrow.compute as pc
@@ -1211,7 +1219,7 @@ def rewrite_part(catalog_dir: str, name: str, drop: Iterable[str],
     _write_inputs(work_dir, inputs)
     counts = _counts_of_outputs(
         work_dir, len(inputs), f"outputs (rewritten from {name} without "
-        f"{len(old_inputs_paths(old_dir)) - len(inputs)} files tagged again or pruned)",
+        f"{len(held) - len(inputs)} files tagged again or pruned)",
         old["counters"].get("beam_counters", {}))
     failed_by_stage: Dict[str, int] = {}
     for e in read_errors(work_dir):
@@ -1221,12 +1229,6 @@ def rewrite_part(catalog_dir: str, name: str, drop: Iterable[str],
                     rewritten_from=name)
     job_io.finish_and_publish(work_dir, new_dir, metadata, False, METADATA_FILE)
   return metadata
-
-
-def old_inputs_paths(part_dir: str) -> List[str]:
-  """The paths a part's ``inputs.jsonl`` lists."""
-  return [line["path"] for line in catalog_parts.read_jsonl(
-      job_io.join(part_dir, catalog_parts.INPUTS_FILE))]
 
 
 def _copy(src: str, dst: str) -> None:

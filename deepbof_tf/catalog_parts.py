@@ -157,12 +157,12 @@ def dataset(catalog_dir: str):
   """A ``pyarrow.dataset.Dataset`` over the catalogue's Parquet files (local or gs://)."""
   import pyarrow.dataset as ds
   paths = parquet_files(catalog_dir)
-  if paths and is_url(paths[0]):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+  if not paths:
+    return ds.dataset(parquet_schema().empty_table())
+  if is_url(paths[0]):  # read through tf.io.gfile, as every gs:// file of the package
     import io
-    return ds.dataset([pq.read_table(io.BytesIO(read_bytes(p))) for p in paths]
-                      ) if paths else ds.dataset(pa.table({}))
+    import pyarrow.parquet as pq
+    return ds.dataset([pq.read_table(io.BytesIO(read_bytes(p))) for p in paths])
   return ds.dataset(paths, format="parquet")
 
 
@@ -173,10 +173,17 @@ def read_table(catalog_dir: str, columns: Optional[Sequence[str]] = None):
     catalog_dir: the catalogue directory.
     columns: the columns to read (default: all).
   """
-  if not parquet_files(catalog_dir):
-    import pyarrow as pa
-    return pa.table({name: [] for name in (columns or ["path"])})
   return dataset(catalog_dir).to_table(columns=list(columns) if columns else None)
+
+
+def parquet_schema():
+  """The Parquet schema of a catalogue's rows (docs/catalog.md)."""
+  import pyarrow as pa
+  return pa.schema([
+      ("path", pa.string()), ("duration_seconds", pa.float64()),
+      ("probabilities", pa.list_(pa.float32())), ("top_tags", pa.list_(pa.string())),
+      ("top_probabilities", pa.list_(pa.float32())), ("embedding", pa.list_(pa.float32())),
+  ])
 
 
 def read_errors(catalog_dir: str) -> List[Dict[str, Any]]:

@@ -237,3 +237,34 @@ def test_a_run_killed_between_parts_is_finished_by_the_next(exported, tmp_path):
   for path, row in kept.items():
     assert rows[path] == row
   assert not [d for d in os.listdir(tmp_path) if ".incomplete-" in d]
+
+
+def test_a_catalogue_of_the_one_part_layout_is_read_as_one_part(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  out = tmp_path / "old_catalog"
+  (out / "parquet").mkdir(parents=True)
+  (out / "errors").mkdir()
+  rows = [{"path": "a.wav", "duration_seconds": 1.0, "probabilities": [0.5],
+           "top_tags": ["rock"], "top_probabilities": [0.5], "embedding": [1.0, 2.0]}]
+  pq.write_table(pa.Table.from_pylist(rows, schema=lib.parquet_schema()),
+                 str(out / "parquet" / "tags-00000-of-00001.parquet"))
+  error = {"path": "b.wav", "stage": "decode", "error": "b.wav: empty"}
+  (out / "errors" / "errors-00000-of-00001.jsonl").write_text(json.dumps(error) + "\n")
+  (out / "metadata.json").write_text(json.dumps({"files": {
+      "parquet": ["parquet/tags-00000-of-00001.parquet"], "tfrecord": [],
+      "errors": ["errors/errors-00000-of-00001.jsonl"]}}))
+  assert catalog_parts.read_record(str(out)) is None
+  assert catalog_parts.part_dirs(str(out)) == [str(out)]
+  assert catalog_parts.read_table(str(out)).to_pylist() == rows
+  assert catalog_parts.read_errors(str(out)) == [error]
+  assert catalog_parts.tfrecord_files(str(out)) == []
+  assert catalog_parts.read_inputs(str(out)) == {}
+  config = lib.TagCatalogConfig(model="unused", input=str(tmp_path), output_dir=str(out))
+  with pytest.raises(FileExistsError, match="no catalog.json.*--overwrite"):
+    lib.run(config, IN_PROCESS)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "catalog.json").write_text(json.dumps(lib.new_record("x")))
+  assert catalog_parts.read_table(str(empty)).num_rows == 0
+  assert catalog_parts.read_table(str(empty)).schema.equals(lib.parquet_schema())
