@@ -4,8 +4,10 @@ Tags every file of a pattern or a manifest with an exported model (``deepbof-exp
 and writes, per file, the path, the duration, every tag probability, the top-k tags and
 the bag-of-features embedding, as TFRecords (``tfrecord/``) and Parquet (``parquet/``),
 plus ``errors/*.jsonl`` (one line per failed file) and ``metadata.json``
-(docs/catalog.md). Recordings up to ``--one_shot_seconds`` are decoded once and tagged
-in one piece, batched across files by length; longer ones are encoded chunk by chunk
+(docs/catalog.md). A catalogue grows: a run tags only the files it does not hold yet
+(``--identity``, ``--force``, ``--prune``), in parts of ``--part_max_files`` files, each
+published as it is done, so a killed run keeps its parts. Recordings up to
+``--one_shot_seconds`` are decoded once and tagged in one piece, batched across files by length; longer ones are encoded chunk by chunk
 (``--chunk_seconds``), with the numbers of ``deepbof-tag``. Flags not defined here are
 Beam pipeline options:
 
@@ -84,6 +86,18 @@ def define_flags() -> None:
                      "and the job goes on. Files are decoded in a child process per "
                      "worker thread, killed and restarted on a timeout; 0: no limit, "
                      "decoded in the worker itself.", lower_bound=0.0)
+  flags.DEFINE_enum("identity", defaults["identity"], list(lib.IDENTITIES), "What "
+                    "makes an input file one the catalogue holds: stat (path, size and "
+                    "modification time) or content (path, size and sha256 of its "
+                    "bytes, read on every run).")
+  flags.DEFINE_bool("force", defaults["force"], "Re-tag every file the input lists, "
+                    "held or not (its old rows are replaced).")
+  flags.DEFINE_bool("prune", defaults["prune"], "Drop from the catalogue the files the "
+                    "input no longer lists.")
+  flags.DEFINE_integer("part_max_files", defaults["part_max_files"], "The files to tag "
+                       "are cut into slices of at most this many, each tagged and "
+                       "published as one part (a killed run keeps its parts).",
+                       lower_bound=1)
   _OUR_FLAGS[:] = sorted(set(FLAGS) - before)
 
 
@@ -102,7 +116,9 @@ def config_from_flags() -> lib.TagCatalogConfig:
       channel_mode=FLAGS.channel_mode,
       min_batch_size=FLAGS.min_batch_size, max_batch_size=FLAGS.max_batch_size,
       num_shards=FLAGS.num_shards, overwrite=FLAGS.overwrite,
-      intra_op_threads=FLAGS.intra_op_threads, file_timeout_s=FLAGS.file_timeout_s)
+      intra_op_threads=FLAGS.intra_op_threads, file_timeout_s=FLAGS.file_timeout_s,
+      identity=FLAGS.identity, force=FLAGS.force, prune=FLAGS.prune,
+      part_max_files=FLAGS.part_max_files)
 
 
 def _print_errors(config: lib.TagCatalogConfig, unused_metadata) -> None:
@@ -113,7 +129,7 @@ def _print_errors(config: lib.TagCatalogConfig, unused_metadata) -> None:
           file=sys.stderr)
   if len(errors) > MAX_ERROR_LINES:
     print(f"deepbof-tag-catalog: … and {len(errors) - MAX_ERROR_LINES} more in "
-          f"{config.output_dir}/{lib.ERRORS_DIR}/", file=sys.stderr)
+          f"{config.output_dir}/parts/*/{lib.ERRORS_DIR}/", file=sys.stderr)
 
 
 def main(argv: Sequence[str]) -> int:

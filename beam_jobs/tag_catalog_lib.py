@@ -42,9 +42,12 @@ Data flow:
    counts of inputs, records and errors lets the launcher reconcile them
    (matched = tagged + failed) with the Beam counters and write ``metadata.json``.
 
-Everything is written into a work directory that is renamed to ``output_dir`` only
-when the run is complete, as ``deepbof-preprocess`` does (the run protocol of both
-jobs: ``beam_jobs.job_io``). DoFns take every setting as a constructor argument and
+A catalogue grows (docs/catalog.md, "Growing a catalogue"): a run lists the input,
+tags only the files the catalogue does not hold (:func:`is_held`), in slices of
+``part_max_files``, and each slice's outputs are written into a work directory that is
+renamed to ``parts/part-NNNNNN`` when complete, as ``deepbof-preprocess`` publishes
+its output (the run protocol of both jobs: ``beam_jobs.job_io``); ``catalog.json`` is
+then rewritten to list it (:func:`update_catalog`). DoFns take every setting as a constructor argument and
 import TensorFlow in ``setup()``.
 """
 
@@ -57,7 +60,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import (Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
@@ -70,6 +74,7 @@ from apache_beam.ml.inference import base as inference_base
 
 from deepbof_tf import __version__
 from deepbof_tf import audio
+from deepbof_tf import catalog_parts
 from deepbof_tf import exported
 from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
                                DEFAULT_TAG_BATCH_SIZE)
@@ -92,13 +97,16 @@ METADATA_FILE = schema.METADATA_FILE
 PARTIALS_TAG = "partials"
 STAGES = ("read", "decode", "timeout", "validate", "encode", "combine", "inference")
 SUMMARY_FILE = job_io.SUMMARY_FILE  # read back by job_io.pop_summary
-PARQUET_DIR = "parquet"
-TFRECORD_DIR = "tfrecord"
+PARQUET_DIR = catalog_parts.PARQUET_DIR
+TFRECORD_DIR = catalog_parts.TFRECORD_DIR
 SHARD_PREFIX = "tags"
 PARQUET_SUFFIX = ".parquet"
 TFRECORD_SUFFIX = ".tfrecord.gz"
 INPUT_FORMATS = ("auto", "pattern", "csv", "mtt")
 FORMAT_VERSION = 1
+# Incremental runs (docs/catalog.md): files per part, and what makes a file "the same".
+DEFAULT_PART_MAX_FILES = 5000
+IDENTITIES = ("stat", "content")
 
 # The record fields (Parquet columns and tf.train.Example keys alike).
 PATH = "path"
@@ -152,6 +160,13 @@ class TagCatalogConfig:
       runs the model in the worker on samples that are already decoded, finite and
       of a known length: a model call takes time in proportion to that length and
       does not hang on unusual input the way a decoder parsing a file can.
+    identity: what makes an input file the one the catalogue holds: "stat" (path,
+      size and modification time) or "content" (path, size and the sha256 of its
+      bytes, read on every run; a new modification time alone re-tags nothing).
+    force: re-tag every file the input lists, held or not.
+    prune: drop from the catalogue the files the input no longer lists.
+    part_max_files: the most files one part holds; the files to tag are cut into
+      slices of this many, each tagged by one pipeline run and published as a part.
   """
 
   model: str
@@ -169,6 +184,10 @@ class TagCatalogConfig:
   overwrite: bool = False
   intra_op_threads: int = 1
   file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S
+  identity: str = "stat"
+  force: bool = False
+  prune: bool = False
+  part_max_files: int = DEFAULT_PART_MAX_FILES
 
   def __post_init__(self):
     if self.input_format not in INPUT_FORMATS:
@@ -190,6 +209,10 @@ class TagCatalogConfig:
       raise ValueError(f"num_shards must be >= 0, got {self.num_shards}")
     if not self.file_timeout_s >= 0:
       raise ValueError(f"file_timeout_s must be >= 0, got {self.file_timeout_s}")
+    if self.identity not in IDENTITIES:
+      raise ValueError(f"identity must be one of {IDENTITIES}, got {self.identity!r}")
+    if self.part_max_files < 1:
+      raise ValueError(f"part_max_files must be >= 1, got {self.part_max_files}")
     if not self.model or not self.input or not self.output_dir:
       raise ValueError("model, input and output_dir must not be empty")
 
@@ -648,13 +671,8 @@ class SerializeExampleDoFn(beam.DoFn):
 
 
 def parquet_schema():
-  """The Parquet schema of a catalogue (docs/catalog.md)."""
-  import pyarrow as pa
-  return pa.schema([
-      (PATH, pa.string()), (DURATION, pa.float64()),
-      (PROBABILITIES, pa.list_(pa.float32())), (TOP_TAGS, pa.list_(pa.string())),
-      (TOP_PROBABILITIES, pa.list_(pa.float32())), (EMBEDDING, pa.list_(pa.float32())),
-  ])
+  """The Parquet schema of a catalogue (docs/catalog.md; ``catalog_parts``'s)."""
+  return catalog_parts.parquet_schema()
 
 
 def tfrecord_feature_spec(n_tags: int, embedding_size: int) -> Dict[str, Any]:
@@ -802,8 +820,8 @@ def _output_files(work_dir: str, directory: str, suffix: str) -> List[str]:
 
 
 def read_errors(catalog_dir: str) -> List[Dict[str, Any]]:
-  """The error records of a catalogue (or of its work directory)."""
-  return job_io.read_error_records(catalog_dir)
+  """The error records of a catalogue (every part), or of a part's work directory."""
+  return catalog_parts.read_errors(catalog_dir)
 
 
 def _parquet_rows(paths: Sequence[str]) -> int:
@@ -897,47 +915,514 @@ def read_metadata(catalog_dir: str) -> Dict[str, Any]:
     return json.load(f)
 
 
-def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, Any]:
-  """Runs the whole catalogue job and returns the written ``metadata.json``.
+# --------------------------------------------------------------------------------------
+# Incremental catalogues: parts, the record, what a catalogue holds (docs/catalog.md).
+# --------------------------------------------------------------------------------------
+
+
+def export_fingerprint(version_dir: str) -> str:
+  """A stable fingerprint of an export: sha256 of its graph, variables index and info.
+
+  ``saved_model.pb``, ``variables/variables.index`` (which names the variables' data
+  and its checksums) and the export's ``deepbof_export.json``, each preceded by its
+  name; a file an export lacks is left out.
 
   Args:
-    config: the run's configuration.
-    beam_args: Beam pipeline options (``--runner``, ``--direct_num_workers``, …).
+    version_dir: the export's version directory.
+  """
+  import hashlib
+  digest = hashlib.sha256()
+  for rel in ("saved_model.pb", "variables/variables.index",
+              f"assets/{exported.EXPORT_INFO_FILE}"):
+    path = job_io.join(version_dir, *rel.split("/"))
+    if catalog_parts.exists(path):
+      digest.update(rel.encode() + b"\0")
+      digest.update(catalog_parts.read_bytes(path))
+  return digest.hexdigest()
+
+
+def _sha256_of(path: str) -> Optional[str]:
+  import hashlib
+  try:
+    if job_io.is_url(path):
+      return hashlib.sha256(catalog_parts.read_bytes(path)).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+  except (OSError, ValueError):
+    return None
+
+
+def _stat(path: str) -> Dict[str, Any]:
+  """``{path, size, mtime_ns}`` of one input; None values for a file that is missing."""
+  if job_io.is_url(path):
+    from apache_beam.io.filesystems import FileSystems
+    try:
+      (found,) = FileSystems.match([path])[0].metadata_list[:1] or [None]
+    except Exception:  # pylint: disable=broad-except
+      found = None
+    if found is None:
+      return {"path": path, "size": None, "mtime_ns": None}
+    return {"path": path, "size": int(found.size_in_bytes),
+            "mtime_ns": int(round(float(found.last_updated_in_seconds) * 1e9))}
+  try:
+    st = os.stat(path)
+  except OSError:
+    return {"path": path, "size": None, "mtime_ns": None}
+  return {"path": path, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def list_inputs(config: TagCatalogConfig, input_format: str) -> List[Dict[str, Any]]:
+  """The input files with their identities (:data:`IDENTITIES`), in sorted order.
+
+  A pattern is matched here, in the launcher, as ``fileio.MatchFiles`` matches it (a
+  directory means every file under it); a manifest's files are its paths.
 
   Raises:
-    FileExistsError: ``output_dir`` exists (without ``overwrite``).
-    FileNotFoundError: the model is not an export, or the manifest is missing.
-    ValueError: no input matched, or a bad manifest.
+    ValueError: the manifest lists no files.
   """
-  from apache_beam.options.pipeline_options import PipelineOptions
-  output_dir = config.output_dir.rstrip("/")
-  job_io.check_output_dir(output_dir, config.overwrite)
-  version_dir = exported.resolve_version_dir(config.model)
-  info = exported.read_export_info(version_dir)
-  input_format = resolved_input_format(config)
-  paths = None
-  if input_format != "pattern":
+  if input_format == "pattern":
+    from apache_beam.io.filesystems import FileSystems
+    try:
+      found = FileSystems.match([input_pattern(config.input)])[0].metadata_list
+    except Exception:  # pylint: disable=broad-except  (BeamIOError: nothing there)
+      found = []
+    paths = sorted({m.path for m in found
+                    if job_io.is_url(m.path) or not os.path.isdir(m.path)})
+  else:
     paths = manifest_paths(config, input_format)
     if not paths:
       raise ValueError(f"{config.input}: the manifest lists no files")
+  listed = [_stat(path) for path in paths]
+  if config.identity == "content":
+    for entry in listed:
+      entry["sha256"] = _sha256_of(entry["path"]) if entry["size"] is not None else None
+  return listed
+
+
+def is_held(held: Optional[Mapping[str, Any]], entry: Mapping[str, Any],
+            identity: str) -> bool:
+  """Whether the catalogue's line ``held`` of a path is the file ``entry`` describes.
+
+  Only a tagged file is held: a failure is retried on every run.
+
+  Args:
+    held: the path's ``inputs.jsonl`` line in the catalogue, or None.
+    entry: the file as listed now (:func:`list_inputs`).
+    identity: "stat" (size and modification time) or "content" (size and sha256).
+  """
+  if held is None or held.get("status") != catalog_parts.TAGGED:
+    return False
+  if entry.get("size") is None or held.get("size") != entry["size"]:
+    return False
+  if identity == "content":
+    return entry.get("sha256") is not None and held.get("sha256") == entry["sha256"]
+  return held.get("mtime_ns") == entry.get("mtime_ns")
+
+
+def _parts_root(catalog_dir: str) -> str:
+  return job_io.join(catalog_dir, catalog_parts.PARTS_DIR)
+
+
+def new_record(fingerprint: str) -> Dict[str, Any]:
+  """The ``catalog.json`` of a catalogue without parts."""
+  return {"format_version": catalog_parts.CATALOG_FORMAT_VERSION,
+          "model_fingerprint": fingerprint, "next_part": 0, "parts": [],
+          "totals": {"files": 0, "files_tagged": 0, "files_failed": 0}}
+
+
+def _part_entry(name: str, metadata: Mapping[str, Any]) -> Dict[str, Any]:
+  c = metadata["counters"]
+  return {"name": name, "files": metadata["files"], "files_matched": c["files_matched"],
+          "files_tagged": c["files_tagged"], "files_failed": c["files_failed"]}
+
+
+def merged_metadata(catalog_dir: str, record: Mapping[str, Any],
+                    base: Mapping[str, Any]) -> Dict[str, Any]:
+  """The catalogue's ``metadata.json``: its parts' metadata, counts summed.
+
+  The settings (model, tags, top_k, …) are the newest part's (``base`` for a
+  catalogue without parts); ``files`` lists every part's files relative to the
+  catalogue; ``counters`` sums the parts' (reconciled: matched = tagged + failed over
+  all parts, and in every part).
+  """
+  names = [part["name"] for part in record["parts"]]
+  parts = [catalog_parts.read_json(job_io.join(_parts_root(catalog_dir), name,
+                                               METADATA_FILE)) for name in names]
+  out = dict(parts[-1] if parts else base)
+  counts = {"files_matched": 0, "files_tagged": 0, "files_failed": 0}
+  beam_counters: Dict[str, int] = {}
+  failed_by_stage: Dict[str, int] = {}
+  files: Dict[str, List[str]] = {kind: [] for kind in catalog_parts.FILE_KINDS}
+  reconciled = matches = True
+  sources = []
+  for name, part in zip(names, parts):
+    c = part["counters"]
+    for key in counts:
+      counts[key] += int(c[key])
+    for key, value in c.get("beam_counters", {}).items():
+      beam_counters[key] = beam_counters.get(key, 0) + int(value)
+    for key, value in part["failed_by_stage"].items():
+      failed_by_stage[key] = failed_by_stage.get(key, 0) + int(value)
+    for kind in files:
+      files[kind].extend(f"{catalog_parts.PARTS_DIR}/{name}/{rel}"
+                         for rel in part["files"][kind])
+    reconciled = reconciled and bool(c["reconciled"])
+    matches = matches and bool(c["matches_outputs"])
+    if c["counters_source"] not in sources:
+      sources.append(c["counters_source"])
+  counts["reconciled"] = reconciled and (
+      counts["files_matched"] == counts["files_tagged"] + counts["files_failed"])
+  counts["matches_outputs"] = matches
+  counts["counters_source"] = "; ".join(sources) or "no parts"
+  counts["beam_counters"] = dict(sorted(beam_counters.items()))
+  out.update({
+      "num_files": counts["files_tagged"], "num_failed": counts["files_failed"],
+      "failed_by_stage": failed_by_stage, "counters": counts, "files": files,
+      "elapsed_seconds": round(sum(float(p["elapsed_seconds"]) for p in parts), 3),
+      "parts": names, "model_fingerprint": record["model_fingerprint"],
+      "catalog_format_version": record["format_version"]})
+  if "last_run" in record:
+    out["last_run"] = record["last_run"]
+  return out
+
+
+def commit_record(catalog_dir: str, record: Dict[str, Any], base: Mapping[str, Any],
+                  dropped: Sequence[str] = ()) -> None:
+  """Publishes ``record``: ``catalog.json`` (atomically), then ``metadata.json``; the
+  parts it no longer lists (``dropped``) are deleted after.
+
+  Args:
+    catalog_dir: the catalogue directory.
+    record: the new ``catalog.json``.
+    base: the metadata of a catalogue without parts (:func:`merged_metadata`).
+    dropped: names of parts that the new record replaced.
+  """
+  from deepbof_tf import io_utils
+  record["totals"] = {
+      "files": sum(p["files_matched"] for p in record["parts"]),
+      "files_tagged": sum(p["files_tagged"] for p in record["parts"]),
+      "files_failed": sum(p["files_failed"] for p in record["parts"])}
+  job_io.file_system(catalog_dir).makedirs(catalog_dir)
+  io_utils.write_json(job_io.join(catalog_dir, catalog_parts.CATALOG_FILE), record)
+  io_utils.write_json(job_io.join(catalog_dir, METADATA_FILE),
+                      merged_metadata(catalog_dir, record, base))
+  fs = job_io.file_system(catalog_dir)
+  for name in dropped:
+    path = job_io.join(_parts_root(catalog_dir), name)
+    if fs.exists(path):
+      fs.rmtree(path)
+
+
+def remove_unlisted_parts(catalog_dir: str, record: Mapping[str, Any]) -> List[str]:
+  """Deletes part directories that ``catalog.json`` does not list (published by a run
+  killed before its record was rewritten, or replaced parts left behind) and the work
+  directories of killed runs; returns what was removed.
+
+  A part's work directory without an owner record is removed too: its run was killed
+  between ``job_io.finish_and_publish``'s removal of the record and the rename (or
+  between the directory's creation and the record's write), since one run at a time
+  updates a catalogue (docs/catalog.md).
+  """
+  root = _parts_root(catalog_dir)
+  fs = job_io.file_system(root)
+  if not fs.exists(root):
+    return []
+  listed = {part["name"] for part in record["parts"]}
+  removed = []
+  for entry in sorted(fs.listdir(root)):
+    entry = entry.rstrip("/")
+    if job_io.INCOMPLETE in entry:
+      path = job_io.join(root, entry)
+      owner = job_io.join(path, job_io.OWNER_FILE)
+      if not fs.exists(owner) or job_io.owner_is_gone(catalog_parts.read_json(owner)):
+        logging.warning("removing %s, left by a run that was killed", path)
+        fs.rmtree(path)
+        removed.append(entry)
+    elif catalog_parts.part_number(entry) is not None and entry not in listed:
+      logging.warning("removing %s, a part the catalogue does not list", entry)
+      fs.rmtree(job_io.join(root, entry))
+      removed.append(entry)
+  return removed
+
+
+def _take_part_name(record: Dict[str, Any]) -> str:
+  number = int(record["next_part"])
+  record["next_part"] = number + 1
+  return catalog_parts.part_name(number)
+
+
+def _write_inputs(work_dir: str, lines: Sequence[Mapping[str, Any]]) -> None:
+  from deepbof_tf import io_utils
+  io_utils.write_atomic(job_io.join(work_dir, catalog_parts.INPUTS_FILE),
+                        "".join(json.dumps(dict(line), sort_keys=True) + "\n"
+                                for line in lines))
+
+
+def _counts_of_outputs(work_dir: str, matched: int, source: str,
+                       beam_counters: Mapping[str, int]) -> Dict[str, Any]:
+  errors = read_errors(work_dir)
+  rows = _parquet_rows(_output_files(work_dir, PARQUET_DIR, PARQUET_SUFFIX))
+  return {"files_matched": matched, "files_tagged": rows, "files_failed": len(errors),
+          "reconciled": matched == rows + len(errors), "matches_outputs": True,
+          "counters_source": source, "beam_counters": dict(beam_counters)}
+
+
+def rewrite_part(catalog_dir: str, name: str, drop: Iterable[str],
+                 new_name: str) -> Optional[Dict[str, Any]]:
+  """Publishes part ``new_name``: part ``name`` without the rows of the paths ``drop``.
+
+  Parquet and TFRecord files that hold none of them are copied as they are; the
+  others, the error files and ``inputs.jsonl`` are filtered. Counts come from the
+  outputs (``beam_counters`` are the old part's, as its runs counted them).
+
+  Returns:
+    The new part's ``metadata.json``, or None when nothing of the part is left (then
+    no part is written).
+  """
+  drop = set(drop)
+  old_dir = job_io.join(_parts_root(catalog_dir), name)
+  new_dir = job_io.join(_parts_root(catalog_dir), new_name)
+  old = catalog_parts.read_json(job_io.join(old_dir, METADATA_FILE))
+  held = catalog_parts.read_jsonl(job_io.join(old_dir, catalog_parts.INPUTS_FILE))
+  inputs = [line for line in held if line["path"] not in drop]
+  if not inputs:
+    return None
+  import pyarrow.compute as pc
+  import pyarrow.parquet as pq
+  fs = job_io.file_system(old_dir)
+  with job_io.work_dir_of(new_dir) as work_dir:
+    for kind in catalog_parts.FILE_KINDS:
+      for rel in old["files"][kind]:
+        src, dst = job_io.join(old_dir, rel), job_io.join(work_dir, rel)
+        fs.makedirs(job_io.join(work_dir, rel.rsplit("/", 1)[0]))
+        if kind == "parquet":
+          table = pq.read_table(src) if not job_io.is_url(src) else None
+          if table is None:
+            import io as _io
+            table = pq.read_table(_io.BytesIO(catalog_parts.read_bytes(src)))
+          keep = pc.invert(pc.is_in(table.column(PATH), value_set=_pa_strings(drop)))
+          if pc.all(keep).as_py():
+            _copy(src, dst)
+          else:
+            with fs.GFile(dst, "wb") as f:
+              pq.write_table(table.filter(keep), f)
+        elif kind == "tfrecord":
+          _filter_tfrecords(src, dst, drop)
+        else:
+          lines = [line for line in catalog_parts.read_jsonl(src)
+                   if line["path"] not in drop]
+          with fs.GFile(dst, "w") as f:
+            f.write("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    _write_inputs(work_dir, inputs)
+    counts = _counts_of_outputs(
+        work_dir, len(inputs), f"outputs (rewritten from {name} without "
+        f"{len(held) - len(inputs)} files tagged again or pruned)",
+        old["counters"].get("beam_counters", {}))
+    failed_by_stage: Dict[str, int] = {}
+    for e in read_errors(work_dir):
+      failed_by_stage[e["stage"]] = failed_by_stage.get(e["stage"], 0) + 1
+    metadata = dict(old, counters=counts, num_files=counts["files_tagged"],
+                    num_failed=counts["files_failed"], failed_by_stage=failed_by_stage,
+                    rewritten_from=name)
+    job_io.finish_and_publish(work_dir, new_dir, metadata, False, METADATA_FILE)
+  return metadata
+
+
+def _copy(src: str, dst: str) -> None:
+  if job_io.is_url(src) or job_io.is_url(dst):
+    job_io.gfile().copy(src, dst, overwrite=True)
+  else:
+    import shutil
+    shutil.copyfile(src, dst)
+
+
+def _pa_strings(values: Iterable[str]):
+  import pyarrow as pa
+  return pa.array(sorted(values), pa.string())
+
+
+def _filter_tfrecords(src: str, dst: str, drop: set) -> None:
+  """Copies the gzip TFRecord file ``src`` to ``dst`` without the records of ``drop``."""
+  import tensorflow as tf
+  records = [r.numpy() for r in tf.data.TFRecordDataset(src, compression_type="GZIP")]
+  kept = [r for r in records if tf.train.Example.FromString(r).features.feature[
+      PATH].bytes_list.value[0].decode("utf-8") not in drop]
+  if len(kept) == len(records):
+    tf.io.gfile.copy(src, dst, overwrite=True)
+    return
+  with tf.io.TFRecordWriter(dst, options="GZIP") as writer:
+    for r in kept:
+      writer.write(r)
+
+
+def drop_paths(catalog_dir: str, record: Dict[str, Any], owners: Mapping[str, str],
+               paths: Iterable[str]) -> Tuple[List[Dict[str, Any]], List[str]]:
+  """Rewrites the parts that hold ``paths`` without them (not yet committed).
+
+  Args:
+    catalog_dir: the catalogue directory.
+    record: the catalogue's record; its ``parts`` and ``next_part`` are updated.
+    owners: path → the name of the part that holds it.
+    paths: the paths to drop.
+
+  Returns:
+    ``(new part entries, names of the replaced parts)``.
+  """
+  by_part: Dict[str, set] = {}
+  for path in paths:
+    if path in owners:
+      by_part.setdefault(owners[path], set()).add(path)
+  added, replaced, parts = [], [], []
+  for entry in record["parts"]:  # a rewritten part takes its predecessor's place
+    name = entry["name"]
+    if name not in by_part:
+      parts.append(entry)
+      continue
+    new_name = _take_part_name(record)
+    metadata = rewrite_part(catalog_dir, name, by_part[name], new_name)
+    replaced.append(name)
+    if metadata is not None:
+      added.append(_part_entry(new_name, metadata))
+      parts.append(added[-1])
+  record["parts"] = parts
+  return added, replaced
+
+
+def tag_part(config: TagCatalogConfig, input_format: str, info: Mapping[str, Any],
+             version_dir: str, beam_args: Sequence[str], part_dir: str,
+             entries: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+  """Tags the files ``entries`` with one pipeline run and publishes them as a part.
+
+  Returns:
+    The part's ``metadata.json``.
+  """
+  from apache_beam.options.pipeline_options import PipelineOptions
   start = time.time()
-  with job_io.work_dir_of(output_dir) as work_dir:
+  paths = [entry["path"] for entry in entries]
+  with job_io.work_dir_of(part_dir) as work_dir:
     options = PipelineOptions(list(beam_args))
     pipeline = beam.Pipeline(runner=job_io.make_runner(options), options=options)
     build_pipeline(pipeline, config, paths, info, version_dir, work_dir)
     result = job_io.run_and_wait(pipeline)
     counters = job_io.query_counters(result)
     summary = job_io.pop_summary(work_dir)
-    if summary["files_matched"] == 0:
-      raise ValueError(f"{config.input}: matched no files")
     errors = read_errors(work_dir)
     rows = _parquet_rows(_output_files(work_dir, PARQUET_DIR, PARQUET_SUFFIX))
     counts = reconcile(summary, errors, rows, counters)
+    failed = {e["path"] for e in errors}
+    _write_inputs(work_dir, [dict(entry, status=catalog_parts.FAILED
+                                  if entry["path"] in failed else catalog_parts.TAGGED)
+                             for entry in entries])
     metadata = build_metadata(config, input_format, info, version_dir, work_dir,
                               errors, counts, time.time() - start)
-    job_io.finish_and_publish(work_dir, output_dir, metadata, config.overwrite,
-                            METADATA_FILE)
+    job_io.finish_and_publish(work_dir, part_dir, metadata, False, METADATA_FILE)
   return metadata
+
+
+def _check_model(output_dir: str, record: Mapping[str, Any], fingerprint: str,
+                 model: str) -> None:
+  if record["model_fingerprint"] != fingerprint:
+    raise ValueError(
+        f"{output_dir}: the catalogue was made with another model (export fingerprint "
+        f"{record['model_fingerprint'][:12]}…, {model} has {fingerprint[:12]}…); start "
+        "a new catalogue for this model with another --output_dir (or replace this one "
+        "with --overwrite)")
+
+
+def update_catalog(config: TagCatalogConfig, input_format: str, info: Mapping[str, Any],
+                   version_dir: str, fingerprint: str, beam_args: Sequence[str],
+                   catalog_dir: str, listed: Sequence[Mapping[str, Any]]) -> None:
+  """Brings the catalogue ``catalog_dir`` up to date with the files ``listed``.
+
+  Prunes (``config.prune``) the files no longer listed, then tags the files it does
+  not hold (all of them with ``config.force``) in slices of ``config.part_max_files``,
+  each published as a part and committed to ``catalog.json`` before the next starts.
+  """
+  base = build_metadata(config, input_format, info, version_dir, catalog_dir, [],
+                        {"files_matched": 0, "files_tagged": 0, "files_failed": 0,
+                         "reconciled": True, "matches_outputs": True,
+                         "counters_source": "no parts", "beam_counters": {}}, 0.0)
+  base["files"] = {kind: [] for kind in catalog_parts.FILE_KINDS}
+  record = catalog_parts.read_record(catalog_dir) or new_record(fingerprint)
+  _check_model(catalog_dir, record, fingerprint, config.model)
+  remove_unlisted_parts(catalog_dir, record)
+  held = catalog_parts.read_inputs(catalog_dir)
+  owners = {path: line["part"] for path, line in held.items()}
+  listed_paths = {entry["path"] for entry in listed}
+  pruned = sorted(set(held) - listed_paths) if config.prune else []
+  todo = [entry for entry in listed
+          if config.force or not is_held(held.get(entry["path"]), entry, config.identity)]
+  last_run = {"files_listed": len(listed), "files_held": len(listed) - len(todo),
+              "files_to_tag": len(todo), "files_pruned": len(pruned), "parts_added": [],
+              "identity": config.identity, "force": config.force,
+              "part_max_files": config.part_max_files}
+  record.pop("last_run", None)
+  if pruned:
+    _, replaced = drop_paths(catalog_dir, record, owners, pruned)
+    commit_record(catalog_dir, record, base, replaced)
+    owners = {p: line["part"] for p, line in catalog_parts.read_inputs(catalog_dir).items()}
+  for i in range(0, len(todo), config.part_max_files):
+    entries = todo[i:i + config.part_max_files]
+    name = _take_part_name(record)
+    metadata = tag_part(config, input_format, info, version_dir, beam_args,
+                        job_io.join(_parts_root(catalog_dir), name), entries)
+    _, replaced = drop_paths(catalog_dir, record, owners,
+                             [entry["path"] for entry in entries])
+    record["parts"].append(_part_entry(name, metadata))
+    last_run["parts_added"].append(name)
+    commit_record(catalog_dir, record, base, replaced)
+    owners = {p: line["part"] for p, line in catalog_parts.read_inputs(catalog_dir).items()}
+  record["last_run"] = last_run
+  commit_record(catalog_dir, record, base)
+
+
+def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, Any]:
+  """Tags what the catalogue does not hold yet; returns its ``metadata.json``.
+
+  A new ``output_dir`` becomes a catalogue of parts (docs/catalog.md); an existing one
+  of the same model gets the files it does not hold, in new parts. With ``overwrite``
+  an existing output is replaced: the new catalogue is built next to it and renamed
+  over it at the end (as before incremental catalogues existed).
+
+  Args:
+    config: the run's configuration.
+    beam_args: Beam pipeline options (``--runner``, ``--direct_num_workers``, …).
+
+  Raises:
+    FileExistsError: ``output_dir`` exists and is not a catalogue with parts (without
+      ``overwrite``).
+    FileNotFoundError: the model is not an export, or the manifest is missing.
+    ValueError: no input matched, a bad manifest, or a catalogue of another model.
+  """
+  output_dir = config.output_dir.rstrip("/")
+  job_io.remove_stale_work_dirs(output_dir)  # of killed runs with --overwrite
+  record = catalog_parts.read_record(output_dir)
+  if record is None and not config.overwrite and job_io.is_nonempty_dir(output_dir):
+    raise FileExistsError(
+        f"{output_dir}: output directory exists and is not a catalogue with parts (no "
+        f"{catalog_parts.CATALOG_FILE}); choose another --output_dir or pass "
+        "--overwrite to replace it")
+  version_dir = exported.resolve_version_dir(config.model)
+  info = exported.read_export_info(version_dir)
+  fingerprint = export_fingerprint(version_dir)
+  if record is not None and not config.overwrite:
+    _check_model(output_dir, record, fingerprint, config.model)
+  input_format = resolved_input_format(config)
+  listed = list_inputs(config, input_format)
+  if not listed:
+    raise ValueError(f"{config.input}: matched no files")
+  args = (config, input_format, info, version_dir, fingerprint, beam_args)
+  if config.overwrite and job_io.is_nonempty_dir(output_dir):
+    with job_io.work_dir_of(output_dir) as staging:
+      update_catalog(*args, staging, listed)
+      job_io.file_system(staging).remove(job_io.join(staging, job_io.OWNER_FILE))
+      job_io.publish(staging, output_dir, overwrite=True)
+  else:
+    update_catalog(*args, output_dir, listed)
+  return catalog_parts.read_metadata(output_dir)
 
 
 def format_counts(metadata: Mapping[str, Any]) -> str:
@@ -948,4 +1433,14 @@ def format_counts(metadata: Mapping[str, Any]) -> str:
       f"{c['files_failed']}: {'reconciled' if c['reconciled'] else 'NOT RECONCILED'} "
       f"(source: {c['counters_source']}; match the outputs: {c['matches_outputs']})",
       f"failed inputs {metadata['num_failed']}: {metadata['failed_by_stage']}",
-  ])
+  ] + _last_run_lines(metadata))
+
+
+def _last_run_lines(metadata: Mapping[str, Any]) -> List[str]:
+  run_ = metadata.get("last_run")
+  if not run_:
+    return []
+  return [f"this run: listed {run_['files_listed']}, held already {run_['files_held']}, "
+          f"tagged {run_['files_to_tag']} in {len(run_['parts_added'])} new part(s), "
+          f"pruned {run_['files_pruned']}; the catalogue has {len(metadata['parts'])} "
+          "part(s)"]

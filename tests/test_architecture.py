@@ -15,7 +15,7 @@ PACKAGES = ("deepbof_tf", "beam_jobs", "trainer", "serving", "deepbof_tools")
 # deepbof_tf's floors: a module imports only modules on its floor or below.
 FLOORS = {
     0: ("config", "framing", "seeds", "signatures", "model_dir", "io_utils", "cli",
-        "metrics", "plots"),
+        "metrics", "plots", "catalog_parts"),
     1: ("decoders", "audio", "frontend", "sampling", "similarity", "data", "layers"),
     2: ("models", "streaming", "native"),
     3: ("training", "exported"),

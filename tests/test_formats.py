@@ -25,6 +25,7 @@ import serving_fixtures as fx
 from beam_jobs import preprocess_lib
 from beam_jobs import tag_catalog_lib
 from deepbof_tf import audio
+from deepbof_tf import catalog_parts
 from deepbof_tf.config import SamplingConfig
 from deepbof_tf.data import readers
 from serving import tag
@@ -160,9 +161,8 @@ def catalog(exported, folder, tmp_path_factory):
   config = tag_catalog_lib.TagCatalogConfig(model=exported["export_dir"], input=str(folder),
                                             output_dir=out, max_batch_size=4)
   metadata = tag_catalog_lib.run(config, IN_PROCESS)
-  import pyarrow.parquet as pq
   rows = {os.path.basename(r["path"]): r
-          for r in pq.read_table(os.path.join(out, tag_catalog_lib.PARQUET_DIR)).to_pylist()}
+          for r in catalog_parts.read_table(out).to_pylist()}
   errors = {os.path.basename(e["path"]): e for e in tag_catalog_lib.read_errors(out)}
   return metadata, rows, errors
 

@@ -20,7 +20,6 @@ import sys
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import tensorflow as tf
@@ -28,6 +27,7 @@ import tensorflow as tf
 import serving_fixtures as fx
 from beam_jobs import preprocess_lib
 from beam_jobs import tag_catalog_lib
+from deepbof_tf import catalog_parts
 from deepbof_tf.config import SamplingConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,14 +86,14 @@ def audio(tmp_path_factory):
   return root
 
 
-def _records(pattern):
+def _records(pattern):  # a glob pattern, or a list of files
   """Every tf.Example of the shards matching ``pattern`` as a feature dict, sorted.
 
   Parsed, not compared as bytes: a tf.Example's feature map has no fixed order when
   serialised, so two equal records can differ byte for byte.
   """
   out = []
-  for path in sorted(glob.glob(pattern)):
+  for path in sorted(glob.glob(pattern) if isinstance(pattern, str) else pattern):
     for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
       example = tf.train.Example.FromString(record.numpy())
       out.append({key: list(getattr(value, value.WhichOneof("kind")).value)
@@ -124,8 +124,9 @@ def assert_same_records(ours, theirs, what):
                                    err_msg=f"{what}: {key}")
 
 
-def _lines(pattern):
-  return sorted(line for path in glob.glob(pattern)
+def _lines(pattern):  # a glob pattern, or a list of files
+  return sorted(line for path in (glob.glob(pattern) if isinstance(pattern, str)
+                                  else pattern)
                 for line in open(path).read().splitlines() if line)
 
 
@@ -166,7 +167,7 @@ def test_tag_catalog_on_the_portable_runner_equals_the_in_process_run(
     config = tag_catalog_lib.TagCatalogConfig(
         model=export["export_dir"], input=str(audio / "*.*"), output_dir=out, top_k=3)
     tag_catalog_lib.run(config, beam_args)
-    table = pq.read_table(os.path.join(out, tag_catalog_lib.PARQUET_DIR)).to_pylist()
+    table = catalog_parts.read_table(out).to_pylist()
     tables[name] = (out, sorted(table, key=lambda row: row[tag_catalog_lib.PATH]))
   (a, ours), (b, theirs) = tables["in_process"], tables["portable"]
   assert [r[tag_catalog_lib.PATH] for r in ours] == [r[tag_catalog_lib.PATH] for r in theirs]
@@ -178,8 +179,8 @@ def test_tag_catalog_on_the_portable_runner_equals_the_in_process_run(
         np.testing.assert_allclose(value, other[key], rtol=1e-5, atol=1e-6, err_msg=key)
       else:
         assert value == other[key], key
-  assert_same_records(_records(os.path.join(a, tag_catalog_lib.TFRECORD_DIR, "*")),
-                      _records(os.path.join(b, tag_catalog_lib.TFRECORD_DIR, "*")),
-                      "tfrecord")
-  assert _lines(os.path.join(a, "errors", "*")) == _lines(os.path.join(b, "errors", "*"))
+  assert_same_records(_records(catalog_parts.tfrecord_files(a)),
+                      _records(catalog_parts.tfrecord_files(b)), "tfrecord")
+  assert (_lines(catalog_parts.files(a, "errors"))
+          == _lines(catalog_parts.files(b, "errors")))
   assert _metadata(a) == _metadata(b)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import serving_fixtures as fx
 from beam_jobs import tag_catalog_lib as lib
+from deepbof_tf import catalog_parts
 from deepbof_tf import exported as exported_lib
 from serving import tag
 
@@ -97,7 +98,7 @@ def catalog(exported, folder, tmp_path_factory):
 
 
 def _parquet_rows(catalog_dir):
-  table = pq.read_table(os.path.join(catalog_dir, lib.PARQUET_DIR))
+  table = catalog_parts.read_table(catalog_dir)
   return {row["path"]: row for row in table.to_pylist()}
 
 

@@ -15,13 +15,13 @@ import threading
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
 import serving_fixtures as fx
 from beam_jobs import decode_process
 from beam_jobs import tag_catalog_lib as lib
+from deepbof_tf import catalog_parts
 from deepbof_tf import streaming
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -252,7 +252,7 @@ def test_a_hanging_file_becomes_a_timeout_error_and_the_job_goes_on(folder,
   assert errors[hanging]["stage"] == "timeout"
   assert errors[hanging]["error"].startswith(f"{hanging}: decoding took longer than "
                                              "the limit of 5 s")
-  tagged = set(pq.read_table(os.path.join(out, lib.PARQUET_DIR)).column("path")
+  tagged = set(catalog_parts.read_table(out).column("path")
                .to_pylist())
   assert tagged == {str(folder / n) for n in _GOOD} | {str(folder / "long.flac")}
   c = metadata["counters"]
