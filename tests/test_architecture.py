@@ -154,3 +154,73 @@ def test_no_module_takes_private_names_of_another():
           and node.value.id in aliases and aliases[node.value.id] != module
           and _private(node.attr)):
         raise AssertionError(f"{module} uses {aliases[node.value.id]}.{node.attr}")
+
+
+# Every script of the repository, not only the packages: a moved name must not leave a
+# benchmark, a reference driver or a test pointing at its old home.
+SCRIPT_DIRS = PACKAGES + ("tests", "benchmarks", "reference")
+# Compiled at install time (deepbof_tf/native/build.py), so no .py file names them.
+EXTENSION_MODULES = ("deepbof_tf.native._cd1",)
+
+
+def _scripts():
+  for top in SCRIPT_DIRS:
+    for directory, _, files in os.walk(os.path.join(ROOT, top)):
+      for name in sorted(files):
+        if name.endswith(".py"):
+          yield os.path.join(directory, name)
+
+
+def _defined_names(module):
+  """The names a project module binds at module level (also inside top-level if/try)."""
+  path = MODULES[module]
+  tree = ast.parse(open(path, encoding="utf-8").read(), path)
+  names = set()
+  body = list(tree.body)
+  while body:
+    node = body.pop()
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      names.add(node.name)
+    elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+      for target in targets:
+        names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+      names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    elif isinstance(node, (ast.If, ast.Try, ast.With)):
+      body += node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+      for handler in getattr(node, "handlers", []):
+        body += handler.body
+  names.update(m.rsplit(".", 1)[1] for m in (*MODULES, *EXTENSION_MODULES)
+               if m.startswith(module + "."))
+  return names
+
+
+@pytest.mark.parametrize("path", sorted(_scripts()), ids=lambda p: os.path.relpath(p, ROOT))
+def test_project_imports_resolve(path):
+  """Each ``from project.module import name`` and ``alias.name`` names something there."""
+  tree = ast.parse(open(path, encoding="utf-8").read(), path)
+  missing = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        if (alias.name.split(".")[0] in PACKAGES and alias.name not in MODULES
+            and alias.name not in EXTENSION_MODULES):
+          missing.append(alias.name)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      if node.module.split(".")[0] not in PACKAGES:
+        continue
+      if node.module in EXTENSION_MODULES:
+        continue
+      if node.module not in MODULES:
+        missing.append(node.module)
+        continue
+      defined = _defined_names(node.module)
+      missing += [f"{node.module}.{a.name}" for a in node.names if a.name not in defined]
+  aliases = _module_aliases(tree)
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        and node.value.id in aliases and isinstance(node.ctx, ast.Load)
+        and node.attr not in _defined_names(aliases[node.value.id])):
+      missing.append(f"{aliases[node.value.id]}.{node.attr}")
+  assert not missing, f"{os.path.relpath(path, ROOT)} names what does not exist: {missing}"

@@ -29,7 +29,7 @@ from make_fixtures import run_octave
 def main() -> None:
   import scipy.io
   from deepbof_tf import metrics
-  from deepbof_tf.training import model_dir as layout
+  from deepbof_tf.training import song_inputs
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--authors_dir", required=True)
   parser.add_argument("--model_dir", required=True)
@@ -41,7 +41,7 @@ def main() -> None:
   args = parser.parse_args()
   results = json.load(open(args.output)) if os.path.exists(args.output) else []
   done = {(r["init"], r["seed"], r["num_layers"], r["epochs"]) for r in results}
-  splits = {s: layout.load_bof(args.model_dir, s) for s in ("train", "valid", "test")}
+  splits = {s: song_inputs.load_bof(args.model_dir, s) for s in ("train", "valid", "test")}
   with tempfile.TemporaryDirectory() as tmp:
     bof = os.path.join(tmp, "bof.mat")
     scipy.io.savemat(bof, {f"{s}_data": np.asarray(x, np.float64).T for s, (_, x, _) in

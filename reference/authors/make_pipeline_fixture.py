@@ -33,11 +33,11 @@ SPLITS = ("train", "valid", "test")
 
 def small_set(model_dir: str, train: int, valid: int, dims: int):
   """{split: (x float16 [N, dims], y uint8 [N, tags])}, the kept tags' column indices."""
-  from deepbof_tf.training import model_dir as layout
+  from deepbof_tf.training import song_inputs
   limits = {"train": train, "valid": valid, "test": None}
   raw = {}
   for split in SPLITS:
-    _, x, y = layout.load_bof(model_dir, split)
+    _, x, y = song_inputs.load_bof(model_dir, split)
     raw[split] = (x[:limits[split], :dims].astype(np.float16),
                   y[:limits[split]].astype(np.uint8))
   counts = {s: y.sum(axis=0) for s, (_, y) in raw.items()}
