@@ -32,6 +32,7 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from beam_jobs import catalog_runs
 from beam_jobs import tag_catalog_lib as lib
 from deepbof_tf import cli
 from deepbof_tf.audio import CHANNEL_MODES
@@ -123,7 +124,7 @@ def config_from_flags() -> lib.TagCatalogConfig:
 
 def _print_errors(config: lib.TagCatalogConfig, unused_metadata) -> None:
   """The first failed files on stderr; all of them are in errors/*.jsonl."""
-  errors = lib.read_errors(config.output_dir)
+  errors = catalog_runs.read_errors(config.output_dir)
   for record in errors[:MAX_ERROR_LINES]:
     print(f"deepbof-tag-catalog: error: {record['error']} (stage {record['stage']})",
           file=sys.stderr)
@@ -133,8 +134,9 @@ def _print_errors(config: lib.TagCatalogConfig, unused_metadata) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-  return cli.run_beam_job("deepbof-tag-catalog", argv, config_from_flags, lib.run,
-                          lib.format_counts, on_done=_print_errors)
+  return cli.run_beam_job("deepbof-tag-catalog", argv, config_from_flags,
+                          catalog_runs.run, catalog_runs.format_counts,
+                          on_done=_print_errors)
 
 
 def console_main() -> None:

@@ -51,6 +51,7 @@ def run_catalog(manifest: str, export_dir: str, output_dir: str, workers: int
                 ) -> Tuple[float, dict, List[float], float]:
   """Wall seconds, metadata, worker peak RSS (MB), runner peak RSS (MB)."""
   from bench_preprocess import PeakRss, _reset_own_peak, _status_kb
+  from beam_jobs import catalog_runs
   from beam_jobs import tag_catalog_lib
   config = tag_catalog_lib.TagCatalogConfig(
       model=export_dir, input=manifest, output_dir=output_dir, overwrite=True,
@@ -58,8 +59,8 @@ def run_catalog(manifest: str, export_dir: str, output_dir: str, workers: int
   _reset_own_peak()
   with PeakRss() as rss:
     start = time.perf_counter()
-    metadata = tag_catalog_lib.run(config, [f"--direct_num_workers={workers}",
-                                            "--direct_running_mode=multi_processing"])
+    metadata = catalog_runs.run(config, [f"--direct_num_workers={workers}",
+                                         "--direct_running_mode=multi_processing"])
     wall = time.perf_counter() - start
   return wall, metadata, rss.worker_peaks_mb, _status_kb("self", "VmHWM") / 1024
 

@@ -74,6 +74,7 @@ def run_catalog(manifest: str, export_dir: str, output_dir: str,
                 one_shot_seconds: float) -> Tuple[float, float, float, int]:
   """(wall s, worker CPU s, worker peak RSS MB, files tagged) of a 1-worker run."""
   from bench_preprocess import PeakRss
+  from beam_jobs import catalog_runs
   from beam_jobs import tag_catalog_lib
   config = tag_catalog_lib.TagCatalogConfig(
       model=export_dir, input=manifest, output_dir=output_dir, overwrite=True,
@@ -81,8 +82,8 @@ def run_catalog(manifest: str, export_dir: str, output_dir: str,
       one_shot_seconds=one_shot_seconds)
   with PeakRss() as rss:
     start = time.perf_counter()
-    metadata = tag_catalog_lib.run(config, ["--direct_num_workers=1",
-                                            "--direct_running_mode=multi_processing"])
+    metadata = catalog_runs.run(config, ["--direct_num_workers=1",
+                                         "--direct_running_mode=multi_processing"])
     wall = time.perf_counter() - start
   shutil.rmtree(output_dir, ignore_errors=True)
   peaks = rss.worker_peaks_mb

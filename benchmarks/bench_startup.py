@@ -75,6 +75,7 @@ def main() -> int:
     import numpy as np
     import soundfile as sf
     import bench_serving
+    from beam_jobs import catalog_runs
     from beam_jobs import tag_catalog_lib
     from serving import export_lib
     model_dir = bench_serving.synthetic_model_dir(os.path.join(root, "model"), 128)
@@ -94,7 +95,7 @@ def main() -> int:
         "deepbof-tag, one 30-s clip, end to end", tag_seconds, "s",
         reference="import tensorflow, same interpreter", reference_value=tf_import))
     catalog = os.path.join(root, "catalog")
-    tag_catalog_lib.run(tag_catalog_lib.TagCatalogConfig(
+    catalog_runs.run(tag_catalog_lib.TagCatalogConfig(
         model=export_dir, input=audio_dir, output_dir=catalog),
         ["--direct_num_workers=1", "--direct_running_mode=in_memory"])
     similar_seconds = _timed([os.path.join(BIN, "deepbof-similar"),

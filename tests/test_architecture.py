@@ -105,11 +105,22 @@ def test_apps_import_the_library_and_not_each_other(package):
 
 
 def test_beam_jobs_share_job_io_not_each_other():
-  for module, other in (("beam_jobs.preprocess_lib", "beam_jobs.tag_catalog"),
-                        ("beam_jobs.tag_catalog_lib", "beam_jobs.preprocess")):
+  catalog = ("beam_jobs.tag_catalog", "beam_jobs.catalog_")
+  for module, other in (("beam_jobs.preprocess_lib", catalog),
+                        ("beam_jobs.tag_catalog_lib", "beam_jobs.preprocess"),
+                        ("beam_jobs.catalog_record", "beam_jobs.preprocess"),
+                        ("beam_jobs.catalog_runs", "beam_jobs.preprocess")):
     targets = _targets(MODULES[module])
     assert "beam_jobs.job_io" in targets
     assert not {t for t in targets if t.startswith(other)}, (module, targets)
+
+
+def test_catalogue_modules_import_one_way():
+  # pipeline <- record <- launcher <- CLI (docs/architecture.md)
+  order = ("beam_jobs.tag_catalog_lib", "beam_jobs.catalog_record",
+           "beam_jobs.catalog_runs", "beam_jobs.tag_catalog")
+  for i, module in enumerate(order):
+    assert not _targets(MODULES[module]) & set(order[i + 1:]), module
 
 
 def test_tools_import_one_way():

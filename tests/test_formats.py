@@ -23,6 +23,7 @@ import pytest
 import audio_writers as aw
 import serving_fixtures as fx
 from beam_jobs import preprocess_lib
+from beam_jobs import catalog_runs
 from beam_jobs import tag_catalog_lib
 from deepbof_tf import audio
 from deepbof_tf import catalog_parts
@@ -160,10 +161,10 @@ def catalog(exported, folder, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("formats_catalog") / "catalog")
   config = tag_catalog_lib.TagCatalogConfig(model=exported["export_dir"], input=str(folder),
                                             output_dir=out, max_batch_size=4)
-  metadata = tag_catalog_lib.run(config, IN_PROCESS)
+  metadata = catalog_runs.run(config, IN_PROCESS)
   rows = {os.path.basename(r["path"]): r
           for r in catalog_parts.read_table(out).to_pylist()}
-  errors = {os.path.basename(e["path"]): e for e in tag_catalog_lib.read_errors(out)}
+  errors = {os.path.basename(e["path"]): e for e in catalog_runs.read_errors(out)}
   return metadata, rows, errors
 
 

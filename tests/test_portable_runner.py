@@ -26,6 +26,7 @@ import tensorflow as tf
 
 import serving_fixtures as fx
 from beam_jobs import preprocess_lib
+from beam_jobs import catalog_runs
 from beam_jobs import tag_catalog_lib
 from deepbof_tf import catalog_parts
 from deepbof_tf.config import SamplingConfig
@@ -166,7 +167,7 @@ def test_tag_catalog_on_the_portable_runner_equals_the_in_process_run(
     out = str(tmp_path_factory.mktemp(name) / "catalog")
     config = tag_catalog_lib.TagCatalogConfig(
         model=export["export_dir"], input=str(audio / "*.*"), output_dir=out, top_k=3)
-    tag_catalog_lib.run(config, beam_args)
+    catalog_runs.run(config, beam_args)
     table = catalog_parts.read_table(out).to_pylist()
     tables[name] = (out, sorted(table, key=lambda row: row[tag_catalog_lib.PATH]))
   (a, ours), (b, theirs) = tables["in_process"], tables["portable"]

@@ -107,6 +107,7 @@ def _train_demo_model(corpus_dir, clips, model_dir):
 
 @pytest.fixture(scope="module")
 def demo_catalog(tmp_path_factory):
+  from beam_jobs import catalog_runs
   from beam_jobs import tag_catalog_lib
   from deepbof_tools.demo import corpus as demo_corpus
   from serving import export_lib
@@ -123,7 +124,7 @@ def demo_catalog(tmp_path_factory):
   export_dir = str(root / "export")
   export_lib.export(model_dir, export_dir)
   catalog_dir = str(root / "catalog")
-  metadata = tag_catalog_lib.run(tag_catalog_lib.TagCatalogConfig(
+  metadata = catalog_runs.run(tag_catalog_lib.TagCatalogConfig(
       model=export_dir, input=os.path.join(corpus_dir, "audio"),
       output_dir=catalog_dir), ["--direct_num_workers=1"])
   assert metadata["counters"]["files_tagged"] == DEMO_CLIPS

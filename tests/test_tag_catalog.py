@@ -18,6 +18,7 @@ import soundfile as sf
 import tensorflow as tf
 
 import serving_fixtures as fx
+from beam_jobs import catalog_runs
 from beam_jobs import tag_catalog_lib as lib
 from deepbof_tf import catalog_parts
 from deepbof_tf import exported as exported_lib
@@ -93,7 +94,7 @@ def catalog(exported, folder, tmp_path_factory):
   config = lib.TagCatalogConfig(model=exported["export_dir"], input=str(folder),
                                 output_dir=out, top_k=3, chunk_seconds=CHUNK_SECONDS,
                                 one_shot_seconds=CHUNK_SECONDS, max_batch_size=4)
-  metadata = lib.run(config, MULTI_PROCESS)
+  metadata = catalog_runs.run(config, MULTI_PROCESS)
   return out, metadata
 
 
@@ -126,7 +127,7 @@ def test_every_output_is_written_and_the_counts_reconcile(catalog, folder):
 @pytest.mark.slow
 def test_every_broken_file_is_named_with_its_reason(catalog, folder):
   out, _ = catalog
-  errors = {os.path.basename(e["path"]): e for e in lib.read_errors(out)}
+  errors = {os.path.basename(e["path"]): e for e in catalog_runs.read_errors(out)}
   assert set(errors) == set(_BROKEN)
   for name, (stage, words, _) in _BROKEN.items():
     e = errors[name]
@@ -226,7 +227,7 @@ def test_entry_point_with_a_manifest(exported, folder, tmp_path):
        "--direct_num_workers=1"], capture_output=True, text=True, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "files matched 3 = tagged 2 + failed 1: reconciled" in proc.stdout
-  (error,) = lib.read_errors(out)
+  (error,) = catalog_runs.read_errors(out)
   assert error["stage"] == "read" and "missing.wav: file not found" in error["error"]
   assert f"deepbof-tag-catalog: error: {error['error']} (stage read)" in proc.stderr
   proc = subprocess.run(
@@ -312,12 +313,12 @@ def test_manifest_paths_of_both_formats(tmp_path):
                                 audio_root="/data/mtt")
   assert lib.resolved_input_format(config) == "mtt"
   # Untagged clips are kept (tags do not matter here); a file listed twice once.
-  assert lib.manifest_paths(config, "mtt") == ["/data/mtt/0/a.mp3", "/data/mtt/c/b.mp3"]
+  assert catalog_runs.manifest_paths(config, "mtt") == ["/data/mtt/0/a.mp3", "/data/mtt/c/b.mp3"]
   csv = tmp_path / "list.csv"
   csv.write_text("path,split,tags\nx.wav,,\n/abs/y.flac,test,rock\ngs://b/z.mp3,,\n")
   config = lib.TagCatalogConfig(model="m", input=str(csv), output_dir="o",
                                 audio_root="/root")
-  assert lib.manifest_paths(config, "csv") == ["/root/x.wav", "/abs/y.flac",
+  assert catalog_runs.manifest_paths(config, "csv") == ["/root/x.wav", "/abs/y.flac",
                                                "gs://b/z.mp3"]
 
 

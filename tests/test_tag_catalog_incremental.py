@@ -18,6 +18,8 @@ import pytest
 import soundfile as sf
 
 import serving_fixtures as fx
+from beam_jobs import catalog_record
+from beam_jobs import catalog_runs
 from beam_jobs import tag_catalog_lib as lib
 from deepbof_tf import catalog_parts
 from deepbof_tf import exported as exported_lib
@@ -39,7 +41,7 @@ def _write(folder, name, seed, seconds=2.0):
 def _run(exported, folder, out, **kwargs):
   config = lib.TagCatalogConfig(model=exported["export_dir"], input=str(folder),
                                 output_dir=out, top_k=3, max_batch_size=4, **kwargs)
-  return lib.run(config, IN_PROCESS)
+  return catalog_runs.run(config, IN_PROCESS)
 
 
 def _rows(out):
@@ -70,7 +72,7 @@ def _assert_reconciled(out, metadata, expected_paths, failed=()):
                               c["files_tagged"], "files_failed": c["files_failed"]}
   assert sum(p["files_matched"] for p in record["parts"]) == len(expected_paths)
   assert set(_rows(out)) == set(expected_paths) - set(failed)
-  assert sorted(e["path"] for e in lib.read_errors(out)) == sorted(failed)
+  assert sorted(e["path"] for e in catalog_runs.read_errors(out)) == sorted(failed)
   assert set(_inputs(out)) == set(expected_paths)
   listed = sorted(os.listdir(os.path.join(out, "parts")))
   assert listed == sorted(p["name"] for p in record["parts"]), "unlisted or missing parts"
@@ -190,8 +192,8 @@ def test_another_model_is_refused(exported, tmp_path):
   info_path.write_text(json.dumps(info))
   with pytest.raises(ValueError, match="another model.*another --output_dir"):
     _run({"export_dir": str(other)}, folder, out)
-  assert lib.export_fingerprint(version) == lib.export_fingerprint(version)
-  assert lib.export_fingerprint(version) != lib.export_fingerprint(str(other))
+  assert catalog_runs.export_fingerprint(version) == catalog_runs.export_fingerprint(version)
+  assert catalog_runs.export_fingerprint(version) != catalog_runs.export_fingerprint(str(other))
 
 
 def test_a_run_killed_between_parts_is_finished_by_the_next(exported, tmp_path):
@@ -266,9 +268,9 @@ def test_a_catalogue_of_the_one_part_layout_is_read_as_one_part(tmp_path):
   assert catalog_parts.read_inputs(str(out)) == {}
   config = lib.TagCatalogConfig(model="unused", input=str(tmp_path), output_dir=str(out))
   with pytest.raises(FileExistsError, match="no catalog.json.*--overwrite"):
-    lib.run(config, IN_PROCESS)
+    catalog_runs.run(config, IN_PROCESS)
   empty = tmp_path / "empty"
   empty.mkdir()
-  (empty / "catalog.json").write_text(json.dumps(lib.new_record("x")))
+  (empty / "catalog.json").write_text(json.dumps(catalog_record.new_record("x")))
   assert catalog_parts.read_table(str(empty)).num_rows == 0
   assert catalog_parts.read_table(str(empty)).schema.equals(lib.parquet_schema())

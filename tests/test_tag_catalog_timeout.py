@@ -20,6 +20,7 @@ import soundfile as sf
 
 import serving_fixtures as fx
 from beam_jobs import decode_process
+from beam_jobs import catalog_runs
 from beam_jobs import tag_catalog_lib as lib
 from deepbof_tf import catalog_parts
 from deepbof_tf import streaming
@@ -244,11 +245,11 @@ def test_a_hanging_file_becomes_a_timeout_error_and_the_job_goes_on(folder,
                                 output_dir=out, top_k=3, max_batch_size=4,
                                 file_timeout_s=LIMIT_S)
   start = time.monotonic()
-  metadata = lib.run(config, MULTI_PROCESS)
+  metadata = catalog_runs.run(config, MULTI_PROCESS)
   elapsed = time.monotonic() - start
   assert elapsed < decode_process.HANG_SECONDS / 6
   hanging = str(folder / "hang_me.wav")
-  errors = {e["path"]: e for e in lib.read_errors(out)}
+  errors = {e["path"]: e for e in catalog_runs.read_errors(out)}
   assert errors[hanging]["stage"] == "timeout"
   assert errors[hanging]["error"].startswith(f"{hanging}: decoding took longer than "
                                              "the limit of 5 s")
