@@ -132,6 +132,20 @@ _ROW_BLOCK = 65_536
 # --------------------------------------------------------------------------------------
 
 
+def _faiss():
+  """faiss, imported without its loader's INFO lines about CPU-specific builds."""
+  import logging
+  logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+  import faiss
+  return faiss
+
+
+def _check_normalization(normalization: str) -> None:
+  if normalization not in similarity.NORMALIZATIONS:
+    raise ValueError(f"unknown normalization {normalization!r}; one of "
+                     f"{', '.join(similarity.NORMALIZATIONS)}")
+
+
 def _gfile():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  (URLs only)
   return tf.io.gfile
@@ -441,7 +455,7 @@ class _Segment:
                                  if self.info.get("csls") else None)
     self.index = None
     if load_faiss and self.info.get("faiss"):
-      faiss = similarity._faiss()  # pylint: disable=protected-access
+      faiss = _faiss()
       self.index = faiss.deserialize_index(
           np.frombuffer(catalog_parts.read_bytes(_join(self.dir, FAISS_FILE)), np.uint8))
     dead = set(dead_parts)
@@ -731,7 +745,7 @@ class CatalogIndex:
                       ) -> List[List[Tuple[float, float, int]]]:
     if segment.index is None:
       return self._exact(segment, q, kk, mask)
-    faiss = similarity._faiss()  # pylint: disable=protected-access
+    faiss = _faiss()
     nlist = int(segment.index.nlist)
     masks = [None] * q.shape[0] if mask is None else (
         [mask] * q.shape[0] if mask.ndim == 1 else list(mask))
@@ -840,7 +854,7 @@ def _write_segment(directory: str, number: int, parts: Sequence[PartRows],
   _save_npy(_join(seg_dir, PATH_HASHES_FILE), hashes[order])
   _save_npy(_join(seg_dir, PATH_ROWS_FILE), order.astype(np.int64))
   if trained is not None:
-    faiss = similarity._faiss()  # pylint: disable=protected-access
+    faiss = _faiss()
     index = faiss.deserialize_index(np.frombuffer(trained, np.uint8))
     for r0 in range(0, rows, _ROW_BLOCK):
       index.add(x[r0:r0 + _ROW_BLOCK])
@@ -852,7 +866,7 @@ def _write_segment(directory: str, number: int, parts: Sequence[PartRows],
 
 
 def _train(sample: np.ndarray, params: Mapping[str, Any]) -> bytes:
-  faiss = similarity._faiss()  # pylint: disable=protected-access
+  faiss = _faiss()
   index = faiss.index_factory(int(sample.shape[1]), _factory_string(params),
                               faiss.METRIC_INNER_PRODUCT)
   index.train(np.ascontiguousarray(sample, np.float32))
@@ -889,7 +903,7 @@ def _publish(directory: str, manifest: Dict[str, Any], keep_versions: int) -> No
 
 def _library() -> str:
   from deepbof_tf import __version__ as version  # pylint: disable=import-outside-toplevel
-  faiss = similarity._faiss()  # pylint: disable=protected-access
+  faiss = _faiss()
   return f"deepbof_tf {version}, faiss {faiss.__version__}"
 
 
@@ -965,7 +979,7 @@ def build_index(directory: str, parts: Sequence[Any], *, dim: int,
     keep_versions: versions kept by the garbage collection.
     reason: why (printed).
   """
-  similarity._check_normalization(normalization)  # pylint: disable=protected-access
+  _check_normalization(normalization)
   total = sum(int(p.rows) for p in parts)
   params = params or CompressionParams()
   compressed = total > exact_max_items
@@ -1184,7 +1198,7 @@ def update_catalog_index(catalog_dir: str,
     max_segments, max_tombstone_fraction: the compaction triggers of an update.
     keep_versions: versions kept by the garbage collection.
   """
-  similarity._check_normalization(normalization)  # pylint: disable=protected-access
+  _check_normalization(normalization)
   directory = similarity.index_dir(catalog_dir)
   info, parts = catalog_parts_of(catalog_dir)
   extra = {"model_fingerprint": info["model_fingerprint"],

@@ -26,7 +26,7 @@ TAGS = ["rock", "jazz", "pop"]
 
 @pytest.fixture(autouse=True)
 def _one_faiss_thread():
-  faiss = similarity._faiss()  # pylint: disable=protected-access
+  import faiss
   threads = faiss.omp_get_max_threads()
   faiss.omp_set_num_threads(1)  # the test machine is small and shared
   yield
