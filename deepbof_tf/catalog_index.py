@@ -119,8 +119,6 @@ FILTER_EXACT_MAX_ROWS = 20_000
 # Compaction (merge every segment into one) beyond these.
 MAX_SEGMENTS = 8
 MAX_TOMBSTONE_FRACTION = 0.2
-# A full build cuts segments of at most this many rows (bounded memory while building).
-SEGMENT_MAX_ROWS = 2_000_000
 KEEP_VERSIONS = 2
 ONE_SHOT_PART = "one-shot"
 _QUERY_BLOCK = 64
@@ -459,6 +457,7 @@ class _Segment:
       self.index = faiss.deserialize_index(
           np.frombuffer(catalog_parts.read_bytes(_join(self.dir, FAISS_FILE)), np.uint8))
     dead = set(dead_parts)
+    self.live_filter: Optional[Tuple[np.ndarray, np.ndarray]] = None
     self.live = None
     for part in self.info["parts"]:
       if part["name"] in dead:
@@ -755,8 +754,14 @@ class CatalogIndex:
       groups.setdefault(id(m), []).append(i)
     for members in groups.values():
       m = masks[members[0]]
+      bits = None
       if m is not None:
-        kept = np.flatnonzero(m)
+        if m is segment.live and segment.live_filter is not None:
+          kept, bits = segment.live_filter  # the tombstones: computed once
+        else:
+          kept, bits = np.flatnonzero(m), np.packbits(m, bitorder="little")
+          if m is segment.live:
+            segment.live_filter = (kept, bits)
         if len(kept) <= FILTER_EXACT_MAX_ROWS:
           rows = self._exact(segment, q[members], kk, None, rows=kept)
           for i, r in zip(members, rows):
@@ -766,8 +771,7 @@ class CatalogIndex:
       todo = list(members)
       while todo:
         selector = None
-        if m is not None:
-          bits = np.packbits(m, bitorder="little")
+        if bits is not None:  # faiss reads the rows' bits, LSB first
           selector = faiss.IDSelectorBitmap(segment.rows, faiss.swig_ptr(bits))
         search_params = faiss.SearchParametersIVF(nprobe=probe, sel=selector)
         want = min(segment.rows, refine * kk)
@@ -810,57 +814,97 @@ def _top_tag_indices(top_tags: Optional[Sequence[Sequence[str]]], rows: int,
   return out
 
 
-def _write_segment(directory: str, number: int, parts: Sequence[PartRows],
-                   mean: Optional[np.ndarray], trained: Optional[bytes],
-                   tags: List[str], dim: int, vectors: Optional[np.ndarray] = None
-                   ) -> Dict[str, Any]:
-  """Writes a new segment directory from ``parts`` (raw embeddings, transformed here,
-  or the already transformed ``vectors``); returns its manifest entry."""
+def _new_array(path: str, shape: Tuple[int, ...], dtype) -> np.ndarray:
+  """A ``.npy`` file filled in place (local: a writable memory map, so a segment of
+  millions of rows is never held in memory; a URL: in memory, saved by
+  :func:`_finish_array`)."""
+  if catalog_parts.is_url(path) or 0 in shape:
+    return np.zeros(shape, dtype)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def _finish_array(path: str, array: np.ndarray) -> None:
+  if isinstance(array, np.memmap):
+    array.flush()
+  else:
+    _save_npy(path, array)
+
+
+def _write_segment(directory: str, number: int, sources: Iterable[Tuple[PartRows, Any]],
+                   rows: int, mean: Optional[np.ndarray], trained: Optional[bytes],
+                   tags: List[str], dim: int) -> Dict[str, Any]:
+  """Writes a new segment directory, one part at a time; returns its manifest entry.
+
+  Args:
+    directory: the index directory.
+    number: the segment's number (its name adds a random suffix).
+    sources: ``(part, vectors)`` pairs: a part's rows and either None (its raw
+      embeddings are transformed with ``mean``) or its already transformed vectors.
+    rows: the total number of rows of ``sources``.
+    mean: the centring vector (None: no centring).
+    trained: the serialized trained, empty faiss index (None: the exact kind).
+    tags: the tag names; a top tag outside them is appended.
+    dim: the embedding size.
+  """
   name = _unique("s", number)
   seg_dir = _join(directory, SEGMENTS_DIR, name)
-  paths: List[str] = []
-  ranges, vector_blocks, probs, tops = [], [], [], []
   n_tags = len(tags)
-  for part in parts:
+  vectors = _new_array(_join(seg_dir, VECTORS_FILE), (rows, dim), np.float32)
+  probabilities = _new_array(_join(seg_dir, PROBABILITIES_FILE), (n_tags, rows),
+                             np.float32)
+  index = None
+  if trained is not None:
+    index = _faiss().deserialize_index(np.frombuffer(trained, np.uint8))
+  paths: List[str] = []
+  ranges, tops = [], []
+  for part, transformed_rows in sources:
     start = len(paths)
+    n = part.rows
+    if start + n > rows:
+      raise ValueError(f"more rows than the {rows} announced")
     paths.extend(part.paths)
-    ranges.append({"name": part.name, "start": start, "stop": len(paths)})
-    if vectors is None:
+    ranges.append({"name": part.name, "start": start, "stop": start + n})
+    if transformed_rows is None:
       emb = np.asarray(part.embeddings, np.float32).reshape(-1, dim)
-      vector_blocks.append(similarity.transformed(emb, mean))
+      transformed_rows = similarity.transformed(emb, mean)
+    x = np.ascontiguousarray(transformed_rows, np.float32).reshape(-1, dim)
+    if x.shape[0] != n:
+      raise ValueError(f"part {part.name}: {x.shape[0]} embeddings but {n} paths")
+    vectors[start:start + n] = x
     p = part.probabilities
-    if p is None or np.asarray(p).size == 0:
-      p = np.zeros([part.rows, n_tags], np.float32)
-    probs.append(np.asarray(p, np.float32).reshape(part.rows, -1)[:, :n_tags])
-    tops.append(part.top_tags if part.top_tags is not None else [[]] * part.rows)
-  x = (np.concatenate(vector_blocks) if vector_blocks else
-       np.zeros([0, dim], np.float32)) if vectors is None else vectors
-  x = np.ascontiguousarray(x, np.float32)
-  rows = x.shape[0]
-  if rows != len(paths):
-    raise ValueError(f"{rows} embeddings but {len(paths)} paths")
-  probabilities = (np.concatenate(probs) if probs else np.zeros([0, n_tags], np.float32))
-  top = _top_tag_indices([t for block in tops for t in block], rows, tags)
+    if p is not None and np.asarray(p).size and n_tags:
+      probabilities[:, start:start + n] = np.asarray(p, np.float32).reshape(n, -1)[
+          :, :n_tags].T
+    tops.append(_top_tag_indices(part.top_tags, n, tags))
+    if index is not None:
+      for r0 in range(0, n, _ROW_BLOCK):
+        index.add(x[r0:r0 + _ROW_BLOCK])
+  if len(paths) != rows:
+    raise ValueError(f"{len(paths)} rows written, {rows} announced")
+  width = max((t.shape[1] for t in tops), default=0)
+  top = np.full([rows, width], -1, np.int16)
+  start = 0
+  for t in tops:
+    top[start:start + t.shape[0], :t.shape[1]] = t
+    start += t.shape[0]
   encoded = [p.encode("utf-8") for p in paths]
   offsets = np.zeros([rows + 1], np.int64)
   offsets[1:] = np.cumsum([len(e) for e in encoded])
   hashes = _path_hash(paths)
   order = np.argsort(hashes, kind="stable")
-  _save_npy(_join(seg_dir, VECTORS_FILE), x)
-  _save_npy(_join(seg_dir, PROBABILITIES_FILE), probabilities.T.copy())
+  _finish_array(_join(seg_dir, VECTORS_FILE), vectors)
+  _finish_array(_join(seg_dir, PROBABILITIES_FILE), probabilities)
+  del vectors, probabilities
   _save_npy(_join(seg_dir, TOP_TAGS_FILE), top)
   write_atomic(_join(seg_dir, PATHS_BIN_FILE), b"".join(encoded))
   _save_npy(_join(seg_dir, PATH_OFFSETS_FILE), offsets)
   _save_npy(_join(seg_dir, PATH_HASHES_FILE), hashes[order])
   _save_npy(_join(seg_dir, PATH_ROWS_FILE), order.astype(np.int64))
-  if trained is not None:
-    faiss = _faiss()
-    index = faiss.deserialize_index(np.frombuffer(trained, np.uint8))
-    for r0 in range(0, rows, _ROW_BLOCK):
-      index.add(x[r0:r0 + _ROW_BLOCK])
-    write_atomic(_join(seg_dir, FAISS_FILE), faiss.serialize_index(index).tobytes())
+  if index is not None:
+    write_atomic(_join(seg_dir, FAISS_FILE), _faiss().serialize_index(index).tobytes())
   info = {"name": name, "rows": rows, "dim": dim, "parts": ranges,
-          "faiss": trained is not None, "csls": False, "created_utc": _now()}
+          "faiss": index is not None, "csls": False, "created_utc": _now()}
   _write_json(_join(seg_dir, SEGMENT_FILE), info)
   return {"name": name, "rows": rows, "parts": [r["name"] for r in ranges]}
 
@@ -957,7 +1001,6 @@ def build_index(directory: str, parts: Sequence[Any], *, dim: int,
                 tags: Sequence[str] = (), exact_max_items: int = EXACT_MAX_ITEMS,
                 params: Optional[CompressionParams] = None,
                 csls_neighbours: int = similarity.CSLS_NEIGHBOURS,
-                segment_max_rows: int = SEGMENT_MAX_ROWS,
                 extra: Optional[Mapping[str, Any]] = None,
                 keep_versions: int = KEEP_VERSIONS, reason: str = "") -> UpdateReport:
   """A full build: new statistics (and a newly trained quantizer above
@@ -967,14 +1010,14 @@ def build_index(directory: str, parts: Sequence[Any], *, dim: int,
     directory: the index directory (``CATALOG/index``).
     parts: :class:`PartRows` or :class:`CatalogPart` (anything with ``name``, ``rows``
       and ``load() -> PartRows``), in order. Each is loaded twice (statistics and
-      training sample, then the segments), so memory stays bounded by a segment.
+      training sample, then the segment, written part by part into memory-mapped
+      files), so memory stays bounded by a part (plus the paths and the faiss codes).
     dim: the embedding size.
     normalization: ``raw``, ``centred``, ``csls`` or ``centred_csls``.
     tags: the probability columns' tag names.
     exact_max_items: the largest index of the exact kind.
     params: the compressed kind's parameters (default :class:`CompressionParams`).
     csls_neighbours: the local-scaling neighbourhood of the ``csls`` ones.
-    segment_max_rows: parts are grouped into segments of at most about this many rows.
     extra: more keys for the manifest (e.g. the model's fingerprint).
     keep_versions: versions kept by the garbage collection.
     reason: why (printed).
@@ -1011,20 +1054,9 @@ def build_index(directory: str, parts: Sequence[Any], *, dim: int,
     np.savez(buffer, mean=mean)
     write_atomic(_join(directory, BASES_DIR, base, STATISTICS_FILE), buffer.getvalue())
   tag_list = list(tags)
-  entries = []
-  number = _next_number(directory, SEGMENTS_DIR, "s")
-  group: List[PartRows] = []
-  count = 0
-  for part in list(parts) + [None]:
-    if part is not None and (not group or count + int(part.rows) <= segment_max_rows):
-      group.append(part.load())
-      count += int(part.rows)
-      continue
-    if group:
-      entries.append(_write_segment(directory, number, group, mean, trained, tag_list,
-                                    dim))
-      number += 1
-    group, count = ([part.load()], int(part.rows)) if part is not None else ([], 0)
+  entries = [_write_segment(directory, _next_number(directory, SEGMENTS_DIR, "s"),
+                            ((part.load(), None) for part in parts), total, mean,
+                            trained, tag_list, dim)]
   manifest = {"format_version": FORMAT_VERSION, "kind": resolved["kind"], "dim": dim,
               "metric": "cosine", "normalization": normalization, "base": base,
               "statistics": STATISTICS_FILE if centred else None,
@@ -1038,9 +1070,8 @@ def build_index(directory: str, parts: Sequence[Any], *, dim: int,
     _fill_csls(directory, manifest, [e["name"] for e in entries])
   _publish(directory, manifest, keep_versions)
   return UpdateReport("build", manifest["version"], manifest["kind"], normalization, dim,
-                      total, added_rows=total,
-                      segment=entries[0]["name"] if len(entries) == 1 else None,
-                      segments=len(entries), reason=reason, directory=directory)
+                      total, added_rows=total, segment=entries[0]["name"], segments=1,
+                      reason=reason, directory=directory)
 
 
 def _fill_csls(directory: str, manifest: Mapping[str, Any], names: Sequence[str]) -> None:
@@ -1111,14 +1142,14 @@ def add_parts(directory: str, parts: Sequence[Any], drop: Sequence[str] = (), *,
     trained = catalog_parts.read_bytes(_join(directory, BASES_DIR, manifest["base"],
                                              manifest["trained"]))
   tags = list(manifest.get("tags", []))
-  loaded = [p.load() for p in parts]
-  added = sum(p.rows for p in loaded)
+  added = sum(int(p.rows) for p in parts)
   manifest = dict(manifest, **dict(extra or {}))
   manifest["tombstoned_parts"] = sorted(dead | set(new_dead))
   entry = None
-  if loaded:
-    entry = _write_segment(directory, _next_number(directory, SEGMENTS_DIR, "s"), loaded,
-                           current.mean, trained, tags, dim)
+  if parts:
+    entry = _write_segment(directory, _next_number(directory, SEGMENTS_DIR, "s"),
+                           ((p.load(), None) for p in parts), added, current.mean,
+                           trained, tags, dim)
     manifest["segments"] = list(manifest["segments"]) + [entry]
   manifest["tags"] = tags
   manifest["num_rows"] = int(manifest["num_rows"]) + added
@@ -1127,13 +1158,21 @@ def add_parts(directory: str, parts: Sequence[Any], drop: Sequence[str] = (), *,
     _fill_csls(directory, manifest, [entry["name"]])
   dead_rows = manifest["num_rows"] - manifest["num_items"]
   action, reason = "update", ""
-  if compact or len(manifest["segments"]) > max_segments or (
-      manifest["num_rows"] and dead_rows / manifest["num_rows"] > max_tombstone_fraction):
-    reason = ("asked" if compact else f"{len(manifest['segments'])} segments"
-              if len(manifest["segments"]) > max_segments
-              else f"{dead_rows} of {manifest['num_rows']} rows tombstoned")
-    manifest = _compacted(directory, manifest, trained)
+  segments = [e["name"] for e in manifest["segments"]]
+  merge: List[str] = []
+  if compact:
+    merge, reason = segments, "asked"
+  elif manifest["num_rows"] and dead_rows / manifest["num_rows"] > max_tombstone_fraction:
+    merge, reason = segments, f"{dead_rows} of {manifest['num_rows']} rows tombstoned"
+  elif len(segments) > max_segments:  # the largest segment stays as it is
+    largest = max(manifest["segments"], key=lambda e: e["rows"])["name"]
+    merge = [n for n in segments if n != largest]
+    reason = f"{len(segments)} segments > {max_segments}"
+  if merge:
+    manifest = _compacted(directory, manifest, trained, merge)
     action = "compact"
+    if entry is not None and entry["name"] in merge:
+      entry = next(e for e in manifest["segments"] if e["name"] not in segments)
   _publish(directory, manifest, keep_versions)
   return UpdateReport(action, manifest["version"], manifest["kind"],
                       manifest["normalization"], dim, int(manifest["num_items"]),
@@ -1143,37 +1182,52 @@ def add_parts(directory: str, parts: Sequence[Any], drop: Sequence[str] = (), *,
                       directory=directory)
 
 
-def _compacted(directory: str, manifest: Dict[str, Any], trained: Optional[bytes]
-               ) -> Dict[str, Any]:
-  """The manifest with its live rows merged into one new segment (from the stored
-  vectors: no catalogue read, no retraining; the csls statistics are kept)."""
+def _compacted(directory: str, manifest: Dict[str, Any], trained: Optional[bytes],
+               merge: Sequence[str]) -> Dict[str, Any]:
+  """The manifest with the live rows of the segments ``merge`` merged into one new
+  segment (streamed from their stored vectors: no catalogue read, no retraining; the
+  csls statistics are kept) in the place of the first of them."""
   index = CatalogIndex(directory, manifest, load_faiss=False)
   tags = list(manifest.get("tags", []))
-  parts, vectors, ns = [], [], []
-  for segment in index.segments:
-    for r in segment.info["parts"]:
-      if r["name"] in manifest["tombstoned_parts"] or r["stop"] == r["start"]:
-        continue
-      local = np.arange(r["start"], r["stop"])
-      parts.append(PartRows(
-          r["name"], [segment.path(int(i)) for i in local],
-          np.zeros([len(local), 0], np.float32),
-          np.asarray(segment.probabilities[:, r["start"]:r["stop"]], np.float32).T,
-          [[tags[int(t)] for t in segment.top_tags[i] if t >= 0] for i in local]))
-      vectors.append(np.asarray(segment.vectors[r["start"]:r["stop"]], np.float32))
-      if segment.neighbour_similarity is not None:
-        ns.append(segment.neighbour_similarity[r["start"]:r["stop"]])
+  dead = set(manifest["tombstoned_parts"])
+  merged = [s for s in index.segments if s.name in merge]
+  ranges = [(segment, r) for segment in merged for r in segment.info["parts"]
+            if r["name"] not in dead and r["stop"] > r["start"]]
+  rows = sum(r["stop"] - r["start"] for _, r in ranges)
+
+  def sources():
+    for segment, r in ranges:
+      start, stop = r["start"], r["stop"]
+      part = PartRows(
+          r["name"], [segment.path(i) for i in range(start, stop)],
+          np.zeros([stop - start, 0], np.float32),
+          np.asarray(segment.probabilities[:, start:stop], np.float32).T,
+          [[tags[int(t)] for t in segment.top_tags[i] if t >= 0]
+           for i in range(start, stop)])
+      yield part, np.asarray(segment.vectors[start:stop], np.float32)
+
   dim = int(manifest["dim"])
-  x = np.concatenate(vectors) if vectors else np.zeros([0, dim], np.float32)
-  entry = _write_segment(directory, _next_number(directory, SEGMENTS_DIR, "s"), parts,
-                         None, trained, tags, dim, vectors=x)
-  if ns:
+  entry = _write_segment(directory, _next_number(directory, SEGMENTS_DIR, "s"),
+                         sources(), rows, None, trained, tags, dim)
+  ns = [segment.neighbour_similarity[r["start"]:r["stop"]] for segment, r in ranges
+        if segment.neighbour_similarity is not None]
+  if manifest["normalization"].endswith("csls"):
     seg_dir = _join(directory, SEGMENTS_DIR, entry["name"])
-    _save_npy(_join(seg_dir, NEIGHBOUR_SIMILARITY_FILE), np.concatenate(ns))
+    _save_npy(_join(seg_dir, NEIGHBOUR_SIMILARITY_FILE),
+              np.concatenate(ns) if ns else np.zeros([0], np.float64))
     info = catalog_parts.read_json(_join(seg_dir, SEGMENT_FILE))
     _write_json(_join(seg_dir, SEGMENT_FILE), dict(info, csls=True))
-  return dict(manifest, segments=[entry], tombstoned_parts=[], num_rows=int(x.shape[0]),
-              num_items=int(x.shape[0]), tags=tags)
+  gone = {r["name"] for segment in merged for r in segment.info["parts"]}
+  segments, placed = [], False
+  for e in manifest["segments"]:
+    if e["name"] not in merge:
+      segments.append(e)
+    elif not placed:
+      segments.append(entry)
+      placed = True
+  num_rows = sum(e["rows"] for e in segments)
+  return dict(manifest, segments=segments, tags=tags, num_rows=num_rows,
+              tombstoned_parts=sorted(dead - gone))
 
 
 def update_catalog_index(catalog_dir: str,

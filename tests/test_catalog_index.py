@@ -181,7 +181,9 @@ def _check_compressed(index, paths, x, normalization, keep=None, recall=0.95):
     catalog_index.CompressionParams(kind=catalog_index.IVFSQ8, nprobe=8),
     catalog_index.CompressionParams(kind=catalog_index.IVFPQ, pq_m=8, pq_nbits=4,
                                     nprobe=8)], ids=["ivfsq8", "ivfpq"])
-def test_compressed_kind_recall_and_exact_scores(tmp_path, rng, params):
+def test_compressed_kind_recall_and_exact_scores(tmp_path, rng, params, monkeypatch):
+  # Filters keeping more than 100 rows of a segment go through faiss's IDSelector.
+  monkeypatch.setattr(catalog_index, "FILTER_EXACT_MAX_ROWS", 100)
   x = _clustered(rng, 4000, 32)
   paths = [f"t{i:05d}" for i in range(len(x))]
   parts = [catalog_index.PartRows(f"p{i}", paths[1000 * i:1000 * (i + 1)],
@@ -327,21 +329,25 @@ def test_rebuild_triggers(tmp_path, rng):
       catalog.dir, normalization="raw", exact_max_items=1000,
       params=catalog_index.CompressionParams(kind=catalog_index.IVFSQ8))
   assert report.action == "build" and report.kind == "ivfsq8" and report.num_items == 1200
-  # More segments than allowed: merged into one, the trained quantizer kept.
-  trained = catalog_index.read_manifest(_index_dir(catalog))["base"]
+  # More segments than allowed: all but the largest merged, the trained quantizer kept.
+  manifest = catalog_index.read_manifest(_index_dir(catalog))
+  trained, largest = manifest["base"], manifest["segments"][0]["name"]
   for i in range(2):
     catalog.add_part([f"c{i}-{j}" for j in range(20)], x[20 * i:20 * (i + 1)] + 0.01)
     report = catalog_index.update_catalog_index(catalog.dir, normalization="raw",
                                                 exact_max_items=1000, max_segments=2)
-  assert report.action == "compact" and report.segments == 1
+  assert report.action == "compact" and report.segments == 2
+  assert "3 segments > 2" in report.reason
   manifest = catalog_index.read_manifest(_index_dir(catalog))
   assert manifest["base"] == trained and manifest["kind"] == "ivfsq8"
+  assert manifest["segments"][0]["name"] == largest
+  assert manifest["segments"][1]["rows"] == 40 and manifest["num_items"] == 1240
   index = catalog_index.CatalogIndex.open(_index_dir(catalog))
   paths, table, _ = catalog.table()
   _check_compressed(index, paths, table, "raw")
 
 
-def test_library_api_for_a_benchmark(tmp_path, rng):
+def test_library_api_for_a_benchmark(tmp_path, rng, monkeypatch):
   """Build at N, add a batch, query single and batched (what benchmarks/ calls)."""
   x = _clustered(rng, 2500, 32)
   directory = str(tmp_path / "bench")
@@ -359,6 +365,17 @@ def test_library_api_for_a_benchmark(tmp_path, rng):
   assert batched == single
   _, exact = similarity.exact_neighbours(x, x[:50], 10)
   assert similarity.recall_at_k(np.array([[r for r, _ in f] for f in batched]), exact) >= 0.95
+  # Tombstones with the compressed kind (faiss's IDSelector over the live rows).
+  monkeypatch.setattr(catalog_index, "FILTER_EXACT_MAX_ROWS", 100)
+  report = catalog_index.add_parts(directory, [], drop=["add-1"],
+                                   max_tombstone_fraction=0.5)
+  assert report.action == "update" and report.tombstoned_rows == 500
+  index = catalog_index.CatalogIndex.open(directory)
+  found = index.search(x[1990:2040], 10)
+  assert all(r < 2000 for f in found for r, _ in f)
+  keep = np.arange(len(x)) < 2000
+  _, exact = similarity.exact_neighbours(x, x[1990:2040], 10, keep=keep)
+  assert similarity.recall_at_k(np.array([[r for r, _ in f] for f in found]), exact) >= 0.95
   with pytest.raises(ValueError, match="already in version"):
     catalog_index.add_parts(directory, [catalog_index.PartRows("base", ["z"], x[:1])])
 
