@@ -454,3 +454,30 @@ def test_command_line_build_update_and_query(tmp_path, rng):
                                for p in got)
   proc = _similar(catalog.dir, "--query=music/b010.mp3", "--where=metal>0.5")
   assert proc.returncode == 1 and "unknown tag 'metal'" in proc.stderr
+
+
+def test_csls_statistics_of_a_new_segment(tmp_path, rng):
+  """A new segment's rows get their mean neighbour cosine against every live row; the
+  older rows keep theirs; the search orders by cosine − ½ · that statistic."""
+  catalog = FakeCatalog(tmp_path / "catalog", 16)
+  x = _clustered(rng, 500, 16)
+  catalog.add_part([f"a{i}" for i in range(400)], x[:400])
+  catalog_index.update_catalog_index(catalog.dir, normalization="centred_csls")
+  old = catalog_index.CatalogIndex.open(_index_dir(catalog))
+  catalog.add_part([f"b{i}" for i in range(100)], x[400:])
+  catalog_index.update_catalog_index(catalog.dir, normalization="centred_csls")
+  index = catalog_index.CatalogIndex.open(_index_dir(catalog))
+  first, second = index.segments
+  np.testing.assert_array_equal(first.neighbour_similarity,
+                                old.segments[0].neighbour_similarity)
+  base = similarity.transformed(x, index.mean).astype(np.float64)
+  scores = base[400:] @ base.T
+  scores[np.arange(100), np.arange(400, 500)] = -np.inf
+  expected = -np.sort(-scores, axis=1)[:, :similarity.CSLS_NEIGHBOURS].mean(axis=1)
+  np.testing.assert_allclose(second.neighbour_similarity, expected, atol=1e-6)
+  ns = np.concatenate([first.neighbour_similarity, second.neighbour_similarity])
+  q = similarity.transformed(x[:20] * 1.01, index.mean).astype(np.float64)
+  rank = q @ base.T - 0.5 * ns[None]
+  found = index.search(x[:20] * 1.01, 5)
+  assert [[r for r, _ in f] for f in found] == np.argsort(-rank, axis=1,
+                                                          kind="stable")[:, :5].tolist()
