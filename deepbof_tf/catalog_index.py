@@ -25,10 +25,11 @@ is 41 GB read from Parquet for every query. This index is instead:
   with the live version: parts it does not cover become one new segment (added to a
   copy of the trained faiss index; the normalization's statistics stay those of the
   first build), parts the catalogue no longer lists are tombstoned (left out at query
-  time). Segments are merged into one (without reading the catalogue) when there are
-  more than :data:`MAX_SEGMENTS` of them or more than :data:`MAX_TOMBSTONE_FRACTION` of
-  the rows are tombstoned; another model fingerprint, another normalization, the
-  exact kind outgrowing :data:`EXACT_MAX_ITEMS` or ``rebuild=True`` rebuild it.
+  time). Segments are merged (from their stored vectors, without reading the
+  catalogue): all but the largest when there are more than :data:`MAX_SEGMENTS`, all
+  when more than :data:`MAX_TOMBSTONE_FRACTION` of the rows are tombstoned; another
+  model fingerprint, another normalization, the exact kind outgrowing
+  :data:`EXACT_MAX_ITEMS` or ``rebuild=True`` rebuild it.
 * **compressed above** :data:`EXACT_MAX_ITEMS` rows. Up to it the kind is ``exact``: a
   NumPy scan of the memory-mapped vectors (no faiss index, no copy). Above it
   ``ivfpq`` (``faiss.IndexIVFPQ``, inner product, :data:`PQ_DIMS_PER_SUBQUANTIZER`
@@ -64,9 +65,7 @@ import io
 import json
 import math
 import os
-import posixpath
 import shutil
-import time
 import uuid
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
