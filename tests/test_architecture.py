@@ -16,7 +16,8 @@ PACKAGES = ("deepbof_tf", "beam_jobs", "trainer", "serving", "deepbof_tools")
 FLOORS = {
     0: ("config", "framing", "seeds", "signatures", "model_dir", "io_utils", "cli",
         "metrics", "plots", "catalog_parts"),
-    1: ("decoders", "audio", "frontend", "sampling", "similarity", "data", "layers"),
+    1: ("decoders", "audio", "frontend", "sampling", "similarity", "catalog_index", "data",
+        "layers"),
     2: ("models", "streaming", "native"),
     3: ("training", "exported"),
 }

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from deepbof_tf import catalog_index
 from deepbof_tf import similarity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -250,8 +251,9 @@ def test_command_line_default_is_centred(arc_catalog):
   catalog, _ = arc_catalog
   proc = _similar(catalog, "--build")
   assert proc.returncode == 0 and "cosine, centred)" in proc.stderr
-  with open(os.path.join(similarity.index_dir(catalog), similarity.INFO_FILE)) as f:
-    assert json.load(f)["normalization"] == "centred"
+  # The live version's manifest (deepbof_tf.catalog_index) records the normalization.
+  manifest = catalog_index.read_manifest(similarity.index_dir(catalog))
+  assert manifest["normalization"] == "centred"
   proc = _similar(catalog, "--output=json", "--query=music/t10.mp3", "--top_k=4")
   keep = np.ones(N, bool)
   keep[10] = False
