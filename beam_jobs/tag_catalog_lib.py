@@ -37,6 +37,12 @@ Data flow:
    :class:`FormatRecordDoFn` adds the top-k tags and the records are written twice,
    as sharded gzip TFRecords of ``tf.train.Example`` (``WriteToTFRecord``) and as
    Parquet (``WriteToParquet`` with :func:`parquet_schema`).
+   With ``segment_seconds`` (docs/catalog.md, "Search by excerpt") a record also holds
+   the track's segment embeddings (``deepbof_tf.segments``), from the windows of the
+   track's embedding: the chunked path adds per-segment window sums to each partial
+   (:class:`SegmentedBagOfFeaturesCombineFn`), the one-shot path encodes each clip's
+   windows with the streaming signatures (:func:`segmented_waveform_inference_fn`).
+   Without it nothing of this runs and the outputs are those of earlier versions.
 6. A failing input becomes one error record ``{path, stage, error}`` (stages
    :data:`STAGES`) written to ``errors/errors-*.jsonl``; a ``_summary.json`` with the
    counts of inputs, records and errors lets the launcher reconcile them
