@@ -40,6 +40,7 @@ from beam_jobs.tag_catalog_lib import (ERRORS_DIR, ERRORS_SUFFIX, FORMAT_VERSION
 from deepbof_tf import __version__
 from deepbof_tf import catalog_parts
 from deepbof_tf import exported
+from deepbof_tf import segments
 from deepbof_tf.data import manifests
 
 
@@ -204,7 +205,7 @@ def build_metadata(config: TagCatalogConfig, input_format: str, info: Mapping[st
     return [p[len(work_dir):].lstrip("/")
             for p in catalog_record.output_files(work_dir, directory, suffix)]
 
-  return {
+  metadata = {
       "format_version": FORMAT_VERSION,
       "package_version": __version__,
       "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -232,6 +233,9 @@ def build_metadata(config: TagCatalogConfig, input_format: str, info: Mapping[st
                 "errors": rel(ERRORS_DIR, ERRORS_SUFFIX)},
       "elapsed_seconds": round(elapsed_seconds, 3),
   }
+  if config.segment_seconds:  # only then: metadata without segments is as it was
+    metadata[segments.METADATA_KEY] = float(config.segment_seconds)
+  return metadata
 
 
 def read_metadata(catalog_dir: str) -> Dict[str, Any]:
@@ -371,6 +375,8 @@ def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, An
   fingerprint = export_fingerprint(version_dir)
   if record is not None and not config.overwrite:
     _check_model(output_dir, record, fingerprint, config.model)
+    segments.check_catalog(output_dir, _metadata_if_any(output_dir),
+                           config.segment_seconds)
   input_format = resolved_input_format(config)
   listed = list_inputs(config, input_format)
   if not listed:
@@ -384,6 +390,12 @@ def run(config: TagCatalogConfig, beam_args: Sequence[str] = ()) -> Dict[str, An
   else:
     update_catalog(*args, output_dir, listed)
   return catalog_parts.read_metadata(output_dir)
+
+
+def _metadata_if_any(catalog_dir: str) -> Optional[Dict[str, Any]]:
+  """The catalogue's ``metadata.json``, or None before its first commit."""
+  path = job_io.join(catalog_dir, METADATA_FILE)
+  return catalog_parts.read_json(path) if catalog_parts.exists(path) else None
 
 
 def format_counts(metadata: Mapping[str, Any]) -> str:

@@ -8,8 +8,10 @@ plus ``errors/*.jsonl`` (one line per failed file) and ``metadata.json``
 (``--identity``, ``--force``, ``--prune``), in parts of ``--part_max_files`` files, each
 published as it is done, so a killed run keeps its parts. Recordings up to
 ``--one_shot_seconds`` are decoded once and tagged in one piece, batched across files by length; longer ones are encoded chunk by chunk
-(``--chunk_seconds``), with the numbers of ``deepbof-tag``. Flags not defined here are
-Beam pipeline options:
+(``--chunk_seconds``), with the numbers of ``deepbof-tag``. ``--segment_seconds=10``
+also stores one embedding per 10-s segment of each track, for ``deepbof-similar
+--segments`` (search by excerpt; docs/catalog.md). Flags not defined here are Beam
+pipeline options:
 
   deepbof-tag-catalog --model=EXPORT --input='music/*.mp3' --output_dir=CATALOG \
       --direct_num_workers=2 --direct_running_mode=multi_processing
@@ -99,6 +101,11 @@ def define_flags() -> None:
                        "are cut into slices of at most this many, each tagged and "
                        "published as one part (a killed run keeps its parts).",
                        lower_bound=1)
+  flags.DEFINE_float("segment_seconds", defaults["segment_seconds"], "Also store one "
+                     "embedding per segment of about this many seconds of each track "
+                     "(columns segment_starts, segment_windows, segment_embeddings), "
+                     "for deepbof-similar --segments (search by excerpt). Unset: no "
+                     "segments. A catalogue keeps the setting it was made with.")
   _OUR_FLAGS[:] = sorted(set(FLAGS) - before)
 
 
@@ -119,7 +126,7 @@ def config_from_flags() -> lib.TagCatalogConfig:
       num_shards=FLAGS.num_shards, overwrite=FLAGS.overwrite,
       intra_op_threads=FLAGS.intra_op_threads, file_timeout_s=FLAGS.file_timeout_s,
       identity=FLAGS.identity, force=FLAGS.force, prune=FLAGS.prune,
-      part_max_files=FLAGS.part_max_files)
+      part_max_files=FLAGS.part_max_files, segment_seconds=FLAGS.segment_seconds)
 
 
 def _print_errors(config: lib.TagCatalogConfig, unused_metadata) -> None:

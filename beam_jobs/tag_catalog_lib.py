@@ -37,6 +37,12 @@ Data flow:
    :class:`FormatRecordDoFn` adds the top-k tags and the records are written twice,
    as sharded gzip TFRecords of ``tf.train.Example`` (``WriteToTFRecord``) and as
    Parquet (``WriteToParquet`` with :func:`parquet_schema`).
+   With ``segment_seconds`` (docs/catalog.md, "Search by excerpt") a record also holds
+   the track's segment embeddings (``deepbof_tf.segments``), from the windows of the
+   track's embedding: the chunked path adds per-segment window sums to each partial
+   (:class:`SegmentedBagOfFeaturesCombineFn`), the one-shot path encodes each clip's
+   windows with the streaming signatures (:func:`segmented_waveform_inference_fn`).
+   Without it nothing of this runs and the outputs are those of earlier versions.
 6. A failing input becomes one error record ``{path, stage, error}`` (stages
    :data:`STAGES`) written to ``errors/errors-*.jsonl``; a ``_summary.json`` with the
    counts of inputs, records and errors lets the launcher reconcile them
@@ -52,6 +58,7 @@ every setting as a constructor argument and import TensorFlow in ``setup()``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import threading
@@ -69,6 +76,8 @@ from apache_beam.ml.inference import base as inference_base
 from deepbof_tf import audio
 from deepbof_tf import catalog_parts
 from deepbof_tf import exported
+from deepbof_tf import framing
+from deepbof_tf import segments
 from deepbof_tf.config import (DEFAULT_CATALOG_TOP_K, DEFAULT_CHUNK_SECONDS,
                                DEFAULT_TAG_BATCH_SIZE)
 
@@ -159,6 +168,11 @@ class TagCatalogConfig:
     prune: drop from the catalogue the files the input no longer lists.
     part_max_files: the most files one part holds; the files to tag are cut into
       slices of this many, each tagged by one pipeline run and published as a part.
+    segment_seconds: if set, every record also holds one embedding per segment of
+      about this many seconds of the track (``deepbof_tf.segments``; docs/catalog.md,
+      "Search by excerpt"): the columns ``segment_starts``, ``segment_windows`` and
+      ``segment_embeddings``. None (the default): no segments, the outputs of a
+      catalogue without them. A catalogue holds one setting (another is refused).
   """
 
   model: str
@@ -180,6 +194,7 @@ class TagCatalogConfig:
   force: bool = False
   prune: bool = False
   part_max_files: int = DEFAULT_PART_MAX_FILES
+  segment_seconds: Optional[float] = None
 
   def __post_init__(self):
     if self.input_format not in INPUT_FORMATS:
@@ -207,6 +222,7 @@ class TagCatalogConfig:
       raise ValueError(f"part_max_files must be >= 1, got {self.part_max_files}")
     if not self.model or not self.input or not self.output_dir:
       raise ValueError("model, input and output_dir must not be empty")
+    segments.check_segment_seconds(self.segment_seconds)
 
 
 def resolved_input_format(config: TagCatalogConfig) -> str:
@@ -314,6 +330,52 @@ def waveform_inference_fn(model: exported.ExportedModel, batch: Sequence[np.ndar
           for w, out in zip(batch, outputs)]
 
 
+def window_clock(model: exported.ExportedModel) -> segments.WindowClock:
+  """Where the export's pooling windows lie in time (``deepbof_tf.segments``)."""
+  return segments.WindowClock(model.pool_frames, model.config.hop_length,
+                              model.sample_rate)
+
+
+def segmented_waveform_inference_fn(model: exported.ExportedModel,
+                                    batch: Sequence[np.ndarray],
+                                    inference_args: Dict[str, Any],
+                                    model_id: Optional[str] = None,
+                                    segment_seconds: float = 0.0
+                                    ) -> Iterable[inference_base.PredictionResult]:
+  """RunInference on whole recordings of a catalogue with segments.
+
+  The segments need every pooling window, which ``serving_padded`` does not return,
+  so each recording's windows come from the export's streaming signatures on its
+  samples in memory (``ExportedModel.pooled_windows``, one chunk: the path of long
+  recordings, which gives the one-shot numbers to float rounding); the track's
+  bag-of-features is their mean, so it and the segments come from one computation,
+  and the model's head then runs on the batch's bags-of-features. Each result's
+  ``inference`` has ``probabilities``, ``embedding`` and the segment fields of
+  ``deepbof_tf.segments.finish`` (or ``error``).
+  """
+  del inference_args
+  from deepbof_tf import streaming
+  clock = window_clock(model)
+
+  def encode(waveform):
+    n = int(waveform.shape[0])
+    whole = max(1, -(-framing.frame_count(n, model.config) // model.pool_frames))
+    pooled = model.pooled_windows(streaming.InMemoryWaveform(waveform, model.sample_rate),
+                                  whole)
+    out = segments.segments_of_windows(pooled, segment_seconds, clock)
+    out["embedding"] = streaming.mean_of_windows([pooled])
+    return out
+
+  def run_batch(waveforms):
+    outs = [encode(w) for w in waveforms]
+    probabilities = model.probabilities(np.stack([o["embedding"] for o in outs]))
+    return [dict(o, probabilities=p) for o, p in zip(outs, probabilities)]
+
+  outputs = _attributed(model, batch, run_batch, str)
+  return [inference_base.PredictionResult(int(w.shape[0]), out, model_id)
+          for w, out in zip(batch, outputs)]
+
+
 def embedding_inference_fn(model: exported.ExportedModel,
                            batch: Sequence[Mapping[str, Any]],
                            inference_args: Dict[str, Any],
@@ -327,8 +389,11 @@ def embedding_inference_fn(model: exported.ExportedModel,
 
   def run_batch(examples):
     probabilities = model.probabilities(np.stack([e["embedding"] for e in examples]))
-    return [{"probabilities": p, "embedding": e["embedding"]}
+    outs = [{"probabilities": p, "embedding": e["embedding"]}
             for p, e in zip(probabilities, examples)]
+    for out, e in zip(outs, examples):  # a catalogue with segments: carried on
+      out.update({k: e[k] for k in segments.SEGMENT_FIELDS if k in e})
+    return outs
 
   outputs = _attributed(model, batch, run_batch, str)
   return [inference_base.PredictionResult(int(e["num_samples"]), out, model_id)
@@ -431,12 +496,15 @@ class DecodeAudioDoFn(beam.DoFn):
     memory_limit: bytes of samples a store keeps in memory (None: the library's).
     file_timeout_s: the longest one file's decode may take, in seconds (0: no limit,
       decoded in this process).
+    segment_seconds: if set, each partial also holds ``"segments"``: the chunk's
+      window sums per segment (``deepbof_tf.segments.chunk_segment_sums``).
   """
 
   def __init__(self, sample_rate: int, channel_mode: str, min_samples: int,
                one_shot_samples: int, model_uri: Optional[str] = None,
                chunk_seconds: float = DEFAULT_CHUNK_SECONDS, intra_op_threads: int = 1,
-               memory_limit: Optional[int] = None, file_timeout_s: float = 0.0):
+               memory_limit: Optional[int] = None, file_timeout_s: float = 0.0,
+               segment_seconds: Optional[float] = None):
     self._sample_rate = sample_rate
     self._channel_mode = channel_mode
     self._min_samples = min_samples
@@ -446,6 +514,7 @@ class DecodeAudioDoFn(beam.DoFn):
     self._intra_op_threads = intra_op_threads
     self._memory_limit = memory_limit
     self._file_timeout_s = float(file_timeout_s)
+    self._segment_seconds = segment_seconds
     self._matched = job_io.counter("files_matched")
     self._short = job_io.counter("files_one_shot")
     self._long = job_io.counter("files_chunked")
@@ -518,11 +587,17 @@ class DecodeAudioDoFn(beam.DoFn):
   def _encode_chunks(self, path: str, store) -> Iterator[Any]:
     self._long.inc()
     partials = []
+    by_segment = []  # per chunk, its windows' sums per segment (segment_seconds)
     try:
       model = self._loaded_model()
       windows_per_chunk = model.windows_per_seconds(self._chunk_seconds)
+      first_window = 0
       for pooled in model.iter_pooled_windows(store, windows_per_chunk):
         partials.append((np.asarray(pooled, np.float64).sum(axis=0), pooled.shape[0]))
+        if self._segment_seconds:
+          by_segment.append(segments.chunk_segment_sums(
+              pooled, first_window, self._segment_seconds, window_clock(model)))
+        first_window += int(pooled.shape[0])
     except Exception as e:  # pylint: disable=broad-except
       yield self._fail(path, "encode", e)
       return
@@ -530,9 +605,12 @@ class DecodeAudioDoFn(beam.DoFn):
       store.close()
     for index, (window_sum, count) in enumerate(partials):
       self._chunks.inc()
-      yield beam.pvalue.TaggedOutput(PARTIALS_TAG, (path, {
+      partial = {
           "chunk": index, "num_chunks": len(partials), "window_sum": window_sum,
-          "num_windows": int(count), "num_samples": int(store.num_samples)}))
+          "num_windows": int(count), "num_samples": int(store.num_samples)}
+      if by_segment:
+        partial["segments"] = by_segment[index]
+      yield beam.pvalue.TaggedOutput(PARTIALS_TAG, (path, partial))
 
 
 class BagOfFeaturesCombineFn(beam.CombineFn):
@@ -575,6 +653,43 @@ class BagOfFeaturesCombineFn(beam.CombineFn):
             "num_samples": num_samples}
 
 
+class SegmentedBagOfFeaturesCombineFn(BagOfFeaturesCombineFn):
+  """:class:`BagOfFeaturesCombineFn` that also adds the chunks' per-segment sums.
+
+  The accumulator has a sixth slot, ``{segment: (window_sum, count, first window)}``
+  (``deepbof_tf.segments.add_sums``); the output also has the segment fields of
+  ``deepbof_tf.segments.finish`` (each segment's mean over its windows, which may come
+  from two chunks).
+
+  Args:
+    clock: the export's ``deepbof_tf.segments.WindowClock``.
+  """
+
+  def __init__(self, clock: segments.WindowClock):
+    self._clock = clock
+
+  def create_accumulator(self):
+    return super().create_accumulator() + [{}]
+
+  def add_input(self, acc, partial):
+    super().add_input(acc, partial)
+    segments.add_sums(acc[5], partial["segments"])
+    return acc
+
+  def merge_accumulators(self, accumulators):
+    accumulators = list(accumulators)
+    out = super().merge_accumulators(accumulators)
+    for acc in accumulators:
+      segments.add_sums(out[5], acc[5])
+    return out
+
+  def extract_output(self, acc):
+    out = super().extract_output(acc[:5])
+    if "error" not in out:
+      out.update(segments.finish(acc[5], self._clock))
+    return out
+
+
 def _split_combined(element):
   path, combined = element
   if "error" in combined:
@@ -612,11 +727,24 @@ class FormatRecordDoFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput(ERROR_TAG, error_record(
           path, "inference", "non-finite probabilities or embedding"))
       return
+    segment_fields = {}
+    if segments.SEGMENT_EMBEDDINGS in out:  # a catalogue with segments
+      parts = np.asarray(out[segments.SEGMENT_EMBEDDINGS], np.float32)
+      if not np.isfinite(parts).all():
+        yield beam.pvalue.TaggedOutput(ERROR_TAG, error_record(
+            path, "inference", "non-finite segment embeddings"))
+        return
+      segment_fields = {
+          segments.SEGMENT_STARTS: np.asarray(out[segments.SEGMENT_STARTS],
+                                              np.float32).tolist(),
+          segments.SEGMENT_WINDOWS: [int(c) for c in out[segments.SEGMENT_WINDOWS]],
+          segments.SEGMENT_EMBEDDINGS: parts.tolist()}
     chosen = exported.top_tags(probabilities, self._tags, self._top_k)
     self._tagged.inc()
     yield {PATH: path, DURATION: float(result.example) / self._sample_rate,
            PROBABILITIES: probabilities.tolist(), TOP_TAGS: [t for t, _ in chosen],
-           TOP_PROBABILITIES: [p for _, p in chosen], EMBEDDING: embedding.tolist()}
+           TOP_PROBABILITIES: [p for _, p in chosen], EMBEDDING: embedding.tolist(),
+           **segment_fields}
 
 
 def _failed_batch_errors(element) -> Iterator[Dict[str, str]]:
@@ -655,22 +783,50 @@ class SerializeExampleDoFn(beam.DoFn):
       return train.Feature(bytes_list=train.BytesList(value=[v.encode("utf-8")
                                                            for v in values]))
 
-    yield train.Example(features=train.Features(feature={
+    feature = {
         PATH: strings([record[PATH]]), DURATION: floats([record[DURATION]]),
         PROBABILITIES: floats(record[PROBABILITIES]), TOP_TAGS: strings(record[TOP_TAGS]),
         TOP_PROBABILITIES: floats(record[TOP_PROBABILITIES]),
-        EMBEDDING: floats(record[EMBEDDING])})).SerializeToString()
+        EMBEDDING: floats(record[EMBEDDING])}
+    if segments.SEGMENT_EMBEDDINGS in record:  # flat: [segments × embedding_size]
+      feature[segments.SEGMENT_STARTS] = floats(record[segments.SEGMENT_STARTS])
+      feature[segments.SEGMENT_WINDOWS] = train.Feature(int64_list=train.Int64List(
+          value=record[segments.SEGMENT_WINDOWS]))
+      feature[segments.SEGMENT_EMBEDDINGS] = floats(
+          [x for row in record[segments.SEGMENT_EMBEDDINGS] for x in row])
+    yield train.Example(features=train.Features(feature=feature)).SerializeToString()
 
 
-def parquet_schema():
-  """The Parquet schema of a catalogue (docs/catalog.md; ``catalog_parts``'s)."""
-  return catalog_parts.parquet_schema()
+def parquet_schema(with_segments: bool = False):
+  """The Parquet schema of a catalogue (docs/catalog.md; ``catalog_parts``'s).
+
+  Args:
+    with_segments: add the columns of a catalogue with segments (``segment_starts``
+      list<float32>, ``segment_windows`` list<int32>, ``segment_embeddings``
+      list<list<float32>>, one inner list per segment).
+  """
+  schema = catalog_parts.parquet_schema()
+  if not with_segments:
+    return schema
+  import pyarrow as pa
+  return pa.schema(list(schema) + [
+      (segments.SEGMENT_STARTS, pa.list_(pa.float32())),
+      (segments.SEGMENT_WINDOWS, pa.list_(pa.int32())),
+      (segments.SEGMENT_EMBEDDINGS, pa.list_(pa.list_(pa.float32())))])
 
 
-def tfrecord_feature_spec(n_tags: int, embedding_size: int) -> Dict[str, Any]:
-  """``tf.io.parse_single_example`` features of a catalogue TFRecord."""
+def tfrecord_feature_spec(n_tags: int, embedding_size: int,
+                          with_segments: bool = False) -> Dict[str, Any]:
+  """``tf.io.parse_single_example`` features of a catalogue TFRecord.
+
+  Args:
+    n_tags, embedding_size: from ``metadata.json``.
+    with_segments: add the segment features (all of variable length, so sparse;
+      ``segment_embeddings`` is flat, ``[segments × embedding_size]``: reshape it to
+      ``[-1, embedding_size]``).
+  """
   import tensorflow as tf
-  return {
+  spec = {
       PATH: tf.io.FixedLenFeature([], tf.string),
       DURATION: tf.io.FixedLenFeature([], tf.float32),
       PROBABILITIES: tf.io.FixedLenFeature([n_tags], tf.float32),
@@ -678,6 +834,11 @@ def tfrecord_feature_spec(n_tags: int, embedding_size: int) -> Dict[str, Any]:
       TOP_PROBABILITIES: tf.io.VarLenFeature(tf.float32),
       EMBEDDING: tf.io.FixedLenFeature([embedding_size], tf.float32),
   }
+  if with_segments:
+    spec.update({segments.SEGMENT_STARTS: tf.io.VarLenFeature(tf.float32),
+                 segments.SEGMENT_WINDOWS: tf.io.VarLenFeature(tf.int64),
+                 segments.SEGMENT_EMBEDDINGS: tf.io.VarLenFeature(tf.float32)})
+  return spec
 
 
 class _WriteSummaryDoFn(beam.DoFn):
@@ -725,10 +886,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
     files = pipeline | "Paths" >> beam.Create(list(paths))
   files = files | "SpreadFiles" >> beam.Reshuffle()
 
+  segment_seconds = config.segment_seconds
   probed = files | "Decode" >> beam.ParDo(DecodeAudioDoFn(
       sample_rate, channel_mode, int(info["min_samples"]), one_shot, version_dir,
       config.chunk_seconds, config.intra_op_threads,
-      file_timeout_s=config.file_timeout_s)).with_outputs(
+      file_timeout_s=config.file_timeout_s,
+      segment_seconds=segment_seconds)).with_outputs(
           ERROR_TAG, PARTIALS_TAG, main="short")
 
   def handler(inference_fn, max_batch_samples=None):
@@ -737,13 +900,18 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
         config.max_batch_size, max_batch_samples))
 
   batch_samples = int(config.max_batch_size * config.chunk_seconds * sample_rate)
+  clip_fn = (functools.partial(segmented_waveform_inference_fn,
+                               segment_seconds=segment_seconds)
+             if segment_seconds else waveform_inference_fn)
   short_results, short_dlq = (
       probed.short
       | "TagClips" >> inference_base.RunInference(
-          handler(waveform_inference_fn, batch_samples)).with_exception_handling())
+          handler(clip_fn, batch_samples)).with_exception_handling())
 
+  combine_fn = (SegmentedBagOfFeaturesCombineFn(segments.WindowClock.of_export(info))
+                if segment_seconds else BagOfFeaturesCombineFn())
   combined = (probed[PARTIALS_TAG]
-              | "CombineChunks" >> beam.CombinePerKey(BagOfFeaturesCombineFn())
+              | "CombineChunks" >> beam.CombinePerKey(combine_fn)
               | "CheckChunks" >> beam.FlatMap(_split_combined).with_outputs(
                   ERROR_TAG, main="embeddings"))
   long_results, long_dlq = (
@@ -767,7 +935,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: TagCatalogConfig,
 
   _ = (records
        | "WriteParquet" >> beam.io.WriteToParquet(
-           job_io.join(work_dir, PARQUET_DIR, SHARD_PREFIX), parquet_schema(),
+           job_io.join(work_dir, PARQUET_DIR, SHARD_PREFIX),
+           parquet_schema(bool(segment_seconds)),
            file_name_suffix=PARQUET_SUFFIX, num_shards=config.num_shards))
   _ = (records
        | "ToExamples" >> beam.ParDo(SerializeExampleDoFn())

@@ -6,6 +6,7 @@ Usage::
   deepbof-similar --catalog_dir=CATALOG --query=FILE_OR_PATH [--top_k=10] \
       [--output=table|json] [--model=EXPORT_DIR] [--where=TAG>0.5 ...] \
       [--metadata=TRACKS.csv --exclude_same=album,artist] [--nprobe=N]
+  deepbof-similar --catalog_dir=CATALOG [--build] --segments --query=EXCERPT.wav
 
 ``CATALOG`` is the output of ``deepbof-tag-catalog``. ``--build`` brings the
 catalogue's index (``CATALOG/index/``, ``deepbof_tf.catalog_index``) up to date: the
@@ -32,6 +33,15 @@ neighbours whose stored tag probability satisfies it (all must hold);
 ``--exclude_same=COLUMN`` leaves out neighbours that share the query's value of a
 column of ``--metadata`` (a CSV with a ``path`` column). Filtered searches look
 further until ``--top_k`` neighbours pass.
+
+``--segments`` searches by excerpt a catalogue made with ``deepbof-tag-catalog
+--segment_seconds``: the query (an audio excerpt, embedded whole; or a catalogue
+path, its track embedding) is compared with every segment of every track, and each
+answered track comes with the start, in seconds, of its best segment (a column after
+the path; ``start`` in json). ``--build --segments`` saves that segment index into
+``CATALOG/index_segments/``; without it the segments are searched exactly in memory.
+``--where`` and ``--exclude_same`` filter tracks as above (docs/catalog.md, "Search
+by excerpt"; the library is ``deepbof_tf.excerpt_search``).
 """
 
 from __future__ import annotations
@@ -99,6 +109,10 @@ def define_flags() -> None:
   flags.DEFINE_multi_string("exclude_same", [], "Leave out neighbours sharing the "
                             "query's value of this --metadata column (e.g. album); "
                             "repeatable or comma-separated.")
+  flags.DEFINE_bool("segments", False, "Search by excerpt: compare the query with every "
+                    "segment of a catalogue made with --segment_seconds and print each "
+                    "track's best segment start (--build: the segment index, in "
+                    "CATALOG/index_segments/).")
 
 
 def _fail(message: str) -> int:
@@ -118,6 +132,14 @@ def main(argv: Sequence[str]) -> int:
                   if c.strip()]
   if exclude_same and not FLAGS.metadata:
     raise app.UsageError("--exclude_same needs --metadata=FILE.csv")
+  if FLAGS.segments:  # search by excerpt (deepbof_tf.excerpt_search)
+    from deepbof_tf import excerpt_search
+    return excerpt_search.command(
+        FLAGS.catalog_dir, FLAGS.query, build=FLAGS.build, top_k=FLAGS.top_k,
+        output=FLAGS.output, model=FLAGS.model, chunk_seconds=FLAGS.chunk_seconds,
+        channel_mode=FLAGS.channel_mode, exact_max_items=FLAGS.exact_max_items,
+        normalization=FLAGS.normalization, where=FLAGS.where,
+        metadata_csv=FLAGS.metadata, exclude_same=exclude_same)
   from deepbof_tf import catalog_index
   from deepbof_tf import similarity
   directory = similarity.index_dir(FLAGS.catalog_dir)

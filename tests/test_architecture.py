@@ -15,11 +15,11 @@ PACKAGES = ("deepbof_tf", "beam_jobs", "trainer", "serving", "deepbof_tools")
 # deepbof_tf's floors: a module imports only modules on its floor or below.
 FLOORS = {
     0: ("config", "framing", "seeds", "signatures", "model_dir", "io_utils", "cli",
-        "metrics", "plots", "catalog_parts"),
+        "metrics", "plots", "catalog_parts", "segments"),
     1: ("decoders", "audio", "frontend", "sampling", "similarity", "catalog_index", "data",
         "layers"),
     2: ("models", "streaming", "native"),
-    3: ("training", "exported"),
+    3: ("training", "exported", "excerpt_search"),
 }
 FLOOR_OF = {name: floor for floor, names in FLOORS.items() for name in names}
 
