@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import serving_fixtures as fx
 from beam_jobs import tag_catalog_lib as lib
+from beam_jobs import catalog_runs
 from deepbof_tf import catalog_parts
 from deepbof_tf import excerpt_search
 from deepbof_tf import exported as exported_lib
@@ -70,7 +71,7 @@ def _config(exported, folder, out, **kwargs):
 @pytest.fixture(scope="module")
 def catalog(exported, folder, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("excerpt_catalog") / "catalog")
-  metadata = lib.run(_config(exported, folder, out, segment_seconds=SEGMENT_SECONDS),
+  metadata = catalog_runs.run(_config(exported, folder, out, segment_seconds=SEGMENT_SECONDS),
                      IN_PROCESS)
   return out, metadata
 
@@ -78,7 +79,7 @@ def catalog(exported, folder, tmp_path_factory):
 @pytest.fixture(scope="module")
 def plain_catalog(exported, folder, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("plain_catalog") / "catalog")
-  return out, lib.run(_config(exported, folder, out), IN_PROCESS)
+  return out, catalog_runs.run(_config(exported, folder, out), IN_PROCESS)
 
 
 def _rows(catalog_dir):
@@ -307,19 +308,19 @@ def test_another_segment_seconds_is_refused(exported, tmp_path):
   folder.mkdir()
   sf.write(str(folder / "a.wav"), fx.music_like_signal(2.0, 1, RATE), RATE)
   out = str(tmp_path / "catalog")
-  lib.run(_config(exported, folder, out, segment_seconds=10.0), IN_PROCESS)
+  catalog_runs.run(_config(exported, folder, out, segment_seconds=10.0), IN_PROCESS)
   with pytest.raises(ValueError, match=r"--segment_seconds=10, this run asks for "
                      r"--segment_seconds=5.*another --output_dir"):
-    lib.run(_config(exported, folder, out, segment_seconds=5.0), IN_PROCESS)
+    catalog_runs.run(_config(exported, folder, out, segment_seconds=5.0), IN_PROCESS)
   with pytest.raises(ValueError, match="made with --segment_seconds=10, this run asks "
                      "for no segments"):
-    lib.run(_config(exported, folder, out), IN_PROCESS)
-  again = lib.run(_config(exported, folder, out, segment_seconds=10.0), IN_PROCESS)
+    catalog_runs.run(_config(exported, folder, out), IN_PROCESS)
+  again = catalog_runs.run(_config(exported, folder, out, segment_seconds=10.0), IN_PROCESS)
   assert again["last_run"]["files_to_tag"] == 0 and again["segment_seconds"] == 10.0
   plain = str(tmp_path / "plain")
-  lib.run(_config(exported, folder, plain), IN_PROCESS)
+  catalog_runs.run(_config(exported, folder, plain), IN_PROCESS)
   with pytest.raises(ValueError, match="made with no segments, this run asks for "
                      "--segment_seconds=10.*run with no --segment_seconds"):
-    lib.run(_config(exported, folder, plain, segment_seconds=10.0), IN_PROCESS)
+    catalog_runs.run(_config(exported, folder, plain, segment_seconds=10.0), IN_PROCESS)
   with pytest.raises(ValueError, match="segment_seconds must be > 0"):
     _config(exported, folder, out, segment_seconds=0.0)
