@@ -18,8 +18,8 @@ catalogue, whose reruns read and hash every input file: 400, then 440).
 
 Every run is the command a user types, in a fresh process: the ``deepbof-tag-catalog``
 console script next to this interpreter (``python -m beam_jobs.tag_catalog`` where there
-is none), a pattern input (``audio/*.mp3``), the local FnApiRunner the job uses by
-default with 2 worker processes (``--direct_num_workers=2
+is none), a pattern input (``audio/*.mp3``), the local FnApiRunner (the job's runner
+for local runs) with 2 worker processes (``--direct_num_workers=2
 --direct_running_mode=multi_processing``). Its wall time includes the interpreter's and
 the libraries' start-up. The model is bench_serving's synthetic one (the paper's sizes:
 1024 hidden units, a 3 × 512 DNN, 50 tags); the corpus is bench_preprocess's (MP3s at
@@ -38,7 +38,6 @@ read n/a.) A full run took 13 minutes on a 2-core machine shared at load average
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
