@@ -461,10 +461,10 @@ def claim_work_dir(output_dir: str) -> str:
   Args:
     output_dir: the output directory of the job (local or remote).
   """
-  import tensorflow as tf  # deferred: --help and the launcher start without it
   work_dir = f"{output_dir.rstrip('/')}{INCOMPLETE}{uuid.uuid4().hex[:8]}"
-  tf.io.gfile.makedirs(work_dir)
-  with tf.io.gfile.GFile(posixpath.join(work_dir, OWNER_FILE), "w") as f:
+  fs = file_system(work_dir)  # a local run's launcher starts without TensorFlow
+  fs.makedirs(work_dir)
+  with fs.GFile(posixpath.join(work_dir, OWNER_FILE), "w") as f:
     f.write(json.dumps(owner_record()) + "\n")
   return work_dir
 
@@ -494,13 +494,23 @@ def _left_by_a_killed_run(path: str) -> bool:
     ValueError, OSError, tf.errors.OpError: the directory is being written or removed
       by someone else right now.
   """
-  import tensorflow as tf  # deferred: --help and the launcher start without it
+  fs = file_system(path)  # a local run's launcher starts without TensorFlow
   owner_path = posixpath.join(path, OWNER_FILE)
-  if tf.io.gfile.exists(owner_path):
-    with tf.io.gfile.GFile(owner_path, "r") as f:
+  if fs.exists(owner_path):
+    with fs.GFile(owner_path, "r") as f:
       return owner_is_gone(json.load(f))
-  age = time.time() - tf.io.gfile.stat(path).mtime_nsec / 1e9
+  mtime_ns = gfile().stat(path).mtime_nsec if is_url(path) else os.stat(path).st_mtime_ns
+  age = time.time() - mtime_ns / 1e9
   return age > UNOWNED_MAX_AGE_SECONDS
+
+
+def _io_errors(path: str) -> Tuple[type, ...]:
+  """What reaching ``path`` raises while another process writes or removes it
+  (``tf.io.gfile``'s ``OpError`` too for a URL)."""
+  if not is_url(path):
+    return (ValueError, OSError)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  (URLs only)
+  return (ValueError, OSError, tf.errors.OpError)
 
 
 def remove_stale_work_dirs(output_dir: str) -> List[str]:
@@ -509,25 +519,25 @@ def remove_stale_work_dirs(output_dir: str) -> List[str]:
   Args:
     output_dir: the output directory of the job (local or remote).
   """
-  import tensorflow as tf  # deferred: --help and the launcher start without it
   output_dir = output_dir.rstrip("/")
   parent, name = posixpath.split(output_dir)
   parent = parent or "."
-  if not tf.io.gfile.isdir(parent):
+  fs = file_system(parent)  # a local run's launcher starts without TensorFlow
+  if not fs.isdir(parent):
     return []
   removed = []
-  for entry in tf.io.gfile.listdir(parent):
+  for entry in fs.listdir(parent):
     entry = entry.rstrip("/")
     if not entry.startswith(name + INCOMPLETE):
       continue
     path = posixpath.join(parent, entry)
     try:
       stale = _left_by_a_killed_run(path)
-    except (ValueError, OSError, tf.errors.OpError):
+    except _io_errors(path):
       continue  # being written or removed by someone else right now
     if stale:
       logging.warning("removing %s, left by a run that was killed", path)
-      tf.io.gfile.rmtree(path)
+      fs.rmtree(path)
       removed.append(path)
   return removed
 

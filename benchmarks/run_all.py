@@ -48,7 +48,8 @@ import result_line  # noqa: E402
 
 # Order of a full run: short ones first, so a broken setup shows within a minute.
 ORDER = ("frontend", "local_features", "song_dnn", "startup", "similarity_quality",
-         "serving", "demo_corpus", "preprocess", "catalog", "long_tracks")
+         "serving", "demo_corpus", "preprocess", "catalog", "catalog_incremental",
+         "long_tracks")
 
 # Smaller sizes for --quick, through each script's own flags.
 QUICK_ARGS: Dict[str, List[str]] = {
@@ -60,6 +61,7 @@ QUICK_ARGS: Dict[str, List[str]] = {
     "demo_corpus": ["--num_clips", "24", "--clip_seconds", "5", "--no_progress"],
     "catalog": ["--clips=3,6", "--seconds=10", "--index_items=5000", "--index_dim=128",
                 "--queries=100"],
+    "catalog_incremental": ["--files=40", "--added=4", "--seconds=10"],
     "long_tracks": ["--clips=4,8", "--tracks=1,2", "--track_seconds=60", "--repeats=1"],
     "startup": ["--runs=1"],
     "similarity_quality": ["--synthetic_tracks=400", "--synthetic_groups=20"],
@@ -68,7 +70,7 @@ QUICK_ARGS: Dict[str, List[str]] = {
 # Seconds before a script is stopped (a quiet 2-core machine needs about a quarter of
 # this; preprocess ~4 min, demo corpus ~2.5 min).
 TIMEOUTS = {"preprocess": 1200.0, "demo_corpus": 900.0, "catalog": 1800.0,
-            "long_tracks": 1200.0}
+            "catalog_incremental": 1200.0, "long_tracks": 1200.0}
 DEFAULT_TIMEOUT = 600.0
 QUICK_TIMEOUT = 300.0
 

@@ -20,6 +20,7 @@ plain ``tf.Module``, which Keras 3's ``load_model`` does not read.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -36,12 +37,30 @@ from deepbof_tf.signatures import (  # noqa: F401  (re-exported)
 EXPORT_INFO_FILE = "deepbof_export.json"
 
 
+class _LocalFiles:
+  """The ``tf.io.gfile`` calls of this module, for a local path, through ``os``: the
+  catalogue's launcher resolves an export without importing TensorFlow."""
+
+  exists = staticmethod(os.path.exists)
+  isdir = staticmethod(os.path.isdir)
+  listdir = staticmethod(os.listdir)
+  GFile = staticmethod(open)
+
+
+def _files(path: str):
+  """``tf.io.gfile`` for a URL (``gs://…``), :class:`_LocalFiles` for a local path."""
+  if "://" not in path:
+    return _LocalFiles
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  (URLs only)
+  return tf.io.gfile
+
+
 def existing_versions(export_dir: str) -> List[int]:
   """Integer version subdirectories of a TF Serving model base path, ascending."""
-  import tensorflow as tf
-  if not tf.io.gfile.isdir(export_dir):
+  files = _files(export_dir)
+  if not files.isdir(export_dir):
     return []
-  names = [name.rstrip("/") for name in tf.io.gfile.listdir(export_dir)]
+  names = [name.rstrip("/") for name in files.listdir(export_dir)]
   return sorted(int(name) for name in names if name.isdigit())
 
 
@@ -51,8 +70,7 @@ def resolve_version_dir(path: str) -> str:
   Args:
     path: a version directory (with ``saved_model.pb``) or a model base path.
   """
-  import tensorflow as tf
-  if tf.io.gfile.exists(posixpath.join(path, "saved_model.pb")):
+  if _files(path).exists(posixpath.join(path, "saved_model.pb")):
     return path
   versions = existing_versions(path)
   if not versions:
@@ -63,11 +81,11 @@ def resolve_version_dir(path: str) -> str:
 
 def read_export_info(version_dir: str) -> Dict[str, Any]:
   """The ``assets/deepbof_export.json`` of an export version directory."""
-  import tensorflow as tf
   path = posixpath.join(version_dir, "assets", EXPORT_INFO_FILE)
-  if not tf.io.gfile.exists(path):
+  files = _files(path)
+  if not files.exists(path):
     raise FileNotFoundError(f"{path}: not a deepbof export (no {EXPORT_INFO_FILE})")
-  with tf.io.gfile.GFile(path, "r") as f:
+  with files.GFile(path, "r") as f:
     return json.load(f)
 
 
