@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -265,8 +266,11 @@ def tag_part(config: TagCatalogConfig, input_format: str, info: Mapping[str, Any
   from apache_beam.options.pipeline_options import PipelineOptions
   start = time.time()
   paths = [entry["path"] for entry in entries]
+  args, note = job_io.sized_local_args(beam_args, len(entries), config.min_files_per_worker)
+  if note:
+    logging.info("%s", note)
   with job_io.work_dir_of(part_dir) as work_dir:
-    options = PipelineOptions(list(beam_args))
+    options = PipelineOptions(args)
     pipeline = beam.Pipeline(runner=job_io.make_runner(options), options=options)
     build_pipeline(pipeline, config, paths, info, version_dir, work_dir)
     result = job_io.run_and_wait(pipeline)

@@ -36,7 +36,7 @@ import shutil
 import socket
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from deepbof_tf.data import schema
 from deepbof_tf.io_utils import write_atomic
@@ -258,6 +258,46 @@ def make_runner(options):
     options: the pipeline options.
   """
   return fn_api_runner(options) if is_local_runner(options) else None
+
+
+def sized_local_args(beam_args: Sequence[str], num_inputs: int,
+                     min_inputs_per_worker: int) -> Tuple[List[str], Optional[str]]:
+  """``beam_args`` with no more local workers than ``num_inputs`` can keep busy.
+
+  A local run (the FnApiRunner) gets at most one worker per ``min_inputs_per_worker``
+  inputs; cut down to one, it runs in this process (``--direct_running_mode=in_memory``),
+  so a small run starts no worker process at all. Other runners,
+  ``min_inputs_per_worker`` 0 and a run that asks for no more workers than that (one
+  worker process included) are left as they are.
+
+  Args:
+    beam_args: the pipeline's command-line options.
+    num_inputs: the inputs of this run.
+    min_inputs_per_worker: the inputs that pay for one worker's start-up.
+
+  Returns:
+    ``(args, note)``: the options to run with (the given ones, with the worker options
+    appended, last wins) and a sentence saying what changed, or None.
+  """
+  from apache_beam.options.pipeline_options import DirectOptions
+  from apache_beam.options.pipeline_options import PipelineOptions
+  args = list(beam_args)
+  options = PipelineOptions(args)
+  if min_inputs_per_worker <= 0 or not is_local_runner(options):
+    return args, None
+  direct = options.view_as(DirectOptions)
+  requested = direct.direct_num_workers or os.cpu_count() or 1
+  workers = max(1, min(requested, num_inputs // min_inputs_per_worker))
+  if workers >= requested:
+    return args, None
+  if workers == 1:
+    args += ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+    where = "in this process"
+  else:
+    args += [f"--direct_num_workers={workers}"]
+    where = f"with {workers} of the {requested} workers asked for"
+  return args, (f"{num_inputs} file(s) to tag: tagged {where} (at least "
+                f"{min_inputs_per_worker} files per worker)")
 
 
 def run_and_wait(pipeline):

@@ -106,6 +106,11 @@ def define_flags() -> None:
                      "(columns segment_starts, segment_windows, segment_embeddings), "
                      "for deepbof-similar --segments (search by excerpt). Unset: no "
                      "segments. A catalogue keeps the setting it was made with.")
+  flags.DEFINE_integer("min_files_per_worker", defaults["min_files_per_worker"], "Local "
+                       "runs: at most one worker process per this many files of a part; "
+                       "a part of fewer than twice as many is tagged in this process. 0: "
+                       "--direct_num_workers and --direct_running_mode as given.",
+                       lower_bound=0)
   _OUR_FLAGS[:] = sorted(set(FLAGS) - before)
 
 
@@ -126,7 +131,8 @@ def config_from_flags() -> lib.TagCatalogConfig:
       num_shards=FLAGS.num_shards, overwrite=FLAGS.overwrite,
       intra_op_threads=FLAGS.intra_op_threads, file_timeout_s=FLAGS.file_timeout_s,
       identity=FLAGS.identity, force=FLAGS.force, prune=FLAGS.prune,
-      part_max_files=FLAGS.part_max_files, segment_seconds=FLAGS.segment_seconds)
+      part_max_files=FLAGS.part_max_files, segment_seconds=FLAGS.segment_seconds,
+      min_files_per_worker=FLAGS.min_files_per_worker)
 
 
 def _print_errors(config: lib.TagCatalogConfig, unused_metadata) -> None:

@@ -107,6 +107,11 @@ INPUT_FORMATS = ("auto", "pattern", "csv", "mtt")
 FORMAT_VERSION = 1
 # Incremental runs (docs/catalog.md): files per part, and what makes a file "the same".
 DEFAULT_PART_MAX_FILES = 5000
+# A local run starts one more worker process only for this many more files: a worker's
+# start-up (Python, Beam, TensorFlow, the model) costs about as much as tagging 50
+# 30-s clips, so a small daily increment is tagged in the launching process
+# (docs/benchmarks.md, "Incremental catalogue").
+DEFAULT_MIN_FILES_PER_WORKER = 50
 IDENTITIES = ("stat", "content")
 
 # The record fields (Parquet columns and tf.train.Example keys alike).
@@ -173,6 +178,11 @@ class TagCatalogConfig:
       "Search by excerpt"): the columns ``segment_starts``, ``segment_windows`` and
       ``segment_embeddings``. None (the default): no segments, the outputs of a
       catalogue without them. A catalogue holds one setting (another is refused).
+    min_files_per_worker: local runs (the FnApiRunner) start at most one worker per
+      this many files of a part, and tag a part of fewer than twice as many in the
+      launching process (``--direct_running_mode=in_memory``, one worker); 0 keeps
+      ``--direct_num_workers`` and ``--direct_running_mode`` as given. The outputs do
+      not depend on it.
   """
 
   model: str
@@ -195,6 +205,7 @@ class TagCatalogConfig:
   prune: bool = False
   part_max_files: int = DEFAULT_PART_MAX_FILES
   segment_seconds: Optional[float] = None
+  min_files_per_worker: int = DEFAULT_MIN_FILES_PER_WORKER
 
   def __post_init__(self):
     if self.input_format not in INPUT_FORMATS:
@@ -212,6 +223,9 @@ class TagCatalogConfig:
     if not 1 <= self.min_batch_size <= self.max_batch_size:
       raise ValueError(f"need 1 <= min_batch_size <= max_batch_size, got "
                        f"{self.min_batch_size}, {self.max_batch_size}")
+    if self.min_files_per_worker < 0:
+      raise ValueError(f"min_files_per_worker must be >= 0, got "
+                       f"{self.min_files_per_worker}")
     if self.num_shards < 0:
       raise ValueError(f"num_shards must be >= 0, got {self.num_shards}")
     if not self.file_timeout_s >= 0:

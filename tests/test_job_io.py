@@ -262,3 +262,33 @@ def test_publish_by_copy_writes_metadata_last(tmp_path):
     tf.io.gfile.copy = real_copy
   assert order == ["train-00000-of-00001.tfrecord.gz", "metadata.json"]
   assert (tmp_path / "out" / "clips" / "train-00000-of-00001.tfrecord.gz").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("args, inputs, per_worker, expected", [
+    # a small run on a 2-worker request: in this process
+    (["--direct_num_workers=2", "--direct_running_mode=multi_processing"], 40, 50,
+     ["--direct_num_workers=1", "--direct_running_mode=in_memory"]),
+    # enough inputs for both workers: as given
+    (["--direct_num_workers=2", "--direct_running_mode=multi_processing"], 100, 50, []),
+    # 4 asked for, 150 inputs: 3 workers, the running mode kept
+    (["--direct_num_workers=4", "--direct_running_mode=multi_processing"], 150, 50,
+     ["--direct_num_workers=3"]),
+    # one worker process asked for: kept (e.g. to measure a worker's memory)
+    (["--direct_num_workers=1", "--direct_running_mode=multi_processing"], 3, 50, []),
+    # the rule switched off
+    (["--direct_num_workers=2", "--direct_running_mode=multi_processing"], 3, 0, []),
+    # not a local runner
+    (["--runner=DataflowRunner", "--direct_num_workers=2"], 3, 50, []),
+])
+def test_sized_local_args(args, inputs, per_worker, expected):
+  sized, note = job_io.sized_local_args(args, inputs, per_worker)
+  assert sized == args + expected
+  assert (note is None) == (not expected)
+  if expected:
+    assert f"{inputs} file(s) to tag" in note
+
+
+def test_sized_local_args_counts_all_cores_for_zero_workers(monkeypatch):
+  monkeypatch.setattr(os, "cpu_count", lambda: 8)
+  sized, _ = job_io.sized_local_args(["--direct_num_workers=0"], 120, 50)
+  assert sized[-1] == "--direct_num_workers=2"

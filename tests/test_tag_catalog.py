@@ -93,7 +93,8 @@ def catalog(exported, folder, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("catalog") / "catalog")
   config = lib.TagCatalogConfig(model=exported["export_dir"], input=str(folder),
                                 output_dir=out, top_k=3, chunk_seconds=CHUNK_SECONDS,
-                                one_shot_seconds=CHUNK_SECONDS, max_batch_size=4)
+                                one_shot_seconds=CHUNK_SECONDS, max_batch_size=4,
+                                min_files_per_worker=0)  # two worker processes
   metadata = catalog_runs.run(config, MULTI_PROCESS)
   return out, metadata
 

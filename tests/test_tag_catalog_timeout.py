@@ -243,7 +243,8 @@ def test_a_hanging_file_becomes_a_timeout_error_and_the_job_goes_on(folder,
   out = str(tmp_path_factory.mktemp("timeout_catalog") / "catalog")
   config = lib.TagCatalogConfig(model=exported["export_dir"], input=str(folder),
                                 output_dir=out, top_k=3, max_batch_size=4,
-                                file_timeout_s=LIMIT_S)
+                                file_timeout_s=LIMIT_S,
+                                min_files_per_worker=0)  # two worker processes
   start = time.monotonic()
   metadata = catalog_runs.run(config, MULTI_PROCESS)
   elapsed = time.monotonic() - start
