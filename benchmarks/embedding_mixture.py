@@ -118,16 +118,17 @@ def fit(x: np.ndarray, pca_dims: int = 256, components: int = 200, domain: str =
   residual_std = residual.std(axis=0) * residual_scale
   gmm = GaussianMixture(components, covariance_type=covariance, reg_covar=1e-4,
                         random_state=seed, n_init=1, max_iter=200).fit(z)
-  covariances = gmm.covariances_
-  if covariance == "diag":
-    covariances = np.stack([np.diag(c) for c in covariances])
+  if covariance == "diag":  # per component, the standard deviation of each coordinate
+    spread = {"stds": np.sqrt(gmm.covariances_).astype(np.float32)}
+  else:  # per component, the Cholesky factor of its covariance
+    spread = {"chol": np.linalg.cholesky(gmm.covariances_).astype(np.float32)}
   return {
       "domain": np.array(domain), "floor": np.float32(FLOOR),
       "mean": mu.astype(np.float32), "axes": w.astype(np.float32),
       "residual_std": residual_std.astype(np.float32),
       "weights": gmm.weights_.astype(np.float64),
       "means": gmm.means_.astype(np.float32),
-      "chol": np.linalg.cholesky(covariances).astype(np.float32),
+      **spread,
       "singular_values": s[:pca_dims].astype(np.float32),
       "fit_rows": np.int64(x.shape[0]),
   }
@@ -155,9 +156,13 @@ def _chunk(params: Dict[str, np.ndarray], number: int, seed: int) -> np.ndarray:
   labels = rng.choice(len(weights), CHUNK, p=weights)
   k = params["means"].shape[1]
   z = rng.standard_normal([CHUNK, k], dtype=np.float32)
-  for c in np.unique(labels):  # one matrix product per component (not per row)
-    rows = labels == c
-    z[rows] = z[rows] @ params["chol"][c].T + params["means"][c]
+  if "stds" in params:
+    z *= params["stds"][labels]
+  else:
+    for c in np.unique(labels):  # one matrix product per component (not per row)
+      rows = labels == c
+      z[rows] = z[rows] @ params["chol"][c].T
+  z += params["means"][labels]
   y = z @ params["axes"] + params["mean"]
   y += rng.standard_normal(y.shape, dtype=np.float32) * params["residual_std"]
   if str(params["domain"]) == "log":
