@@ -140,6 +140,7 @@ def run(args) -> None:
     path = os.path.join(args.workdir, "study.faiss")
     index.save(path)
     del index
+    bench.release_freed_memory()
     before = bench.rss_bytes()
     index = bench.make_index(factory, vectors)
     index.load(path)
