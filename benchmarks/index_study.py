@@ -45,12 +45,10 @@ import embedding_mixture  # noqa: E402
 def coarse_centroids(vectors: np.ndarray, items: int, nlist: int, seed: int
                      ) -> Dict:
   """k-means centroids of the IVF lists (the faiss default: 10 iterations)."""
-  faiss = bench._faiss()
   sample = bench.train_sample(vectors, items, nlist, seed)
-  kmeans = faiss.Kmeans(sample.shape[1], nlist, niter=10, seed=seed + 1, verbose=False)
   wall, cpu = time.perf_counter(), time.process_time()
-  kmeans.train(sample)
-  return {"centroids": kmeans.centroids.copy(), "wall": time.perf_counter() - wall,
+  centroids = bench.coarse_centroids(sample, nlist, seed)
+  return {"centroids": centroids, "wall": time.perf_counter() - wall,
           "cpu": time.process_time() - cpu}
 
 
@@ -130,7 +128,7 @@ def run(args) -> None:
     index = bench.make_index(factory, vectors, None if own else coarse["centroids"])
     sample = bench.train_sample(vectors, args.items, args.nlist, args.seed)
     wall, cpu = time.perf_counter(), time.process_time()
-    index.train(sample)
+    index.train(sample, args.seed)
     train_wall, train_cpu = time.perf_counter() - wall, time.process_time() - cpu
     del sample
     wall, cpu = time.perf_counter(), time.process_time()
@@ -151,7 +149,7 @@ def run(args) -> None:
     grid = search_grid(index, queries, truth, [int(v) for v in args.nprobes.split(",")],
                        [int(v) for v in args.reranks.split(",")], args.single, args.batch)
     index.set_search(bench.DEFAULT_NPROBE, bench.DEFAULT_RERANK)
-    add_s, found = bench.measure_add(index, args.items, args.add, args.threads)
+    add_s, found, _ = bench.measure_add(index, args.items, args.add, args.threads)
     print(f"  add {args.add}: {add_s:.1f} s, found {found:.4f}", flush=True)
     for row in grid:
       write(dict(row, config=factory, bytes_per_vector=nbytes / args.items,
