@@ -497,8 +497,9 @@ def main() -> int:
           f"{1 / t_single:.0f} ({1 / w_single:.0f}) q/s, batches of {args.batch} "
           f"{1 / t_batch:.0f} ({1 / w_batch:.0f}) q/s")
     add_s, found, instead = measure_add(index, args.items, args.add, args.threads)
-    print(f"added {args.add:,} in {add_s:.2f} s; {found:.4f} of them their own top 1 "
-          f"(the others: a near-duplicate, cosine >= {instead:.4f})")
+    print(f"added {args.add:,} in {add_s:.2f} s; {found:.4f} of them their own top 1"
+          + (f" (the others: a near-duplicate, cosine >= {instead:.4f})" if found < 1
+             else ""))
     peak = peak_rss_bytes()
     print(f"peak RSS {peak / 1e9:.2f} GB")
   finally:
@@ -527,8 +528,8 @@ def main() -> int:
           f"queries/s per core, one at a time, {search}, {size}", 1 / t_single, "q/s",
           reference="exact flat search, 1 thread, batched", reference_value=flat,
           target=f">= {2 * ANCHOR_QPS_PER_CORE:g}", applies=applies,
-          note=f"per CPU second, re-rank included; {1 / w_single:.0f} q/s wall; anchors "
-          f"~{ANCHOR_QPS_PER_CORE:g} q/s per core at recall 0.9"),
+          note=f"per CPU second, re-rank included; {1 / w_single:.0f} q/s wall; comparison "
+          f"point ~{ANCHOR_QPS_PER_CORE:g} q/s per core at recall 0.9"),
       result_line.measurement(
           f"queries/s per core, batches of {args.batch}, {search}, {size}", 1 / t_batch,
           "q/s", reference="exact flat search, 1 thread, batched", reference_value=flat,
