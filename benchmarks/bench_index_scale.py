@@ -244,6 +244,12 @@ class FaissCompressedIndex:
   compressed codes plus an exact re-rank of its ``rerank × k`` best candidates against
   the float32 vectors, memory-mapped.
 
+  What the benchmark uses, and what the catalogue index must offer in its place:
+  ``train(sample, seed)``, ``add(start, stop)`` (rows of the float32 file, ids = row
+  numbers, also after the build), ``set_search(nprobe, rerank)``,
+  ``search(queries, k) -> (scores, ids)`` (re-ranked), ``serialized_bytes()`` (the
+  index in RAM, floats excluded), ``save(path)`` / ``load(path)``, and ``vectors``.
+
   Args:
     factory: a faiss ``index_factory`` string (``"IVF1024,PQ512x4fs"``), inner product.
     vectors: the float32 ``[rows, H]`` vectors (a ``np.memmap``); row ``i`` is id ``i``.
@@ -479,7 +485,6 @@ def main() -> int:
     built = build_and_measure(args.index, vectors, args.items, args.threads, workdir,
                               args.seed)
     index = built["index"]
-    build_s = built["train_s"] + built["add_s"]
     build_cpu = built["train_cpu"] + built["add_cpu"]
     per_vector = built["bytes"] / args.items
     print(f"{args.index}: train {built['train_s']:.1f} s + add {built['add_s']:.1f} s "
