@@ -49,7 +49,7 @@ import result_line  # noqa: E402
 # Order of a full run: short ones first, so a broken setup shows within a minute.
 ORDER = ("frontend", "local_features", "song_dnn", "startup", "similarity_quality",
          "serving", "demo_corpus", "preprocess", "catalog", "catalog_incremental",
-         "long_tracks")
+         "long_tracks", "index_scale")
 
 # Smaller sizes for --quick, through each script's own flags.
 QUICK_ARGS: Dict[str, List[str]] = {
@@ -65,12 +65,13 @@ QUICK_ARGS: Dict[str, List[str]] = {
     "long_tracks": ["--clips=4,8", "--tracks=1,2", "--track_seconds=60", "--repeats=1"],
     "startup": ["--runs=1"],
     "similarity_quality": ["--synthetic_tracks=400", "--synthetic_groups=20"],
+    "index_scale": ["--quick"],
 }
 
 # Seconds before a script is stopped (a quiet 2-core machine needs about a quarter of
-# this; preprocess ~4 min, demo corpus ~2.5 min).
+# this; preprocess ~4 min, demo corpus ~2.5 min; the index at a million items ~20 min).
 TIMEOUTS = {"preprocess": 1200.0, "demo_corpus": 900.0, "catalog": 1800.0,
-            "catalog_incremental": 1200.0, "long_tracks": 1200.0}
+            "catalog_incremental": 1200.0, "long_tracks": 1200.0, "index_scale": 3600.0}
 DEFAULT_TIMEOUT = 600.0
 QUICK_TIMEOUT = 300.0
 
