@@ -27,7 +27,9 @@ from deepbof_tf import streaming
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
-LIMIT_S = 5.0
+# Well above a good file's decode on a loaded 2-core machine (a 70-s FLAC took over 5 s
+# there), far below the hang.
+LIMIT_S = 20.0
 
 # name → (seconds, rate, channels)
 _GOOD = {
@@ -82,7 +84,7 @@ def test_a_hanging_file_times_out_and_the_next_file_decodes_in_a_new_process(
   elapsed = time.monotonic() - start
   assert LIMIT_S <= elapsed < LIMIT_S + 10
   assert str(raised.value).startswith(f"{hanging}: decoding took longer than the limit "
-                                      "of 5 s per file (--file_timeout_s)")
+                                      "of 20 s per file (--file_timeout_s)")
   assert not decoder.alive() and decoder.starts == 1
   # The next file starts a new child and decodes as in this process.
   source = decoder.open(good, 22050)
@@ -208,7 +210,7 @@ def test_the_dofn_gives_the_same_outputs_and_errors_in_a_decoder_process(folder,
     ((tag, record),) = _outputs(limited, hanging)
     assert time.monotonic() - start < LIMIT_S + 10
     assert tag == lib.ERROR_TAG and record["stage"] == "timeout"
-    assert record["path"] == hanging and "5 s" in record["error"]
+    assert record["path"] == hanging and "20 s" in record["error"]
     assert record["error"].startswith(hanging)
     ((tag, (path, waveform)),) = _outputs(limited, str(folder / "clip_a.wav"))
     assert tag == "short" and waveform.size == 4 * 22050
@@ -253,7 +255,7 @@ def test_a_hanging_file_becomes_a_timeout_error_and_the_job_goes_on(folder,
   errors = {e["path"]: e for e in catalog_runs.read_errors(out)}
   assert errors[hanging]["stage"] == "timeout"
   assert errors[hanging]["error"].startswith(f"{hanging}: decoding took longer than "
-                                             "the limit of 5 s")
+                                             "the limit of 20 s")
   tagged = set(catalog_parts.read_table(out).column("path")
                .to_pylist())
   assert tagged == {str(folder / n) for n in _GOOD} | {str(folder / "long.flac")}
