@@ -71,7 +71,7 @@ QUICK_ARGS: Dict[str, List[str]] = {
 # Seconds before a script is stopped (a quiet 2-core machine needs about a quarter of
 # this; preprocess ~4 min, demo corpus ~2.5 min; the index at a million items ~20 min).
 TIMEOUTS = {"preprocess": 1200.0, "demo_corpus": 900.0, "catalog": 1800.0,
-            "catalog_incremental": 1200.0, "long_tracks": 1200.0, "index_scale": 3600.0}
+            "catalog_incremental": 2400.0, "long_tracks": 1200.0, "index_scale": 3600.0}
 DEFAULT_TIMEOUT = 600.0
 QUICK_TIMEOUT = 300.0
 
