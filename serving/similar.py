@@ -135,7 +135,7 @@ def main(argv: Sequence[str]) -> int:
   if FLAGS.segments:  # search by excerpt (deepbof_tf.excerpt_search)
     from deepbof_tf import excerpt_search
     return excerpt_search.command(
-        FLAGS.catalog_dir, FLAGS.query, build=FLAGS.build, top_k=FLAGS.top_k,
+        FLAGS.catalog_dir, FLAGS.query, build=build, top_k=FLAGS.top_k,
         output=FLAGS.output, model=FLAGS.model, chunk_seconds=FLAGS.chunk_seconds,
         channel_mode=FLAGS.channel_mode, exact_max_items=FLAGS.exact_max_items,
         normalization=FLAGS.normalization, where=FLAGS.where,
