@@ -32,11 +32,16 @@ is 41 GB read from Parquet for every query. This index is instead:
   :data:`EXACT_MAX_ITEMS` or ``rebuild=True`` rebuild it.
 * **compressed above** :data:`EXACT_MAX_ITEMS` rows. Up to it the kind is ``exact``: a
   NumPy scan of the memory-mapped vectors (no faiss index, no copy). Above it
-  ``ivfpq`` (``faiss.IndexIVFPQ``, inner product, :data:`PQ_DIMS_PER_SUBQUANTIZER`
-  dimensions per byte: 64 bytes per 1,024-d track) or ``ivfsq8`` (int8 scalar
-  quantization, 1 byte per dimension): faiss proposes ``refine_factor × k``
+  ``ivfpqfs`` (the default: ``faiss.IndexIVFPQFastScan``, inner product, 4-bit codes
+  of :data:`FASTSCAN_DIMS_PER_SUBQUANTIZER`-d sub-vectors: 256 bytes per 1,024-d
+  track, ``IVF1024,PQ512x4fs`` at 1M), ``ivfpq`` (``faiss.IndexIVFPQ``, 8-bit codes
+  of :data:`PQ_DIMS_PER_SUBQUANTIZER` dimensions: 64 bytes) or ``ivfsq8`` (int8
+  scalar quantization, 1 byte per dimension): faiss proposes ``refine_factor × k``
   candidates from ``nprobe`` of ``nlist`` inverted lists and they are re-ranked
   exactly against the float32 vectors, so every returned score is the exact cosine.
+  docs/experiments/index-study.md chose the default kind and its parameters at
+  1,000,000 × 1,024 (recall@10 0.958, 272 bytes a track in RAM); the 8-bit kinds
+  were several times slower per query there.
   HNSW is not a kind here: its graph holds every float32 vector in memory (41 GB at
   10M) and cannot be trained once and extended per segment the way IVF can.
 * **filtered.** ``keep`` masks (``--where`` on the stored probabilities,
@@ -46,9 +51,10 @@ is 41 GB read from Parquet for every query. This index is instead:
   a segment whose kept rows are few (≤ :data:`FILTER_EXACT_MAX_ROWS`) is scanned
   exactly instead.
 
-The compressed kind's defaults (:data:`NLIST_PER_SQRT_N`, :data:`NPROBE`,
-:data:`REFINE_FACTOR`, :data:`PQ_DIMS_PER_SUBQUANTIZER`) are named constants so that
-measurements (``benchmarks/``) can set them; :class:`CompressionParams` overrides them
+The compressed kinds' defaults (:data:`NLIST_PER_SQRT_N`, :data:`NPROBE`,
+:data:`REFINE_FACTOR`, :data:`FASTSCAN_DIMS_PER_SUBQUANTIZER` for ``ivfpqfs``; the
+``IVF8_`` ones and :data:`PQ_DIMS_PER_SUBQUANTIZER` for the 8-bit kinds) are named
+constants, measured by ``benchmarks/bench_index_scale.py``; :class:`CompressionParams` overrides them
 per build and :meth:`CatalogIndex.search` per query.
 
 Library use without a catalogue (e.g. a benchmark): :func:`build_index` over
