@@ -110,6 +110,43 @@ def release_freed_memory() -> None:
     pass
 
 
+def anon_rss_bytes() -> int:
+  """This process's anonymous resident memory now (``RssAnon``: the heap, not the
+  file-backed pages of memory-mapped files, which the kernel can drop)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("RssAnon:"):
+        return int(line.split()[1]) * 1024
+  return 0
+
+
+class AnonPeak:
+  """The largest :func:`anon_rss_bytes` seen while the ``with`` block runs (a thread
+  reads it every ``interval`` seconds; used around the build and the add only, not
+  around timed queries)."""
+
+  def __init__(self, interval: float = 0.2):
+    self.interval, self.peak = interval, anon_rss_bytes()
+    self._stop = None
+
+  def __enter__(self) -> "AnonPeak":
+    import threading
+    self._stop = threading.Event()
+
+    def watch():
+      while not self._stop.wait(self.interval):
+        self.peak = max(self.peak, anon_rss_bytes())
+
+    self._thread = threading.Thread(target=watch, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, anon_rss_bytes())
+
+
 def peak_rss_bytes() -> int:
   with open("/proc/self/status") as f:
     for line in f:
@@ -625,7 +662,8 @@ def main() -> int:
 
     index_dir = os.path.join(workdir, f"catalog_index_{tag}")
     shutil.rmtree(index_dir, ignore_errors=True)
-    built = build_catalog(args.index, vectors, args.items, args.threads, index_dir)
+    with AnonPeak() as anon_build:
+      built = build_catalog(args.index, vectors, args.items, args.threads, index_dir)
     build_cpu = built["cpu"]
     per_vector = built["rss_delta"] / args.items
     print(f"catalog_index {built['kind']} ({args.index}): build {built['seconds']:.1f} s "
@@ -645,13 +683,16 @@ def main() -> int:
     if args.profile:
       print(profile_single(index, queries[:args.single_queries], K))
     del index
-    add_s, found, instead = add_catalog(index_dir, vectors, args.items, args.add,
-                                        args.threads, args.nprobe, args.rerank)
+    with AnonPeak() as anon_add:
+      add_s, found, instead = add_catalog(index_dir, vectors, args.items, args.add,
+                                          args.threads, args.nprobe, args.rerank)
+    anon_peak = max(anon_build.peak, anon_add.peak)
     print(f"added {args.add:,} in {add_s:.2f} s; {found:.4f} of them their own top 1"
           + (f" (the others: a near-duplicate, cosine >= {instead:.4f})" if found < 1
              else ""))
     peak = peak_rss_bytes()
-    print(f"peak RSS {peak / 1e9:.2f} GB")
+    print(f"peak RSS {peak / 1e9:.2f} GB (memory-mapped pages included); anonymous "
+          f"(heap) at most {anon_peak / 1e9:.2f} GB during the build and the add")
   finally:
     if not args.workdir:
       shutil.rmtree(workdir, ignore_errors=True)
@@ -695,7 +736,11 @@ def main() -> int:
           target_on="value", note="" if found == 1 else f"the misses' top 1: a "
           f"near-duplicate (cosine >= {instead:.3f})"),
       result_line.measurement("peak RSS of the benchmark", peak / 1e9, "GB",
-                              note="the memory-mapped floats count when touched"),
+                              note="the memory-mapped floats count when touched (the "
+                              "source vectors and the index's copy of them)"),
+      result_line.measurement("peak anonymous RSS, build and add", anon_peak / 1e9,
+                              "GB", note="RssAnon sampled every 0.2 s: the heap, "
+                              "without the memory-mapped files"),
   ]
   result_line.emit("index_scale", rows, config={
       "items": args.items, "queries": args.queries, "index": args.index,

@@ -497,7 +497,10 @@ class _Segment:
     self.info = catalog_parts.read_json(_join(self.dir, SEGMENT_FILE))
     self.rows = int(self.info["rows"])
     self.offset = offset
-    self.vectors = _load_npy(_join(self.dir, VECTORS_FILE))
+    # A plain ndarray over the mapping (np.memmap's Python-level __getitem__ costs
+    # microseconds on every re-rank gather).
+    self.vectors = np.asarray(_load_npy(_join(self.dir, VECTORS_FILE)))
+    self._plain_params: Dict[int, Any] = {}
     self.probabilities = _load_npy(_join(self.dir, PROBABILITIES_FILE))
     self.top_tags = _load_npy(_join(self.dir, TOP_TAGS_FILE))
     self.path_offsets = _load_npy(_join(self.dir, PATH_OFFSETS_FILE))
@@ -849,7 +852,13 @@ class CatalogIndex:
         selector = None
         if bits is not None:  # faiss reads the rows' bits, LSB first
           selector = faiss.IDSelectorBitmap(segment.rows, faiss.swig_ptr(bits))
-        search_params = faiss.SearchParametersIVF(nprobe=probe, sel=selector)
+        if selector is None:  # the unfiltered parameters: made once per nprobe
+          search_params = segment._plain_params.get(probe)
+          if search_params is None:
+            search_params = faiss.SearchParametersIVF(nprobe=probe)
+            segment._plain_params[probe] = search_params
+        else:
+          search_params = faiss.SearchParametersIVF(nprobe=probe, sel=selector)
         want = min(segment.rows, refine * kk)
         _, ids = segment.index.search(q[todo], want, params=search_params)
         again = []
