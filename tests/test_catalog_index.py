@@ -545,3 +545,12 @@ def test_fast_scan_kind_is_the_default_and_filters_and_grows(tmp_path, rng, monk
   found = index.search(x[:50], 10)
   assert all(r >= 1000 for f in found for r, _ in f)
   assert all(len(f) == 10 for f in found)
+  # Compaction: the live rows merged into one segment added to the trained index.
+  report = catalog_index.add_parts(directory, [], compact=True)
+  assert report.action == "compact" and report.segments == 1
+  index = catalog_index.CatalogIndex.open(directory)
+  assert isinstance(index.segments[0].index, faiss.IndexIVFPQFastScan)
+  assert index.segments[0].index.ntotal == 3500 and index.num_items == 3500
+  found = index.search(x[1000:1100], 1)
+  assert np.mean([index.path(f[0][0]) == paths[1000 + i]
+                  for i, f in enumerate(found)]) >= 0.95
