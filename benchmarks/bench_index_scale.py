@@ -28,10 +28,17 @@ rows report ``n/a``):
 Build time (training + adding, with ``--threads`` threads) is reported in CPU seconds
 (the cost per core) with the wall time in the note.
 
-The index is reached only through :class:`FaissCompressedIndex` (the *adapter*), which
-builds, searches and extends a faiss index directly. At merge it is to call the
-catalogue's own index (``deepbof_tf.catalog_index``) instead: ``make_index`` is the one
-place to change.
+The index is the catalogue's own (``deepbof_tf.catalog_index``, the code that
+``deepbof-similar`` runs): built with ``build_index`` (``--index`` read as its
+``CompressionParams``: ``IVF<nlist>,PQ<m>x4fs`` is the ``ivfpqfs`` kind,
+``IVF<nlist>,PQ<m>x<bits>`` ``ivfpq``, ``IVF<nlist>,SQ8`` ``ivfsq8``; the ``raw``
+normalization, the vectors being centred already), extended with ``add_parts`` (one
+new segment) and queried through ``CatalogIndex.open(...).search``, its re-rank and
+Python bookkeeping included; the RAM is the RSS growth of opening the index (the
+memory-mapped floats, paths and probabilities untouched). ``--profile`` prints where
+one query's time goes (faiss's coarse search and scan, the re-rank, the rest).
+``FaissCompressedIndex`` (raw faiss plus a re-rank) remains the adapter that
+``index_study.py`` sweeps its parameters with.
 
 The vectors (``items + add`` rows, float32, 4.1 GB at a million) and the exact top 10
 are written once to ``--workdir`` (default: a temporary folder, removed at the end;
@@ -58,11 +65,12 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from typing import Dict, Optional, Tuple  # noqa: E402
+from typing import Dict, List, Optional, Tuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import embedding_mixture  # noqa: E402  (benchmarks/, the script's own folder)
+from deepbof_tf import catalog_index  # noqa: E402
 import result_line  # noqa: E402
 
 DIM = 1024
@@ -100,6 +108,43 @@ def release_freed_memory() -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
   except (OSError, AttributeError):
     pass
+
+
+def anon_rss_bytes() -> int:
+  """This process's anonymous resident memory now (``RssAnon``: the heap, not the
+  file-backed pages of memory-mapped files, which the kernel can drop)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("RssAnon:"):
+        return int(line.split()[1]) * 1024
+  return 0
+
+
+class AnonPeak:
+  """The largest :func:`anon_rss_bytes` seen while the ``with`` block runs (a thread
+  reads it every ``interval`` seconds; used around the build and the add only, not
+  around timed queries)."""
+
+  def __init__(self, interval: float = 0.2):
+    self.interval, self.peak = interval, anon_rss_bytes()
+    self._stop = None
+
+  def __enter__(self) -> "AnonPeak":
+    import threading
+    self._stop = threading.Event()
+
+    def watch():
+      while not self._stop.wait(self.interval):
+        self.peak = max(self.peak, anon_rss_bytes())
+
+    self._thread = threading.Thread(target=watch, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, anon_rss_bytes())
 
 
 def peak_rss_bytes() -> int:
@@ -428,6 +473,137 @@ def measure_add(index: FaissCompressedIndex, items: int, extra: int, threads: in
   return seconds, float(np.mean(hit)), closest_instead
 
 
+# --------------------------------------------------------------------------------------
+# The catalogue's index (deepbof_tf.catalog_index): what the benchmark measures.
+# --------------------------------------------------------------------------------------
+
+
+def compression_params(factory: str) -> catalog_index.CompressionParams:
+  """``--index`` as the catalogue index's :class:`CompressionParams`."""
+  nlist = nlist_of(factory)
+  code = factory.split(",")[1]
+  if code == "SQ8":
+    return catalog_index.CompressionParams(kind=catalog_index.IVFSQ8, nlist=nlist)
+  if not code.startswith("PQ"):
+    raise ValueError(f"{factory}: neither PQ nor SQ8")
+  fast = code.endswith("fs")
+  m, _, bits = code[2:].rstrip("fs").partition("x")
+  return catalog_index.CompressionParams(
+      kind=catalog_index.IVFPQFS if fast else catalog_index.IVFPQ, nlist=nlist,
+      pq_m=int(m), pq_nbits=int(bits or (4 if fast else 8)))
+
+
+def row_parts(vectors: np.ndarray, start: int, stop: int, prefix: str,
+              rows_per_part: int = 100_000) -> List[catalog_index.PartRows]:
+  """Rows ``start:stop`` of the vectors as catalogue parts (paths ``PREFIX/ROW``; the
+  embeddings memory-mapped slices, read when the index is written)."""
+  parts = []
+  for s in range(start, stop, rows_per_part):
+    e = min(s + rows_per_part, stop)
+    parts.append(catalog_index.PartRows(f"{prefix}{s:08d}",
+                                        [f"{prefix}/{i}" for i in range(s, e)],
+                                        vectors[s:e]))
+  return parts
+
+
+class CatalogSearch:
+  """Queries one opened :class:`deepbof_tf.catalog_index.CatalogIndex`:
+  ``search(queries, k) -> (scores, ids)`` as arrays (row ``i`` of the vectors is row
+  ``i`` of the index)."""
+
+  def __init__(self, directory: str, nprobe: int, rerank: int):
+    self.index = catalog_index.CatalogIndex.open(directory)
+    self.nprobe, self.rerank = nprobe, rerank
+
+  def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    found = self.index.search(queries, k, nprobe=self.nprobe, refine_factor=self.rerank,
+                              transformed=True)
+    scores = np.full([len(found), k], -np.inf, np.float32)
+    ids = np.full([len(found), k], -1, np.int64)
+    for i, f in enumerate(found):
+      ids[i, :len(f)] = [r for r, _ in f]
+      scores[i, :len(f)] = [c for _, c in f]
+    return scores, ids
+
+
+def build_catalog(factory: str, vectors: np.ndarray, items: int, threads: int,
+                  directory: str) -> Dict:
+  """Builds the catalogue index over ``vectors[:items]``; its build time and RAM.
+
+  Returns:
+    ``{"seconds", "cpu", "bytes", "rss_delta", "kind"}``: wall and CPU seconds of
+    ``build_index`` (normalization, training, adding, writing the segment), the size of
+    the segment's faiss file, the RSS growth of opening the index.
+  """
+  faiss = _faiss()
+  faiss.omp_set_num_threads(threads)
+  start, cpu = time.perf_counter(), time.process_time()
+  report = catalog_index.build_index(directory, row_parts(vectors, 0, items, "base"),
+                                     dim=vectors.shape[1], normalization="raw",
+                                     exact_max_items=0, params=compression_params(factory))
+  seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+  manifest = catalog_index.read_manifest(directory)
+  nbytes = os.path.getsize(os.path.join(directory, catalog_index.SEGMENTS_DIR,
+                                        manifest["segments"][0]["name"],
+                                        catalog_index.FAISS_FILE))
+  release_freed_memory()
+  before = rss_bytes()
+  opened = catalog_index.CatalogIndex.open(directory)
+  release_freed_memory()
+  rss_delta = rss_bytes() - before
+  del opened
+  release_freed_memory()
+  return {"seconds": seconds, "cpu": cpu, "bytes": nbytes, "rss_delta": rss_delta,
+          "kind": report.kind}
+
+
+def add_catalog(directory: str, vectors: np.ndarray, items: int, extra: int,
+                threads: int, nprobe: int, rerank: int) -> Tuple[float, float, float]:
+  """Adds rows ``items:items+extra`` as one new segment (``add_parts``); seconds, the
+  share of them that are their own nearest neighbour afterwards, and the smallest
+  cosine of the top 1 returned instead (see :func:`measure_add`)."""
+  _faiss().omp_set_num_threads(threads)
+  start = time.perf_counter()
+  catalog_index.add_parts(directory, row_parts(vectors, items, items + extra, "added"))
+  seconds = time.perf_counter() - start
+  _faiss().omp_set_num_threads(1)
+  index = CatalogSearch(directory, nprobe, rerank)
+  new = np.ascontiguousarray(vectors[items:items + extra])
+  scores, ids = index.search(new, K)
+  hit = ids[:, 0] == np.arange(items, items + extra)
+  closest_instead = float(scores[~hit, 0].min()) if (~hit).any() else float("nan")
+  return seconds, float(np.mean(hit)), closest_instead
+
+
+def profile_single(index: CatalogSearch, queries: np.ndarray, k: int) -> str:
+  """Where one query's time goes: the faiss search alone (coarse quantizer and the
+  scan of ``nprobe`` lists, ``R × k`` candidates), the re-rank alone (reading the
+  candidates' floats and their exact cosines), and the rest of ``CatalogIndex.search``
+  (transform, grouping, sorting, the result lists). Milliseconds of CPU per query."""
+  faiss = _faiss()
+  segment = index.index.segments[0]
+  params = faiss.SearchParametersIVF(nprobe=index.nprobe)
+  want = index.rerank * k
+  n = len(queries)
+  cands = []
+  cpu = time.process_time()
+  for i in range(n):
+    cands.append(segment.index.search(queries[i:i + 1], want, params=params)[1][0])
+  t_faiss = (time.process_time() - cpu) / n
+  cpu = time.process_time()
+  for i in range(n):
+    local = catalog_index._sorted_ids(cands[i])
+    catalog_index.exact_cosines(segment.vectors, local, queries[i])
+  t_rerank = (time.process_time() - cpu) / n
+  cpu = time.process_time()
+  for i in range(n):
+    index.search(queries[i:i + 1], k)
+  t_total = (time.process_time() - cpu) / n
+  return (f"one query, CPU ms: total {1e3 * t_total:.3f} = faiss (coarse + scan) "
+          f"{1e3 * t_faiss:.3f} + re-rank {1e3 * t_rerank:.3f} + the rest "
+          f"{1e3 * (t_total - t_faiss - t_rerank):.3f}")
+
+
 def lscpu_model() -> str:
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import run_all
@@ -451,6 +627,8 @@ def main() -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--params", default=embedding_mixture.DEFAULT_PARAMS)
   parser.add_argument("--workdir", default="", help="keep vectors and ground truth here")
+  parser.add_argument("--profile", action="store_true",
+                      help="print one query's CPU time: faiss, re-rank, the rest")
   parser.add_argument("--quick", action="store_true",
                       help="50,000 items, IVF256, 300 queries (targets: n/a)")
   args = parser.parse_args()
@@ -482,17 +660,18 @@ def main() -> int:
     print(f"exact flat search, 1 thread, batch of {flat_batch}: {flat:.1f} q/s per core "
           f"({flat_wall:.1f} q/s wall)")
 
-    built = build_and_measure(args.index, vectors, args.items, args.threads, workdir,
-                              args.seed)
-    index = built["index"]
-    build_cpu = built["train_cpu"] + built["add_cpu"]
-    per_vector = built["bytes"] / args.items
-    print(f"{args.index}: train {built['train_s']:.1f} s + add {built['add_s']:.1f} s "
-          f"({args.threads} threads, {build_cpu:.0f} CPU s); "
-          f"{built['bytes'] / 1e6:.1f} MB serialized "
-          f"({per_vector:.1f} B/vector), RSS +{built['rss_delta'] / 1e6:.1f} MB")
+    index_dir = os.path.join(workdir, f"catalog_index_{tag}")
+    shutil.rmtree(index_dir, ignore_errors=True)
+    with AnonPeak() as anon_build:
+      built = build_catalog(args.index, vectors, args.items, args.threads, index_dir)
+    build_cpu = built["cpu"]
+    per_vector = built["rss_delta"] / args.items
+    print(f"catalog_index {built['kind']} ({args.index}): build {built['seconds']:.1f} s "
+          f"({args.threads} threads, {build_cpu:.0f} CPU s); faiss file "
+          f"{built['bytes'] / 1e6:.1f} MB ({built['bytes'] / args.items:.1f} B/vector), "
+          f"RSS +{built['rss_delta'] / 1e6:.1f} MB opened ({per_vector:.1f} B/vector)")
     faiss.omp_set_num_threads(1)
-    index.set_search(args.nprobe, args.rerank)
+    index = CatalogSearch(index_dir, args.nprobe, args.rerank)
     t_batch, w_batch, ids_batch = timed_batched(index, queries, K, args.batch)
     t_single, w_single, ids_single = timed_single(index, queries[:args.single_queries], K)
     r = recall(ids_batch, truth)
@@ -501,12 +680,19 @@ def main() -> int:
           f"(single: {r_single:.4f}); 1 thread, per core (wall): one at a time "
           f"{1 / t_single:.0f} ({1 / w_single:.0f}) q/s, batches of {args.batch} "
           f"{1 / t_batch:.0f} ({1 / w_batch:.0f}) q/s")
-    add_s, found, instead = measure_add(index, args.items, args.add, args.threads)
+    if args.profile:
+      print(profile_single(index, queries[:args.single_queries], K))
+    del index
+    with AnonPeak() as anon_add:
+      add_s, found, instead = add_catalog(index_dir, vectors, args.items, args.add,
+                                          args.threads, args.nprobe, args.rerank)
+    anon_peak = max(anon_build.peak, anon_add.peak)
     print(f"added {args.add:,} in {add_s:.2f} s; {found:.4f} of them their own top 1"
           + (f" (the others: a near-duplicate, cosine >= {instead:.4f})" if found < 1
              else ""))
     peak = peak_rss_bytes()
-    print(f"peak RSS {peak / 1e9:.2f} GB")
+    print(f"peak RSS {peak / 1e9:.2f} GB (memory-mapped pages included); anonymous "
+          f"(heap) at most {anon_peak / 1e9:.2f} GB during the build and the add")
   finally:
     if not args.workdir:
       shutil.rmtree(workdir, ignore_errors=True)
@@ -519,12 +705,13 @@ def main() -> int:
           f"index RAM per vector, {args.index}, {size}", per_vector, "B",
           reference="float32 vector", reference_value=4.0 * vectors.shape[1],
           target="<= 0.125", target_on="ratio", applies=applies,
-          note=f"{built['bytes'] / 1e6:.0f} MB serialized, RSS +"
-          f"{built['rss_delta'] / 1e6:.0f} MB; floats memory-mapped from disk"),
+          note=f"RSS growth of CatalogIndex.open, {built['rss_delta'] / 1e6:.0f} MB "
+          f"(faiss file {built['bytes'] / args.items:.0f} B/vector); floats memory-"
+          "mapped from disk"),
       result_line.measurement(
-          f"index build (train + add), {args.index}, {size}", build_cpu, "CPU s",
-          note=f"train {built['train_s']:.0f} s + add {built['add_s']:.0f} s wall on "
-          f"{args.threads} threads"),
+          f"index build (catalog_index.build_index), {args.index}, {size}", build_cpu,
+          "CPU s", note=f"{built['seconds']:.0f} s wall on {args.threads} threads: "
+          "training, adding, writing the segment"),
       result_line.measurement(
           f"recall@10 after re-rank, {search}, {size}", r, "",
           reference="exact search (IndexFlatIP)", reference_value=1.0, target=">= 0.95",
@@ -542,13 +729,18 @@ def main() -> int:
           note=f"per CPU second; {1 / w_batch:.0f} q/s wall"),
       result_line.measurement(
           f"adding {args.add:,} tracks to the built index", add_s, "s",
-          note=f"{args.threads} threads; {args.add / add_s:,.0f} tracks/s"),
+          note=f"catalog_index.add_parts, one new segment, {args.threads} threads; "
+          f"{args.add / add_s:,.0f} tracks/s"),
       result_line.measurement(
           f"added tracks found (own top 1), {args.add:,}", found, "", target="== 1",
           target_on="value", note="" if found == 1 else f"the misses' top 1: a "
           f"near-duplicate (cosine >= {instead:.3f})"),
       result_line.measurement("peak RSS of the benchmark", peak / 1e9, "GB",
-                              note="the memory-mapped floats count when touched"),
+                              note="the memory-mapped floats count when touched (the "
+                              "source vectors and the index's copy of them)"),
+      result_line.measurement("peak anonymous RSS, build and add", anon_peak / 1e9,
+                              "GB", note="RssAnon sampled every 0.2 s: the heap, "
+                              "without the memory-mapped files"),
   ]
   result_line.emit("index_scale", rows, config={
       "items": args.items, "queries": args.queries, "index": args.index,

@@ -32,11 +32,16 @@ is 41 GB read from Parquet for every query. This index is instead:
   :data:`EXACT_MAX_ITEMS` or ``rebuild=True`` rebuild it.
 * **compressed above** :data:`EXACT_MAX_ITEMS` rows. Up to it the kind is ``exact``: a
   NumPy scan of the memory-mapped vectors (no faiss index, no copy). Above it
-  ``ivfpq`` (``faiss.IndexIVFPQ``, inner product, :data:`PQ_DIMS_PER_SUBQUANTIZER`
-  dimensions per byte: 64 bytes per 1,024-d track) or ``ivfsq8`` (int8 scalar
-  quantization, 1 byte per dimension): faiss proposes ``refine_factor × k``
+  ``ivfpqfs`` (the default: ``faiss.IndexIVFPQFastScan``, inner product, 4-bit codes
+  of :data:`FASTSCAN_DIMS_PER_SUBQUANTIZER`-d sub-vectors: 256 bytes per 1,024-d
+  track, ``IVF1024,PQ512x4fs`` at 1M), ``ivfpq`` (``faiss.IndexIVFPQ``, 8-bit codes
+  of :data:`PQ_DIMS_PER_SUBQUANTIZER` dimensions: 64 bytes) or ``ivfsq8`` (int8
+  scalar quantization, 1 byte per dimension): faiss proposes ``refine_factor × k``
   candidates from ``nprobe`` of ``nlist`` inverted lists and they are re-ranked
   exactly against the float32 vectors, so every returned score is the exact cosine.
+  docs/experiments/index-study.md chose the default kind and its parameters at
+  1,000,000 × 1,024 (recall@10 0.958, 272 bytes a track in RAM); the 8-bit kinds
+  were several times slower per query there.
   HNSW is not a kind here: its graph holds every float32 vector in memory (41 GB at
   10M) and cannot be trained once and extended per segment the way IVF can.
 * **filtered.** ``keep`` masks (``--where`` on the stored probabilities,
@@ -46,9 +51,10 @@ is 41 GB read from Parquet for every query. This index is instead:
   a segment whose kept rows are few (≤ :data:`FILTER_EXACT_MAX_ROWS`) is scanned
   exactly instead.
 
-The compressed kind's defaults (:data:`NLIST_PER_SQRT_N`, :data:`NPROBE`,
-:data:`REFINE_FACTOR`, :data:`PQ_DIMS_PER_SUBQUANTIZER`) are named constants so that
-measurements (``benchmarks/``) can set them; :class:`CompressionParams` overrides them
+The compressed kinds' defaults (:data:`NLIST_PER_SQRT_N`, :data:`NPROBE`,
+:data:`REFINE_FACTOR`, :data:`FASTSCAN_DIMS_PER_SUBQUANTIZER` for ``ivfpqfs``; the
+``IVF8_`` ones and :data:`PQ_DIMS_PER_SUBQUANTIZER` for the 8-bit kinds) are named
+constants, measured by ``benchmarks/bench_index_scale.py``; :class:`CompressionParams` overrides them
 per build and :meth:`CatalogIndex.search` per query.
 
 Library use without a catalogue (e.g. a benchmark): :func:`build_index` over
@@ -94,23 +100,35 @@ NEIGHBOUR_SIMILARITY_FILE = "neighbour_similarity.npy"
 STATISTICS_FILE = "normalization.npz"
 
 EXACT = "exact"
+IVFPQFS = "ivfpqfs"
 IVFPQ = "ivfpq"
 IVFSQ8 = "ivfsq8"
-KINDS = (EXACT, IVFPQ, IVFSQ8)
-COMPRESSED_KINDS = (IVFPQ, IVFSQ8)
+KINDS = (EXACT, IVFPQFS, IVFPQ, IVFSQ8)
+COMPRESSED_KINDS = (IVFPQFS, IVFPQ, IVFSQ8)
 # Up to this many rows a query scans every (memory-mapped) vector: 50,000 × 1,024
 # float32 is 200 MB, tens of milliseconds per query on one core and no training.
 EXACT_MAX_ITEMS = 50_000
-DEFAULT_COMPRESSION = IVFPQ
-# nlist ≈ 4·√N inverted lists; nprobe of them probed per query; refine_factor × k
-# candidates re-ranked exactly. To be set from benchmarks/ measurements at 1M
-# (recall@10 ≥ 0.95 against the exact search after re-ranking).
-NLIST_PER_SQRT_N = 4.0
-NPROBE = 64
-REFINE_FACTOR = 10
+DEFAULT_COMPRESSION = IVFPQFS
+# The default kind, as docs/experiments/index-study.md chose it at 1,000,000 × 1,024
+# (IVF1024,PQ512x4fs, nprobe 16, R 20: recall@10 0.958 after the re-rank, 272 bytes
+# a vector in RAM): nlist ≈ 1.024·√N inverted lists (1,024 at 1M); nprobe of them
+# probed per query; refine_factor × k candidates re-ranked exactly; 4-bit fast-scan
+# PQ codes of 2-d sub-vectors (half a byte per 2 dimensions).
+NLIST_PER_SQRT_N = 1.024
+NPROBE = 16
+REFINE_FACTOR = 20
+FASTSCAN_DIMS_PER_SUBQUANTIZER = 2
+FASTSCAN_NBITS = 4
+# The 8-bit kinds (ivfpq, ivfsq8) keep their earlier defaults; the study found them
+# several times slower per query than the fast-scan kind at the same recall.
+IVF8_NLIST_PER_SQRT_N = 4.0
+IVF8_NPROBE = 64
+IVF8_REFINE_FACTOR = 10
 PQ_DIMS_PER_SUBQUANTIZER = 16
 PQ_NBITS = 8
 TRAIN_POINTS_PER_LIST = 40
+FASTSCAN_TRAIN_POINTS_PER_LIST = 64
+FASTSCAN_TRAIN_MIN_POINTS = 65_536
 TRAIN_MAX_POINTS = 262_144
 TRAIN_SEED = 0
 # A segment whose kept rows are at most this many is scanned exactly under a filter.
@@ -121,6 +139,8 @@ MAX_TOMBSTONE_FRACTION = 0.2
 KEEP_VERSIONS = 2
 ONE_SHOT_PART = "one-shot"
 _QUERY_BLOCK = 64
+# Rows per matrix-vector product of the re-rank (see exact_cosines).
+RERANK_BLOCK = 128
 _ROW_BLOCK = 65_536
 
 
@@ -129,12 +149,27 @@ _ROW_BLOCK = 65_536
 # --------------------------------------------------------------------------------------
 
 
+_FAISS_MODULE: List[Any] = []
+
+
 def _faiss():
-  """faiss, imported without its loader's INFO lines about CPU-specific builds."""
-  import logging
-  logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-  import faiss
-  return faiss
+  """faiss, imported without its loader's INFO lines about CPU-specific builds (once:
+  a query calls this per segment)."""
+  if not _FAISS_MODULE:
+    import logging
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+    _FAISS_MODULE.append(faiss)
+  return _FAISS_MODULE[0]
+
+
+def _sorted_ids(ids: np.ndarray) -> np.ndarray:
+  """The valid (``>= 0``) ids of one faiss result row, sorted, without repeats (a
+  sort and a comparison: cheaper per query than ``np.unique``'s hashing)."""
+  out = np.sort(ids[ids >= 0])
+  if len(out) > 1:
+    out = out[np.concatenate([[True], out[1:] != out[:-1]])]
+  return out
 
 
 def _check_normalization(normalization: str) -> None:
@@ -310,48 +345,74 @@ def catalog_parts_of(catalog_dir: str) -> Tuple[Dict[str, Any], List[CatalogPart
 
 @dataclasses.dataclass
 class CompressionParams:
-  """The compressed kinds' parameters (None: the module's defaults, for ``N`` rows).
+  """The compressed kinds' parameters (None: the kind's defaults, for ``N`` rows).
 
   Args:
-    kind: :data:`IVFPQ` or :data:`IVFSQ8`.
-    nlist: inverted lists (default ``NLIST_PER_SQRT_N·√N``, at most ``N / 39``).
+    kind: :data:`IVFPQFS` (the default), :data:`IVFPQ` or :data:`IVFSQ8`.
+    nlist: inverted lists (default ``NLIST_PER_SQRT_N·√N`` for ``ivfpqfs``,
+      ``IVF8_NLIST_PER_SQRT_N·√N`` for the others; at most ``N / 39``).
     pq_m: PQ sub-quantizers (a divisor of the dimension; default
-      ``dim / PQ_DIMS_PER_SUBQUANTIZER``).
-    pq_nbits: bits per sub-quantizer code.
-    nprobe: lists probed per query (stored in the manifest as the default).
-    refine_factor: candidates re-ranked exactly, per neighbour asked for.
-    train_points: training sample size (default ``TRAIN_POINTS_PER_LIST·nlist``,
-      at most ``TRAIN_MAX_POINTS``).
+      ``dim / FASTSCAN_DIMS_PER_SUBQUANTIZER`` for ``ivfpqfs``,
+      ``dim / PQ_DIMS_PER_SUBQUANTIZER`` for ``ivfpq``).
+    pq_nbits: bits per sub-quantizer code (``ivfpq``: default :data:`PQ_NBITS`;
+      ``ivfpqfs``: :data:`FASTSCAN_NBITS`, the only one fast scan has).
+    nprobe: lists probed per query (stored in the manifest as the default; default
+      :data:`NPROBE` for ``ivfpqfs``, :data:`IVF8_NPROBE` for the others).
+    refine_factor: candidates re-ranked exactly, per neighbour asked for (default
+      :data:`REFINE_FACTOR` / :data:`IVF8_REFINE_FACTOR`).
+    train_points: training sample size (default ``TRAIN_POINTS_PER_LIST·nlist``;
+      ``ivfpqfs``: ``FASTSCAN_TRAIN_POINTS_PER_LIST·nlist``, at least
+      :data:`FASTSCAN_TRAIN_MIN_POINTS`; at most ``TRAIN_MAX_POINTS``).
   """
   kind: str = DEFAULT_COMPRESSION
   nlist: Optional[int] = None
   pq_m: Optional[int] = None
-  pq_nbits: int = PQ_NBITS
-  nprobe: int = NPROBE
-  refine_factor: int = REFINE_FACTOR
+  pq_nbits: Optional[int] = None
+  nprobe: Optional[int] = None
+  refine_factor: Optional[int] = None
   train_points: Optional[int] = None
 
   def resolved(self, rows: int, dim: int) -> Dict[str, Any]:
     if self.kind not in COMPRESSED_KINDS:
       raise ValueError(f"compressed kind must be one of {COMPRESSED_KINDS}, got "
                        f"{self.kind!r}")
-    nlist = self.nlist or int(round(NLIST_PER_SQRT_N * math.sqrt(max(rows, 1))))
+    fast = self.kind == IVFPQFS
+    per_sqrt_n = NLIST_PER_SQRT_N if fast else IVF8_NLIST_PER_SQRT_N
+    nlist = self.nlist or int(round(per_sqrt_n * math.sqrt(max(rows, 1))))
     nlist = max(1, min(nlist, rows // 39 if rows >= 39 else 1))
-    out = {"kind": self.kind, "nlist": int(nlist), "nprobe": int(self.nprobe),
-           "refine_factor": int(self.refine_factor)}
-    if self.kind == IVFPQ:
-      m = self.pq_m or max(1, dim // PQ_DIMS_PER_SUBQUANTIZER)
+    nprobe = self.nprobe or (NPROBE if fast else IVF8_NPROBE)
+    refine = self.refine_factor or (REFINE_FACTOR if fast else IVF8_REFINE_FACTOR)
+    out = {"kind": self.kind, "nlist": int(nlist), "nprobe": int(nprobe),
+           "refine_factor": int(refine)}
+    nbits = 0
+    if self.kind in (IVFPQ, IVFPQFS):
+      if fast:
+        nbits = FASTSCAN_NBITS
+        if self.pq_nbits not in (None, FASTSCAN_NBITS):
+          raise ValueError(f"{IVFPQFS} codes have {FASTSCAN_NBITS} bits, not "
+                           f"{self.pq_nbits}")
+      else:
+        nbits = self.pq_nbits or PQ_NBITS
+      per = FASTSCAN_DIMS_PER_SUBQUANTIZER if fast else PQ_DIMS_PER_SUBQUANTIZER
+      m = self.pq_m or max(1, dim // per)
       while dim % m:
         m -= 1
-      out.update(pq_m=int(m), pq_nbits=int(self.pq_nbits))
-    train = self.train_points or TRAIN_POINTS_PER_LIST * nlist
-    if self.kind == IVFPQ:
-      train = max(train, 39 * (1 << self.pq_nbits))
+      out.update(pq_m=int(m), pq_nbits=int(nbits))
+    if self.train_points:
+      train = self.train_points
+    elif fast:
+      train = max(FASTSCAN_TRAIN_POINTS_PER_LIST * nlist, FASTSCAN_TRAIN_MIN_POINTS)
+    else:
+      train = TRAIN_POINTS_PER_LIST * nlist
+    if nbits:
+      train = max(train, 39 * (1 << nbits))
     out["train_points"] = int(min(train, TRAIN_MAX_POINTS, rows))
     return out
 
 
 def _factory_string(params: Mapping[str, Any]) -> str:
+  if params["kind"] == IVFPQFS:
+    return f"IVF{params['nlist']},PQ{params['pq_m']}x{params['pq_nbits']}fs"
   if params["kind"] == IVFPQ:
     return f"IVF{params['nlist']},PQ{params['pq_m']}x{params['pq_nbits']}"
   return f"IVF{params['nlist']},SQ8"
@@ -436,7 +497,10 @@ class _Segment:
     self.info = catalog_parts.read_json(_join(self.dir, SEGMENT_FILE))
     self.rows = int(self.info["rows"])
     self.offset = offset
-    self.vectors = _load_npy(_join(self.dir, VECTORS_FILE))
+    # A plain ndarray over the mapping (np.memmap's Python-level __getitem__ costs
+    # microseconds on every re-rank gather).
+    self.vectors = np.asarray(_load_npy(_join(self.dir, VECTORS_FILE)))
+    self._plain_params: Dict[int, Any] = {}
     self.probabilities = _load_npy(_join(self.dir, PROBABILITIES_FILE))
     self.top_tags = _load_npy(_join(self.dir, TOP_TAGS_FILE))
     self.path_offsets = _load_npy(_join(self.dir, PATH_OFFSETS_FILE))
@@ -473,6 +537,20 @@ class _Segment:
     lo = int(np.searchsorted(self.path_hashes, h, "left"))
     hi = int(np.searchsorted(self.path_hashes, h, "right"))
     return [int(r) for r in self.path_rows[lo:hi] if self.path(int(r)) == path]
+
+
+def exact_cosines(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray
+                  ) -> np.ndarray:
+  """The re-rank: ``vectors[rows] @ query`` (float32 products, returned as float64)
+  for sorted ``rows`` of the memory-mapped vectors (the reads go forward in the file),
+  :data:`RERANK_BLOCK` rows at a time: above that OpenBLAS wakes its threads for the
+  matrix-vector product, several times the CPU per query on a busy machine
+  (docs/experiments/index-study.md)."""
+  out = np.empty([len(rows)], np.float64)
+  for s in range(0, len(rows), RERANK_BLOCK):
+    out[s:s + RERANK_BLOCK] = np.asarray(vectors[rows[s:s + RERANK_BLOCK]],
+                                         np.float32) @ query
+  return out
 
 
 class CatalogIndex:
@@ -637,7 +715,9 @@ class CatalogIndex:
     """The ``k`` most similar live rows of each query: ``[(row, cosine), …]`` best
     first (as :meth:`deepbof_tf.similarity.SimilarityIndex.search`).
 
-    The cosine is exact (float64 over the stored float32 vectors) for every kind; the
+    The cosine is exact for every kind (the stored float32 vectors: float64 products
+    for the exact kind, float32 ones, returned as float64, for the re-rank of the
+    compressed kinds); the
     ``csls`` normalizations order by it minus half the row's mean neighbour cosine.
 
     Args:
@@ -772,16 +852,22 @@ class CatalogIndex:
         selector = None
         if bits is not None:  # faiss reads the rows' bits, LSB first
           selector = faiss.IDSelectorBitmap(segment.rows, faiss.swig_ptr(bits))
-        search_params = faiss.SearchParametersIVF(nprobe=probe, sel=selector)
+        if selector is None:  # the unfiltered parameters: made once per nprobe
+          search_params = segment._plain_params.get(probe)
+          if search_params is None:
+            search_params = faiss.SearchParametersIVF(nprobe=probe)
+            segment._plain_params[probe] = search_params
+        else:
+          search_params = faiss.SearchParametersIVF(nprobe=probe, sel=selector)
         want = min(segment.rows, refine * kk)
         _, ids = segment.index.search(q[todo], want, params=search_params)
         again = []
         for i, row_ids in zip(todo, ids):
-          local = np.unique(row_ids[row_ids >= 0])
+          local = _sorted_ids(row_ids)
           if len(local) < min(kk, want) and probe < nlist:
             again.append(i)
             continue
-          cos = np.asarray(segment.vectors[local], np.float64) @ q[i].astype(np.float64)
+          cos = exact_cosines(segment.vectors, local, q[i])
           rank = self._rank(segment, local, cos)
           best = np.lexsort((local, -rank))[:kk]
           out[i] = [(float(rank[b]), float(cos[b]), segment.offset + int(local[b]))

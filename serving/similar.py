@@ -14,8 +14,9 @@ first time it is built; later the catalogue's new parts are added as a new segme
 the parts it no longer lists are tombstoned, in a new version made live atomically
 (``--rebuild`` forces a full build; so do another model, another ``--normalization``
 and an exact index grown past ``--exact_max_items``). Up to ``--exact_max_items``
-tracks the index is exact, above it compressed (``--compression``: IVF with product
-or int8 scalar quantization) with every candidate re-ranked by its exact cosine.
+tracks the index is exact, above it compressed (``--compression``: IVF with 4-bit
+fast-scan product quantization, the default, 8-bit product quantization or int8
+scalar quantization) with every candidate re-ranked by its exact cosine.
 What the update did is printed on stderr.
 
 ``--query`` is a path of the catalogue (its stored embedding is used and the track
@@ -86,11 +87,14 @@ def define_flags() -> None:
                        lower_bound=0)
   flags.DEFINE_enum("compression", catalog_index.DEFAULT_COMPRESSION,
                     list(catalog_index.COMPRESSED_KINDS), "--build above "
-                    "--exact_max_items: ivfpq (product quantization) or ivfsq8 (int8).")
+                    "--exact_max_items: ivfpqfs (4-bit fast-scan product quantization), "
+                    "ivfpq (8-bit product quantization) or ivfsq8 (int8).")
   flags.DEFINE_integer("nlist", None, "--build, compressed: inverted lists (default "
-                       "about 4·sqrt(tracks)).", lower_bound=1)
-  flags.DEFINE_integer("pq_m", None, "--build, ivfpq: sub-quantizers (a divisor of the "
-                       "embedding size; default size/16).", lower_bound=1)
+                       "about 1·sqrt(tracks) for ivfpqfs, 4·sqrt(tracks) for the "
+                       "others).", lower_bound=1)
+  flags.DEFINE_integer("pq_m", None, "--build, ivfpqfs / ivfpq: sub-quantizers (a "
+                       "divisor of the embedding size; default size/2 for ivfpqfs, "
+                       "size/16 for ivfpq).", lower_bound=1)
   flags.DEFINE_integer("nprobe", None, "Compressed index: inverted lists probed per "
                        "query (default: as built).", lower_bound=1)
   flags.DEFINE_integer("refine_factor", None, "Compressed index: candidates re-ranked "
@@ -146,8 +150,7 @@ def main(argv: Sequence[str]) -> int:
   if build:
     params = catalog_index.CompressionParams(
         kind=FLAGS.compression, nlist=FLAGS.nlist, pq_m=FLAGS.pq_m,
-        nprobe=FLAGS.nprobe or catalog_index.NPROBE,
-        refine_factor=FLAGS.refine_factor or catalog_index.REFINE_FACTOR)
+        nprobe=FLAGS.nprobe, refine_factor=FLAGS.refine_factor)
     try:
       report = catalog_index.update_catalog_index(
           FLAGS.catalog_dir, normalization=FLAGS.normalization, rebuild=FLAGS.rebuild,

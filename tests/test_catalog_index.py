@@ -481,3 +481,76 @@ def test_csls_statistics_of_a_new_segment(tmp_path, rng):
   found = index.search(x[:20] * 1.01, 5)
   assert [[r for r, _ in f] for f in found] == np.argsort(-rank, axis=1,
                                                           kind="stable")[:, :5].tolist()
+
+
+def test_fast_scan_kind_is_the_default_and_filters_and_grows(tmp_path, rng, monkeypatch):
+  """ivfpqfs (4-bit fast-scan PQ, docs/experiments/index-study.md): the default
+  compressed kind; recall@10 ≥ 0.95 and exact re-ranked cosines, faiss's IDSelector
+  filters (tombstones, keep masks, per-query masks) and a segment added to the trained
+  index."""
+  assert catalog_index.DEFAULT_COMPRESSION == catalog_index.IVFPQFS
+  resolved = catalog_index.CompressionParams().resolved(1_000_000, 1024)
+  assert resolved == {"kind": "ivfpqfs", "nlist": 1024, "nprobe": 16, "refine_factor": 20,
+                      "pq_m": 512, "pq_nbits": 4, "train_points": 65_536}
+  assert catalog_index._factory_string(resolved) == "IVF1024,PQ512x4fs"
+  with pytest.raises(ValueError, match="4 bits"):
+    catalog_index.CompressionParams(pq_nbits=8).resolved(10_000, 32)
+  monkeypatch.setattr(catalog_index, "FILTER_EXACT_MAX_ROWS", 100)
+  x = _clustered(rng, 4500, 32)
+  paths = [f"t{i:05d}" for i in range(len(x))]
+  parts = [catalog_index.PartRows(f"p{i}", paths[1000 * i:1000 * (i + 1)],
+                                  x[1000 * i:1000 * (i + 1)]) for i in range(4)]
+  directory = str(tmp_path / "index")
+  report = catalog_index.build_index(directory, parts, dim=32, normalization="centred",
+                                     exact_max_items=1000)
+  assert report.kind == catalog_index.IVFPQFS
+  index = catalog_index.CatalogIndex.open(directory)
+  params = index.manifest["params"]
+  assert params["nlist"] == min(round(1.024 * np.sqrt(4000)), 4000 // 39)
+  assert (params["nprobe"], params["refine_factor"], params["pq_m"],
+          params["pq_nbits"]) == (16, 20, 16, 4)
+  import faiss
+  assert isinstance(index.segments[0].index, faiss.IndexIVFPQFastScan)
+  _check_compressed(index, paths[:4000], x[:4000], "centred")
+  _check_compressed(index, paths[:4000], x[:4000], "centred",
+                    keep=np.arange(4000) % 2 == 0)
+  _check_compressed(index, paths[:4000], x[:4000], "centred",
+                    keep=np.arange(4000) % 97 == 0, recall=1.0)
+  masks = np.stack([np.arange(4000) % 3 == 0, np.arange(4000) % 3 == 1])
+  found = index.search(x[:2], 5, keep=masks)
+  assert all(r % 3 == i for i, f in enumerate(found) for r, _ in f)
+  assert all(len(f) == 5 for f in found)
+  # A segment added to a copy of the trained index: its rows are found, scores exact.
+  report = catalog_index.add_parts(
+      directory, [catalog_index.PartRows("p4", paths[4000:], x[4000:])])
+  assert report.segments == 2 and report.kind == catalog_index.IVFPQFS
+  index = catalog_index.CatalogIndex.open(directory)
+  assert isinstance(index.segments[1].index, faiss.IndexIVFPQFastScan)
+  assert index.segments[1].index.ntotal == 500
+  mean = similarity.centring_vector(x[:4000])  # the first build's statistics
+  base = similarity.transformed(x, mean).astype(np.float64)
+  found = index.search(x[4000:4100], 1)
+  assert np.mean([f[0][0] == 4000 + i for i, f in enumerate(found)]) >= 0.95
+  q = similarity.transformed(x[::45] * 1.01, mean).astype(np.float64)
+  found = index.search(x[::45] * 1.01, 10)
+  exact = np.argsort(-(q @ base.T), axis=1, kind="stable")[:, :10]
+  assert similarity.recall_at_k(np.array([[r for r, _ in f] for f in found]),
+                                exact) >= 0.95
+  for i, f in enumerate(found):
+    np.testing.assert_allclose([s for _, s in f], base[[r for r, _ in f]] @ q[i],
+                               atol=1e-5)
+  # Tombstones of the first part through faiss's IDSelector (more than 100 rows kept).
+  report = catalog_index.add_parts(directory, [], drop=["p0"], max_tombstone_fraction=0.5)
+  index = catalog_index.CatalogIndex.open(directory)
+  found = index.search(x[:50], 10)
+  assert all(r >= 1000 for f in found for r, _ in f)
+  assert all(len(f) == 10 for f in found)
+  # Compaction: the live rows merged into one segment added to the trained index.
+  report = catalog_index.add_parts(directory, [], compact=True)
+  assert report.action == "compact" and report.segments == 1
+  index = catalog_index.CatalogIndex.open(directory)
+  assert isinstance(index.segments[0].index, faiss.IndexIVFPQFastScan)
+  assert index.segments[0].index.ntotal == 3500 and index.num_items == 3500
+  found = index.search(x[1000:1100], 1)
+  assert np.mean([index.path(f[0][0]) == paths[1000 + i]
+                  for i, f in enumerate(found)]) >= 0.95
