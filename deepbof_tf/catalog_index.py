@@ -149,18 +149,7 @@ _ROW_BLOCK = 65_536
 # --------------------------------------------------------------------------------------
 
 
-_FAISS_MODULE: List[Any] = []
-
-
-def _faiss():
-  """faiss, imported without its loader's INFO lines about CPU-specific builds (once:
-  a query calls this per segment)."""
-  if not _FAISS_MODULE:
-    import logging
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    import faiss
-    _FAISS_MODULE.append(faiss)
-  return _FAISS_MODULE[0]
+_faiss = similarity.faiss_module
 
 
 def _sorted_ids(ids: np.ndarray) -> np.ndarray:

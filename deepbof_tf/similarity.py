@@ -35,6 +35,7 @@ behind one interface (docs/catalog.md says why not hnswlib or ScaNN).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -66,8 +67,9 @@ CSLS_NEIGHBOURS = 10
 WIDEN_FACTOR = 4
 
 
-def _faiss():
-  """faiss, imported without its loader's INFO lines about CPU-specific builds."""
+@functools.lru_cache(maxsize=None)
+def faiss_module():
+  """faiss, imported (once) without its loader's INFO lines about CPU-specific builds."""
   import logging
   logging.getLogger("faiss.loader").setLevel(logging.WARNING)
   import faiss
@@ -293,7 +295,7 @@ class SimilarityIndex:
       csls_neighbours: the local-scaling neighbourhood of the ``csls`` ones.
     """
     _check_normalization(normalization)
-    faiss = _faiss()
+    faiss = faiss_module()
     mean = centring_vector(embeddings) if normalization.startswith("centred") else None
     x = transformed(embeddings, mean)
     if x.shape[0] != len(paths):
@@ -427,7 +429,7 @@ class SimilarityIndex:
   def save(self, directory: str) -> None:
     """Writes ``embeddings.faiss``, ``paths.json``, the normalization's statistics
     (``normalization.npz``, when it has any) and ``index.json`` (last)."""
-    faiss = _faiss()
+    faiss = faiss_module()
     _makedirs(directory)
     write_atomic(_join(directory, INDEX_FILE), faiss.serialize_index(self.index).tobytes())
     write_atomic(_join(directory, PATHS_FILE), json.dumps(self.paths).encode("utf-8"))
@@ -447,7 +449,7 @@ class SimilarityIndex:
   def load(cls, directory: str) -> "SimilarityIndex":
     """Reads an index written by :meth:`save` (also one written before normalizations
     existed: ``raw``)."""
-    faiss = _faiss()
+    faiss = faiss_module()
     try:
       info = json.loads(_read_bytes(_join(directory, INFO_FILE)).decode("utf-8"))
     except FileNotFoundError:

@@ -204,16 +204,27 @@ def _write_answer(neighbours, kind: str, normalization: str, source: str,
   return 0
 
 
+def _track_metadata(exclude_same):
+  """``--metadata`` read (or None), its columns checked against ``--exclude_same``.
+
+  Raises:
+    FileNotFoundError, ValueError: naming the file or the missing column.
+  """
+  from deepbof_tf import similarity
+  track_metadata = (similarity.read_track_metadata(FLAGS.metadata) if FLAGS.metadata
+                    else None)
+  if exclude_same:
+    similarity.same_value_mask([], track_metadata, None, exclude_same)  # the columns
+  return track_metadata
+
+
 def _query_index(index, exclude_same) -> int:
   """A query answered from the index alone (no Parquet read)."""
   from deepbof_tf import catalog_index
   from deepbof_tf import similarity
   try:
     keep = index.where_mask(FLAGS.where) if FLAGS.where else None
-    track_metadata = (similarity.read_track_metadata(FLAGS.metadata) if FLAGS.metadata
-                      else None)
-    if exclude_same:
-      similarity.same_value_mask([], track_metadata, None, exclude_same)  # the columns
+    track_metadata = _track_metadata(exclude_same)
   except (FileNotFoundError, ValueError) as error:
     return _fail(str(error))
   new, dropped = catalog_index.stale_parts(FLAGS.catalog_dir, index)
@@ -262,10 +273,7 @@ def _query_in_memory(exclude_same) -> int:
   try:
     if FLAGS.where:
       keep = similarity.tag_mask(columns["probabilities"], metadata["tags"], FLAGS.where)
-    track_metadata = (similarity.read_track_metadata(FLAGS.metadata) if FLAGS.metadata
-                      else None)
-    if exclude_same:
-      similarity.same_value_mask([], track_metadata, None, exclude_same)  # the columns
+    track_metadata = _track_metadata(exclude_same)
   except (FileNotFoundError, ValueError) as error:
     return _fail(str(error))
   try:
