@@ -4,7 +4,7 @@ At ``--items`` (1,000,000) synthetic 1024-d embeddings (``embedding_mixture.py``
 from a fit of real bags-of-features, ``centred`` normalization of
 ``deepbof_tf.similarity``, inner product = cosine), an IVF index with compressed codes
 (default: ``IVF1024,PQ512x4fs``: 4-bit fast-scan product quantization of 2-d
-sub-vectors, 256 bytes a vector; ``nprobe`` 16, ``R`` 20; see
+sub-vectors, 256 bytes a vector; ``nprobe`` 12 (the index's default), ``R`` 20; see
 ``docs/experiments/index-study.md`` for the study that chose it) whose ``R × k``
 candidates are re-ranked exactly against the float32 vectors, memory-mapped from disk.
 
@@ -47,7 +47,7 @@ a named one is kept and reused by later runs with the same sizes and seed).
 Usage::
 
   .venv/bin/python benchmarks/bench_index_scale.py [--items=1000000] [--queries=1000]
-      [--index=IVF1024,PQ512x4fs] [--nprobe=16] [--rerank=20] [--batch=1000]
+      [--index=IVF1024,PQ512x4fs] [--nprobe=12] [--rerank=20] [--batch=1000]
       [--add=10000] [--threads=2] [--workdir=DIR] [--quick]
 """
 
@@ -78,7 +78,7 @@ K = 10
 QUERY_SEED_OFFSET = 1_000_003   # held-out queries: another sequence of the mixture
 ADD_SEED_OFFSET = 2_000_003     # the tracks added after the build
 DEFAULT_INDEX = "IVF1024,PQ512x4fs"
-DEFAULT_NPROBE = 16
+DEFAULT_NPROBE = catalog_index.NPROBE
 DEFAULT_RERANK = 20
 RERANK_BLOCK = 128
 # The comparison point: ~250-400 queries/s per core at recall 0.9 on 1M x 960.

@@ -490,7 +490,7 @@ def test_fast_scan_kind_is_the_default_and_filters_and_grows(tmp_path, rng, monk
   index."""
   assert catalog_index.DEFAULT_COMPRESSION == catalog_index.IVFPQFS
   resolved = catalog_index.CompressionParams().resolved(1_000_000, 1024)
-  assert resolved == {"kind": "ivfpqfs", "nlist": 1024, "nprobe": 16, "refine_factor": 20,
+  assert resolved == {"kind": "ivfpqfs", "nlist": 1024, "nprobe": 12, "refine_factor": 20,
                       "pq_m": 512, "pq_nbits": 4, "train_points": 65_536}
   assert catalog_index._factory_string(resolved) == "IVF1024,PQ512x4fs"
   with pytest.raises(ValueError, match="4 bits"):
