@@ -508,7 +508,7 @@ def test_fast_scan_kind_is_the_default_and_filters_and_grows(tmp_path, rng, monk
   params = index.manifest["params"]
   assert params["nlist"] == min(round(1.024 * np.sqrt(4000)), 4000 // 39)
   assert (params["nprobe"], params["refine_factor"], params["pq_m"],
-          params["pq_nbits"]) == (16, 20, 16, 4)
+          params["pq_nbits"]) == (12, 20, 16, 4)
   import faiss
   assert isinstance(index.segments[0].index, faiss.IndexIVFPQFastScan)
   _check_compressed(index, paths[:4000], x[:4000], "centred")
