@@ -678,15 +678,8 @@ class CatalogIndex:
     """As :func:`deepbof_tf.similarity.same_value_mask`: rows that do not share the
     query's non-empty value of any of ``columns`` (looked up by path, so only the
     metadata's rows are visited)."""
-    similarity.same_value_mask([], track_metadata, None, columns)  # checks the columns
     mask = np.ones([self.num_rows], bool)
-    query = track_metadata.get(query_path) if query_path is not None else None
-    if not query:
-      return mask
-    for column in columns:
-      value = query.get(column, "")
-      if not value:
-        continue
+    for column, value in similarity.query_values(track_metadata, query_path, columns):
       for path, row in track_metadata.items():
         if row.get(column, "") == value:
           for segment in self.segments:

@@ -567,22 +567,31 @@ def same_value_mask(paths: Sequence[str], track_metadata: Mapping[str, Mapping[s
   Raises:
     ValueError: a column the metadata does not have.
   """
+  mask = np.ones([len(paths)], bool)
+  for column, value in query_values(track_metadata, query_path, columns):
+    mask &= np.array([track_metadata.get(p, {}).get(column, "") != value for p in paths],
+                     bool)
+  return mask
+
+
+def query_values(track_metadata: Mapping[str, Mapping[str, str]],
+                 query_path: Optional[str], columns: Sequence[str]
+                 ) -> List[Tuple[str, str]]:
+  """The query's non-empty ``(column, value)`` pairs among ``columns``: what
+  ``--exclude_same`` leaves out (none for a query not in ``track_metadata``).
+
+  Raises:
+    ValueError: a column the metadata does not have.
+  """
   known = metadata_columns(track_metadata)
   for column in columns:
     if column not in known:
       raise ValueError(f"--exclude_same={column}: no such column in the track metadata "
                        f"(columns: {', '.join(known)})")
-  mask = np.ones([len(paths)], bool)
   query = track_metadata.get(query_path) if query_path is not None else None
   if not query:
-    return mask
-  for column in columns:
-    value = query.get(column, "")
-    if not value:
-      continue
-    mask &= np.array([track_metadata.get(p, {}).get(column, "") != value for p in paths],
-                     bool)
-  return mask
+    return []
+  return [(column, query[column]) for column in columns if query.get(column, "")]
 
 
 def index_dir(catalog_dir: str) -> str:
